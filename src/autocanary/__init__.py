@@ -1,0 +1,1 @@
+"""autocanary: metrics-driven progressive delivery for Kubernetes."""

@@ -1,0 +1,95 @@
+"""The exception tree of autocanary.
+
+Every error a user can meet is one of these, with a message that says what
+was wrong, where, and what to do. Adapters translate library exceptions at
+the boundary (``raise ... from e``) so the engine reacts on the type alone::
+
+    AutocanaryError
+    ├── ConfigError                 bad configuration; carries every problem found
+    ├── TransientError              worth retrying next tick (network, 5xx, 429, timeouts)
+    │   ├── KubernetesUnavailable
+    │   ├── PrometheusUnavailable
+    │   └── StateConflict           someone else wrote the rollout first (409)
+    ├── PermanentError              retrying will not help until someone acts
+    │   ├── KubernetesForbidden     RBAC denies what the daemon needs (403)
+    │   ├── ResourceNotFound        a configured Deployment does not exist (404)
+    │   ├── InvalidResource         the API rejected our request (422) or an object is malformed
+    │   └── QueryError              Prometheus rejected a query (bad PromQL)
+    ├── StateCorrupt                the state annotation cannot be read back
+    └── AlertDeliveryError          a sink failed after all retries (never stops a rollout)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class AutocanaryError(Exception):
+    """Base of every error autocanary raises on purpose."""
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One problem in a config file: where it is and what was expected."""
+
+    file: str
+    line: int | None
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line is not None else self.file
+        field = f" {self.path}:" if self.path else ""
+        return f"{where}:{field} {self.message}"
+
+
+class ConfigError(AutocanaryError):
+    """A configuration is invalid; ``problems`` lists every problem found, not just the first."""
+
+    def __init__(self, problems: list[ConfigProblem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class TransientError(AutocanaryError):
+    """A failure that may pass on its own; the rollout retries on its next tick."""
+
+
+class KubernetesUnavailable(TransientError):
+    """The Kubernetes API could not be reached or answered 5xx/429."""
+
+
+class PrometheusUnavailable(TransientError):
+    """Prometheus could not be reached, timed out, or answered 5xx."""
+
+
+class StateConflict(TransientError):
+    """The object changed since it was read (HTTP 409); re-read and decide again."""
+
+
+class PermanentError(AutocanaryError):
+    """A failure that repeats until someone changes the cluster or the config."""
+
+
+class KubernetesForbidden(PermanentError):
+    """RBAC denies an operation the daemon needs."""
+
+
+class ResourceNotFound(PermanentError):
+    """A configured object does not exist."""
+
+
+class InvalidResource(PermanentError):
+    """The API rejected a request as invalid, or an object lacks what we need."""
+
+
+class QueryError(PermanentError):
+    """Prometheus rejected a query (syntax or evaluation error)."""
+
+
+class StateCorrupt(AutocanaryError):
+    """The state annotation on a canary Deployment cannot be parsed."""
+
+
+class AlertDeliveryError(AutocanaryError):
+    """An alert sink failed after its retries."""
