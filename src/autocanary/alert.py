@@ -1,0 +1,60 @@
+"""What an alert says: the typed message every sink renders in its own format."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+from autocanary.config import AlertKind
+
+Severity = Literal["critical", "warning", "info"]
+Verdict = Literal["pass", "fail", "inconclusive"]
+
+#: How urgent each kind of transition is; rollbacks wake people up.
+SEVERITY: dict[AlertKind, Severity] = {
+    "rolledBack": "critical",
+    "progressDeadlineExceeded": "critical",
+    "paused": "warning",
+    "analysisFailed": "warning",
+    "inconclusive": "warning",
+    "releaseDetected": "info",
+    "stepAdvanced": "info",
+    "resumed": "info",
+    "promoted": "info",
+}
+
+
+@dataclass(frozen=True)
+class CheckSummary:
+    """One check's outcome in the interval that triggered the alert."""
+
+    name: str
+    verdict: Verdict
+    value: float | None
+    threshold: str
+    stable_value: float | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Alert:
+    """A rollout transition worth telling people about."""
+
+    kind: AlertKind
+    reason: str  # the Kubernetes Event reason, e.g. RolledBack
+    rollout: str
+    namespace: str
+    revision: str
+    canary_version: str
+    stable_version: str
+    step: int | None  # 1-based step number, None outside the steps
+    total_steps: int
+    message: str
+    at: datetime
+    checks: tuple[CheckSummary, ...] = field(default=())
+
+    @property
+    def severity(self) -> Severity:
+        """How urgent this alert is."""
+        return SEVERITY[self.kind]

@@ -1,0 +1,558 @@
+"""The typed configuration: one YAML file, validated once at load.
+
+Keys are camelCase as in Kubernetes manifests; unknown keys are errors.
+:func:`load_config` reports every problem at once, each with file, line and
+field path (see :mod:`autocanary.config_loader`). ``autocanary schema``
+prints the JSON Schema of :class:`Config` for editor completion.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from autocanary import promql
+from autocanary.units import format_duration, parse_duration, parse_percent
+
+_DURATION_PATTERN = r"^\s*(\d+(\.\d+)?(ms|s|m|h|d))+\s*$"
+_PERCENT_PATTERN = r"^\s*\d+(\.\d+)?\s*%\s*$"
+_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(parse_duration),
+    PlainSerializer(format_duration, return_type=str),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": _DURATION_PATTERN, "examples": ["30s", "2m"]},
+                {"type": "number", "minimum": 0, "description": "seconds"},
+            ]
+        }
+    ),
+]
+
+
+def _fraction(value: object) -> float:
+    fraction = parse_percent(value)
+    if fraction < 0:
+        raise ValueError(f"expected a non-negative percentage, got {value!r}")
+    return fraction
+
+
+Fraction = Annotated[
+    float,
+    BeforeValidator(_fraction),
+    PlainSerializer(lambda f: f"{f * 100:g}%", return_type=str),
+    WithJsonSchema({"type": "string", "pattern": _PERCENT_PATTERN, "examples": ["20%"]}),
+]
+
+
+@dataclass(frozen=True)
+class Percentage:
+    """A share of the rollout's total replicas, e.g. 10% -> ``Percentage(0.1)``."""
+
+    fraction: float
+
+    def __str__(self) -> str:
+        return f"{self.fraction * 100:g}%"
+
+
+def _step_size(value: object) -> int | Percentage:
+    expected = "expected a pod count (1, 2, ...) or a percentage of the total (10%, 50%, 100%)"
+    if isinstance(value, Percentage):
+        return value
+    if isinstance(value, bool):
+        raise ValueError(f"{expected}, got {value!r}")
+    if isinstance(value, int):
+        if value < 1:
+            raise ValueError(f"{expected}; a step needs at least 1 canary pod, got {value}")
+        return value
+    if isinstance(value, str):
+        try:
+            fraction = parse_percent(value)
+        except ValueError:
+            raise ValueError(f"{expected}, got {value!r}") from None
+        if not 0 < fraction <= 1:
+            raise ValueError(f"expected a percentage above 0% and at most 100%, got {value!r}")
+        return Percentage(fraction)
+    raise ValueError(f"{expected}, got {value!r}")
+
+
+StepSize = Annotated[
+    int | Percentage,
+    BeforeValidator(_step_size),
+    PlainSerializer(lambda v: v if isinstance(v, int) else str(v), return_type=int | str),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": 1, "description": "canary pods"},
+                {"type": "string", "pattern": _PERCENT_PATTERN, "description": "share of total"},
+            ]
+        }
+    ),
+]
+
+
+@dataclass(frozen=True)
+class SecretSource:
+    """Where a secret (a webhook URL) comes from: a literal, an env variable or a file.
+
+    The value is read when used, never at load, and never logged.
+    """
+
+    literal: str | None = None
+    env: str | None = None
+    file: str | None = None
+
+    def describe(self) -> str:
+        """Where the secret comes from, safe to log (never the value itself)."""
+        if self.env is not None:
+            return f"env {self.env}"
+        if self.file is not None:
+            return f"file {self.file}"
+        return "inline value"
+
+    def resolve(self) -> str:
+        """Read the secret now; raise ``ValueError`` naming the source when it is unavailable."""
+        if self.env is not None:
+            value = os.environ.get(self.env, "").strip()
+            if not value:
+                raise ValueError(f"environment variable {self.env} is not set or empty")
+            return value
+        if self.file is not None:
+            try:
+                value = Path(self.file).read_text(encoding="utf-8").strip()
+            except OSError as e:
+                raise ValueError(f"cannot read secret file {self.file}: {e.strerror}") from e
+            if not value:
+                raise ValueError(f"secret file {self.file} is empty")
+            return value
+        assert self.literal is not None
+        return self.literal
+
+
+def _secret_ref(source: SecretSource) -> dict[str, str]:
+    return {"env": source.env} if source.env is not None else {"file": source.file or ""}
+
+
+def _secret_source(value: object) -> SecretSource:
+    expected = "expected a URL string, {env: VARIABLE} or {file: /path/to/secret}"
+    if isinstance(value, SecretSource):
+        return value
+    if isinstance(value, str) and value.strip():
+        if not re.match(r"^https?://", value.strip()):
+            raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+        return SecretSource(literal=value.strip())
+    if isinstance(value, dict) and len(value) == 1:
+        ((key, ref),) = value.items()
+        if key in ("env", "file") and isinstance(ref, str) and ref.strip():
+            return SecretSource(**{key: ref.strip()})
+    raise ValueError(f"{expected}, got {value!r}")
+
+
+Secret = Annotated[
+    SecretSource,
+    BeforeValidator(_secret_source),
+    PlainSerializer(
+        lambda s: (
+            s.literal if s.literal is not None else ({"env": s.env} if s.env else {"file": s.file})
+        ),
+        return_type=Any,
+    ),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "format": "uri"},
+                {"type": "object", "properties": {"env": {"type": "string"}}, "required": ["env"]},
+                {
+                    "type": "object",
+                    "properties": {"file": {"type": "string"}},
+                    "required": ["file"],
+                },
+            ]
+        }
+    ),
+]
+
+
+class Model(BaseModel):
+    """Base of every config model: camelCase keys, unknown keys rejected, immutable."""
+
+    model_config = ConfigDict(
+        extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True
+    )
+
+
+# ---------------------------------------------------------------- Prometheus
+
+
+class PrometheusConfig(Model):
+    """How to reach Prometheus."""
+
+    url: str = Field(description="Base URL of the Prometheus HTTP API, e.g. http://prometheus:9090")
+    timeout: Duration = Field(
+        default=timedelta(seconds=10), description="Per-query timeout; a slow query is inconclusive"
+    )
+    bearer_token_file: str | None = Field(
+        default=None, description="File holding a bearer token sent with every query"
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+        return value.rstrip("/")
+
+
+# ---------------------------------------------------------------- alerts
+
+AlertKind = Literal[
+    "releaseDetected",
+    "stepAdvanced",
+    "analysisFailed",
+    "inconclusive",
+    "paused",
+    "resumed",
+    "progressDeadlineExceeded",
+    "rolledBack",
+    "promoted",
+]
+
+
+class SinkBase(Model):
+    """What every alert sink has: a name, which transitions it hears, delivery limits."""
+
+    name: str = Field(pattern=_NAME_PATTERN, description="Unique sink name, used by rollouts")
+    on: list[AlertKind] = Field(
+        default_factory=lambda: list[AlertKind](["rolledBack", "paused"]),
+        min_length=1,
+        description="Transitions sent to this sink; rollbacks and pauses by default",
+    )
+    timeout: Duration = Field(default=timedelta(seconds=5), description="Per-attempt timeout")
+    retries: int = Field(default=3, ge=0, le=10, description="Retries after a failed attempt")
+
+
+class WebhookSink(SinkBase):
+    """POSTs the documented JSON alert payload to a URL."""
+
+    type: Literal["webhook"]
+    url: Secret
+
+
+class SlackSink(SinkBase):
+    """POSTs a Slack incoming-webhook message."""
+
+    type: Literal["slack"]
+    url: Secret
+
+
+class AlertmanagerSink(SinkBase):
+    """POSTs alerts to Alertmanager's v2 API (labels rollout, namespace, reason, severity)."""
+
+    type: Literal["alertmanager"]
+    url: Secret
+    labels: dict[str, str] = Field(default_factory=dict, description="Extra labels on every alert")
+
+
+Sink = Annotated[WebhookSink | SlackSink | AlertmanagerSink, Field(discriminator="type")]
+
+
+class AlertsConfig(Model):
+    """Alert sinks. Kubernetes Events are always written besides these."""
+
+    sinks: list[Sink] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> AlertsConfig:
+        _require_unique([s.name for s in self.sinks], "alert sink name")
+        return self
+
+
+# ---------------------------------------------------------------- daemon
+
+
+class LeaderElectionConfig(Model):
+    """Lease-based leader election so several replicas can run and only one acts."""
+
+    enabled: bool = True
+    lease_name: str = Field(default="autocanary", pattern=_NAME_PATTERN)
+    namespace: str | None = Field(
+        default=None, description="Lease namespace; default $POD_NAMESPACE, else 'default'"
+    )
+    lease_duration: Duration = timedelta(seconds=15)
+    renew_deadline: Duration = timedelta(seconds=10)
+    retry_period: Duration = timedelta(seconds=2)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LeaderElectionConfig:
+        if not self.retry_period < self.renew_deadline < self.lease_duration:
+            raise ValueError("expected retryPeriod < renewDeadline < leaseDuration")
+        return self
+
+
+class DaemonConfig(Model):
+    """The daemon process itself."""
+
+    listen: str = Field(
+        # All interfaces: in-cluster, kubelet probes and Prometheus reach the pod IP.
+        default="0.0.0.0:8080",
+        pattern=r"^[^:\s]*:\d{1,5}$",
+        description="host:port for /metrics, /healthz and /readyz",
+    )
+    leader_election: LeaderElectionConfig = Field(default_factory=LeaderElectionConfig)
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+# ---------------------------------------------------------------- analysis
+
+
+class RelativeThreshold(Model):
+    """Compare the canary with the same query over the stable version."""
+
+    tolerance: Fraction = Field(description="Allowed worsening relative to stable, e.g. 20%")
+    direction: Literal["higher-is-worse", "lower-is-worse"] = "higher-is-worse"
+    margin: float = Field(
+        default=0.0,
+        ge=0,
+        description="Absolute allowance on top of the tolerance, so 0 errors on the stable "
+        "does not make a single canary error a failure",
+    )
+
+
+def _threshold(value: object) -> object:
+    # Error rates read better as percentages ("1%") and latencies as durations
+    # ("500ms"); both compare as plain numbers (a fraction, seconds).
+    if not isinstance(value, str) or re.match(r"^\s*-?\d+(\.\d+)?([eE]-?\d+)?\s*$", value):
+        return value
+    if value.strip().endswith("%"):
+        return parse_percent(value)
+    try:
+        return parse_duration(value).total_seconds()
+    except ValueError:
+        raise ValueError(
+            f"expected a number, a percentage (1%) or a duration (500ms), got {value!r}"
+        ) from None
+
+
+Threshold = Annotated[float, BeforeValidator(_threshold)]
+
+
+class CheckConfig(Model):
+    """One analysis check: a query (built-in template or PromQL) and its threshold."""
+
+    name: str = Field(pattern=_NAME_PATTERN)
+    template: promql.TemplateName | None = Field(
+        default=None, description="Built-in query: error-rate, latency or request-rate"
+    )
+    query: str | None = Field(
+        default=None, description="PromQL with {{ variables }}; must return one series"
+    )
+    quantile: float | None = Field(
+        default=None, gt=0, lt=1, description="latency only: the quantile, default 0.99"
+    )
+    source: promql.Source | None = Field(
+        default=None, description="Traffic source for built-ins; default analysis.source"
+    )
+    min: Threshold | None = None
+    max: Threshold | None = None
+    relative: RelativeThreshold | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CheckConfig:
+        if (self.template is None) == (self.query is None):
+            raise ValueError("a check needs exactly one of 'template' or 'query'")
+        if self.quantile is not None and self.template != "latency":
+            raise ValueError("'quantile' applies only to template: latency")
+        if self.source is not None and self.template is None:
+            raise ValueError("'source' applies only to built-in templates")
+        if self.min is None and self.max is None and self.relative is None:
+            raise ValueError("a check needs a threshold: 'min', 'max' and/or 'relative'")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"'min' ({self.min}) is above 'max' ({self.max})")
+        if self.query is not None:
+            unknown = promql.unknown_variables(self.query)
+            if unknown:
+                raise ValueError(
+                    f"unknown template variable(s) {', '.join(sorted(unknown))} in query; "
+                    f"known: {', '.join(promql.VARIABLES)}"
+                )
+        return self
+
+    @property
+    def effective_quantile(self) -> float:
+        """The latency quantile, defaulting to p99."""
+        return 0.99 if self.quantile is None else self.quantile
+
+
+class AnalysisConfig(Model):
+    """How each interval is judged."""
+
+    source: promql.Source = Field(
+        default="probe", description="Where request counts come from: probe or testpage metrics"
+    )
+    selector: str | None = Field(
+        default=None,
+        description="Label matchers selecting the rollout's series in the source metrics; "
+        'default target="{{ rollout }}" (probe) or namespace="{{ namespace }}" (testpage)',
+    )
+    warmup: Duration = Field(
+        default=timedelta(0), description="Ignore metrics this long after a step's pods are Ready"
+    )
+    min_requests: int = Field(
+        default=20, ge=0, description="Fewer canary requests in an interval is inconclusive"
+    )
+    failure_limit: int = Field(
+        default=0, ge=0, description="Failed intervals tolerated per release; one more rolls back"
+    )
+    inconclusive_limit: int = Field(
+        default=3, ge=0, description="Consecutive inconclusive intervals tolerated"
+    )
+    inconclusive_policy: Literal["pause", "rollback"] = "pause"
+    checks: list[CheckConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_checks(self) -> AnalysisConfig:
+        _require_unique([c.name for c in self.checks], "check name")
+        if self.selector is not None:
+            unknown = promql.unknown_variables(self.selector) | (
+                promql.variables_in(self.selector) & {"selector"}
+            )
+            if unknown:
+                raise ValueError(f"unknown template variable(s) in selector: {sorted(unknown)}")
+        return self
+
+    @property
+    def effective_selector(self) -> str:
+        """The label matchers selecting this rollout's series in the traffic source."""
+        return self.selector or promql.DEFAULT_SELECTORS[self.source]
+
+
+# ---------------------------------------------------------------- rollouts
+
+
+class StepConfig(Model):
+    """One batch: how many canary pods, and the minimum observation time once Ready."""
+
+    canary: StepSize
+    hold: Duration = timedelta(0)
+
+
+def _default_steps() -> list[StepConfig]:
+    return [
+        StepConfig(canary=1, hold=timedelta(minutes=10)),
+        StepConfig(canary=Percentage(0.1), hold=timedelta(minutes=2)),
+        StepConfig(canary=Percentage(0.5), hold=timedelta(minutes=2)),
+        StepConfig(canary=Percentage(1.0), hold=timedelta(minutes=2)),
+    ]
+
+
+class RolloutConfig(Model):
+    """One service released by canary: its two Deployments, steps and analysis."""
+
+    name: str = Field(pattern=_NAME_PATTERN, description="Unique rollout name")
+    namespace: str = Field(pattern=_NAME_PATTERN)
+    stable: str = Field(pattern=_NAME_PATTERN, description="The stable Deployment")
+    canary: str | None = Field(
+        default=None,
+        pattern=_NAME_PATTERN,
+        description="The canary Deployment; default <stable>-canary",
+    )
+    version_label: str = Field(
+        default="version", description="Pod label naming the version; else the image tag is used"
+    )
+    role_labels: list[str] = Field(
+        default_factory=lambda: ["track"],
+        description="Pod labels that only mark stable/canary; ignored when comparing templates "
+        "and kept on the stable at promotion",
+    )
+    interval: Duration = Field(default=timedelta(seconds=30), description="Analysis interval")
+    progress_deadline: Duration = Field(
+        default=timedelta(minutes=10), description="Time for a step's pods to become Ready"
+    )
+    scale_down_stable: bool = Field(
+        default=True, description="Keep the total constant (stable = total - canary); else surge"
+    )
+    steps: list[StepConfig] = Field(default_factory=_default_steps, min_length=1)
+    analysis: AnalysisConfig
+    alerts: list[str] | None = Field(
+        default=None, description="Names of the alert sinks for this rollout; default all"
+    )
+
+    @field_validator("interval")
+    @classmethod
+    def _interval_floor(cls, value: timedelta) -> timedelta:
+        if value < timedelta(seconds=1):
+            raise ValueError(f"expected an interval of at least 1s, got {format_duration(value)}")
+        return value
+
+    @property
+    def canary_name(self) -> str:
+        """The canary Deployment's name."""
+        return self.canary or f"{self.stable}-canary"
+
+    @model_validator(mode="after")
+    def _distinct(self) -> RolloutConfig:
+        if self.canary_name == self.stable:
+            raise ValueError("'canary' must name a different Deployment than 'stable'")
+        return self
+
+
+class Config(Model):
+    """The whole autocanary configuration."""
+
+    prometheus: PrometheusConfig
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    daemon: DaemonConfig = Field(default_factory=DaemonConfig)
+    rollouts: list[RolloutConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> Config:
+        _require_unique([r.name for r in self.rollouts], "rollout name")
+        _require_unique(
+            [f"{r.namespace}/{r.canary_name}" for r in self.rollouts], "canary Deployment"
+        )
+        sink_names = {s.name for s in self.alerts.sinks}
+        for rollout in self.rollouts:
+            for name in rollout.alerts or []:
+                if name not in sink_names:
+                    raise ValueError(
+                        f"rollout {rollout.name!r} routes alerts to unknown sink {name!r}; "
+                        f"defined sinks: {sorted(sink_names) or 'none'}"
+                    )
+        return self
+
+    def rollout(self, name: str) -> RolloutConfig:
+        """The rollout called ``name``; ``KeyError`` listing the known ones otherwise."""
+        for rollout in self.rollouts:
+            if rollout.name == name:
+                return rollout
+        raise KeyError(
+            f"no rollout {name!r} in the config; known: {[r.name for r in self.rollouts]}"
+        )
+
+
+def _require_unique(names: list[str], what: str) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise ValueError(f"duplicate {what} {name!r}")
+        seen.add(name)

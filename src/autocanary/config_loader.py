@@ -1,0 +1,155 @@
+"""Loading a config file: YAML with line numbers, validation, every problem reported.
+
+PyYAML composes the node tree (which knows lines) and constructs plain data;
+pydantic validates the data; each pydantic error's location is then walked
+back through the node tree to the line it came from.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from autocanary.config import Config
+from autocanary.errors import ConfigError, ConfigProblem
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate mapping keys instead of keeping the last."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    loader.flatten_mapping(node)
+    result: dict[Any, Any] = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in result:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        result[key] = loader.construct_object(value_node, deep=True)
+    return result
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+    _construct_mapping,
+)
+
+
+def _line_of(root: yaml.Node | None, loc: Sequence[int | str]) -> tuple[int | None, str]:
+    """Follow ``loc`` through the node tree to the deepest match: (1-based line, dotted path).
+
+    Pydantic puts union-member tags and validator names into locations; those
+    match no key and are skipped, so the path shows only real fields.
+    """
+    node = root
+    line = node.start_mark.line + 1 if node is not None else None
+    path = ""
+    for part in loc:
+        if isinstance(node, yaml.MappingNode) and isinstance(part, str):
+            for key_node, value_node in node.value:
+                if key_node.value == part:
+                    # An unknown key points at the key itself; anything else at its value.
+                    line = key_node.start_mark.line + 1
+                    node = value_node
+                    path = f"{path}.{part}" if path else part
+                    break
+        elif (
+            isinstance(node, yaml.SequenceNode)
+            and isinstance(part, int)
+            and 0 <= part < len(node.value)
+        ):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+            path = f"{path}[{part}]"
+    return line, path
+
+
+def _known_keys(model: type[BaseModel], into: set[str], seen: set[type[BaseModel]]) -> set[str]:
+    """Every key any config model accepts, to suggest the intended one for a typo."""
+    seen.add(model)
+    for name, field in model.model_fields.items():
+        into.add(field.alias or name)
+        for nested in _model_types(field.annotation):
+            if nested not in seen:
+                _known_keys(nested, into, seen)
+    return into
+
+
+def _model_types(annotation: Any) -> list[type[BaseModel]]:
+    found: list[type[BaseModel]] = []
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        found.append(annotation)
+    for arg in getattr(annotation, "__args__", ()):
+        found.extend(_model_types(arg))
+    for meta in getattr(annotation, "__metadata__", ()):
+        found.extend(_model_types(meta))
+    return found
+
+
+_ALL_KEYS = sorted(_known_keys(Config, set(), set()))
+
+
+def _message(error: Any) -> str:
+    kind = error["type"]
+    loc = error["loc"]
+    if kind == "missing":
+        return "required field is missing"
+    if kind == "extra_forbidden":
+        key = str(loc[-1]) if loc else "?"
+        close = difflib.get_close_matches(key, _ALL_KEYS, n=1, cutoff=0.75)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"unknown field {key!r}{hint}"
+    message = str(error["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        message = message.removeprefix(prefix)
+    if kind not in ("value_error", "assertion_error") and "input" in error:
+        shown = json.dumps(error["input"], default=str)
+        if len(shown) <= 80:
+            message = f"{message} (got {shown})"
+    return message
+
+
+def parse_config(text: str, source: str = "<config>") -> Config:
+    """Validate YAML text as a :class:`Config`; raise :class:`ConfigError` listing every problem."""
+    try:
+        root = yaml.compose(text, Loader=_UniqueKeyLoader)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 -- a SafeLoader subclass
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line = mark.line + 1 if mark is not None else None
+        raise ConfigError(
+            [ConfigProblem(source, line, "", f"invalid YAML: {e.problem or e.context}")]
+        ) from e
+    except yaml.YAMLError as e:
+        raise ConfigError([ConfigProblem(source, None, "", f"invalid YAML: {e}")]) from e
+    if not isinstance(data, dict):
+        raise ConfigError(
+            [ConfigProblem(source, 1, "", "expected a mapping with 'prometheus' and 'rollouts'")]
+        )
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        problems = []
+        for error in e.errors():
+            line, path = _line_of(root, error["loc"])
+            problems.append(ConfigProblem(source, line, path, _message(error)))
+        problems.sort(key=lambda p: (p.line is None, p.line or 0))
+        raise ConfigError(problems) from e
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a config file; raise :class:`ConfigError` naming file, line and field."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError([ConfigProblem(str(file), None, "", f"cannot read: {e.strerror}")]) from e
+    return parse_config(text, str(file))

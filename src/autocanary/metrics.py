@@ -1,0 +1,98 @@
+"""The daemon's own Prometheus metrics, in a registry of their own.
+
+A private registry keeps tests independent (each daemon instance can build
+its own) and keeps library default collectors out of our /metrics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+PHASES = ("idle", "progressing", "paused", "promoting", "succeeded", "rollingBack", "rolledBack")
+
+
+@dataclass
+class DaemonMetrics:
+    """Every metric the daemon exports; one instance per daemon."""
+
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.phase = Gauge(
+            "autocanary_rollout_phase",
+            "1 for the rollout's current phase, 0 for the others",
+            ["rollout", "namespace", "phase"],
+            registry=r,
+        )
+        self.step = Gauge(
+            "autocanary_rollout_step", "Current step, 1-based; 0 when idle", ["rollout"], registry=r
+        )
+        self.canary_weight = Gauge(
+            "autocanary_canary_weight",
+            "Share of ready pods that run the canary (0..1)",
+            ["rollout", "namespace"],
+            registry=r,
+        )
+        self.check_value = Gauge(
+            "autocanary_check_value",
+            "Last value of an analysis check for the canary",
+            ["rollout", "check"],
+            registry=r,
+        )
+        self.check_results = Counter(
+            "autocanary_check_results",
+            "Analysis check outcomes",
+            ["rollout", "check", "verdict"],
+            registry=r,
+        )
+        self.rollbacks = Counter(
+            "autocanary_rollbacks", "Releases rolled back", ["rollout", "namespace"], registry=r
+        )
+        self.promotions = Counter(
+            "autocanary_promotions", "Releases promoted", ["rollout", "namespace"], registry=r
+        )
+        self.tick_duration = Histogram(
+            "autocanary_tick_duration_seconds",
+            "Duration of one rollout tick",
+            ["rollout"],
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.tick_errors = Counter(
+            "autocanary_tick_errors",
+            "Ticks that failed, by error type",
+            ["rollout", "error"],
+            registry=r,
+        )
+        self.query_errors = Counter(
+            "autocanary_query_errors",
+            "Prometheus queries that failed or returned unusable data",
+            ["rollout", "check", "reason"],
+            registry=r,
+        )
+        self.alert_deliveries = Counter(
+            "autocanary_alert_deliveries",
+            "Alert deliveries by sink and outcome (ok, failed)",
+            ["sink", "outcome"],
+            registry=r,
+        )
+        self.is_leader = Gauge(
+            "autocanary_leader", "1 while this replica holds the leader lease", registry=r
+        )
+        self.config_reloads = Counter(
+            "autocanary_config_reloads", "Config reloads by outcome", ["outcome"], registry=r
+        )
+        self.sequential_evalue = Gauge(
+            "autocanary_sequential_evalue",
+            "Sequential judge e-value per metric and hypothesis (harm, safety)",
+            ["rollout", "metric", "hypothesis"],
+            registry=r,
+        )
+
+    def set_phase(self, rollout: str, namespace: str, phase: str) -> None:
+        """Mark ``phase`` as the rollout's current one."""
+        for candidate in PHASES:
+            self.phase.labels(rollout, namespace, candidate).set(1 if candidate == phase else 0)
