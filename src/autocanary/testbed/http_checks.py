@@ -1,0 +1,25 @@
+"""Readiness checks over HTTP for services the test bed starts on 127.0.0.1."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable
+
+import httpx
+
+_CHECK_TIMEOUT_S = 2.0
+
+
+def http_ok(url: str, *, tls: ssl.SSLContext | None = None) -> bool:
+    """Whether GET ``url`` answers 2xx now; False while the service is not listening yet."""
+    try:
+        # trust_env=False: a proxy from the environment must never see test-bed traffic.
+        with httpx.Client(verify=tls or True, trust_env=False, timeout=_CHECK_TIMEOUT_S) as c:
+            return c.get(url).is_success
+    except httpx.HTTPError:
+        return False
+
+
+def http_ready(url: str, *, tls: ssl.SSLContext | None = None) -> Callable[[], bool]:
+    """A check for ``ManagedProcess.wait_ready``: GET ``url`` answers 2xx."""
+    return lambda: http_ok(url, tls=tls)
