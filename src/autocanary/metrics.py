@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-PHASES = ("idle", "progressing", "paused", "promoting", "succeeded", "rollingBack", "rolledBack")
+from autocanary.state import PHASES
 
 
 @dataclass

@@ -1,0 +1,286 @@
+"""Threshold analysis: which queries an interval needs, and the verdict their answers give.
+
+Pure functions only; the engine runs the queries. Missing data, NaN, query
+errors and too little traffic are *inconclusive*, never a pass (Flagger counts
+missing data as a failure and Argo as an error; we keep it apart with its own
+limit, as Argo's ``assessMetricStatus`` does).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+from autocanary import promql
+from autocanary.alert import CheckSummary, Verdict
+from autocanary.config import AnalysisConfig, CheckConfig, RolloutConfig
+from autocanary.units import format_duration
+
+Role = Literal["canary", "stable"]
+
+
+@dataclass(frozen=True)
+class QueryOutcome:
+    """What one query gave: a value, no data (``value is None``), or an error message."""
+
+    value: float | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class PlannedCheck:
+    """A check with its queries rendered for this interval."""
+
+    check: CheckConfig
+    canary_query: str
+    stable_query: str | None  # only for relative checks
+
+
+@dataclass(frozen=True)
+class AnalysisPlan:
+    """Every query one interval needs: the checks, plus request counts for ``minRequests``."""
+
+    checks: tuple[PlannedCheck, ...]
+    canary_requests_query: str
+    stable_requests_query: str | None  # only when some check is relative
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One check's outcome for one interval."""
+
+    name: str
+    verdict: Verdict
+    value: float | None
+    stable_value: float | None
+    threshold: str
+    reason: str
+
+    def summary(self) -> CheckSummary:
+        """The alert-facing view of this result."""
+        return CheckSummary(
+            name=self.name,
+            verdict=self.verdict,
+            value=self.value,
+            threshold=self.threshold,
+            stable_value=self.stable_value,
+            reason=self.reason,
+        )
+
+
+@dataclass(frozen=True)
+class IntervalVerdict:
+    """The verdict of one analysis interval and the results it came from."""
+
+    verdict: Verdict
+    at: datetime
+    checks: tuple[CheckResult, ...]
+    canary_requests: float | None
+    reason: str
+
+
+def template_variables(
+    rollout: RolloutConfig, canary_version: str, stable_version: str
+) -> dict[str, str]:
+    """The ``{{ variables }}`` of a rollout's queries, except ``version`` and ``quantile``."""
+    base = {
+        "namespace": rollout.namespace,
+        "rollout": rollout.name,
+        "stable": rollout.stable,
+        "canary": rollout.canary_name,
+        "canary_version": canary_version,
+        "stable_version": stable_version,
+        "interval": format_duration(rollout.interval),
+    }
+    base["selector"] = promql.render(
+        rollout.analysis.effective_selector, {**base, "version": "", "quantile": "", "selector": ""}
+    )
+    return base
+
+
+def _render(template: str, variables: Mapping[str, str], version: str, quantile: str) -> str:
+    return promql.render(template, {**variables, "version": version, "quantile": quantile})
+
+
+def plan(rollout: RolloutConfig, canary_version: str, stable_version: str) -> AnalysisPlan:
+    """Render every query an interval of ``rollout`` needs."""
+    analysis = rollout.analysis
+    variables = template_variables(rollout, canary_version, stable_version)
+    planned = []
+    for check in analysis.checks:
+        if check.query is not None:
+            template = check.query
+        else:
+            assert check.template is not None  # the config validator guarantees one of the two
+            template = promql.builtin_query(check.template, check.source or analysis.source)
+        quantile = f"{check.effective_quantile:g}"
+        planned.append(
+            PlannedCheck(
+                check=check,
+                canary_query=_render(template, variables, canary_version, quantile),
+                stable_query=(
+                    _render(template, variables, stable_version, quantile)
+                    if check.relative is not None
+                    else None
+                ),
+            )
+        )
+    requests = promql.request_count_query(analysis.source)
+    any_relative = any(c.relative is not None for c in analysis.checks)
+    return AnalysisPlan(
+        checks=tuple(planned),
+        canary_requests_query=_render(requests, variables, canary_version, ""),
+        stable_requests_query=(
+            _render(requests, variables, stable_version, "") if any_relative else None
+        ),
+    )
+
+
+def describe_threshold(check: CheckConfig) -> str:
+    """The threshold in words, e.g. ``<= 0.01`` or ``<= stable x 1.2 + 0.001``."""
+    parts = []
+    if check.min is not None:
+        parts.append(f">= {check.min:g}")
+    if check.max is not None:
+        parts.append(f"<= {check.max:g}")
+    if check.relative is not None:
+        rel = check.relative
+        if rel.direction == "higher-is-worse":
+            text = f"<= stable x {1 + rel.tolerance:g}"
+            text += f" + {rel.margin:g}" if rel.margin else ""
+        else:
+            text = f">= stable x {1 - rel.tolerance:g}"
+            text += f" - {rel.margin:g}" if rel.margin else ""
+        parts.append(text)
+    return " and ".join(parts)
+
+
+def _usable(outcome: QueryOutcome, role: Role) -> str | None:
+    """Why an outcome cannot be judged, or None when it can."""
+    if outcome.error is not None:
+        return f"{role} query failed: {outcome.error}"
+    if outcome.value is None:
+        return f"no data for the {role}"
+    if math.isnan(outcome.value):
+        return f"{role} value is NaN (no traffic in the interval?)"
+    return None
+
+
+def judge_check(
+    check: CheckConfig, canary: QueryOutcome, stable: QueryOutcome | None
+) -> CheckResult:
+    """Compare one check's values with its thresholds."""
+    threshold = describe_threshold(check)
+
+    def result(verdict: Verdict, reason: str) -> CheckResult:
+        return CheckResult(
+            check.name,
+            verdict,
+            canary.value,
+            stable.value if stable is not None else None,
+            threshold,
+            reason,
+        )
+
+    problem = _usable(canary, "canary")
+    if problem is not None:
+        return result("inconclusive", problem)
+    value = canary.value
+    assert value is not None
+    if check.min is not None and value < check.min:
+        return result("fail", f"{value:g} is below the minimum {check.min:g}")
+    if check.max is not None and value > check.max:
+        return result("fail", f"{value:g} is above the maximum {check.max:g}")
+    if check.relative is not None:
+        if stable is None:
+            return result("inconclusive", "no stable value to compare with")
+        problem = _usable(stable, "stable")
+        if problem is not None:
+            return result("inconclusive", problem)
+        assert stable.value is not None
+        rel = check.relative
+        if rel.direction == "higher-is-worse":
+            limit = stable.value * (1 + rel.tolerance) + rel.margin
+            if value > limit:
+                return result(
+                    "fail",
+                    f"{value:g} exceeds stable {stable.value:g} by more than allowed ({limit:g})",
+                )
+        else:
+            limit = stable.value * (1 - rel.tolerance) - rel.margin
+            if value < limit:
+                return result(
+                    "fail",
+                    f"{value:g} is below stable {stable.value:g} by more than allowed ({limit:g})",
+                )
+    return result("pass", f"{value:g} within {threshold}")
+
+
+def judge_interval(
+    analysis: AnalysisConfig,
+    plan_: AnalysisPlan,
+    outcomes: Mapping[str, QueryOutcome],
+    at: datetime,
+) -> IntervalVerdict:
+    """The verdict of one interval, from the outcome of each query in ``plan_`` (keyed by PromQL).
+
+    Any failed check fails the interval; otherwise any inconclusive check, or
+    fewer canary (or, for relative checks, stable) requests than
+    ``minRequests``, makes it inconclusive; only then does it pass.
+    """
+    missing = QueryOutcome(error="query was not run")
+    canary_requests = outcomes.get(plan_.canary_requests_query, missing)
+    traffic_problem = _traffic_problem(analysis, canary_requests, "canary")
+    stable_traffic_problem = (
+        _traffic_problem(analysis, outcomes.get(plan_.stable_requests_query, missing), "stable")
+        if plan_.stable_requests_query is not None
+        else None
+    )
+    results = []
+    for planned in plan_.checks:
+        canary = outcomes.get(planned.canary_query, missing)
+        stable = (
+            outcomes.get(planned.stable_query, missing)
+            if planned.stable_query is not None
+            else None
+        )
+        judged = judge_check(planned.check, canary, stable)
+        problem = traffic_problem or (
+            stable_traffic_problem if planned.stable_query is not None else None
+        )
+        if problem is not None and judged.verdict != "inconclusive":
+            judged = dataclasses.replace(judged, verdict="inconclusive", reason=problem)
+        results.append(judged)
+    return _aggregate(tuple(results), at, canary_requests.value)
+
+
+def _traffic_problem(analysis: AnalysisConfig, outcome: QueryOutcome, role: Role) -> str | None:
+    if outcome.error is not None:
+        return f"{role} request count query failed: {outcome.error}"
+    count = outcome.value
+    if count is None or math.isnan(count):
+        count = 0.0
+    if count < analysis.min_requests:
+        return (
+            f"only {count:.0f} {role} requests in the interval "
+            f"(minRequests {analysis.min_requests})"
+        )
+    return None
+
+
+def _aggregate(
+    results: Sequence[CheckResult], at: datetime, canary_requests: float | None
+) -> IntervalVerdict:
+    failed = [r for r in results if r.verdict == "fail"]
+    unsure = [r for r in results if r.verdict == "inconclusive"]
+    if failed:
+        reason = "; ".join(f"{r.name}: {r.reason}" for r in failed)
+        return IntervalVerdict("fail", at, tuple(results), canary_requests, reason)
+    if unsure:
+        reason = "; ".join(f"{r.name}: {r.reason}" for r in unsure)
+        return IntervalVerdict("inconclusive", at, tuple(results), canary_requests, reason)
+    return IntervalVerdict("pass", at, tuple(results), canary_requests, "all checks passed")

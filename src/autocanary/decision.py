@@ -1,0 +1,657 @@
+"""The rollout state machine: state, observations and the clock in; next state and actions out.
+
+A purely computational function with no side effects, so every path is
+unit-tested without I/O. The engine reads the cluster into an
+:class:`Observation`, asks :func:`analysis_due` whether to query Prometheus,
+calls :func:`decide`, and applies the :class:`Decision`: state first (with
+optimistic concurrency), then the desired replica counts and template, then
+Events and alerts.
+
+Phases::
+
+    idle ─▶ progressing (per step: waitingReady ─▶ analysing) ─▶ promoting ─▶ succeeded
+               │  ▲                                                  │
+        pause, │  │ resume                 fail, deadline or abort   │
+  inconclusive ▼  │                                                  ▼
+               paused ───────────── abort ───────────────────▶ rollingBack ─▶ rolledBack
+
+Desired replica counts are re-asserted on every tick of an active phase
+(level-triggered): a scale that failed is simply applied again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from autocanary import steps as step_math
+from autocanary.alert import CheckSummary
+from autocanary.analysis import IntervalVerdict
+from autocanary.config import AlertKind, RolloutConfig
+from autocanary.revision import promoted_template
+from autocanary.state import COMMANDS, RolloutState, VerdictRecord
+from autocanary.units import format_duration
+
+JSON = dict[str, Any]
+
+#: How soon to look again while waiting on the cluster (pods Ready, rollouts done).
+POLL = timedelta(seconds=2)
+
+
+@dataclass(frozen=True)
+class DeploymentView:
+    """What the engine read of one Deployment."""
+
+    name: str
+    template: JSON
+    replicas: int  # spec.replicas
+    ready: int  # status.readyReplicas
+    available: int  # status.availableReplicas
+    updated: int  # status.updatedReplicas
+    current: int  # status.replicas: every pod, old ReplicaSets included
+    observed: bool  # status.observedGeneration has caught up with metadata.generation
+
+
+@dataclass(frozen=True)
+class Observation:
+    """The cluster as read at the start of a tick."""
+
+    stable: DeploymentView
+    canary: DeploymentView
+    stable_revision: str
+    canary_revision: str
+    stable_version: str
+    canary_version: str
+    role_labels: frozenset[str]  # labels the stable keeps at promotion
+    command: str | None = None  # the raw command annotation, if any
+
+
+@dataclass(frozen=True)
+class Desired:
+    """What the Deployments should look like; ``None`` leaves a field alone."""
+
+    canary_replicas: int | None = None
+    stable_replicas: int | None = None
+    stable_template: JSON | None = None
+
+
+@dataclass(frozen=True)
+class Transition:
+    """Something worth an Event (and, when ``kind`` is routed, an alert)."""
+
+    reason: str  # Kubernetes Event reason
+    message: str
+    kind: AlertKind | None
+    warning: bool = False
+    checks: tuple[CheckSummary, ...] = ()
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of one tick's decision."""
+
+    state: RolloutState
+    desired: Desired
+    transitions: tuple[Transition, ...] = ()
+    consume_command: bool = False
+    requeue_after: timedelta | None = None
+
+
+# ------------------------------------------------------------------ helpers
+
+
+@dataclass(frozen=True)
+class _Tick:
+    """What stays fixed during one decision: the rollout, the observation, the clock."""
+
+    rollout: RolloutConfig
+    obs: Observation
+    now: datetime
+
+
+def _pods(rollout: RolloutConfig, state: RolloutState) -> list[int]:
+    return step_math.plan(rollout.steps, state.total)
+
+
+def _stable_for(rollout: RolloutConfig, state: RolloutState, step: int) -> int:
+    """Stable replicas beside step ``step``'s canary (``-1``: before the first step)."""
+    if step < 0:
+        return state.total
+    canary = _pods(rollout, state)[step]
+    return step_math.stable_pods(state.total, canary, scale_down_stable=rollout.scale_down_stable)
+
+
+def _canary_ready(view: DeploymentView, want: int) -> bool:
+    return view.observed and view.ready >= want and view.updated >= want
+
+
+def _stable_complete(obs: Observation, state: RolloutState) -> bool:
+    s = obs.stable
+    return (
+        obs.stable_revision == state.revision
+        and s.observed
+        and s.replicas == state.total
+        and s.updated >= state.total
+        and s.available >= state.total
+        and s.current == state.total
+    )
+
+
+def _step_label(rollout: RolloutConfig, state: RolloutState) -> str:
+    pods = _pods(rollout, state)
+    return f"step {state.step + 1}/{len(pods)} ({pods[state.step]} canary pods)"
+
+
+def desired_for(rollout: RolloutConfig, state: RolloutState, obs: Observation) -> Desired:
+    """The replica counts and stable template the current state calls for."""
+    if state.phase == "progressing":
+        canary = _pods(rollout, state)[state.step]
+        stable = _stable_for(rollout, state, state.step)
+        if state.stage == "waitingReady":
+            # The stable shrinks only once this step's canary pods are Ready, so
+            # capacity never drops below the total while the canary starts.
+            stable = max(stable, _stable_for(rollout, state, state.step - 1))
+        return Desired(canary_replicas=canary, stable_replicas=stable)
+    if state.phase == "promoting":
+        if _stable_complete(obs, state):
+            return Desired(canary_replicas=0, stable_replicas=state.total)
+        template = None
+        if obs.stable_revision != state.revision:
+            template = promoted_template(obs.stable.template, obs.canary.template, obs.role_labels)
+        # The canary keeps its pods until the stable has finished rolling out.
+        return Desired(stable_replicas=state.total, stable_template=template)
+    if state.phase == "rollingBack":
+        restore = (
+            state.stable_template
+            if state.stable_template is not None and obs.stable_revision != state.stable_revision
+            else None
+        )
+        return Desired(canary_replicas=0, stable_replicas=state.total, stable_template=restore)
+    if state.phase in ("succeeded", "rolledBack"):
+        # A finished release leaves no canary pods behind.
+        return Desired(canary_replicas=0)
+    return Desired()
+
+
+def analysis_due(
+    rollout: RolloutConfig, state: RolloutState, obs: Observation, now: datetime
+) -> bool:
+    """Whether this tick should query Prometheus for the current step.
+
+    Only while analysing a step whose canary pods are all Ready, and only once
+    a whole interval of post-warm-up data exists, then once per interval.
+    """
+    if state.phase != "progressing" or state.stage != "analysing" or state.ready_at is None:
+        return False
+    if obs.canary_revision != state.revision:
+        return False
+    if not _canary_ready(obs.canary, _pods(rollout, state)[state.step]):
+        return False
+    first = state.ready_at + rollout.analysis.warmup + rollout.interval
+    if now < first:
+        return False
+    # 90%: a tick that fires a little early must not skip a whole interval.
+    return state.last_analysis_at is None or now - state.last_analysis_at >= rollout.interval * 0.9
+
+
+def next_analysis_at(rollout: RolloutConfig, state: RolloutState) -> datetime | None:
+    """When the next analysis becomes due, if the rollout is analysing."""
+    if state.phase != "progressing" or state.stage != "analysing" or state.ready_at is None:
+        return None
+    first = state.ready_at + rollout.analysis.warmup + rollout.interval
+    if state.last_analysis_at is None:
+        return first
+    return max(first, state.last_analysis_at + rollout.interval * 0.9)
+
+
+# ------------------------------------------------------------------ transitions
+
+
+def _start_release(t: _Tick, state: RolloutState, why: str) -> Decision:
+    rollout, obs, now = t.rollout, t.obs, t.now
+    total = obs.stable.replicas
+    if total < 1:
+        paused = dataclasses.replace(
+            state,
+            phase="paused",
+            revision=obs.canary_revision,
+            message=f"the stable Deployment {obs.stable.name} has 0 replicas; "
+            "scale it up, then resume",
+        )
+        return Decision(
+            paused,
+            Desired(),
+            (Transition("Paused", paused.message, "paused", warning=True),),
+        )
+    new = RolloutState(
+        phase="progressing",
+        revision=obs.canary_revision,
+        stable_revision=obs.stable_revision,
+        canary_version=obs.canary_version,
+        stable_version=obs.stable_version,
+        stable_template=obs.stable.template,
+        total=total,
+        step=0,
+        stage="waitingReady",
+        step_started_at=now,
+        started_at=now,
+        rolled_back_revision=state.rolled_back_revision,
+    )
+    new = dataclasses.replace(
+        new, message=f"release {obs.canary_version} started: {_step_label(rollout, new)}"
+    )
+    message = (
+        f"{why}: canary {obs.canary_version} (revision {obs.canary_revision}) against stable "
+        f"{obs.stable_version}; total {total} replicas, steps {_pods(rollout, new)}"
+    )
+    return Decision(
+        new,
+        desired_for(rollout, new, obs),
+        (Transition("ReleaseDetected", message, "releaseDetected"),),
+        requeue_after=POLL,
+    )
+
+
+def _roll_back(
+    t: _Tick,
+    state: RolloutState,
+    message: str,
+    extra: tuple[Transition, ...] = (),
+    checks: tuple[CheckSummary, ...] = (),
+) -> Decision:
+    rollout, obs, now = t.rollout, t.obs, t.now
+    new = dataclasses.replace(
+        state,
+        phase="rollingBack",
+        rolled_back_revision=state.revision,
+        finished_at=now,
+        message=f"rolled back: {message}",
+    )
+    transition = Transition("RolledBack", message, "rolledBack", warning=True, checks=checks)
+    return Decision(new, desired_for(rollout, new, obs), (*extra, transition), requeue_after=POLL)
+
+
+def _promote(t: _Tick, state: RolloutState, why: str) -> Decision:
+    rollout, obs = t.rollout, t.obs
+    new = dataclasses.replace(
+        state,
+        phase="promoting",
+        step_started_at=None,
+        message=f"promoting {state.canary_version}: {why}",
+    )
+    return Decision(
+        new,
+        desired_for(rollout, new, obs),
+        (
+            Transition(
+                "Promoting", f"{why}; the stable Deployment gets the canary's template", None
+            ),
+        ),
+        requeue_after=POLL,
+    )
+
+
+def _pause(state: RolloutState, message: str) -> Decision:
+    new = dataclasses.replace(state, phase="paused", message=f"paused: {message}")
+    return Decision(new, Desired(), (Transition("Paused", message, "paused", warning=True),))
+
+
+def _ignore_command(decision: Decision, command: str, why: str) -> Decision:
+    note = Transition("CommandIgnored", f"command {command!r} ignored: {why}", None, warning=True)
+    return dataclasses.replace(
+        decision, transitions=(*decision.transitions, note), consume_command=True
+    )
+
+
+# ------------------------------------------------------------------ the decision
+
+
+def decide(
+    rollout: RolloutConfig,
+    state: RolloutState,
+    obs: Observation,
+    now: datetime,
+    verdict: IntervalVerdict | None = None,
+) -> Decision:
+    """Decide one tick; ``verdict`` is the interval's analysis when :func:`analysis_due` asked."""
+    command = (obs.command or "").strip() or None
+    if command is not None and command not in COMMANDS:
+        decision = _decide_phase(_Tick(rollout, obs, now), state, verdict, None)
+        return _ignore_command(
+            decision, command, f"unknown command; use one of {', '.join(COMMANDS)}"
+        )
+    decision = _decide_phase(_Tick(rollout, obs, now), state, verdict, command)
+    if command is not None and not decision.consume_command:
+        decision = dataclasses.replace(decision, consume_command=True)
+    return decision
+
+
+def _decide_phase(
+    t: _Tick, state: RolloutState, verdict: IntervalVerdict | None, command: str | None
+) -> Decision:
+    obs = t.obs
+    active = state.phase in ("progressing", "paused", "promoting")
+    if active and obs.canary_revision != state.revision:
+        if obs.canary_revision == obs.stable_revision:
+            return _roll_back(t, state, "the canary template was reverted to the stable's")
+        return _start_release(t, state, "release superseded by a new canary revision")
+
+    if state.phase in ("idle", "succeeded", "rolledBack"):
+        return _decide_settled(t, state, command)
+    if state.phase == "progressing":
+        return _decide_progressing(t, state, verdict, command)
+    if state.phase == "paused":
+        return _decide_paused(t, state, command)
+    if state.phase == "promoting":
+        return _decide_promoting(t, state, command)
+    return _decide_rolling_back(t, state, command)
+
+
+def _decide_settled(t: _Tick, state: RolloutState, command: str | None) -> Decision:
+    rollout, obs = t.rollout, t.obs
+    stay = Decision(state, desired_for(rollout, state, obs))
+    if obs.canary_revision == obs.stable_revision:
+        if command is not None:
+            return _ignore_command(stay, command, "no release in progress")
+        return stay
+    if obs.canary_revision == state.rolled_back_revision:
+        if command == "retry":
+            return _start_release(t, state, "retry requested")
+        if command is not None:
+            return _ignore_command(stay, command, "this revision was rolled back; use retry")
+        return stay
+    if state.phase == "succeeded" and obs.canary_revision == state.revision:
+        # Promoted, but someone changed the stable since: not a new release.
+        if command is not None:
+            return _ignore_command(stay, command, "this revision was already promoted")
+        return stay
+    decision = _start_release(t, state, "new canary revision")
+    if command == "promote" and decision.state.phase == "progressing":
+        return _promote(t, decision.state, "promotion requested by command")
+    if command == "abort" and decision.state.phase == "progressing":
+        return _roll_back(t, decision.state, "aborted by command")
+    if command is not None and command != "retry":
+        return _ignore_command(
+            decision, command, "applied to the new release only for promote/abort"
+        )
+    return decision
+
+
+def _deadline_rollback(t: _Tick, state: RolloutState, what: str) -> Decision:
+    message = f"{what} within progressDeadline {format_duration(t.rollout.progress_deadline)}"
+    exceeded = Transition(
+        "ProgressDeadlineExceeded", message, "progressDeadlineExceeded", warning=True
+    )
+    return _roll_back(t, state, message, extra=(exceeded,))
+
+
+def _decide_progressing(
+    t: _Tick, state: RolloutState, verdict: IntervalVerdict | None, command: str | None
+) -> Decision:
+    rollout, obs, now = t.rollout, t.obs, t.now
+    if command == "abort":
+        return _roll_back(t, state, "aborted by command")
+    if command == "promote":
+        return _promote(t, state, "promotion requested by command")
+    if command == "pause":
+        return _pause(state, f"paused by command at {_step_label(rollout, state)}")
+
+    if state.stage == "analysing":
+        decision = _analysing(t, state, verdict)
+    else:
+        want = _pods(rollout, state)[state.step]
+        if _canary_ready(obs.canary, want):
+            new = dataclasses.replace(
+                state,
+                stage="analysing",
+                ready_at=now,
+                not_ready_since=None,
+                last_analysis_at=None,
+                step_passes=0,
+                message=f"analysing {_step_label(rollout, state)}",
+            )
+            decision = Decision(new, desired_for(rollout, new, obs), requeue_after=POLL)
+        elif (
+            state.step_started_at is not None
+            and now - state.step_started_at > rollout.progress_deadline
+        ):
+            return _deadline_rollback(
+                t,
+                state,
+                f"canary pods not Ready at {_step_label(rollout, state)} "
+                f"({obs.canary.ready}/{want} ready)",
+            )
+        else:
+            decision = Decision(state, desired_for(rollout, state, obs), requeue_after=POLL)
+    if command is not None:
+        return _ignore_command(decision, command, "the release is progressing")
+    return decision
+
+
+def _record(state: RolloutState, verdict: IntervalVerdict, now: datetime) -> RolloutState:
+    record = VerdictRecord(
+        at=verdict.at,
+        step=state.step,
+        verdict=verdict.verdict,
+        reason=verdict.reason,
+        checks={
+            c.name: {"verdict": c.verdict, "value": c.value, "threshold": c.threshold}
+            for c in verdict.checks
+        },
+    )
+    return dataclasses.replace(state, last_analysis_at=now, verdicts=state.with_verdict(record))
+
+
+def _judge(t: _Tick, state: RolloutState, verdict: IntervalVerdict) -> Decision | RolloutState:
+    """Count one interval's verdict; a Decision when it ends the step (rollback or pause)."""
+    analysis = t.rollout.analysis
+    checks = tuple(c.summary() for c in verdict.checks)
+    state = _record(state, verdict, t.now)
+    where = _step_label(t.rollout, state)
+    if verdict.verdict == "pass":
+        return dataclasses.replace(state, step_passes=state.step_passes + 1, inconclusive=0)
+    if verdict.verdict == "fail":
+        state = dataclasses.replace(state, failures=state.failures + 1, inconclusive=0)
+        failed = Transition(
+            "AnalysisFailed",
+            f"analysis failed at {where}: {verdict.reason}",
+            "analysisFailed",
+            warning=True,
+            checks=checks,
+        )
+        if state.failures > analysis.failure_limit:
+            reason = (
+                f"{verdict.reason} ({state.failures} failed interval(s), "
+                f"failureLimit {analysis.failure_limit})"
+            )
+            return _roll_back(t, state, reason, extra=(failed,), checks=checks)
+        return Decision(state, Desired(), (failed,))
+    state = dataclasses.replace(state, inconclusive=state.inconclusive + 1)
+    unsure = Transition(
+        "AnalysisInconclusive",
+        f"analysis inconclusive at {where} ({state.inconclusive} in a row): {verdict.reason}",
+        "inconclusive",
+        warning=True,
+        checks=checks,
+    )
+    if state.inconclusive <= analysis.inconclusive_limit:
+        return Decision(state, Desired(), (unsure,))
+    reason = (
+        f"{state.inconclusive} inconclusive intervals in a row "
+        f"(inconclusiveLimit {analysis.inconclusive_limit}): {verdict.reason}"
+    )
+    if analysis.inconclusive_policy == "rollback":
+        return _roll_back(t, state, reason, extra=(unsure,), checks=checks)
+    paused = _pause(state, reason)
+    with_checks = tuple(dataclasses.replace(p, checks=checks) for p in paused.transitions)
+    return dataclasses.replace(paused, transitions=(unsure, *with_checks))
+
+
+def _analysing(t: _Tick, state: RolloutState, verdict: IntervalVerdict | None) -> Decision:
+    rollout, obs, now = t.rollout, t.obs, t.now
+    want = _pods(rollout, state)[state.step]
+    if not _canary_ready(obs.canary, want):
+        since = state.not_ready_since or now
+        if now - since > rollout.progress_deadline:
+            return _deadline_rollback(
+                t,
+                state,
+                f"canary pods did not get Ready again at {_step_label(rollout, state)} "
+                f"({obs.canary.ready}/{want} ready)",
+            )
+        new = dataclasses.replace(state, not_ready_since=since)
+        return Decision(new, desired_for(rollout, new, obs), requeue_after=POLL)
+
+    state = dataclasses.replace(state, not_ready_since=None)
+    transitions: tuple[Transition, ...] = ()
+    if verdict is not None:
+        judged = _judge(t, state, verdict)
+        if isinstance(judged, Decision) and judged.state.phase != "progressing":
+            return judged
+        if isinstance(judged, Decision):
+            state, transitions = judged.state, judged.transitions
+        else:
+            state = judged
+
+    step = rollout.steps[state.step]
+    held = state.ready_at is not None and now - state.ready_at >= step.hold
+    last = state.verdicts[-1] if state.verdicts else None
+    passed = last is not None and last.verdict == "pass" and last.step == state.step
+    if held and passed and state.step_passes >= 1:
+        return _advance(t, state, transitions)
+
+    if verdict is not None:
+        state = dataclasses.replace(
+            state,
+            message=f"analysing {_step_label(rollout, state)}: last interval {verdict.verdict}",
+        )
+    hold_ends = state.ready_at + step.hold if state.ready_at is not None else None
+    wakes = [w for w in (next_analysis_at(rollout, state), hold_ends) if w is not None and w > now]
+    return Decision(
+        state,
+        desired_for(rollout, state, obs),
+        transitions,
+        requeue_after=min(wakes) - now if wakes else None,
+    )
+
+
+def _advance(t: _Tick, state: RolloutState, transitions: tuple[Transition, ...]) -> Decision:
+    """The step held long enough with passing analysis: next step, or promotion after the last."""
+    rollout = t.rollout
+    pods = _pods(rollout, state)
+    if state.step + 1 >= len(pods):
+        promoted = _promote(t, state, f"all {len(pods)} steps passed their analysis")
+        return dataclasses.replace(promoted, transitions=(*transitions, *promoted.transitions))
+    hold = format_duration(rollout.steps[state.step].hold)
+    new = dataclasses.replace(
+        state,
+        step=state.step + 1,
+        stage="waitingReady",
+        step_started_at=t.now,
+        ready_at=None,
+        last_analysis_at=None,
+        step_passes=0,
+    )
+    new = dataclasses.replace(new, message=f"waiting for {_step_label(rollout, new)}")
+    advanced = Transition(
+        "StepAdvanced",
+        f"advanced to {_step_label(rollout, new)} after step {state.step + 1} held {hold} "
+        f"with {state.step_passes} passing interval(s)",
+        "stepAdvanced",
+    )
+    return Decision(
+        new, desired_for(rollout, new, t.obs), (*transitions, advanced), requeue_after=POLL
+    )
+
+
+def _decide_paused(t: _Tick, state: RolloutState, command: str | None) -> Decision:
+    rollout, obs, now = t.rollout, t.obs, t.now
+    if command == "abort":
+        return _roll_back(t, state, "aborted by command")
+    if command == "promote":
+        return _promote(t, state, "promotion requested by command")
+    if command == "resume":
+        if state.total < 1:
+            # Paused before the release could start (no stable replicas): start it now.
+            return _start_release(t, state, "resumed")
+        new = dataclasses.replace(
+            state,
+            phase="progressing",
+            stage="waitingReady",
+            step_started_at=now,
+            ready_at=None,
+            not_ready_since=None,
+            last_analysis_at=None,
+            step_passes=0,
+            inconclusive=0,
+        )
+        label = _step_label(rollout, new)
+        new = dataclasses.replace(new, message=f"resumed at {label}")
+        return Decision(
+            new,
+            desired_for(rollout, new, obs),
+            (Transition("Resumed", f"resumed at {label}", "resumed"),),
+            requeue_after=POLL,
+        )
+    stay = Decision(state, Desired())
+    if command is not None:
+        return _ignore_command(stay, command, "the release is paused; use resume, promote or abort")
+    return stay
+
+
+def _decide_promoting(t: _Tick, state: RolloutState, command: str | None) -> Decision:
+    rollout, obs, now = t.rollout, t.obs, t.now
+    if command == "abort":
+        return _roll_back(t, state, "aborted by command during promotion")
+    if state.step_started_at is None:
+        # step_started_at marks when the promotion began, for its deadline.
+        state = dataclasses.replace(state, step_started_at=now)
+    started = state.step_started_at or now
+    if _stable_complete(obs, state) and obs.canary.replicas == 0:
+        new = dataclasses.replace(
+            state,
+            phase="succeeded",
+            finished_at=now,
+            message=f"promoted {state.canary_version} (revision {state.revision})",
+        )
+        promoted = Transition(
+            "Promoted",
+            f"promoted {state.canary_version} (revision {state.revision}) to the stable "
+            f"Deployment {obs.stable.name} with {state.total} replicas; canary scaled to 0",
+            "promoted",
+        )
+        decision = Decision(new, desired_for(rollout, new, obs), (promoted,))
+    elif not _stable_complete(obs, state) and now - started > rollout.progress_deadline:
+        return _deadline_rollback(
+            t,
+            state,
+            f"the stable Deployment did not finish rolling out revision {state.revision} "
+            f"({obs.stable.available}/{state.total} available)",
+        )
+    else:
+        decision = Decision(state, desired_for(rollout, state, obs), requeue_after=POLL)
+    if command is not None:
+        return _ignore_command(
+            decision, command, "the release is being promoted; only abort applies"
+        )
+    return decision
+
+
+def _decide_rolling_back(t: _Tick, state: RolloutState, command: str | None) -> Decision:
+    rollout, obs = t.rollout, t.obs
+    desired = desired_for(rollout, state, obs)
+    done = (
+        obs.canary.replicas == 0
+        and obs.stable.replicas == state.total
+        and desired.stable_template is None
+    )
+    if done:
+        new = dataclasses.replace(state, phase="rolledBack")
+        decision = Decision(new, desired_for(rollout, new, obs))
+    else:
+        decision = Decision(state, desired, requeue_after=POLL)
+    if command is not None:
+        return _ignore_command(decision, command, "the release is being rolled back")
+    return decision
