@@ -1,0 +1,287 @@
+"""One tick of one rollout: read the cluster, decide, act, tell.
+
+``RolloutEngine.tick()`` is level-triggered and keeps nothing in memory
+between ticks: the state comes from the canary's annotation each time. Order
+of effects, so a crash at any point is repaired by the next tick:
+
+1. write the new state (guarded by resourceVersion; a conflict aborts the tick),
+2. bring the Deployments to the desired template and replica counts (stable
+   first, so capacity never dips while the canary shrinks),
+3. record Events and send alerts.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import structlog
+
+from autocanary import analysis, decision, revision
+from autocanary import state as state_codec
+from autocanary.alert import Alert
+from autocanary.config import RolloutConfig
+from autocanary.errors import PrometheusUnavailable, QueryError, StateConflict
+from autocanary.kube import DeploymentRecord, KubeClient
+from autocanary.metrics import DaemonMetrics
+from autocanary.notify import Notifier
+from autocanary.prometheus import PrometheusClient
+from autocanary.state import COMMAND_ANNOTATION, STATE_ANNOTATION, RolloutState
+
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware."""
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class TickResult:
+    """What a tick did, for the scheduler and for tests."""
+
+    phase: str
+    requeue_after: timedelta | None
+    transitions: tuple[decision.Transition, ...]
+    state: RolloutState
+
+
+def _view(record: DeploymentRecord) -> decision.DeploymentView:
+    return decision.DeploymentView(
+        name=record.name,
+        template=record.template,
+        replicas=record.replicas,
+        ready=record.ready,
+        available=record.available,
+        updated=record.updated,
+        current=record.current,
+        observed=record.observed,
+    )
+
+
+class RolloutEngine:
+    """Drives one configured rollout, one tick at a time."""
+
+    def __init__(
+        self,
+        rollout: RolloutConfig,
+        *,
+        kube: KubeClient,
+        prometheus: PrometheusClient,
+        notifier: Notifier,
+        metrics: DaemonMetrics,
+        clock: Clock = utcnow,
+    ) -> None:
+        """Bind the adapters a tick uses; nothing is read until :meth:`tick`."""
+        self.rollout = rollout
+        self.kube = kube
+        self.prometheus = prometheus
+        self.notifier = notifier
+        self.metrics = metrics
+        self.clock = clock
+        self._log = structlog.get_logger("autocanary.engine").bind(
+            rollout=rollout.name, namespace=rollout.namespace
+        )
+
+    def observe(
+        self,
+    ) -> tuple[DeploymentRecord, DeploymentRecord, decision.Observation, RolloutState]:
+        """Read both Deployments and the persisted state."""
+        r = self.rollout
+        canary = self.kube.read_deployment(r.namespace, r.canary_name)
+        stable = self.kube.read_deployment(r.namespace, r.stable)
+        roles = revision.role_labels(r.role_labels, stable.selector, canary.selector)
+        obs = decision.Observation(
+            stable=_view(stable),
+            canary=_view(canary),
+            stable_revision=revision.revision_of(stable.template, roles),
+            canary_revision=revision.revision_of(canary.template, roles),
+            stable_version=revision.version_of(stable.template, r.version_label),
+            canary_version=revision.version_of(canary.template, r.version_label),
+            role_labels=frozenset(roles),
+            command=canary.annotations.get(COMMAND_ANNOTATION),
+        )
+        raw_state = canary.annotations.get(STATE_ANNOTATION)
+        current = state_codec.loads(raw_state) if raw_state else RolloutState()
+        return canary, stable, obs, current
+
+    def tick(self) -> TickResult:
+        """Read, decide, act and tell, once. Raises autocanary errors for the caller to count."""
+        started = time.monotonic()
+        r = self.rollout
+        canary, stable, obs, current = self.observe()
+        log = self._log.bind(
+            revision=current.revision or obs.canary_revision,
+            step=current.step + 1 if current.phase in state_codec.ACTIVE_PHASES else None,
+        )
+        now = self.clock()
+        verdict = None
+        if decision.analysis_due(r, current, obs, now):
+            verdict = self._analyse(current, now, log)
+        outcome = decision.decide(r, current, obs, now, verdict)
+        new = outcome.state
+
+        new_json = state_codec.dumps(new)
+        if new_json != canary.annotations.get(STATE_ANNOTATION) or outcome.consume_command:
+            try:
+                canary = self.kube.write_state(
+                    canary, new_json, consume_command=outcome.consume_command
+                )
+            except StateConflict:
+                log.info("state changed meanwhile; deciding again on the next tick")
+                return TickResult(current.phase, timedelta(seconds=1), (), current)
+
+        log = log.bind(
+            revision=new.revision or obs.canary_revision,
+            step=new.step + 1 if new.phase in state_codec.ACTIVE_PHASES else None,
+        )
+        self._actuate(outcome.desired, canary, stable, log)
+        for transition in outcome.transitions:
+            self._tell(transition, new, canary, log)
+        self._export(new, obs)
+        elapsed = time.monotonic() - started
+        self.metrics.tick_duration.labels(r.name).observe(elapsed)
+        log.info(
+            "tick",
+            phase=new.phase,
+            stage=new.stage if new.phase == "progressing" else None,
+            canary_replicas=obs.canary.replicas,
+            stable_replicas=obs.stable.replicas,
+            verdict=verdict.verdict if verdict else None,
+            transitions=[t.reason for t in outcome.transitions] or None,
+            message=new.message,
+            duration_ms=round(elapsed * 1000, 1),
+        )
+        return TickResult(new.phase, outcome.requeue_after, outcome.transitions, new)
+
+    # ---- analysis --------------------------------------------------------------------------
+
+    def _analyse(
+        self, current: RolloutState, now: datetime, log: structlog.typing.FilteringBoundLogger
+    ) -> analysis.IntervalVerdict:
+        r = self.rollout
+        plan = analysis.plan(r, current.canary_version, current.stable_version)
+        queries = [plan.canary_requests_query]
+        if plan.stable_requests_query is not None:
+            queries.append(plan.stable_requests_query)
+        names = {plan.canary_requests_query: "requests", plan.stable_requests_query: "requests"}
+        for planned in plan.checks:
+            queries.append(planned.canary_query)
+            names[planned.canary_query] = planned.check.name
+            if planned.stable_query is not None:
+                queries.append(planned.stable_query)
+                names[planned.stable_query] = planned.check.name
+        outcomes: dict[str, analysis.QueryOutcome] = {}
+        for query in dict.fromkeys(queries):  # unique, in order
+            try:
+                outcomes[query] = analysis.QueryOutcome(
+                    value=self.prometheus.query_value(query, now)
+                )
+            except (PrometheusUnavailable, QueryError) as e:
+                outcomes[query] = analysis.QueryOutcome(error=str(e))
+                reason = "unavailable" if isinstance(e, PrometheusUnavailable) else "rejected"
+                self.metrics.query_errors.labels(r.name, names.get(query) or "?", reason).inc()
+                log.warning("query failed", check=names.get(query), error=str(e))
+        verdict = analysis.judge_interval(r.analysis, plan, outcomes, now)
+        for result in verdict.checks:
+            self.metrics.check_results.labels(r.name, result.name, result.verdict).inc()
+            if result.value is not None:
+                self.metrics.check_value.labels(r.name, result.name).set(result.value)
+        log.info(
+            "analysis",
+            verdict=verdict.verdict,
+            canary_requests=verdict.canary_requests,
+            checks={
+                c.name: {"verdict": c.verdict, "value": c.value, "threshold": c.threshold}
+                for c in verdict.checks
+            },
+            reason=verdict.reason,
+        )
+        return verdict
+
+    # ---- effects ---------------------------------------------------------------------------
+
+    def _actuate(
+        self,
+        desired: decision.Desired,
+        canary: DeploymentRecord,
+        stable: DeploymentRecord,
+        log: structlog.typing.FilteringBoundLogger,
+    ) -> None:
+        r = self.rollout
+        if desired.stable_template is not None:
+            log.info("replacing the stable pod template", deployment=r.stable)
+            stable = self.kube.replace_template(r.namespace, r.stable, desired.stable_template)
+        if desired.stable_replicas is not None and desired.stable_replicas != stable.replicas:
+            log.info(
+                "scaling",
+                deployment=r.stable,
+                replicas=desired.stable_replicas,
+                was=stable.replicas,
+            )
+            self.kube.scale(r.namespace, r.stable, desired.stable_replicas)
+        if desired.canary_replicas is not None and desired.canary_replicas != canary.replicas:
+            log.info(
+                "scaling",
+                deployment=r.canary_name,
+                replicas=desired.canary_replicas,
+                was=canary.replicas,
+            )
+            self.kube.scale(r.namespace, r.canary_name, desired.canary_replicas)
+
+    def _tell(
+        self,
+        transition: decision.Transition,
+        new: RolloutState,
+        canary: DeploymentRecord,
+        log: structlog.typing.FilteringBoundLogger,
+    ) -> None:
+        r = self.rollout
+        log.info(
+            "transition",
+            reason=transition.reason,
+            message=transition.message,
+            kind=transition.kind,
+        )
+        if transition.reason == "RolledBack":
+            self.metrics.rollbacks.labels(r.name, r.namespace).inc()
+        elif transition.reason == "Promoted":
+            self.metrics.promotions.labels(r.name, r.namespace).inc()
+        try:
+            self.kube.record_event(
+                canary, transition.reason, transition.message, warning=transition.warning
+            )
+        except Exception as e:  # noqa: BLE001 -- an Event that cannot be written must not stop the alert
+            log.warning("could not record Event", reason=transition.reason, error=str(e))
+        if transition.kind is None:
+            return
+        self.notifier.notify(
+            Alert(
+                kind=transition.kind,
+                reason=transition.reason,
+                rollout=r.name,
+                namespace=r.namespace,
+                revision=new.revision,
+                canary_version=new.canary_version,
+                stable_version=new.stable_version,
+                step=new.step + 1 if new.total else None,
+                total_steps=len(r.steps),
+                message=transition.message,
+                at=self.clock(),
+                checks=transition.checks,
+            ),
+            r.alerts,
+        )
+
+    def _export(self, new: RolloutState, obs: decision.Observation) -> None:
+        r = self.rollout
+        self.metrics.set_phase(r.name, r.namespace, new.phase)
+        self.metrics.step.labels(r.name).set(
+            new.step + 1 if new.phase in state_codec.ACTIVE_PHASES else 0
+        )
+        ready = obs.canary.ready + obs.stable.ready
+        self.metrics.canary_weight.labels(r.name, r.namespace).set(
+            obs.canary.ready / ready if ready else 0.0
+        )

@@ -1,0 +1,333 @@
+"""The Kubernetes adapter: the only daemon module that talks to the API server.
+
+Objects are read as plain JSON (``_preload_content=False``) so templates keep
+their exact API shape for hashing and copying. Every call has a timeout, and
+every ``ApiException`` or transport error is translated into autocanary's own
+error types (see :mod:`autocanary.errors`), chained with ``from``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import urllib3
+from kubernetes import client, config
+from kubernetes.client import ApiException
+
+from autocanary.errors import (
+    InvalidResource,
+    KubernetesForbidden,
+    KubernetesUnavailable,
+    ResourceNotFound,
+    StateConflict,
+)
+from autocanary.state import COMMAND_ANNOTATION, STATE_ANNOTATION
+
+JSON = dict[str, Any]
+_T = TypeVar("_T")
+
+#: (connect, read) seconds for every API call; a hung API server must not hang a tick.
+TIMEOUT = (5.0, 15.0)
+FIELD_MANAGER = "autocanary"
+_MAX_EVENT_MESSAGE = 1024
+
+
+@dataclass(frozen=True)
+class DeploymentRecord:
+    """A Deployment as read: what the engine needs, plus the raw object."""
+
+    name: str
+    namespace: str
+    uid: str
+    resource_version: str
+    generation: int
+    template: JSON
+    selector: dict[str, str]
+    annotations: dict[str, str]
+    replicas: int
+    ready: int
+    available: int
+    updated: int
+    current: int
+    observed_generation: int
+    raw: JSON
+
+    @property
+    def observed(self) -> bool:
+        """Whether the deployment controller has seen the latest spec."""
+        return self.observed_generation >= self.generation
+
+    @classmethod
+    def from_json(cls, obj: JSON) -> DeploymentRecord:
+        """Build from the API's JSON; :class:`InvalidResource` if it is not a usable Deployment."""
+        try:
+            meta, spec = obj["metadata"], obj["spec"]
+            status = obj.get("status") or {}
+            return cls(
+                name=meta["name"],
+                namespace=meta["namespace"],
+                uid=meta.get("uid", ""),
+                resource_version=meta["resourceVersion"],
+                generation=int(meta.get("generation", 0)),
+                template=spec["template"],
+                selector=dict((spec.get("selector") or {}).get("matchLabels") or {}),
+                annotations=dict(meta.get("annotations") or {}),
+                replicas=int(spec.get("replicas", 1)),
+                ready=int(status.get("readyReplicas", 0)),
+                available=int(status.get("availableReplicas", 0)),
+                updated=int(status.get("updatedReplicas", 0)),
+                current=int(status.get("replicas", 0)),
+                observed_generation=int(status.get("observedGeneration", 0)),
+                raw=obj,
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise InvalidResource(f"not a usable Deployment object (missing {e})") from e
+
+
+def _translate(e: ApiException, what: str) -> Exception:
+    reason = _api_message(e)
+    status = e.status or 0
+    if status in (401, 403):
+        return KubernetesForbidden(
+            f"{what}: forbidden ({status}): {reason}. Check the daemon's Role/RoleBinding "
+            "(deploy/rbac.yaml)"
+        )
+    if status == 404:
+        return ResourceNotFound(f"{what}: not found: {reason}")
+    if status == 409:
+        return StateConflict(f"{what}: conflict, the object changed meanwhile: {reason}")
+    if status in (400, 422):
+        return InvalidResource(f"{what}: rejected by the API server ({status}): {reason}")
+    return KubernetesUnavailable(f"{what}: API server answered {status}: {reason}")
+
+
+def _api_message(e: ApiException) -> str:
+    try:
+        body = json.loads(e.body or "{}")
+    except (TypeError, ValueError):
+        return str(e.reason or e.body)
+    return str(body.get("message") or e.reason)
+
+
+@contextmanager
+def _calling(what: str) -> Iterator[None]:
+    try:
+        yield
+    except ApiException as e:
+        raise _translate(e, what) from e
+    except (urllib3.exceptions.HTTPError, OSError) as e:
+        raise KubernetesUnavailable(f"{what}: cannot reach the API server: {e}") from e
+
+
+def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
+    """An ApiClient from a kubeconfig file, else in-cluster config, else ``~/.kube/config``."""
+    loaded: client.ApiClient
+    if kubeconfig:
+        loaded = config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+        return loaded
+    try:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+        return client.ApiClient()
+    except config.ConfigException:
+        loaded = config.new_client_from_config()  # type: ignore[no-untyped-call]
+        return loaded
+
+
+class KubeClient:
+    """Deployments, Events and Leases, as the daemon and CLI need them."""
+
+    def __init__(self, api_client: client.ApiClient, *, identity: str = "autocanary") -> None:
+        """Wrap an ApiClient; ``identity`` names this process in Events and Leases."""
+        self.api_client = api_client
+        self.identity = identity
+        self._apps = client.AppsV1Api(api_client)
+        self._core = client.CoreV1Api(api_client)
+        self._coordination = client.CoordinationV1Api(api_client)
+
+    def _json(self, what: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> JSON:
+        with _calling(what):
+            response = call(*args, _preload_content=False, _request_timeout=TIMEOUT, **kwargs)
+            data: JSON = json.loads(response.data)
+            return data
+
+    # ---- Deployments -----------------------------------------------------------------------
+
+    def read_deployment(self, namespace: str, name: str) -> DeploymentRecord:
+        """Read one Deployment."""
+        obj = self._json(
+            f"read Deployment {namespace}/{name}",
+            self._apps.read_namespaced_deployment,
+            name,
+            namespace,
+        )
+        return DeploymentRecord.from_json(obj)
+
+    def patch_deployment(
+        self, namespace: str, name: str, patch: JSON | list[JSON], what: str
+    ) -> DeploymentRecord:
+        """Apply a merge patch (a dict) or JSON patch (a list) to a Deployment."""
+        content_type = (
+            "application/json-patch+json"
+            if isinstance(patch, list)
+            else "application/merge-patch+json"
+        )
+        obj = self._json(
+            f"{what} ({namespace}/{name})",
+            self._apps.patch_namespaced_deployment,
+            name,
+            namespace,
+            patch,
+            field_manager=FIELD_MANAGER,
+            _content_type=content_type,
+        )
+        return DeploymentRecord.from_json(obj)
+
+    def scale(self, namespace: str, name: str, replicas: int) -> DeploymentRecord:
+        """Set a Deployment's replica count."""
+        return self.patch_deployment(
+            namespace, name, {"spec": {"replicas": replicas}}, f"scale to {replicas}"
+        )
+
+    def replace_template(self, namespace: str, name: str, template: JSON) -> DeploymentRecord:
+        """Replace a Deployment's whole pod template (a merge patch would keep removed keys)."""
+        return self.patch_deployment(
+            namespace,
+            name,
+            [{"op": "replace", "path": "/spec/template", "value": template}],
+            "replace pod template",
+        )
+
+    def write_state(
+        self,
+        deployment: DeploymentRecord,
+        state_json: str,
+        *,
+        consume_command: bool,
+        replicas: int | None = None,
+    ) -> DeploymentRecord:
+        """Write the state annotation, guarded by the resourceVersion that was read.
+
+        A concurrent writer (another replica, the CLI setting a command) makes
+        this fail with :class:`StateConflict` instead of being overwritten.
+        The canary's replica count can ride along in the same atomic patch.
+        """
+        annotations: dict[str, str | None] = {STATE_ANNOTATION: state_json}
+        if consume_command:
+            annotations[COMMAND_ANNOTATION] = None
+        patch: JSON = {
+            "metadata": {
+                "resourceVersion": deployment.resource_version,
+                "annotations": annotations,
+            }
+        }
+        if replicas is not None:
+            patch["spec"] = {"replicas": replicas}
+        return self.patch_deployment(deployment.namespace, deployment.name, patch, "write state")
+
+    def set_command(self, namespace: str, name: str, command: str) -> None:
+        """Ask the daemon to run a manual command on a rollout (consumed on its next tick)."""
+        self.patch_deployment(
+            namespace,
+            name,
+            {"metadata": {"annotations": {COMMAND_ANNOTATION: command}}},
+            f"set command {command!r}",
+        )
+
+    def create_deployment(self, namespace: str, body: JSON) -> DeploymentRecord:
+        """Create a Deployment (used by ``autocanary release`` when the canary is missing)."""
+        obj = self._json(
+            f"create Deployment {namespace}/{body['metadata']['name']}",
+            self._apps.create_namespaced_deployment,
+            namespace,
+            body,
+            field_manager=FIELD_MANAGER,
+        )
+        return DeploymentRecord.from_json(obj)
+
+    # ---- Events ----------------------------------------------------------------------------
+
+    def record_event(
+        self, deployment: DeploymentRecord, reason: str, message: str, *, warning: bool
+    ) -> None:
+        """Write a core/v1 Event about a Deployment (``kubectl describe`` shows it)."""
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{deployment.name}.", "namespace": deployment.namespace},
+            "involvedObject": {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "name": deployment.name,
+                "namespace": deployment.namespace,
+                "uid": deployment.uid,
+                "resourceVersion": deployment.resource_version,
+            },
+            "reason": reason,
+            "message": message[:_MAX_EVENT_MESSAGE],
+            "type": "Warning" if warning else "Normal",
+            "source": {"component": "autocanary"},
+            "reportingComponent": "autocanary.io/autocanary",
+            "reportingInstance": self.identity,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        self._json(
+            f"record Event {reason} on {deployment.namespace}/{deployment.name}",
+            self._core.create_namespaced_event,
+            deployment.namespace,
+            body,
+        )
+
+    def list_events(self, namespace: str, name: str) -> list[JSON]:
+        """Events about one object, oldest first."""
+        data = self._json(
+            f"list Events of {namespace}/{name}",
+            self._core.list_namespaced_event,
+            namespace,
+            field_selector=f"involvedObject.name={name}",
+        )
+        items: list[JSON] = data.get("items", [])
+        return sorted(
+            items, key=lambda e: e.get("lastTimestamp") or e["metadata"]["creationTimestamp"]
+        )
+
+    # ---- Leases ----------------------------------------------------------------------------
+
+    def read_lease(self, namespace: str, name: str) -> JSON | None:
+        """The Lease object, or None when it does not exist yet."""
+        try:
+            return self._json(
+                f"read Lease {namespace}/{name}",
+                self._coordination.read_namespaced_lease,
+                name,
+                namespace,
+            )
+        except ResourceNotFound:
+            return None
+
+    def create_lease(self, namespace: str, body: JSON) -> JSON:
+        """Create a Lease; :class:`StateConflict` if someone created it first."""
+        return self._json(
+            f"create Lease {namespace}/{body['metadata']['name']}",
+            self._coordination.create_namespaced_lease,
+            namespace,
+            body,
+        )
+
+    def replace_lease(self, namespace: str, body: JSON) -> JSON:
+        """Replace a Lease, guarded by the resourceVersion in ``body``."""
+        name = body["metadata"]["name"]
+        return self._json(
+            f"update Lease {namespace}/{name}",
+            self._coordination.replace_namespaced_lease,
+            name,
+            namespace,
+            body,
+        )

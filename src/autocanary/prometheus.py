@@ -1,0 +1,105 @@
+"""The Prometheus adapter: the only daemon module that queries Prometheus.
+
+Built on prometheus-api-client with its automatic retries turned off: a tick
+must not stall on sleeps inside a library, and an unanswered query is simply
+inconclusive for that interval. Errors are translated: a rejected query is a
+:class:`QueryError` (fix the PromQL), anything transport-like a
+:class:`PrometheusUnavailable`.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import requests
+from prometheus_api_client import PrometheusConnect
+from prometheus_api_client.exceptions import PrometheusApiClientException
+from urllib3.util.retry import Retry
+
+from autocanary.config import PrometheusConfig
+from autocanary.errors import PrometheusUnavailable, QueryError
+
+_STATUS = re.compile(r"HTTP Status Code (\d{3})")
+
+
+class PrometheusClient:
+    """Instant queries that must answer with one number, or nothing."""
+
+    def __init__(self, cfg: PrometheusConfig) -> None:
+        """Connect lazily to ``cfg.url``; every query uses ``cfg.timeout``."""
+        headers = None
+        if cfg.bearer_token_file:
+            try:
+                token = Path(cfg.bearer_token_file).read_text(encoding="utf-8").strip()
+            except OSError as e:
+                raise PrometheusUnavailable(
+                    f"cannot read prometheus.bearerTokenFile {cfg.bearer_token_file}: {e.strerror}"
+                ) from e
+            headers = {"Authorization": f"Bearer {token}"}
+        self.url = cfg.url
+        self._timeout = cfg.timeout.total_seconds()
+        self._connection = PrometheusConnect(
+            url=cfg.url,
+            headers=headers,
+            retry=Retry(total=0, raise_on_status=False),
+            timeout=self._timeout,
+        )
+
+    def close(self) -> None:
+        """Release the HTTP session."""
+        self._connection.close()
+
+    def query_value(self, promql: str, at: datetime | None = None) -> float | None:
+        """Evaluate ``promql`` at ``at`` (default now): one number, or None for an empty result.
+
+        A result with several series is a :class:`QueryError`: a check must
+        aggregate (``sum(...)``) to one value per version.
+        """
+        params: dict[str, Any] = {}
+        if at is not None:
+            params["time"] = f"{at.timestamp():.3f}"
+        try:
+            result = self._connection.custom_query(promql, params=params, timeout=self._timeout)
+        except PrometheusApiClientException as e:
+            status = _STATUS.search(str(e))
+            if status and status.group(1) in ("400", "422"):
+                raise QueryError(f"Prometheus rejected the query {promql!r}: {e}") from e
+            raise PrometheusUnavailable(f"Prometheus at {self.url} failed: {e}") from e
+        except requests.RequestException as e:
+            raise PrometheusUnavailable(f"cannot reach Prometheus at {self.url}: {e}") from e
+        except ValueError as e:  # a proxy or wrong URL answering something that is not JSON
+            raise PrometheusUnavailable(
+                f"Prometheus at {self.url} gave an unreadable answer: {e}"
+            ) from e
+        return _single_value(result, promql)
+
+
+def _single_value(result: Any, promql: str) -> float | None:
+    # A scalar result is [timestamp, "value"]; a vector is a list of {metric, value}.
+    if isinstance(result, list) and len(result) == 2 and not isinstance(result[0], dict):
+        return _number(result[1], promql)
+    if not isinstance(result, list):
+        raise QueryError(f"query {promql!r} returned an unexpected result: {result!r:.200}")
+    if not result:
+        return None
+    if len(result) > 1:
+        labels = [r.get("metric", {}) for r in result[:3]]
+        raise QueryError(
+            f"query {promql!r} returned {len(result)} series (e.g. {labels}); "
+            "aggregate it to one value, e.g. with sum(...)"
+        )
+    sample = result[0]
+    if "value" not in sample:
+        raise QueryError(f"query {promql!r} returned a range, not an instant value")
+    return _number(sample["value"][1], promql)
+
+
+def _number(text: Any, promql: str) -> float:
+    # Prometheus spells NaN and infinities as strings ("NaN", "+Inf"); float() reads them.
+    try:
+        return float(text)
+    except (TypeError, ValueError) as e:
+        raise QueryError(f"query {promql!r} returned a non-number {text!r}") from e
