@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from autocanary.testbed.errors import HarnessError
-from autocanary.testbed.procs import ManagedProcess, ProcessGroup, free_port
+from autocanary.testbed.procs import ManagedProcess, ProcessGroup, free_port, pid_alive
 from autocanary.testbed.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -26,15 +26,6 @@ print("ready", flush=True)
 while True:
     time.sleep(60)
 """
-
-
-def pid_gone(pid: int) -> bool:
-    """True when no live process has this PID (a zombie counts as gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
 
 def logged(proc: ManagedProcess, text: str) -> bool:
@@ -77,8 +68,8 @@ def test_stop_ends_the_process_and_its_children(tmp_workdir: Path) -> None:
     proc.stop()
 
     assert proc.returncode is not None
-    assert pid_gone(proc.pid)
-    wait_until(lambda: pid_gone(child), timeout=30, what="child reaped by init")
+    assert not pid_alive(proc.pid)
+    wait_until(lambda: not pid_alive(child), timeout=30, what="child ended")
     proc.stop()  # idempotent
 
 
@@ -93,7 +84,7 @@ def test_stop_kills_a_process_ignoring_sigterm(tmp_workdir: Path) -> None:
     proc.stop(timeout=0.5)
 
     assert proc.returncode == -9
-    assert pid_gone(proc.pid)
+    assert not pid_alive(proc.pid)
 
 
 def test_wait_ready_fails_fast_with_the_log_tail_when_the_process_dies(tmp_workdir: Path) -> None:
@@ -134,5 +125,5 @@ def test_group_stops_members_newest_first(tmp_workdir: Path) -> None:
         pids = [p.pid for p in group.members]
 
     assert order_file.read_text().split() == ["third", "second", "first"]
-    assert all(pid_gone(pid) for pid in pids)
+    assert not any(pid_alive(pid) for pid in pids)
     assert group.members == ()

@@ -46,6 +46,16 @@ def free_port() -> int:
     raise HarnessError("no fresh free port on 127.0.0.1 after 50 tries")
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a live process has this PID; a zombie (exited, not yet reaped) is not alive."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    # The state letter follows the command name, which is in parentheses and may hold spaces.
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 class ManagedProcess:
     """A process started by the test bed: its PID, its log file, waiting on it and stopping it.
 

@@ -1,0 +1,99 @@
+"""Where ``hack/controlplane/build.sh`` leaves the control-plane binaries.
+
+The pins and the directory layout mirror build.sh (a unit test keeps the pins
+in step): ``${AUTOCANARY_CACHE:-${XDG_CACHE_HOME:-~/.cache}/autocanary}/testbin/
+k8s<K8S>-etcd<ETCD>-kwok<KWOK>-<go version>/``, complete once ``.complete``
+exists. ``AUTOCANARY_TESTBIN`` names the directory outright.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from autocanary.testbed.errors import HarnessError
+
+K8S_VERSION = "1.36.3"
+ETCD_VERSION = "3.6.16"
+KWOK_VERSION = "0.8.0"
+
+EXECUTABLES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+STAGES = (
+    "node-initialize.yaml",
+    "node-heartbeat-with-lease.yaml",
+    "pod-ready.yaml",
+    "pod-complete.yaml",
+    "pod-delete.yaml",
+)
+BUILD_COMMAND = "hack/controlplane/build.sh"
+
+_GO_TIMEOUT_S = 30.0
+
+
+def find_binaries() -> Path:
+    """Return the directory holding a complete control-plane build.
+
+    Raises HarnessError, naming the command that builds it, when there is none.
+    """
+    override = os.environ.get("AUTOCANARY_TESTBIN")
+    if override:
+        return _checked(Path(override), why="AUTOCANARY_TESTBIN")
+    k8s = os.environ.get("K8S", K8S_VERSION)
+    etcd = os.environ.get("ETCD", ETCD_VERSION)
+    kwok = os.environ.get("KWOK", KWOK_VERSION)
+    testbin = _cache_root() / "testbin"
+    stem = f"k8s{k8s}-etcd{etcd}-kwok{kwok}"
+    go_version = _go_version()
+    if go_version is not None:
+        return _checked(testbin / f"{stem}-{go_version}", why="build.sh's output directory")
+    # Without Go the tests can still run on binaries built earlier by any Go version.
+    built = sorted(p.parent for p in testbin.glob(f"{stem}-*/.complete"))
+    if not built:
+        raise HarnessError(
+            f"no control-plane build under {testbin} and no Go to make one: install Go >= 1.26, "
+            f"then run `{BUILD_COMMAND}` from the repository root (15-40 min cold, then cached)"
+        )
+    return _checked(built[-1], why="the newest build found")
+
+
+def _cache_root() -> Path:
+    explicit = os.environ.get("AUTOCANARY_CACHE")
+    if explicit:
+        return Path(explicit)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "autocanary"
+
+
+def _go_version() -> str | None:
+    go = shutil.which("go")
+    if go is None:
+        return None
+    try:
+        out = subprocess.run(  # noqa: S603 (fixed argv)
+            [go, "env", "GOVERSION"],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=_GO_TIMEOUT_S,
+            env={**os.environ, "GOTOOLCHAIN": "local"},
+        )
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
+        raise HarnessError(f"`go env GOVERSION` failed: {e}") from e
+    return out.stdout.strip()
+
+
+def _checked(directory: Path, *, why: str) -> Path:
+    missing = [n for n in EXECUTABLES if not (directory / n).is_file()]
+    missing += [f"stages/{n}" for n in STAGES if not (directory / "stages" / n).is_file()]
+    if not (directory / ".complete").exists():
+        missing.append(".complete")
+    if missing:
+        raise HarnessError(
+            f"control-plane binaries missing in {directory} ({why}): {', '.join(missing)}. "
+            f"Build them with `{BUILD_COMMAND}` from the repository root "
+            "(15-40 min cold on 2 cores, cached afterwards), or point AUTOCANARY_TESTBIN "
+            "at a complete build."
+        )
+    return directory

@@ -1,0 +1,82 @@
+"""Locating the control-plane build: the same directory as hack/controlplane/build.sh."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from autocanary.testbed import binaries
+from autocanary.testbed.errors import HarnessError
+
+BUILD_SH = Path(__file__).parents[2] / "hack" / "controlplane" / "build.sh"
+
+
+def make_build(directory: Path) -> Path:
+    (directory / "stages").mkdir(parents=True)
+    for name in binaries.EXECUTABLES:
+        (directory / name).write_text("")
+    for name in binaries.STAGES:
+        (directory / "stages" / name).write_text("")
+    (directory / ".complete").write_text("")
+    return directory
+
+
+@pytest.fixture
+def fake_go(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A `go` on PATH that reports go9.9.9, so the directory name is predictable."""
+    bin_dir = tmp_path / "gobin"
+    bin_dir.mkdir()
+    go = bin_dir / "go"
+    go.write_text("#!/bin/sh\necho go9.9.9\n")
+    go.chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    for name in ("AUTOCANARY_TESTBIN", "K8S", "ETCD", "KWOK", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_pins_match_build_sh() -> None:
+    text = BUILD_SH.read_text()
+    pins = dict(re.findall(r"^(K8S|ETCD|KWOK)=\$\{\1:-([0-9.]+)\}$", text, re.M))
+    assert pins == {
+        "K8S": binaries.K8S_VERSION,
+        "ETCD": binaries.ETCD_VERSION,
+        "KWOK": binaries.KWOK_VERSION,
+    }
+    for stage in binaries.STAGES:
+        assert f"/{stage}" in text
+
+
+@pytest.mark.usefixtures("fake_go")
+def test_finds_the_versioned_directory_under_the_cache_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AUTOCANARY_CACHE", str(tmp_path / "cache"))
+    expected = tmp_path / "cache" / "testbin" / "k8s1.36.3-etcd3.6.16-kwok0.8.0-go9.9.9"
+    make_build(expected)
+    assert binaries.find_binaries() == expected
+
+
+@pytest.mark.usefixtures("fake_go")
+def test_missing_build_names_the_build_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AUTOCANARY_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    with pytest.raises(HarnessError, match=r"hack/controlplane/build\.sh") as info:
+        binaries.find_binaries()
+    assert str(tmp_path / "xdg" / "autocanary" / "testbin") in str(info.value)
+
+
+def test_override_must_hold_a_complete_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    build = make_build(tmp_path / "custom")
+    monkeypatch.setenv("AUTOCANARY_TESTBIN", str(build))
+    assert binaries.find_binaries() == build
+
+    (build / ".complete").unlink()
+    (build / "kwok").unlink()
+    with pytest.raises(HarnessError, match=r"missing .*: kwok, \.complete"):
+        binaries.find_binaries()
