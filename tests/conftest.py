@@ -1,0 +1,146 @@
+"""Shared pytest fixtures. Real services come from ``autocanary.testbed``; see each section.
+
+Sections:
+- hygiene: structlog reset, failure tracking (work directories of failed tests are kept)
+- work directories: ``tmp_workdir``
+- Kubernetes: ``control_plane`` (session), ``kube_api`` (session), ``namespace``
+- monitoring: ``prometheus_factory``, ``alertmanager``
+
+Set ``AUTOCANARY_KEEP=1`` to keep every work directory (logs, configs) after the run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Generator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+from kubernetes import client
+
+from autocanary.testbed.controlplane import ControlPlane, find_binaries
+from autocanary.testbed.errors import HarnessError
+from autocanary.testbed.monitoring import AlertmanagerServer, PrometheusServer, ScrapeTarget
+
+PrometheusFactory = Callable[..., PrometheusServer]
+
+_KEEP_ALL = os.environ.get("AUTOCANARY_KEEP") == "1"
+_FAILED = pytest.StashKey[bool]()
+
+
+# ---- hygiene --------------------------------------------------------------------------------
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Remember on the test item whether any phase failed, for fixtures' teardown."""
+    report = yield
+    if report.failed:
+        item.stash[_FAILED] = True
+    return report
+
+
+def _test_failed(request: pytest.FixtureRequest) -> bool:
+    return request.node.stash.get(_FAILED, False)
+
+
+@pytest.fixture(autouse=True)
+def _reset_structlog() -> Iterator[None]:
+    """Undo any structlog configuration a test made."""
+    yield
+    structlog.reset_defaults()
+
+
+# ---- work directories -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def tmp_workdir(request: pytest.FixtureRequest) -> Iterator[Path]:
+    """A fresh directory, removed after the test unless it failed or AUTOCANARY_KEEP=1."""
+    path = Path(tempfile.mkdtemp(prefix="autocanary-test-"))
+    yield path
+    if _KEEP_ALL or _test_failed(request):
+        print(f"\nwork directory kept: {path}")
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+# ---- Kubernetes -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def control_plane(request: pytest.FixtureRequest) -> Iterator[ControlPlane]:
+    """One real control plane (etcd, apiserver, controller-manager, scheduler, KWOK) per run.
+
+    Fails, never skips, when the binaries are missing: the message names the build command.
+    """
+    try:
+        bin_dir = find_binaries()
+    except HarnessError as e:
+        pytest.fail(str(e), pytrace=False)
+    plane = ControlPlane()
+    plane.start(bin_dir)
+    try:
+        yield plane
+    finally:
+        if request.session.testsfailed:
+            plane.keep_workdir = True
+        plane.stop()
+
+
+@pytest.fixture(scope="session")
+def kube_api(control_plane: ControlPlane) -> Iterator[client.ApiClient]:
+    """An admin ApiClient for the session's control plane."""
+    with control_plane.api_client() as api:
+        yield api
+
+
+@pytest.fixture
+def namespace(control_plane: ControlPlane, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace named after the test, its default ServiceAccount present; deleted after."""
+    stem = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    name = f"{stem}-{uuid.uuid4().hex[:6]}"
+    control_plane.create_namespace(name)
+    try:
+        yield name
+    finally:
+        control_plane.delete_namespace(name)
+
+
+# ---- monitoring -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def prometheus_factory(tmp_workdir: Path) -> Iterator[PrometheusFactory]:
+    """``factory(targets, **kw)`` starts a PrometheusServer (``kw`` as its constructor's).
+
+    Every server started is stopped after the test.
+    """
+    started: list[PrometheusServer] = []
+
+    def factory(targets: list[ScrapeTarget], **kw: Any) -> PrometheusServer:
+        server = PrometheusServer(tmp_workdir / f"prometheus-{len(started)}", targets, **kw)
+        server.start()
+        started.append(server)
+        return server
+
+    try:
+        yield factory
+    finally:
+        for server in reversed(started):
+            server.stop()
+
+
+@pytest.fixture
+def alertmanager(tmp_workdir: Path) -> Iterator[AlertmanagerServer]:
+    """A running Alertmanager routing to a null receiver; stopped after the test."""
+    with AlertmanagerServer(tmp_workdir / "alertmanager") as server:
+        yield server
