@@ -1,0 +1,23 @@
+# Entry points. `make test` works on a fresh machine: it sets up first (hack/setup.sh),
+# then lints, then runs every test tier (unit, integration, e2e) against real services.
+
+SHELL := /bin/bash
+VENV := .venv/bin
+
+.PHONY: setup lint test test-unit
+
+setup:
+	hack/setup.sh
+
+lint:
+	$(VENV)/ruff check
+	$(VENV)/ruff format --check
+	$(VENV)/mypy
+
+# Each step prints its duration, so a slow CI run shows where the time went.
+test: setup
+	@start=$$SECONDS; $(MAKE) --no-print-directory lint && echo "[test] lint: $$((SECONDS - start))s"
+	@start=$$SECONDS; $(VENV)/pytest && echo "[test] pytest: $$((SECONDS - start))s"
+
+test-unit:
+	$(VENV)/pytest tests/unit

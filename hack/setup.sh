@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Prepares a machine to run every test tier, from a clean clone: Debian packages
+# (Prometheus, Alertmanager, wrk, openssl, curl), the control-plane binaries
+# (hack/controlplane/build.sh, cached outside the repository) and .venv with the
+# project installed with its test extras. Idempotent: each phase skips work that
+# is already done, and the time spent per phase is printed.
+#
+# Needs: Debian (apt), Go >= 1.26 on PATH (or /usr/local/go/bin), python3 >= 3.11.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+APT_PACKAGES=(prometheus prometheus-alertmanager wrk openssl curl)
+STAMP=.venv/.autocanary-install.sha256
+
+log() { printf '[setup %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+phase() { # name function
+  local name=$1 start=$SECONDS
+  log "$name: start"
+  "$2"
+  log "$name: done in $((SECONDS - start))s"
+}
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+install_packages() {
+  local missing=() p
+  for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  if [ ${#missing[@]} -eq 0 ]; then
+    log "apt packages already installed: ${APT_PACKAGES[*]}"
+    return
+  fi
+  command -v apt-get >/dev/null || die "apt-get not found; install by hand: ${missing[*]}"
+  log "installing: ${missing[*]}"
+  # Package scripts must not start services: a packaged Prometheus would hold
+  # port 9090 and scrape in the background. policy-rc.d 101 forbids starting them.
+  local policy=/usr/sbin/policy-rc.d own_policy=
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null
+    as_root chmod 755 "$policy"
+    own_policy=1
+  fi
+  local rc=0
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q || rc=$?
+  if [ "$rc" -eq 0 ]; then
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+      "${missing[@]}" || rc=$?
+  fi
+  if [ -n "$own_policy" ]; then as_root rm -f "$policy"; fi
+  [ "$rc" -eq 0 ] || die "apt-get failed (status $rc)"
+  # Under systemd the units are enabled anyway; keep them from starting at boot.
+  if [ -d /run/systemd/system ]; then
+    as_root systemctl disable --now prometheus.service prometheus-alertmanager.service \
+      2>/dev/null || true
+  fi
+}
+
+build_controlplane() {
+  if ! command -v go >/dev/null && [ -x /usr/local/go/bin/go ]; then
+    export PATH="/usr/local/go/bin:$PATH"
+  fi
+  command -v go >/dev/null || die "go not found: install Go >= 1.26 (needed to build the control plane)"
+  hack/controlplane/build.sh >/dev/null
+}
+
+make_venv() {
+  command -v python3 >/dev/null || die "python3 not found: install Python >= 3.11"
+  python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
+    die "python3 is $(python3 -V 2>&1); autocanary needs Python >= 3.11"
+  if [ -x .venv/bin/python ] && ! .venv/bin/python -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    log ".venv has $(.venv/bin/python -V 2>&1); recreating it"
+    rm -rf .venv
+  fi
+  if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv || die "python3 -m venv failed (on Debian's own python: apt-get install python3-venv)"
+  fi
+  # Reinstall only when the dependency declaration changed.
+  local want
+  want=$( { .venv/bin/python -V 2>&1; cat pyproject.toml; } | sha256sum | cut -d' ' -f1)
+  if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
+    log ".venv up to date"
+    return
+  fi
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+  echo "$want" > "$STAMP"
+}
+
+total=$SECONDS
+phase "apt packages" install_packages
+phase "control-plane binaries" build_controlplane
+phase "python venv" make_venv
+log "setup complete in $((SECONDS - total))s"
