@@ -101,7 +101,8 @@ def _message(error: Any) -> str:
     kind = error["type"]
     loc = error["loc"]
     if kind == "missing":
-        return "required field is missing"
+        # The path stops at the mapping that lacks the field, so name it here.
+        return f"required field {loc[-1]!r} is missing" if loc else "required field is missing"
     if kind == "extra_forbidden":
         key = str(loc[-1]) if loc else "?"
         close = difflib.get_close_matches(key, _ALL_KEYS, n=1, cutoff=0.75)
@@ -153,3 +154,10 @@ def load_config(path: str | Path) -> Config:
     except OSError as e:
         raise ConfigError([ConfigProblem(str(file), None, "", f"cannot read: {e.strerror}")]) from e
     return parse_config(text, str(file))
+
+
+def locate(path: str | Path, loc: Sequence[int | str]) -> ConfigProblem:
+    """A problem record pointing at ``loc`` in a config file (message left empty)."""
+    text = Path(path).read_text(encoding="utf-8")
+    line, dotted = _line_of(yaml.compose(text, Loader=_UniqueKeyLoader), loc)
+    return ConfigProblem(str(path), line, dotted, "")

@@ -1,0 +1,429 @@
+"""The ``autocanary`` command line.
+
+``run`` starts the daemon; ``validate`` and ``schema`` help write configs;
+``status`` shows every rollout; ``release`` ships a new image to the canary;
+``promote|abort|retry|pause|resume`` set the command annotation the daemon
+consumes on its next tick (GitOps-safe: nothing else in the spec changes);
+``testpage`` and ``probe`` run the rehearsal app and the load probe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from autocanary import revision
+from autocanary import state as state_codec
+from autocanary.config import Config, RolloutConfig
+from autocanary.config_loader import load_config, locate
+from autocanary.errors import AutocanaryError, ConfigError, ConfigProblem
+from autocanary.units import parse_duration
+
+DEFAULT_CONFIG = os.environ.get("AUTOCANARY_CONFIG", "autocanary.yaml")
+_PASSTHROUGH = {"testpage": "autocanary.testpage", "probe": "autocanary.probe"}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="autocanary",
+        description="Metrics-driven canary releases for Kubernetes Deployments.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument(
+            "-c", "--config", default=DEFAULT_CONFIG, help="config file (env AUTOCANARY_CONFIG)"
+        )
+        p.add_argument("--kubeconfig", help="kubeconfig file; default in-cluster or ~/.kube/config")
+        return p
+
+    run = with_config(sub.add_parser("run", help="run the daemon"))
+    run.add_argument("--identity", help="name in Leases and Events (default: pod name or host-pid)")
+
+    validate = sub.add_parser("validate", help="check a config file; exit 1 listing every problem")
+    validate.add_argument("config_file", metavar="CONFIG")
+    validate.add_argument(
+        "--check-queries",
+        action="store_true",
+        help="also run every check's query against the config's Prometheus",
+    )
+    validate.add_argument("--prometheus", help="Prometheus URL for --check-queries")
+
+    sub.add_parser("schema", help="print the config's JSON Schema")
+
+    status = with_config(sub.add_parser("status", help="show the rollouts"))
+    status.add_argument("rollout", nargs="?", help="only this rollout")
+    status.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
+    status.add_argument("--every", default="2s", help="refresh period with --watch")
+    status.add_argument("-o", "--output", choices=["table", "json"], default="table")
+
+    release = with_config(sub.add_parser("release", help="ship an image to the canary"))
+    release.add_argument("rollout")
+    release.add_argument("--image", required=True)
+    release.add_argument("--container", help="container to change (default: the first)")
+    release.add_argument(
+        "--version",
+        help="value of the version label (default: the image tag)",
+        dest="version_value",
+    )
+    release.add_argument(
+        "--env", action="append", default=[], metavar="NAME=VALUE", help="set a container env var"
+    )
+
+    for command, text in (
+        ("promote", "skip the remaining steps and promote"),
+        ("abort", "roll the release back now"),
+        ("retry", "release a rolled-back revision again"),
+        ("pause", "stop advancing; keep the current split"),
+        ("resume", "continue a paused release"),
+    ):
+        manual = with_config(sub.add_parser(command, help=text))
+        manual.add_argument("rollout")
+
+    for name in _PASSTHROUGH:
+        sub.add_parser(name, help=f"run the {name} (see autocanary {name} --help)", add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``autocanary`` console script."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0] in _PASSTHROUGH:
+        import importlib
+
+        module = importlib.import_module(_PASSTHROUGH[args_list[0]])
+        code: int = module.main(args_list[1:])
+        return code
+    args = _parser().parse_args(args_list)
+    try:
+        return int(_COMMANDS[args.command](args))
+    except ConfigError as e:
+        for problem in e.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    except AutocanaryError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+# ---- commands ------------------------------------------------------------------------------
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from autocanary import logs
+    from autocanary.daemon import Daemon
+    from autocanary.kube import KubeClient, load_api_client
+
+    config = load_config(args.config)
+    logs.configure(config.daemon.log_level, config.daemon.log_format)
+    daemon = Daemon(Path(args.config), config, KubeClient(load_api_client(args.kubeconfig)))
+    if args.identity:
+        daemon.identity = args.identity
+    return daemon.run()
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    config = load_config(args.config_file)
+    if args.check_queries:
+        problems = _check_queries(args.config_file, config, args.prometheus)
+        if problems:
+            for problem in problems:
+                print(problem, file=sys.stderr)
+            return 1
+    names = ", ".join(r.name for r in config.rollouts)
+    checked = " and its queries" if args.check_queries else ""
+    print(f"{args.config_file}{checked}: valid ({len(config.rollouts)} rollout(s): {names})")
+    return 0
+
+
+def _check_queries(path: str, config: Config, url: str | None) -> list[ConfigProblem]:
+    """Run every check's queries once, with the stable's version on both sides."""
+    from autocanary import analysis
+    from autocanary.errors import PrometheusUnavailable, QueryError
+    from autocanary.prometheus import PrometheusClient
+
+    prometheus_cfg = config.prometheus
+    if url:
+        prometheus_cfg = prometheus_cfg.model_copy(update={"url": url.rstrip("/")})
+    client = PrometheusClient(prometheus_cfg)
+    problems = []
+    try:
+        for i, rollout in enumerate(config.rollouts):
+            plan = analysis.plan(rollout, "validate", "validate")
+            for j, planned in enumerate(plan.checks):
+                queries = [planned.canary_query]
+                if planned.stable_query is not None:
+                    queries.append(planned.stable_query)
+                for query in queries:
+                    try:
+                        client.query_value(query)
+                    except QueryError as e:
+                        where = locate(path, ("rollouts", i, "analysis", "checks", j))
+                        problems.append(dataclasses.replace(where, message=str(e)))
+                    except PrometheusUnavailable as e:
+                        return [ConfigProblem(path, None, "prometheus.url", str(e))]
+    finally:
+        client.close()
+    return problems
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    schema = Config.model_json_schema(by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "autocanary configuration"
+    print(json.dumps(schema, indent=2))
+    return 0
+
+
+def _kube(args: argparse.Namespace) -> Any:
+    from autocanary.kube import KubeClient, load_api_client
+
+    return KubeClient(load_api_client(args.kubeconfig), identity="autocanary-cli")
+
+
+def _rollout(args: argparse.Namespace) -> tuple[Config, RolloutConfig]:
+    config = load_config(args.config)
+    try:
+        return config, config.rollout(args.rollout)
+    except KeyError as e:
+        raise AutocanaryError(str(e.args[0])) from None
+
+
+def _cmd_manual(args: argparse.Namespace) -> int:
+    _, rollout = _rollout(args)
+    _kube(args).set_command(rollout.namespace, rollout.canary_name, args.command)
+    print(
+        f"{args.command} requested for rollout {rollout.name} "
+        f"({rollout.namespace}/{rollout.canary_name}); the daemon acts on its next tick"
+    )
+    return 0
+
+
+def _cmd_release(args: argparse.Namespace) -> int:
+    from autocanary.errors import ResourceNotFound
+
+    _, rollout = _rollout(args)
+    kube = _kube(args)
+    stable = kube.read_deployment(rollout.namespace, rollout.stable)
+    template = release_template(
+        stable.template,
+        image=args.image,
+        container=args.container,
+        version_label=rollout.version_label,
+        version=args.version_value,
+        env=_parse_env(args.env),
+    )
+    try:
+        canary = kube.read_deployment(rollout.namespace, rollout.canary_name)
+    except ResourceNotFound:
+        body = canary_deployment(stable.raw, rollout, template)
+        kube.create_deployment(rollout.namespace, body)
+        print(f"created {rollout.namespace}/{rollout.canary_name} with {args.image}")
+        return 0
+    roles = revision.role_labels(rollout.role_labels, stable.selector, canary.selector)
+    kube.replace_template(
+        rollout.namespace,
+        rollout.canary_name,
+        revision.promoted_template(canary.template, template, roles),
+    )
+    print(f"released {args.image} to {rollout.namespace}/{rollout.canary_name}")
+    return 0
+
+
+def _parse_env(pairs: Sequence[str]) -> dict[str, str]:
+    env = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise AutocanaryError(f"--env expects NAME=VALUE, got {pair!r}")
+        env[name] = value
+    return env
+
+
+def release_template(
+    stable_template: dict[str, Any],
+    *,
+    image: str,
+    container: str | None,
+    version_label: str,
+    version: str | None,
+    env: dict[str, str],
+) -> dict[str, Any]:
+    """The stable's pod template with a new image (and version label, env) for the canary."""
+    template = json.loads(json.dumps(stable_template))
+    containers = template.get("spec", {}).get("containers") or []
+    if not containers:
+        raise AutocanaryError("the stable Deployment's pod template has no containers")
+    target = containers[0]
+    if container is not None:
+        matches = [c for c in containers if c.get("name") == container]
+        if not matches:
+            names = [c.get("name") for c in containers]
+            raise AutocanaryError(f"no container {container!r} in the pod template; it has {names}")
+        target = matches[0]
+    target["image"] = image
+    for name, value in env.items():
+        variables = [v for v in target.setdefault("env", []) if v.get("name") != name]
+        target["env"] = [*variables, {"name": name, "value": value}]
+    labels = template.setdefault("metadata", {}).setdefault("labels", {})
+    if version is None and version_label in labels:
+        version = revision.version_of({"spec": {"containers": [{"image": image}]}}, version_label)
+    if version is not None:
+        labels[version_label] = version
+    return dict(template)
+
+
+def canary_deployment(
+    stable: dict[str, Any], rollout: RolloutConfig, template: dict[str, Any]
+) -> dict[str, Any]:
+    """A new canary Deployment beside ``stable``: its spec, 0 replicas, role labels ``canary``."""
+    selector = dict(stable["spec"]["selector"].get("matchLabels") or {})
+    role_keys = [k for k in rollout.role_labels if k in selector]
+    if not role_keys:
+        raise AutocanaryError(
+            f"cannot create {rollout.canary_name}: the stable's selector {selector} has none "
+            "of the "
+            f"role labels {rollout.role_labels}, so the canary's pods would be the stable's. "
+            "Create the canary Deployment yourself (see deploy/example/)"
+        )
+    for key in role_keys:
+        selector[key] = "canary"
+        template["metadata"]["labels"][key] = "canary"
+    spec = {
+        k: v for k, v in stable["spec"].items() if k not in ("replicas", "selector", "template")
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": rollout.canary_name,
+            "namespace": rollout.namespace,
+            "labels": dict(stable["metadata"].get("labels") or {}),
+        },
+        "spec": {
+            **spec,
+            "replicas": 0,
+            "selector": {"matchLabels": selector},
+            "template": template,
+        },
+    }
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    rollouts = [config.rollout(args.rollout)] if args.rollout else config.rollouts
+    kube = _kube(args)
+    every = parse_duration(args.every).total_seconds()
+    while True:
+        rows = [rollout_status(kube, r) for r in rollouts]
+        if args.output == "json":
+            print(json.dumps(rows, indent=2, default=str))
+        else:
+            if args.watch:
+                print("\033[2J\033[H", end="")
+            print(format_status(rows))
+        if not args.watch:
+            return 0
+        time.sleep(every)
+
+
+def rollout_status(kube: Any, rollout: RolloutConfig) -> dict[str, Any]:
+    """One rollout's status as a dict (for the table and for ``-o json``)."""
+    row: dict[str, Any] = {"rollout": rollout.name, "namespace": rollout.namespace}
+    try:
+        canary = kube.read_deployment(rollout.namespace, rollout.canary_name)
+        stable = kube.read_deployment(rollout.namespace, rollout.stable)
+        raw = canary.annotations.get(state_codec.STATE_ANNOTATION)
+        st = state_codec.loads(raw) if raw else state_codec.RolloutState()
+    except AutocanaryError as e:
+        row.update(phase="error", error=str(e))
+        return row
+    last = st.verdicts[-1] if st.verdicts else None
+    row.update(
+        phase=st.phase,
+        step=f"{st.step + 1}/{len(rollout.steps)}"
+        if st.phase in state_codec.ACTIVE_PHASES
+        else "-",
+        canary=f"{canary.ready}/{canary.replicas}",
+        stable=f"{stable.ready}/{stable.replicas}",
+        versions=f"{st.canary_version or '-'} vs {st.stable_version or '-'}",
+        revision=st.revision,
+        failures=st.failures,
+        inconclusive=st.inconclusive,
+        last_verdict=(
+            {"at": last.at.isoformat(), "verdict": last.verdict, "checks": last.checks}
+            if last
+            else None
+        ),
+        message=st.message,
+        command_pending=canary.annotations.get(state_codec.COMMAND_ANNOTATION),
+    )
+    if st.judge is not None:
+        row["judge"] = st.judge.get("summary")
+    return row
+
+
+def format_status(rows: Sequence[dict[str, Any]]) -> str:
+    """A table of rollouts, one line each, with the last verdict's checks underneath."""
+    header = ("ROLLOUT", "NAMESPACE", "PHASE", "STEP", "CANARY", "STABLE", "VERSIONS", "MESSAGE")
+    lines = [header]
+    details: dict[int, list[str]] = {}
+    for i, row in enumerate(rows):
+        if row["phase"] == "error":
+            lines.append(
+                (row["rollout"], row["namespace"], "error", "-", "-", "-", "-", row["error"])
+            )
+            continue
+        lines.append(
+            (
+                row["rollout"],
+                row["namespace"],
+                row["phase"],
+                row["step"],
+                row["canary"],
+                row["stable"],
+                row["versions"],
+                row["message"],
+            )
+        )
+        verdict = row.get("last_verdict")
+        if verdict:
+            details[i + 1] = [
+                f"    {name}: {c['verdict']} value={_fmt(c.get('value'))} "
+                f"threshold {c['threshold']}"
+                for name, c in verdict["checks"].items()
+            ]
+    widths = [max(len(str(line[k])) for line in lines) for k in range(len(header) - 1)]
+    out = []
+    for i, line in enumerate(lines):
+        cells = [str(v).ljust(w) for v, w in zip(line[:-1], widths, strict=True)]
+        out.append("  ".join([*cells, str(line[-1])]).rstrip())
+        out.extend(details.get(i, []))
+    return "\n".join(out)
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": _cmd_run,
+    "validate": _cmd_validate,
+    "schema": _cmd_schema,
+    "status": _cmd_status,
+    "release": _cmd_release,
+    **dict.fromkeys(state_codec.COMMANDS, _cmd_manual),
+}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,318 @@
+"""The daemon: one APScheduler job per rollout, leader election, reload, /metrics and probes.
+
+The timer is kept apart from the work (as Flagger's job.go is): each job is a
+thin wrapper around :meth:`RolloutEngine.tick`, never overlapping itself
+(``max_instances=1``) and running on a pool sized so one slow rollout never
+delays another. A failing tick is logged and counted; the job runs again on
+its next interval.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import structlog
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from autocanary.config import Config, RolloutConfig
+from autocanary.config_loader import load_config
+from autocanary.engine import RolloutEngine
+from autocanary.errors import AutocanaryError, ConfigError
+from autocanary.kube import KubeClient
+from autocanary.leader import LeaderElector
+from autocanary.metrics import DaemonMetrics
+from autocanary.notify import Notifier
+from autocanary.prometheus import PrometheusClient
+
+log = structlog.get_logger("autocanary.daemon")
+
+#: How often the config file is checked for changes (besides SIGHUP).
+CONFIG_POLL_SECONDS = 2.0
+#: The main loop must beat this often for /healthz to stay green.
+HEARTBEAT_LIMIT_SECONDS = 30.0
+
+
+def default_identity() -> str:
+    """This replica's name in Leases and Events: the pod name in-cluster, else host and PID."""
+    return os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Daemon:
+    """Runs every configured rollout until SIGTERM."""
+
+    def __init__(
+        self,
+        config_path: Path,
+        config: Config,
+        kube: KubeClient,
+        *,
+        identity: str | None = None,
+        metrics: DaemonMetrics | None = None,
+    ) -> None:
+        """Prepare (but do not start) a daemon for an already validated ``config``."""
+        self.config_path = config_path
+        self.config = config
+        self.kube = kube
+        self.identity = identity or default_identity()
+        self.metrics = metrics or DaemonMetrics()
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._heartbeat = time.monotonic()
+        self._config_mtime = _mtime(config_path)
+        self._engines: dict[str, RolloutEngine] = {}
+        self._lock = threading.Lock()
+        self._prometheus = PrometheusClient(config.prometheus)
+        self._notifier = Notifier(config.alerts.sinks, metrics=self.metrics)
+        self._scheduler = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(max_workers=max(4, len(config.rollouts) + 2))},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+            timezone=UTC,
+        )
+        self._elector: LeaderElector | None = None
+        election = config.daemon.leader_election
+        if election.enabled:
+            namespace = election.namespace or os.environ.get("POD_NAMESPACE") or "default"
+            self._elector = LeaderElector(
+                kube,
+                election,
+                namespace,
+                self.identity,
+                on_change=lambda leading: self.metrics.is_leader.set(1 if leading else 0),
+            )
+        self._http: ThreadingHTTPServer | None = None
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Serve until SIGTERM/SIGINT; return the process exit code."""
+        self._install_signals()
+        self._start_http()
+        if self._elector is not None:
+            self._elector.start()
+        else:
+            self.metrics.is_leader.set(1)
+        self._install_jobs(self.config)
+        self._scheduler.start()
+        log.info(
+            "daemon started",
+            identity=self.identity,
+            rollouts=[r.name for r in self.config.rollouts],
+            leader_election=self._elector is not None,
+            listen=self.config.daemon.listen,
+        )
+        while not self._stop.is_set():
+            self._heartbeat = time.monotonic()
+            if self._reload.is_set() or self._config_changed():
+                self._reload.clear()
+                self.reload()
+            self._stop.wait(CONFIG_POLL_SECONDS)
+        self.shutdown()
+        return 0
+
+    def request_stop(self) -> None:
+        """Ask :meth:`run` to finish its current ticks and exit."""
+        self._stop.set()
+
+    def shutdown(self) -> None:
+        """Finish running ticks, release the lease, flush alerts, stop serving."""
+        log.info("shutting down: finishing current ticks")
+        self._scheduler.shutdown(wait=True)
+        if self._elector is not None:
+            self._elector.stop(release=True)
+        self._notifier.close(timeout=10)
+        self._prometheus.close()
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+        log.info("stopped")
+
+    def _install_signals(self) -> None:
+        def stop(signum: int, frame: FrameType | None) -> None:
+            log.info("signal received", signal=signal.Signals(signum).name)
+            self._stop.set()
+
+        def hup(signum: int, frame: FrameType | None) -> None:
+            self._reload.set()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, hup)
+
+    # ---- jobs ------------------------------------------------------------------------------
+
+    def _install_jobs(self, config: Config) -> None:
+        wanted = {r.name: r for r in config.rollouts}
+        with self._lock:
+            for name in list(self._engines):
+                if name not in wanted:
+                    self._scheduler.remove_job(name)
+                    del self._engines[name]
+            for name, rollout in wanted.items():
+                self._engines[name] = RolloutEngine(
+                    rollout,
+                    kube=self.kube,
+                    prometheus=self._prometheus,
+                    notifier=self._notifier,
+                    metrics=self.metrics,
+                )
+                self._scheduler.add_job(
+                    self._run_rollout,
+                    IntervalTrigger(seconds=rollout.interval.total_seconds(), timezone=UTC),
+                    args=[name],
+                    id=name,
+                    name=f"rollout {name}",
+                    replace_existing=True,
+                    next_run_time=datetime.now(UTC),
+                )
+
+    def _run_rollout(self, name: str) -> None:
+        if self._stop.is_set():
+            return
+        if self._elector is not None and not self._elector.is_leader():
+            return
+        with self._lock:
+            engine = self._engines.get(name)
+        if engine is None:
+            return
+        rollout = engine.rollout
+        try:
+            result = engine.tick()
+        except AutocanaryError as e:
+            self.metrics.tick_errors.labels(name, type(e).__name__).inc()
+            log.error(
+                "tick failed",
+                rollout=name,
+                namespace=rollout.namespace,
+                error_type=type(e).__name__,
+                error=str(e),
+            )
+            return
+        except Exception as e:
+            # A bug must not kill the job (and with it the rollout); it must be loud.
+            self.metrics.tick_errors.labels(name, type(e).__name__).inc()
+            log.exception("tick crashed", rollout=name, namespace=rollout.namespace)
+            return
+        self._requeue(rollout, result.requeue_after)
+
+    def _requeue(self, rollout: RolloutConfig, after: timedelta | None) -> None:
+        if after is None or after >= rollout.interval or self._stop.is_set():
+            return
+        when = datetime.now(UTC) + max(after, timedelta(milliseconds=200))
+        job = self._scheduler.get_job(rollout.name)
+        if job is not None and job.next_run_time is not None and when < job.next_run_time:
+            job.modify(next_run_time=when)
+
+    # ---- reload ----------------------------------------------------------------------------
+
+    def _config_changed(self) -> bool:
+        mtime = _mtime(self.config_path)
+        if mtime != self._config_mtime:
+            self._config_mtime = mtime
+            return True
+        return False
+
+    def reload(self) -> bool:
+        """Load the config file again; keep the running config if the new one is invalid."""
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as e:
+            self.metrics.config_reloads.labels("rejected").inc()
+            log.error(
+                "new config rejected; the previous one keeps running",
+                problems=[str(p) for p in e.problems],
+            )
+            return False
+        if new == self.config:
+            return True
+        if new.daemon != self.config.daemon:
+            log.warning("the daemon section changed; it takes effect after a restart")
+        if new.prometheus != self.config.prometheus:
+            old = self._prometheus
+            self._prometheus = PrometheusClient(new.prometheus)
+            old.close()
+        if new.alerts != self.config.alerts:
+            old_notifier = self._notifier
+            self._notifier = Notifier(new.alerts.sinks, metrics=self.metrics)
+            threading.Thread(target=old_notifier.close, kwargs={"timeout": 30}, daemon=True).start()
+        self.config = new
+        self._install_jobs(new)
+        self.metrics.config_reloads.labels("applied").inc()
+        log.info("config reloaded", rollouts=[r.name for r in new.rollouts])
+        return True
+
+    # ---- HTTP: /metrics, /healthz, /readyz ---------------------------------------------------
+
+    def healthy(self) -> bool:
+        """Alive: the main loop beats and the scheduler runs."""
+        beating = time.monotonic() - self._heartbeat < HEARTBEAT_LIMIT_SECONDS
+        return beating and self._scheduler.running
+
+    def ready(self) -> bool:
+        """Ready: healthy, and the Kubernetes API answered recently (when electing a leader)."""
+        if not self.healthy():
+            return False
+        if self._elector is None:
+            return True
+        contact = self._elector.last_contact
+        limit = self.config.daemon.leader_election.lease_duration.total_seconds() * 2
+        return contact is not None and time.monotonic() - contact < limit
+
+    def _start_http(self) -> None:
+        host, _, port = self.config.daemon.listen.rpartition(":")
+        handler = _handler_for(self)
+        self._http = ThreadingHTTPServer((host or "0.0.0.0", int(port)), handler)  # noqa: S104
+        self._http.daemon_threads = True
+        threading.Thread(target=self._http.serve_forever, name="http", daemon=True).start()
+
+    @property
+    def http_port(self) -> int:
+        """The port /metrics is served on (useful when ``listen`` asked for port 0)."""
+        assert self._http is not None
+        return int(self._http.server_address[1])
+
+
+def _handler_for(daemon: Daemon) -> type[BaseHTTPRequestHandler]:
+    routes: dict[str, Callable[[], tuple[int, bytes, str]]] = {
+        "/metrics": lambda: (200, generate_latest(daemon.metrics.registry), CONTENT_TYPE_LATEST),
+        "/healthz": lambda: _probe(daemon.healthy()),
+        "/readyz": lambda: _probe(daemon.ready()),
+    }
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            route = routes.get(self.path.split("?", 1)[0])
+            status, body, content_type = route() if route else (404, b"not found\n", "text/plain")
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            """Probes hit these endpoints every few seconds; keep them out of the logs."""
+
+    return Handler
+
+
+def _probe(ok: bool) -> tuple[int, bytes, str]:
+    return (200, b"ok\n", "text/plain") if ok else (503, b"not ready\n", "text/plain")
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
