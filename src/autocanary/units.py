@@ -6,12 +6,16 @@ config validation turns those into located problems.
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import timedelta
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION_FORMS = "a duration like 500ms, 30s, 2m or 1h30m"
+# A century: far beyond any sensible hold or timeout, and far enough below
+# timedelta's and datetime's limits that ``now + duration`` cannot overflow.
+_MAX_DAYS = 36500
 
 
 def parse_duration(value: object) -> timedelta:
@@ -23,7 +27,7 @@ def parse_duration(value: object) -> timedelta:
     if isinstance(value, int | float):
         if value < 0:
             raise ValueError(f"expected a non-negative duration, got {value!r}")
-        return timedelta(seconds=float(value))
+        return _timedelta(float(value), value)
     if not isinstance(value, str):
         raise ValueError(f"expected {_DURATION_FORMS}, got {value!r}")
     text = value.strip()
@@ -36,6 +40,14 @@ def parse_duration(value: object) -> timedelta:
         pos = match.end()
     if not text or pos != len(text):
         raise ValueError(f"expected {_DURATION_FORMS}, got {value!r}")
+    return _timedelta(seconds, value)
+
+
+def _timedelta(seconds: float, value: object) -> timedelta:
+    # timedelta raises OverflowError for inf and huge values, and a bare
+    # ValueError for NaN; both must become a message saying what was expected.
+    if not math.isfinite(seconds) or seconds > _MAX_DAYS * 86400:
+        raise ValueError(f"expected a duration of at most {_MAX_DAYS}d, got {value!r}")
     return timedelta(seconds=seconds)
 
 
