@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
     PlainSerializer,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -353,7 +355,19 @@ def _threshold(value: object) -> object:
         ) from None
 
 
-Threshold = Annotated[float, BeforeValidator(_threshold)]
+Threshold = Annotated[
+    float,
+    BeforeValidator(_threshold),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number"},
+                {"type": "string", "pattern": _PERCENT_PATTERN, "examples": ["1%"]},
+                {"type": "string", "pattern": _DURATION_PATTERN, "examples": ["500ms"]},
+            ]
+        }
+    ),
+]
 
 
 class CheckConfig(Model):
@@ -516,29 +530,37 @@ class RolloutConfig(Model):
         return self
 
 
+def _known_sinks(rollout: RolloutConfig, info: ValidationInfo) -> RolloutConfig:
+    # A validator on each rollout (not on Config) so the problem is located at
+    # that rollout; `alerts` is declared before `rollouts`, so it is in info.data
+    # unless it was invalid itself (then that error is reported instead).
+    alerts = info.data.get("alerts")
+    if not isinstance(alerts, AlertsConfig):
+        return rollout
+    sink_names = {s.name for s in alerts.sinks}
+    for name in rollout.alerts or []:
+        if name not in sink_names:
+            raise ValueError(
+                f"rollout {rollout.name!r} routes alerts to unknown sink {name!r}; "
+                f"defined sinks: {sorted(sink_names) or 'none'}"
+            )
+    return rollout
+
+
 class Config(Model):
     """The whole autocanary configuration."""
 
     prometheus: PrometheusConfig
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     daemon: DaemonConfig = Field(default_factory=DaemonConfig)
-    rollouts: list[RolloutConfig] = Field(min_length=1)
+    rollouts: list[Annotated[RolloutConfig, AfterValidator(_known_sinks)]] = Field(min_length=1)
 
-    @model_validator(mode="after")
-    def _cross_references(self) -> Config:
-        _require_unique([r.name for r in self.rollouts], "rollout name")
-        _require_unique(
-            [f"{r.namespace}/{r.canary_name}" for r in self.rollouts], "canary Deployment"
-        )
-        sink_names = {s.name for s in self.alerts.sinks}
-        for rollout in self.rollouts:
-            for name in rollout.alerts or []:
-                if name not in sink_names:
-                    raise ValueError(
-                        f"rollout {rollout.name!r} routes alerts to unknown sink {name!r}; "
-                        f"defined sinks: {sorted(sink_names) or 'none'}"
-                    )
-        return self
+    @field_validator("rollouts")
+    @classmethod
+    def _unique_rollouts(cls, rollouts: list[RolloutConfig]) -> list[RolloutConfig]:
+        _require_unique([r.name for r in rollouts], "rollout name")
+        _require_unique([f"{r.namespace}/{r.canary_name}" for r in rollouts], "canary Deployment")
+        return rollouts
 
     def rollout(self, name: str) -> RolloutConfig:
         """The rollout called ``name``; ``KeyError`` listing the known ones otherwise."""
