@@ -106,6 +106,43 @@ def _time(value: Any, where: str) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+_INT_FIELDS = ("total", "step", "step_passes", "failures", "inconclusive")
+_STR_FIELDS = (
+    "revision",
+    "stable_revision",
+    "canary_version",
+    "stable_version",
+    "rolled_back_revision",
+    "message",
+)
+_DICT_FIELDS = ("stable_template", "judge")
+
+
+def _check_types(data: dict[str, Any]) -> None:
+    """Reject values of the wrong type, which would otherwise fail later, deep in a decision."""
+    for name in _INT_FIELDS:
+        value = data.get(name, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise StateCorrupt(f"{name}: expected a non-negative integer, got {value!r}")
+    for name in _STR_FIELDS:
+        if not isinstance(data.get(name, ""), str):
+            raise StateCorrupt(f"{name}: expected a string, got {data[name]!r}")
+    for name in _DICT_FIELDS:
+        if not isinstance(data.get(name), dict | None):
+            raise StateCorrupt(f"{name}: expected an object or null, got {data[name]!r}")
+    if data.get("stage", "waitingReady") not in get_args(Stage):
+        raise StateCorrupt(f"state annotation has unknown stage {data['stage']!r}")
+    if not isinstance(data.get("verdicts", []), list):
+        raise StateCorrupt(f"verdicts: expected a list, got {data['verdicts']!r}")
+
+
+def _required_time(value: Any, where: str) -> datetime:
+    parsed = _time(value, where)
+    if parsed is None:
+        raise StateCorrupt(f"{where}: expected an ISO timestamp, got None")
+    return parsed
+
+
 def loads(text: str) -> RolloutState:
     """Parse the annotation; raise :class:`StateCorrupt` saying what is wrong."""
     try:
@@ -125,10 +162,11 @@ def loads(text: str) -> RolloutState:
         raise StateCorrupt(f"state annotation has unknown fields {sorted(unknown)}")
     for name in _TIME_FIELDS:
         data[name] = _time(data.get(name), name)
+    _check_types(data)
     try:
         data["verdicts"] = tuple(
             VerdictRecord(
-                at=_time(v["at"], "verdicts.at") or datetime.min.replace(tzinfo=UTC),
+                at=_required_time(v["at"], "verdicts.at"),
                 step=int(v["step"]),
                 verdict=str(v["verdict"]),
                 reason=str(v.get("reason", "")),
