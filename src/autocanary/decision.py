@@ -124,7 +124,15 @@ def _stable_for(rollout: RolloutConfig, state: RolloutState, step: int) -> int:
 
 
 def _canary_ready(view: DeploymentView, want: int) -> bool:
-    return view.observed and view.ready >= want and view.updated >= want
+    # readyReplicas counts every pod: while pods of an earlier canary template
+    # remain (a release superseded mid-way), their readiness says nothing about
+    # the new ones, so no old pods may be left.
+    return (
+        view.observed
+        and view.ready >= want
+        and view.updated >= want
+        and view.current <= view.updated
+    )
 
 
 def _stable_complete(obs: Observation, state: RolloutState) -> bool:
@@ -211,7 +219,10 @@ def next_analysis_at(rollout: RolloutConfig, state: RolloutState) -> datetime | 
 
 def _start_release(t: _Tick, state: RolloutState, why: str) -> Decision:
     rollout, obs, now = t.rollout, t.obs, t.now
-    total = obs.stable.replicas
+    # A release superseding another keeps its total: the stable may be scaled
+    # down by that release's steps right now.
+    superseding = state.phase in ("progressing", "paused", "promoting") and state.total >= 1
+    total = state.total if superseding else obs.stable.replicas
     if total < 1:
         paused = dataclasses.replace(
             state,
