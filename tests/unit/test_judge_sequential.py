@@ -1,0 +1,221 @@
+"""The judge's update: verdicts, reasons, persistence across restarts, warm-up, config."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+
+from autocanary.errors import StateCorrupt
+from autocanary.judge import CounterSnapshot, JudgeState, SequentialConfig, Verdict, sequential
+from autocanary.judge.report import Judgement
+
+INF = math.inf
+CONFIG = SequentialConfig(latency_thresholds=(0.25,))
+
+
+@dataclass
+class Version:
+    """Cumulative counters of one simulated version (one series)."""
+
+    requests: int = 0
+    errors: int = 0
+    fast: int = 0  # observations <= 0.25s
+
+    def serve(self, rng: np.random.Generator, n: int, error_rate: float, slow_share: float) -> None:
+        self.requests += n
+        self.errors += int(rng.binomial(n, error_rate))
+        self.fast += n - int(rng.binomial(n, slow_share))
+
+    def snapshot(self) -> CounterSnapshot:
+        buckets = {0.25: float(self.fast), INF: float(self.requests)}
+        return CounterSnapshot.single(float(self.requests), float(self.errors), buckets)
+
+
+@dataclass
+class Release:
+    """A canary and a stable served by one seeded traffic source."""
+
+    canary_errors: float
+    seed: int = 1
+    per_poll: int = 3000
+    weight: float = 0.1
+    canary: Version = field(default_factory=Version)
+    stable: Version = field(default_factory=Version)
+
+    def __post_init__(self) -> None:
+        self.rng = np.random.default_rng(self.seed)
+
+    def poll(self) -> tuple[CounterSnapshot, CounterSnapshot]:
+        n = int(self.rng.poisson(self.per_poll * self.weight))
+        m = int(self.rng.poisson(self.per_poll * (1 - self.weight)))
+        self.canary.serve(self.rng, n, self.canary_errors, 0.08)
+        self.stable.serve(self.rng, m, 0.01, 0.08)
+        return self.canary.snapshot(), self.stable.snapshot()
+
+
+def run(release: Release, polls: int, config: SequentialConfig = CONFIG) -> list[Judgement]:
+    state = sequential.initial(config, release.canary.snapshot(), release.stable.snapshot())
+    out = []
+    for _ in range(polls):
+        state, judgement = sequential.update(config, state, *release.poll())
+        out.append(judgement)
+        if judgement.verdict is not Verdict.CONTINUE:
+            break
+    return out
+
+
+def test_a_five_times_error_rate_is_rolled_back_with_a_reason() -> None:
+    judgements = run(Release(canary_errors=0.05), polls=10)
+    last = judgements[-1]
+    assert last.verdict is Verdict.ROLLBACK
+    assert len(judgements) <= 2
+    errors = last.metrics[0]
+    assert errors.harmful
+    assert errors.harm_threshold == pytest.approx(40.0)  # 2 metrics, alpha 0.05
+    assert errors.ci_low > 1.2
+    assert last.reason.startswith("errors: canary error odds")
+    assert "harm e-value" in last.reason
+    assert "95% CS" in last.reason
+
+
+def test_an_identical_canary_is_promoted_and_never_rolled_back() -> None:
+    judgements = run(Release(canary_errors=0.01, per_poll=20000), polls=60)
+    last = judgements[-1]
+    assert last.verdict is Verdict.PROMOTE
+    assert all(m.safe for m in last.metrics)
+    assert all(m.ci_low < 1.0 < m.ci_high for m in last.metrics)
+    assert last.reason.startswith("safety proven for every metric")
+
+
+def test_an_undecided_poll_says_where_the_evidence_stands() -> None:
+    (first, *_) = run(Release(canary_errors=0.01, per_poll=500), polls=1)
+    assert first.verdict is Verdict.CONTINUE
+    assert first.reason.startswith("undecided: errors")
+    assert "latency>0.25s" in first.reason
+    assert first.poll.canary_requests + first.poll.stable_requests > 0
+
+
+def test_state_round_trip_through_json_mid_stream_changes_nothing() -> None:
+    straight = Release(canary_errors=0.015, seed=11)
+    resumed = Release(canary_errors=0.015, seed=11)
+    state_a = sequential.initial(CONFIG, straight.canary.snapshot(), straight.stable.snapshot())
+    state_b = sequential.initial(CONFIG, resumed.canary.snapshot(), resumed.stable.snapshot())
+    for _ in range(8):
+        state_a, judgement_a = sequential.update(CONFIG, state_a, *straight.poll())
+        text = json.dumps(state_b.to_dict())
+        state_b = JudgeState.from_dict(json.loads(text))
+        state_b, judgement_b = sequential.update(CONFIG, state_b, *resumed.poll())
+        assert judgement_b == judgement_a
+    assert state_b == state_a
+
+
+def test_a_repeated_poll_after_a_restart_adds_nothing() -> None:
+    release = Release(canary_errors=0.01)
+    state = sequential.initial(CONFIG, release.canary.snapshot(), release.stable.snapshot())
+    snapshots = release.poll()
+    once, _ = sequential.update(CONFIG, state, *snapshots)
+    twice, judgement = sequential.update(CONFIG, once, *snapshots)
+    assert [m.evidence for m in twice.metrics] == [m.evidence for m in once.metrics]
+    assert [m.totals for m in twice.metrics] == [m.totals for m in once.metrics]
+    assert judgement.poll.canary_requests == 0
+
+
+def test_skip_moves_the_counters_without_evidence() -> None:
+    release = Release(canary_errors=0.5)
+    state = sequential.initial(CONFIG, release.canary.snapshot(), release.stable.snapshot())
+    state = sequential.skip(state, *release.poll())  # a terrible warm-up, ignored
+    assert all(not any(m.evidence) for m in state.metrics)
+    release.canary_errors = 0.01
+    _, judgement = sequential.update(CONFIG, state, *release.poll())
+    assert judgement.verdict is Verdict.CONTINUE
+    assert judgement.metrics[0].canary_requests == judgement.poll.canary_requests
+
+
+def test_critical_guard_trips_without_statistics() -> None:
+    config = SequentialConfig(alpha=1e-12)  # the e-process alone would wait
+    release = Release(canary_errors=0.4, per_poll=600)
+    judgements = run(release, polls=5, config=config)
+    last = judgements[-1]
+    assert last.verdict is Verdict.ROLLBACK
+    assert last.critical
+    assert last.reason.startswith("errors: critical guard, canary error share")
+    off = SequentialConfig(alpha=1e-12, critical_error_share=None)
+    assert not any(j.critical for j in run(Release(canary_errors=0.4, per_poll=600), 5, off))
+
+
+def test_latency_thresholds_from_stable_quantiles_are_fixed_at_start() -> None:
+    config = SequentialConfig(latency_quantiles=(0.9,))
+    stable = CounterSnapshot.single(1000, 10, {0.1: 600, 0.2: 905, 0.4: 990, INF: 1000})
+    state = sequential.initial(config, CounterSnapshot({}), stable)
+    assert state.thresholds == (0.2,)
+    assert [m.name for m in state.metrics] == ["errors", "latency>0.2s"]
+
+
+def test_hypotheses_stay_those_of_release_start() -> None:
+    release = Release(canary_errors=0.01)
+    state = sequential.initial(CONFIG, release.canary.snapshot(), release.stable.snapshot())
+    changed = SequentialConfig(tolerance=0.5, safe_ratio=2.0, latency_thresholds=(0.25,))
+    state, judgement = sequential.update(changed, state, *release.poll())
+    assert state.psi0 == pytest.approx(1.2)
+    assert judgement.metrics[0].psi0 == pytest.approx(1.2)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"alpha": 0.0}, "alpha"),
+        ({"tolerance": -0.1}, "tolerance"),
+        ({"safe_ratio": 1.1}, "safe_ratio"),
+        ({"latency_thresholds": (0.2,), "latency_quantiles": (0.9,)}, "not both"),
+        ({"latency_thresholds": (0.0,)}, "positive"),
+        ({"latency_quantiles": (1.0,)}, "quantiles"),
+        ({"critical_error_share": 1.5}, "critical"),
+        ({"grid_points": 0}, "grid"),
+    ],
+)
+def test_config_is_validated(settings: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        SequentialConfig(**settings)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda d: d.update(version=99),
+        lambda d: d.pop("metrics"),
+        lambda d: d["metrics"][0].update(evidence=[0.0, 1.0]),
+        lambda d: d["canary"].update({"": [1, 2]}),
+        lambda d: d["metrics"][0].update(totals=[1, 2]),
+    ],
+)
+def test_damaged_state_is_reported_as_corrupt(damage: object) -> None:
+    release = Release(canary_errors=0.01)
+    state = sequential.initial(CONFIG, release.canary.snapshot(), release.stable.snapshot())
+    data = json.loads(json.dumps(state.to_dict()))
+    damage(data)  # type: ignore[operator]
+    with pytest.raises(StateCorrupt):
+        JudgeState.from_dict(data)
+
+
+def test_batch_decision_matches_the_single_update() -> None:
+    release = Release(canary_errors=0.03, seed=5)
+    state = sequential.initial(CONFIG, release.canary.snapshot(), release.stable.snapshot())
+    state, judgement = sequential.update(CONFIG, state, *release.poll())
+    grid = state.grid()
+    evidence = np.array([[m.evidence for m in state.metrics]] * 3)
+    decided = sequential.decide(
+        grid,
+        evidence,
+        np.zeros((3, 2), bool),
+        np.zeros(3, bool),
+        alpha=CONFIG.alpha,
+        beta=CONFIG.beta,
+    )
+    assert [sequential.CONTINUE, sequential.ROLLBACK, sequential.PROMOTE][
+        int(decided.verdict[0])
+    ] == {"continue": 0, "rollback": 1, "promote": 2}[judgement.verdict]
+    assert math.exp(decided.log_harm[2, 0]) == pytest.approx(judgement.metrics[0].harm_evalue)
