@@ -1,0 +1,270 @@
+"""probe as a real process against testpage processes behind a ServiceProxy, seen by Prometheus."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from autocanary.testbed.apps import ProbeProcess, start_probe, start_testpage
+from autocanary.testbed.endpoints import ReadinessSync
+from autocanary.testbed.monitoring import PrometheusServer, ScrapeTarget
+from autocanary.testbed.procs import ProcessGroup, free_port
+from autocanary.testbed.serviceproxy import ServiceProxy
+from autocanary.testbed.waiting import wait_until
+
+pytestmark = pytest.mark.integration
+
+PrometheusFactory = Callable[..., PrometheusServer]
+
+
+@pytest.fixture
+def group(tmp_workdir: Path) -> Iterator[ProcessGroup]:
+    with ProcessGroup(tmp_workdir / "logs") as processes:
+        yield processes
+
+
+@pytest.fixture
+def proxy() -> Iterator[ServiceProxy]:
+    with ServiceProxy() as running:
+        yield running
+
+
+def query(prometheus: PrometheusServer, expr: str, at: float | None = None) -> dict[str, float]:
+    """Instant query; the result keyed by the ``version`` label ('' when absent)."""
+    params = {"query": expr} if at is None else {"query": expr, "time": f"{at:.3f}"}
+    with httpx.Client(trust_env=False, timeout=10.0) as http:
+        answer = http.get(f"{prometheus.url}/api/v1/query", params=params)
+    answer.raise_for_status()
+    return {
+        item["metric"].get("version", ""): float(item["value"][1])
+        for item in answer.json()["data"]["result"]
+    }
+
+
+def wait_load_finished(probe: ProbeProcess) -> None:
+    wait_until(
+        lambda: "probe load finished" in probe.process.log_path.read_text(),
+        timeout=60,
+        what="probe finished its load",
+    )
+
+
+def probe_counts(probe: ProbeProcess) -> dict[tuple[str, str, str], float]:
+    """(version, code, reason) -> requests, from the probe's own /metrics."""
+    return {
+        (labels["version"], labels["code"], labels["reason"]): value
+        for labels, value in probe.samples("probe_requests_total")
+    }
+
+
+def test_split_by_version_and_error_ratio_as_prometheus_sees_them(
+    group: ProcessGroup, proxy: ServiceProxy, prometheus_factory: PrometheusFactory
+) -> None:
+    v1 = start_testpage(group, "v1")
+    # A seed makes the 20% draw repeat exactly: the assertion below cannot flake.
+    v2 = start_testpage(group, "v2", env={"FAULT_ERROR_RATE": "0.2", "FAULT_SEED": "4"})
+    proxy.set_backends([v1.address, v2.address])
+    probe = start_probe(
+        group, ["--target", f"svc={proxy.url}/", "--rate", "100/s", "--duration", "10s"]
+    )
+    prometheus = prometheus_factory([ScrapeTarget("probe", probe.metrics_address)])
+    prometheus.wait_for_target_up("probe")
+    wait_load_finished(probe)
+    final = sum(probe_counts(probe).values())
+    total_expr = 'sum(probe_requests_total{job="probe",target="svc"})'
+    wait_until(
+        lambda: query(prometheus, total_expr).get("") == final,
+        timeout=30,
+        what="Prometheus holding the final counts",
+    )
+
+    total = query(prometheus, total_expr)[""]
+    by_version = query(prometheus, 'sum by (version) (probe_requests_total{target="svc"})')
+    # A version that never failed has no error series; "or ... * 0" makes its ratio 0.
+    all_requests = 'sum by (version) (probe_requests_total{target="svc"})'
+    failed = 'sum by (version) (probe_requests_total{target="svc",code=~"5..|error"})'
+    error_ratio = query(prometheus, f"({failed} or {all_requests} * 0) / {all_requests}")
+    assert total == 1000  # 100/s for 10s, sent on schedule
+    assert set(by_version) == {"v1", "v2"}
+    assert abs(by_version["v1"] / total - 0.5) <= 0.05
+    assert error_ratio["v1"] == 0
+    assert abs(error_ratio["v2"] - 0.20) <= 0.04
+
+
+def p99_by_version(prometheus: PrometheusServer, window_s: int, at: float) -> dict[str, float]:
+    expr = (
+        "histogram_quantile(0.99, sum by (le, version) "
+        f'(increase(probe_request_duration_seconds_bucket{{target="svc"}}[{window_s}s])))'
+    )
+    return query(prometheus, expr, at=at)
+
+
+def test_latency_fault_moves_only_that_versions_p99(
+    group: ProcessGroup, proxy: ServiceProxy, prometheus_factory: PrometheusFactory
+) -> None:
+    v1, v2 = start_testpage(group, "v1"), start_testpage(group, "v2")
+    proxy.set_backends([v1.address, v2.address])
+    probe = start_probe(group, ["--target", f"svc={proxy.url}/", "--rate", "100/s"])
+    prometheus = prometheus_factory([ScrapeTarget("probe", probe.metrics_address)])
+    prometheus.wait_for_target_up("probe")
+
+    def scraped_past(moment: float) -> None:
+        expr = 'timestamp(probe_in_flight{target="svc"})'
+        wait_until(
+            lambda: query(prometheus, expr).get("", 0.0) > moment + 1,
+            timeout=30,
+            what="Prometheus scraping past the phase",
+        )
+
+    time.sleep(6)  # phase 1: both versions healthy
+    healthy_end = time.time()
+    # A release of v2 that adds 200ms: a new instance replaces the old one.
+    slow = start_testpage(group, "v2", env={"FAULT_LATENCY": "200ms"})
+    proxy.set_backends([v1.address, slow.address])
+    v2.process.stop()
+    time.sleep(6)  # phase 2: v2 slow
+    slow_end = time.time()
+    scraped_past(slow_end)
+
+    before = p99_by_version(prometheus, 5, at=healthy_end)
+    after = p99_by_version(prometheus, 5, at=slow_end)
+    assert after["v2"] - before["v2"] >= 0.200
+    assert before["v1"] < 0.05
+    assert after["v1"] < 0.05
+    assert abs(after["v1"] - before["v1"]) < 0.05
+
+
+def test_sigterm_of_a_backend_under_load_fails_no_request(
+    group: ProcessGroup, proxy: ServiceProxy
+) -> None:
+    leaving = start_testpage(group, "v1", drain_delay="2s")
+    staying = start_testpage(group, "v1")
+    with ReadinessSync(proxy, [leaving.address, staying.address], interval_s=0.1):
+        probe = start_probe(
+            group, ["--target", f"svc={proxy.url}/", "--rate", "200/s", "--duration", "10s"]
+        )
+        wait_until(
+            lambda: sum(probe_counts(probe).values()) >= 300,
+            timeout=30,
+            what="load running",
+        )
+        served_before = proxy.connection_counts()[leaving.address]
+        leaving.process.stop(timeout=30)  # SIGTERM, then wait for the drained exit
+        assert leaving.process.returncode == 0
+        assert "probe load finished" not in probe.process.log_path.read_text()
+        wait_load_finished(probe)
+
+    counts = probe_counts(probe)
+    assert served_before > 0
+    assert proxy.backends == [staying.address]
+    assert sum(counts.values()) == 2000
+    assert {key for key, value in counts.items() if value} == {("v1", "200", "")}
+
+
+def test_transport_errors_count_with_their_reason(group: ProcessGroup) -> None:
+    slow = start_testpage(group, "v2", env={"FAULT_LATENCY": "2s"})
+    nothing = f"http://127.0.0.1:{free_port()}/"
+    probe = start_probe(
+        group,
+        [
+            "--target",
+            f"slow={slow.url}/",
+            "--target",
+            f"gone={nothing}",
+            "--rate",
+            "16/s",
+            "--timeout",
+            "250ms",
+            "--duration",
+            "2s",
+        ],
+    )
+    wait_load_finished(probe)
+    counts = {
+        (labels["target"], labels["version"], labels["code"], labels["reason"]): value
+        for labels, value in probe.samples("probe_requests_total")
+    }
+    assert counts == {
+        ("slow", "unknown", "error", "timeout"): 32,
+        ("gone", "unknown", "error", "connect"): 32,
+    }
+    durations = {
+        labels["target"]: value
+        for labels, value in probe.samples("probe_request_duration_seconds_bucket")
+        if labels["le"] == "0.25"
+    }
+    assert durations == {"slow": 0, "gone": 32}  # timeouts last their 250ms and more
+
+
+def test_config_file_runs_each_target_at_its_own_rate(
+    group: ProcessGroup, tmp_workdir: Path
+) -> None:
+    a, b = start_testpage(group, "v1"), start_testpage(group, "v2")
+    config = tmp_workdir / "probe.yaml"
+    config.write_text(
+        f"targets:\n"
+        f"  - name: a\n    url: {a.url}/\n    rate: 960/m\n"
+        f"  - name: b\n    url: {b.url}/\n"
+    )
+    probe = start_probe(group, ["--config", str(config), "--rate", "32/s", "--duration", "2s"])
+    wait_load_finished(probe)
+    counts = {
+        (labels["target"], labels["version"], labels["code"]): value
+        for labels, value in probe.samples("probe_requests_total")
+    }
+    assert counts == {("a", "v1", "200"): 32, ("b", "v2", "200"): 64}
+    lags = {
+        labels["target"]: value
+        for labels, value in probe.samples("probe_schedule_lag_seconds_count")
+    }
+    assert lags == {"a": 32, "b": 64}
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--target", "http://127.0.0.1:1/", "--rate", "fast"], "positive rate such as 50"),
+        (["--target", "127.0.0.1:8080"], "http:// or https:// URL"),
+        (["--rate", "5"], "no targets"),
+        (["--target", "a=http://127.0.0.1:1/", "--target", "a=http://127.0.0.1:2/"], "repeated: a"),
+        (["--target", "http://127.0.0.1:1/", "--timeout", "0s"], "positive duration"),
+    ],
+)
+def test_invalid_arguments_are_refused(args: list[str], expected: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "autocanary.probe", "--metrics-host", "127.0.0.1", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert expected in result.stderr
+
+
+def test_invalid_config_is_refused_with_file_and_line(tmp_workdir: Path) -> None:
+    config = tmp_workdir / "probe.yaml"
+    config.write_text("targets:\n  - url: http://127.0.0.1:1/\n    rate: lots\n")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "autocanary.probe",
+            "--metrics-host",
+            "127.0.0.1",
+            "--config",
+            str(config),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert f"{config}:3: targets[0].rate: expected a positive rate" in result.stderr

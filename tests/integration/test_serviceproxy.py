@@ -1,0 +1,97 @@
+"""ServiceProxy with real testpage backends: round robin, runtime changes, 503/502, stop."""
+
+from __future__ import annotations
+
+import socket
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from autocanary.testbed.apps import start_testpage
+from autocanary.testbed.errors import HarnessError
+from autocanary.testbed.procs import ProcessGroup, free_port
+from autocanary.testbed.serviceproxy import ServiceProxy
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def group(tmp_workdir: Path) -> Iterator[ProcessGroup]:
+    with ProcessGroup(tmp_workdir / "logs") as processes:
+        yield processes
+
+
+@pytest.fixture
+def proxy() -> Iterator[ServiceProxy]:
+    with ServiceProxy() as running:
+        yield running
+
+
+def versions_of_fresh_connections(url: str, count: int) -> Counter[str]:
+    """X-Version of ``count`` requests, each on its own connection (as the probe sends them)."""
+    seen: Counter[str] = Counter()
+    with httpx.Client(trust_env=False, timeout=10.0) as client:
+        for _ in range(count):
+            answer = client.get(f"{url}/", headers={"Connection": "close"})
+            seen[answer.headers.get("x-version", f"status {answer.status_code}")] += 1
+    return seen
+
+
+def test_connections_alternate_over_backends(group: ProcessGroup, proxy: ServiceProxy) -> None:
+    v1, v2 = start_testpage(group, "v1"), start_testpage(group, "v2")
+    proxy.set_backends([v1.address, v2.address])
+    assert versions_of_fresh_connections(proxy.url, 20) == {"v1": 10, "v2": 10}
+    assert proxy.connection_counts() == {v1.address: 10, v2.address: 10}
+
+
+def test_a_kept_alive_connection_stays_on_its_backend(
+    group: ProcessGroup, proxy: ServiceProxy
+) -> None:
+    v1, v2 = start_testpage(group, "v1"), start_testpage(group, "v2")
+    proxy.set_backends([v1.address, v2.address])
+    with httpx.Client(trust_env=False, timeout=10.0) as client:
+        seen = {client.get(f"{proxy.url}/").headers["x-version"] for _ in range(10)}
+    assert len(seen) == 1  # balancing is per connection, as with kube-proxy
+
+
+def test_backends_change_at_runtime(group: ProcessGroup, proxy: ServiceProxy) -> None:
+    v1, v2 = start_testpage(group, "v1"), start_testpage(group, "v2")
+    proxy.set_backends([v1.address])
+    assert versions_of_fresh_connections(proxy.url, 4) == {"v1": 4}
+    proxy.set_backends([v1.address, v2.address, v2.address])
+    assert versions_of_fresh_connections(proxy.url, 6) == {"v1": 2, "v2": 4}
+    proxy.set_backends([v2.address])
+    assert versions_of_fresh_connections(proxy.url, 3) == {"v2": 3}
+    assert proxy.backends == [v2.address]
+
+
+def test_no_backend_answers_503_and_unreachable_backend_502(proxy: ServiceProxy) -> None:
+    assert versions_of_fresh_connections(proxy.url, 2) == {"status 503": 2}
+    proxy.set_backends([f"127.0.0.1:{free_port()}"])  # nothing listens there
+    assert versions_of_fresh_connections(proxy.url, 2) == {"status 502": 2}
+
+
+def test_stop_closes_the_listener_and_open_connections(group: ProcessGroup) -> None:
+    page = start_testpage(group, "v1")
+    proxy = ServiceProxy()
+    proxy.start()
+    proxy.set_backends([page.address])
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as held:
+        held.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert held.recv(65536).startswith(b"HTTP/1.1 200 OK")
+        proxy.stop()
+        assert held.recv(1) == b""
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", proxy.port), timeout=10).close()
+
+
+def test_start_on_a_busy_port_says_so() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(HarnessError, match=f"cannot listen on 127.0.0.1:{port}"):
+            ServiceProxy(port=port).start()
