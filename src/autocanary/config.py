@@ -28,6 +28,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic.alias_generators import to_camel
+from pydantic.config import JsonDict
 
 from autocanary import promql
 from autocanary.units import format_duration, parse_duration, parse_percent
@@ -194,11 +195,30 @@ Secret = Annotated[
 ]
 
 
+def _readable_defaults(schema: JsonDict, model: type[Any]) -> None:
+    """Show duration defaults as configs write them (``30s``).
+
+    Pydantic encodes a timedelta default as ISO 8601 (``PT30S``), which the
+    loader rightly rejects, so an editor would suggest an invalid value.
+    """
+    properties = schema.get("properties")
+    if not isinstance(properties, dict):
+        return
+    for name, info in model.model_fields.items():
+        prop = properties.get(info.alias or name)
+        if isinstance(info.default, timedelta) and isinstance(prop, dict):
+            prop["default"] = format_duration(info.default)
+
+
 class Model(BaseModel):
     """Base of every config model: camelCase keys, unknown keys rejected, immutable."""
 
     model_config = ConfigDict(
-        extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True
+        extra="forbid",
+        alias_generator=to_camel,
+        populate_by_name=True,
+        frozen=True,
+        json_schema_extra=_readable_defaults,
     )
 
 
@@ -272,6 +292,16 @@ class AlertmanagerSink(SinkBase):
     type: Literal["alertmanager"]
     url: Secret
     labels: dict[str, str] = Field(default_factory=dict, description="Extra labels on every alert")
+
+    @field_validator("labels")
+    @classmethod
+    def _label_names(cls, labels: dict[str, str]) -> dict[str, str]:
+        bad = [name for name in labels if not re.match(r"^[a-zA-Z_][a-zA-Z0-9_]*$", name)]
+        if bad:
+            raise ValueError(
+                f"invalid Prometheus label name(s) {bad}: use letters, digits and underscores"
+            )
+        return labels
 
 
 Sink = Annotated[WebhookSink | SlackSink | AlertmanagerSink, Field(discriminator="type")]
