@@ -1,0 +1,138 @@
+"""The persisted rollout state: round trip and corrupt annotations."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from builders import pod_template
+
+from autocanary.errors import StateCorrupt
+from autocanary.state import MAX_VERDICTS, SCHEMA_VERSION, RolloutState, VerdictRecord, dumps, loads
+
+T = datetime(2025, 3, 1, 12, 0, 30, 123456, tzinfo=UTC)
+
+
+def full_state() -> RolloutState:
+    return RolloutState(
+        phase="progressing",
+        revision="abc123def456",
+        stable_revision="0123456789ab",
+        canary_version="2.0",
+        stable_version="1.0",
+        stable_template=pod_template(),
+        total=10,
+        step=2,
+        stage="analysing",
+        step_started_at=T,
+        ready_at=T + timedelta(seconds=20),
+        not_ready_since=None,
+        last_analysis_at=T + timedelta(minutes=1),
+        step_passes=2,
+        failures=1,
+        inconclusive=1,
+        started_at=T - timedelta(minutes=10),
+        rolled_back_revision="fedcba987654",
+        message="analysing step 3/4 (5 canary pods)",
+        verdicts=(
+            VerdictRecord(
+                at=T,
+                step=2,
+                verdict="pass",
+                reason="all checks passed",
+                checks={"errors": {"verdict": "pass", "value": 0.001, "threshold": "<= 0.01"}},
+            ),
+            VerdictRecord(at=T + timedelta(seconds=30), step=2, verdict="inconclusive", reason="x"),
+        ),
+        judge={"log_e": 1.5},
+    )
+
+
+def test_round_trip_of_a_full_state() -> None:
+    state = full_state()
+    assert loads(dumps(state)) == state
+
+
+def test_round_trip_of_the_default_state() -> None:
+    assert loads(dumps(RolloutState())) == RolloutState()
+
+
+def test_dumps_is_compact_sorted_json_with_the_schema_version() -> None:
+    text = dumps(full_state())
+    data = json.loads(text)
+    assert data["schema"] == SCHEMA_VERSION
+    assert list(data) == sorted(data)
+    assert ", " not in text
+    assert data["step_started_at"] == "2025-03-01T12:00:30.123456+00:00"
+    assert data["verdicts"][0]["checks"]["errors"]["value"] == 0.001
+
+
+def test_datetimes_are_stored_in_utc_and_read_back_aware() -> None:
+    local = datetime(2025, 3, 1, 14, 0, tzinfo=timezone(timedelta(hours=2)))
+    state = loads(dumps(RolloutState(started_at=local)))
+    assert state.started_at == local
+    assert state.started_at is not None
+    assert state.started_at.utcoffset() == timedelta(0)
+
+
+def test_naive_timestamps_are_read_as_utc() -> None:
+    data = {"schema": SCHEMA_VERSION, "started_at": "2025-03-01T12:00:00"}
+    assert loads(json.dumps(data)).started_at == datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def test_missing_fields_take_their_defaults() -> None:
+    state = loads(json.dumps({"schema": SCHEMA_VERSION, "phase": "succeeded"}))
+    assert state == RolloutState(phase="succeeded")
+
+
+def test_with_verdict_keeps_the_most_recent() -> None:
+    state = RolloutState()
+    for i in range(MAX_VERDICTS + 3):
+        state = RolloutState(
+            verdicts=state.with_verdict(VerdictRecord(at=T, step=i, verdict="pass", reason=""))
+        )
+    assert len(state.verdicts) == MAX_VERDICTS
+    assert [v.step for v in state.verdicts] == list(range(3, MAX_VERDICTS + 3))
+
+
+def corrupt(**changes: Any) -> str:
+    data = json.loads(dumps(full_state()))
+    data.update(changes)
+    return json.dumps(data)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", r"not JSON"),
+        ("{phase: idle}", r"not JSON"),
+        ("[1, 2]", r"not a JSON object"),
+        ('"idle"', r"not a JSON object"),
+        (json.dumps({"phase": "idle"}), r"schema None; this daemon reads schema 1"),
+        (corrupt(schema=2), r"schema 2"),
+        (corrupt(surprise=1), r"unknown fields \['surprise'\]"),
+        (corrupt(phase="dancing"), r"unknown phase 'dancing'"),
+        (corrupt(stage="bogus"), r"unknown stage 'bogus'"),
+        (
+            corrupt(started_at="yesterday"),
+            r"started_at: expected an ISO timestamp, got 'yesterday'",
+        ),
+        (corrupt(ready_at=1700000000), r"ready_at: expected an ISO timestamp"),
+        (corrupt(total="10"), r"total: expected a non-negative integer, got '10'"),
+        (corrupt(step=-1), r"step: expected a non-negative integer"),
+        (corrupt(failures=True), r"failures: expected a non-negative integer"),
+        (corrupt(revision=5), r"revision: expected a string"),
+        (corrupt(stable_template=[1]), r"stable_template: expected an object or null"),
+        (corrupt(verdicts=5), r"verdicts: expected a list"),
+        (corrupt(verdicts=["pass"]), r"malformed"),
+        (corrupt(verdicts=[{"step": 0, "verdict": "pass"}]), r"malformed: 'at'"),
+        (corrupt(verdicts=[{"at": None, "step": 0, "verdict": "pass"}]), r"verdicts.at"),
+        (corrupt(verdicts=[{"at": "noon", "step": 0, "verdict": "pass"}]), r"verdicts.at"),
+        (corrupt(verdicts=[{"at": T.isoformat(), "step": "x", "verdict": "p"}]), r"malformed"),
+    ],
+)
+def test_corrupt_annotations_raise_state_corrupt(text: str, message: str) -> None:
+    with pytest.raises(StateCorrupt, match=message):
+        loads(text)
