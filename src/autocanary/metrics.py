@@ -75,7 +75,7 @@ class DaemonMetrics:
         )
         self.alert_deliveries = Counter(
             "autocanary_alert_deliveries",
-            "Alert deliveries by sink and outcome (ok, failed)",
+            "Alert deliveries by sink and outcome (ok, failed, dropped)",
             ["sink", "outcome"],
             registry=r,
         )

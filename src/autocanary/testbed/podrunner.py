@@ -1,0 +1,320 @@
+"""The pod runner: plays the kubelet's part for KWOK pods, so traffic in the test bed is real.
+
+KWOK marks pods Running and Ready but runs nothing. For every scheduled pod
+matching a label selector, the pod runner starts one ``testpage`` process on
+127.0.0.1 with the pod's environment (literal values and the usual
+``fieldRef``s: pod name, namespace, labels, pod IP), and reports the live ones
+as endpoints, the way an endpoints controller feeds kube-proxy.
+
+Like a kubelet it reports failure back: a pod whose image it cannot run, or
+whose process exits or never serves ``/healthz``, gets its ``Ready`` condition
+set to False, so the Deployment sees an un-Ready pod (as with a crash-looping
+container). A pod being deleted leaves the endpoints first and is then stopped
+with SIGTERM, so in-flight requests finish.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import structlog
+from kubernetes import client
+from kubernetes.client import ApiException
+
+from autocanary.testbed.http_checks import http_ok
+from autocanary.testbed.procs import ManagedProcess, free_port
+
+log = structlog.get_logger(__name__)
+
+#: Image names (last path segment, without tag) the runner knows how to run.
+RUNNABLE_IMAGES = frozenset({"testpage", "autocanary"})
+_START_TIMEOUT_S = 20.0
+_API_TIMEOUT = (5.0, 10.0)
+_LABEL_REF = re.compile(r"^metadata\.labels\['([^']+)'\]$")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A live pod process: where it listens and what it is."""
+
+    pod: str
+    namespace: str
+    address: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _PodProcess:
+    pod: str
+    process: ManagedProcess
+    port: int
+    labels: dict[str, str]
+    started: float
+    live: bool = False
+
+
+def runnable(image: str) -> bool:
+    """Whether the runner can run this image (by its name; the tag is the version)."""
+    name = image.split("@", 1)[0].rsplit("/", 1)[-1].split(":", 1)[0]
+    return name in RUNNABLE_IMAGES
+
+
+def pod_env(pod: Mapping[str, Any]) -> dict[str, str]:
+    """The first container's environment, resolving the fieldRefs a kubelet would."""
+    meta = pod.get("metadata") or {}
+    status = pod.get("status") or {}
+    labels = meta.get("labels") or {}
+    containers = (pod.get("spec") or {}).get("containers") or [{}]
+    env: dict[str, str] = {}
+    if status.get("podIP"):
+        env["POD_IP"] = str(status["podIP"])
+    for var in containers[0].get("env") or []:
+        name = var.get("name")
+        if not name:
+            continue
+        if "value" in var:
+            env[name] = str(var["value"])
+            continue
+        path = ((var.get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath", "")
+        label = _LABEL_REF.match(path)
+        if label:
+            env[name] = str(labels.get(label.group(1), ""))
+        elif path == "metadata.name":
+            env[name] = str(meta.get("name", ""))
+        elif path == "metadata.namespace":
+            env[name] = str(meta.get("namespace", ""))
+        elif path == "status.podIP" and status.get("podIP"):
+            env[name] = str(status["podIP"])
+    return env
+
+
+class PodRunner:
+    """Runs a testpage per scheduled pod matching ``selector`` in ``namespace``."""
+
+    def __init__(
+        self,
+        api_client: client.ApiClient,
+        namespace: str,
+        selector: str,
+        log_dir: Path,
+        *,
+        on_endpoints: Callable[[list[Endpoint]], None] | None = None,
+        poll_s: float = 0.25,
+    ) -> None:
+        """Prepare; :meth:`start` begins watching. ``on_endpoints`` hears every change."""
+        self._core = client.CoreV1Api(api_client)
+        self.namespace = namespace
+        self.selector = selector
+        self.log_dir = log_dir
+        self._on_endpoints = on_endpoints
+        self._poll_s = poll_s
+        self._procs: dict[str, _PodProcess] = {}  # by pod UID
+        self._failed: set[str] = set()  # pod UIDs reported not Ready
+        self._published: list[Endpoint] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._stoppers: list[threading.Thread] = []
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> Self:
+        """Begin watching pods in a background thread."""
+        self._thread = threading.Thread(target=self._run, name="pod-runner", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop watching and stop every process (SIGTERM, then SIGKILL)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        with self._lock:
+            procs = list(self._procs.values())
+            self._procs.clear()
+        for proc in procs:
+            proc.process.stop()
+        for stopper in self._stoppers:
+            stopper.join(timeout=30)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def endpoints(self) -> list[Endpoint]:
+        """The endpoints published last."""
+        with self._lock:
+            return list(self._published)
+
+    @property
+    def processes(self) -> list[ManagedProcess]:
+        """Every pod process currently running (for leak checks)."""
+        with self._lock:
+            return [p.process for p in self._procs.values()]
+
+    # ---- the loop --------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.sync_once()
+            except Exception as e:  # noqa: BLE001 -- a flaky API read must not end the runner
+                log.warning("pod runner round failed", error=str(e))
+            self._stop.wait(self._poll_s)
+
+    def sync_once(self) -> None:
+        """One round: start, check and stop processes so they match the pods."""
+        pods = self._list_pods()
+        seen: set[str] = set()
+        for pod in pods:
+            meta = pod["metadata"]
+            uid = meta["uid"]
+            if meta.get("deletionTimestamp") or not (pod.get("spec") or {}).get("nodeName"):
+                continue
+            seen.add(uid)
+            if uid in self._failed:
+                continue
+            proc = self._procs.get(uid)
+            if proc is None:
+                self._launch(pod)
+            else:
+                self._check(pod, proc)
+        for uid in [u for u in self._procs if u not in seen]:
+            self._retire(uid)
+        self._failed &= seen | {p["metadata"]["uid"] for p in pods}
+        self._publish(pods)
+
+    def _list_pods(self) -> list[dict[str, Any]]:
+        response: Any = self._core.list_namespaced_pod(
+            self.namespace,
+            label_selector=self.selector,
+            _preload_content=False,
+            _request_timeout=_API_TIMEOUT,
+        )
+        items: list[dict[str, Any]] = json.loads(response.data)["items"]
+        return items
+
+    def _launch(self, pod: Mapping[str, Any]) -> None:
+        meta = pod["metadata"]
+        containers = pod["spec"].get("containers") or [{}]
+        image = str(containers[0].get("image", ""))
+        if not runnable(image):
+            self._fail(pod, "ImageNotRunnable", f"the pod runner cannot run image {image!r}")
+            return
+        port = free_port()
+        name = f"pod-{meta['name']}"
+        process = ManagedProcess.start(
+            name,
+            [
+                sys.executable,
+                "-m",
+                "autocanary.testpage",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            log_dir=self.log_dir,
+            env=pod_env(pod),
+        )
+        with self._lock:
+            self._procs[meta["uid"]] = _PodProcess(
+                meta["name"], process, port, dict(meta.get("labels") or {}), time.monotonic()
+            )
+        log.info("pod process started", pod=meta["name"], port=port, pid=process.pid)
+
+    def _check(self, pod: Mapping[str, Any], proc: _PodProcess) -> None:
+        if not proc.process.is_running():
+            with self._lock:
+                self._procs.pop(pod["metadata"]["uid"], None)
+            self._fail(
+                pod,
+                "ProcessExited",
+                f"testpage exited with status {proc.process.returncode}: "
+                f"{proc.process.log_tail(5)}",
+            )
+            return
+        if not proc.live:
+            if http_ok(f"http://127.0.0.1:{proc.port}/healthz"):
+                proc.live = True
+                log.info("pod process live", pod=proc.pod, port=proc.port)
+            elif time.monotonic() - proc.started > _START_TIMEOUT_S:
+                with self._lock:
+                    self._procs.pop(pod["metadata"]["uid"], None)
+                proc.process.stop()
+                self._fail(pod, "NeverHealthy", f"/healthz not answering after {_START_TIMEOUT_S}s")
+
+    def _retire(self, uid: str) -> None:
+        with self._lock:
+            proc = self._procs.pop(uid)
+        # Leave the endpoints before stopping, as the endpoints controller does on deletion.
+        self._publish(None)
+        log.info("pod gone; stopping its process", pod=proc.pod, pid=proc.process.pid)
+        stopper = threading.Thread(target=proc.process.stop, name=f"stop-{proc.pod}", daemon=True)
+        stopper.start()
+        self._stoppers = [t for t in self._stoppers if t.is_alive()] + [stopper]
+
+    def _fail(self, pod: Mapping[str, Any], reason: str, message: str) -> None:
+        meta = pod["metadata"]
+        self._failed.add(meta["uid"])
+        log.warning("pod not ready", pod=meta["name"], reason=reason, message=message)
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        condition = {"status": "False", "reason": reason, "message": message[:500]}
+        try:
+            self._core.patch_namespaced_pod_status(
+                meta["name"],
+                self.namespace,
+                {
+                    "status": {
+                        "conditions": [
+                            {"type": "Ready", "lastTransitionTime": now, **condition},
+                            {"type": "ContainersReady", "lastTransitionTime": now, **condition},
+                        ]
+                    }
+                },
+                _request_timeout=_API_TIMEOUT,
+            )
+        except ApiException as e:
+            if e.status != 404:
+                log.warning("could not mark pod not ready", pod=meta["name"], error=str(e))
+
+    def _publish(self, pods: Iterable[Mapping[str, Any]] | None) -> None:
+        ready_uids: set[str] | None = None
+        if pods is not None:
+            ready_uids = {
+                p["metadata"]["uid"]
+                for p in pods
+                if any(
+                    c.get("type") == "Ready" and c.get("status") == "True"
+                    for c in (p.get("status") or {}).get("conditions") or []
+                )
+            }
+        with self._lock:
+            endpoints = sorted(
+                (
+                    Endpoint(p.pod, self.namespace, f"127.0.0.1:{p.port}", p.labels)
+                    for uid, p in self._procs.items()
+                    if p.live and (ready_uids is None or uid in ready_uids)
+                ),
+                key=lambda e: e.pod,
+            )
+            changed = endpoints != self._published
+            self._published = endpoints
+        if changed and self._on_endpoints is not None:
+            self._on_endpoints(endpoints)
