@@ -294,9 +294,8 @@ class KubeClient:
             field_selector=f"involvedObject.name={name}",
         )
         items: list[JSON] = data.get("items", [])
-        return sorted(
-            items, key=lambda e: e.get("lastTimestamp") or e["metadata"]["creationTimestamp"]
-        )
+        # resourceVersion orders creation; timestamps only have whole seconds.
+        return sorted(items, key=lambda e: int(e["metadata"]["resourceVersion"]))
 
     # ---- Leases ----------------------------------------------------------------------------
 
