@@ -130,13 +130,17 @@ async def fetch(endpoint: Endpoint, resolver: Resolver) -> Answer:
     try:
         writer.write(endpoint.request)
         head = await reader.readuntil(b"\r\n\r\n")
-        status, length, chunked, version = _parse_head(head)
+        status, length, chunked, version, closing = _parse_head(head)
         if status in _NO_BODY_STATUSES:
             body = b""
         else:
             # Without a length (chunked, or delimited by close) the body ends when
             # the server closes, which it does because we asked for Connection: close.
             body = await _read_body(reader, None if chunked else length, keep=version is None)
+        if closing:
+            # The server promised to close: let it close first, so the TIME_WAIT
+            # socket stays on its side and the probe's ports are not used up.
+            await reader.read()
         return Answer(status, version, body)
     except asyncio.IncompleteReadError as e:
         raise FetchError("closed", "connection closed before a complete answer") from e
@@ -150,8 +154,8 @@ async def fetch(endpoint: Endpoint, resolver: Resolver) -> Answer:
         writer.close()
 
 
-def _parse_head(head: bytes) -> tuple[int, int | None, bool, str | None]:
-    """Status, Content-Length, whether chunked, and X-Version from an answer head."""
+def _parse_head(head: bytes) -> tuple[int, int | None, bool, str | None, bool]:
+    """Status, Content-Length, whether chunked, X-Version, and whether the server closes."""
     lines = head.split(b"\r\n")
     status_line = lines[0].split(b" ", 2)
     if len(status_line) < 2 or not status_line[0].startswith(b"HTTP/1."):
@@ -163,6 +167,7 @@ def _parse_head(head: bytes) -> tuple[int, int | None, bool, str | None]:
     length: int | None = None
     chunked = False
     version: str | None = None
+    closing = False
     for line in lines[1:]:
         name, _, value = line.partition(b":")
         name = name.strip().lower()
@@ -175,7 +180,9 @@ def _parse_head(head: bytes) -> tuple[int, int | None, bool, str | None]:
             chunked = b"chunked" in value.lower()
         elif name == b"x-version":
             version = value.strip().decode("latin-1")
-    return status, length, chunked, version
+        elif name == b"connection":
+            closing = b"close" in value.lower()
+    return status, length, chunked, version, closing
 
 
 async def _read_body(reader: asyncio.StreamReader, length: int | None, *, keep: bool) -> bytes:

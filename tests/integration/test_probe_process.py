@@ -202,6 +202,25 @@ def test_transport_errors_count_with_their_reason(group: ProcessGroup) -> None:
     assert durations == {"slow": 0, "gone": 32}  # timeouts last their 250ms and more
 
 
+def time_wait_sockets(remote_port: int) -> int:
+    """TIME_WAIT sockets on this host whose remote end is ``remote_port`` (client side)."""
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "06" and int(fields[2].split(":")[1], 16) == remote_port:
+            count += 1
+    return count
+
+
+def test_the_server_closes_first_so_the_probe_keeps_no_time_wait(group: ProcessGroup) -> None:
+    page = start_testpage(group, "v1")
+    before = time_wait_sockets(page.port)  # the readiness check's own connections
+    probe = start_probe(group, ["--target", f"{page.url}/", "--rate", "200/s", "--duration", "2s"])
+    wait_load_finished(probe)
+    assert sum(value for _, value in probe.samples("probe_requests_total")) == 400
+    assert time_wait_sockets(page.port) <= before
+
+
 def test_config_file_runs_each_target_at_its_own_rate(
     group: ProcessGroup, tmp_workdir: Path
 ) -> None:

@@ -36,10 +36,6 @@ class ReadinessSync:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def set_candidates(self, candidates: Sequence[str]) -> None:
-        """Replace the candidate backends (pods created or deleted); applied on the next poll."""
-        self._candidates = tuple(candidates)
-
     def sync(self) -> list[str]:
         """Check every candidate now, update the proxy, and return the ready ones."""
         ready = [c for c in self._candidates if http_ok(f"http://{c}/healthz")]
