@@ -379,10 +379,14 @@ def _decide_settled(t: _Tick, state: RolloutState, command: str | None) -> Decis
             return _ignore_command(stay, command, "this revision was already promoted")
         return stay
     decision = _start_release(t, state, "new canary revision")
-    if command == "promote" and decision.state.phase == "progressing":
-        return _promote(t, decision.state, "promotion requested by command")
-    if command == "abort" and decision.state.phase == "progressing":
-        return _roll_back(t, decision.state, "aborted by command")
+    if command in ("promote", "abort") and decision.state.phase == "progressing":
+        # The release did start: its ReleaseDetected comes before what the command did.
+        then = (
+            _promote(t, decision.state, "promotion requested by command")
+            if command == "promote"
+            else _roll_back(t, decision.state, "aborted by command")
+        )
+        return dataclasses.replace(then, transitions=(*decision.transitions, *then.transitions))
     if command is not None and command != "retry":
         return _ignore_command(
             decision, command, "applied to the new release only for promote/abort"
