@@ -87,6 +87,9 @@ class ControlPlane:
         if workdir is None:
             workdir = Path(tempfile.mkdtemp(prefix="autocanary-cp-"))
         workdir.mkdir(parents=True, exist_ok=True)
+        if any(workdir.iterdir()):
+            # Old etcd data or a registered node from an earlier run would not match the new PKI.
+            raise HarnessError(f"control plane work directory {workdir} is not empty")
         self._workdir = workdir.resolve()
         self._procs = ProcessGroup(self._workdir / "logs")
         began = time.monotonic()

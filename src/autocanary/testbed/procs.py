@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -28,22 +29,41 @@ log = structlog.get_logger(__name__)
 _KILL_WAIT_S = 5.0
 _TAIL_BYTES = 64 * 1024
 
-# Ports handed out recently. The OS may offer a port again as soon as the probe
-# socket closes; remembering them keeps one test bed from giving two services
-# the same port before either has bound it.
+# Ports handed out recently, so one test bed never gives two services the same
+# port in the moment between choosing it and the service binding it.
 _recent_ports: collections.deque[int] = collections.deque(maxlen=256)
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_LOWEST_PORT = 10000
 
 
 def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that was free a moment ago, chosen by the OS."""
-    for _ in range(50):
+    """Return a TCP port on 127.0.0.1 that is free now, for a server about to listen on it.
+
+    Chosen at random below the kernel's ephemeral range when there is room: the
+    kernel hands ports in that range to outgoing connections, and one could take
+    the port before the server binds it. Otherwise the kernel picks (port 0).
+    """
+    floor = _ephemeral_floor()
+    span = floor - _LOWEST_PORT
+    for _ in range(100):
+        wanted = _LOWEST_PORT + secrets.randbelow(span) if span >= 1000 else 0
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", 0))
+            try:
+                sock.bind(("127.0.0.1", wanted))
+            except OSError:
+                continue
             port = int(sock.getsockname()[1])
         if port not in _recent_ports:
             _recent_ports.append(port)
             return port
-    raise HarnessError("no fresh free port on 127.0.0.1 after 50 tries")
+    raise HarnessError("no free port on 127.0.0.1 after 100 tries")
+
+
+def _ephemeral_floor() -> int:
+    try:
+        return int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def pid_alive(pid: int) -> bool:
