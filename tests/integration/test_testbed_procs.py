@@ -32,11 +32,13 @@ def logged(proc: ManagedProcess, text: str) -> bool:
     return proc.log_path.exists() and text in proc.log_path.read_text()
 
 
-def test_free_port_is_bindable_and_not_repeated() -> None:
+def test_free_port_is_bindable_not_repeated_and_outside_the_ephemeral_range() -> None:
     ports = [free_port() for _ in range(20)]
     assert len(set(ports)) == 20
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", ports[0]))
+    ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    assert all(10000 <= p < ephemeral_low for p in ports)
 
 
 def test_start_passes_env_and_cwd_and_logs_output(tmp_workdir: Path) -> None:

@@ -79,6 +79,13 @@ def test_a_failed_start_stops_what_was_started(tmp_workdir: Path) -> None:
     assert not workdir.exists()
 
 
+def test_start_refuses_a_workdir_left_from_an_earlier_run(tmp_workdir: Path) -> None:
+    (tmp_workdir / "etcd").mkdir()
+    with pytest.raises(HarnessError, match="not empty"):
+        ControlPlane().start(find_binaries(), tmp_workdir)
+    assert (tmp_workdir / "etcd").is_dir()
+
+
 def test_monitoring_servers_stop_by_pid(tmp_workdir: Path) -> None:
     with (
         PrometheusServer(tmp_workdir / "prometheus", []) as prometheus,
