@@ -435,7 +435,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the probe; the exit status is 0 after a clean stop, 2 for invalid input."""
     parser = argparse.ArgumentParser(
         prog="autocanary probe",
-        description="Open-loop HTTP load with per-version metrics (see the metric names below).",
+        description="Open-loop HTTP load with per-version metrics.",
+        epilog=(
+            "metrics: probe_requests_total{target,version,code,reason}, "
+            "probe_request_duration_seconds{target,version}, "
+            "probe_schedule_lag_seconds{target}, probe_in_flight{target}"
+        ),
     )
     parser.add_argument(
         "--target",

@@ -320,7 +320,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the test page; the exit status is 0 after a clean drain, 2 for invalid input."""
     parser = argparse.ArgumentParser(
         prog="autocanary testpage",
-        description="Version echo app with injectable faults (see FAULT_* variables).",
+        description="Version echo app with injectable faults.",
+        epilog=(
+            "environment: VERSION, POD_IP, FAULT_ERROR_RATE (0.2 or 20%), "
+            "FAULT_LATENCY (200ms or 200ms±50ms), FAULT_AFTER (30s), FAULT_SEED (integer)"
+        ),
     )
     parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default: all)")  # noqa: S104
     parser.add_argument("--port", type=int, default=8080, help="port to listen on (default: 8080)")
