@@ -14,8 +14,7 @@ No network, no processes, no sleeping: time is a value the tests move.
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -345,13 +344,6 @@ class Driver:
     def reasons(self) -> list[str]:
         return [t.reason for record in self.history for t in record.decision.transitions]
 
-    def records(self) -> Iterator[TickRecord]:
-        return iter(self.history)
-
 
 def phase_is(*phases: str) -> Callable[[RolloutState], bool]:
     return lambda state: state.phase in phases
-
-
-def replace_state(state: RolloutState, **changes: Any) -> RolloutState:
-    return dataclasses.replace(state, **changes)

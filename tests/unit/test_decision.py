@@ -1,0 +1,935 @@
+"""The rollout state machine, driven tick after tick against a simulated cluster.
+
+Each test moves an injected clock; :class:`builders.FakeCluster` applies the
+Desired replica counts and templates the way Deployments would (pods Ready on
+the next tick unless their revision is marked broken).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import itertools
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+from builders import (
+    ROLE_LABELS,
+    T0,
+    Driver,
+    FakeCluster,
+    TickRecord,
+    always,
+    interval_verdict,
+    make_rollout,
+    phase_is,
+    pod_template,
+    sequence,
+    view,
+)
+
+from autocanary.alert import Verdict
+from autocanary.decision import (
+    POLL,
+    Desired,
+    Observation,
+    analysis_due,
+    decide,
+    desired_for,
+    next_analysis_at,
+)
+from autocanary.revision import promoted_template, revision_of
+from autocanary.state import Phase, RolloutState, dumps, loads
+
+V2 = "registry.local/shop/web:2.0"
+V3 = "registry.local/shop/web:3.0"
+
+
+def started(total: int = 4, **rollout: object) -> Driver:
+    """A driver whose canary has just been given a new revision (nothing decided yet)."""
+    driver = Driver(make_rollout(**rollout), FakeCluster.create(total))
+    driver.cluster.release(V2)
+    return driver
+
+
+def analysing(driver: Driver, step: int = 0) -> Driver:
+    driver.run_until(
+        lambda s: s.phase == "progressing" and s.step == step and s.stage == "analysing"
+    )
+    return driver
+
+
+def ready_time(driver: Driver) -> datetime:
+    """When the current step's canary pods were seen Ready."""
+    assert driver.state.ready_at is not None
+    return driver.state.ready_at
+
+
+def reasons_of(record: TickRecord) -> list[str]:
+    return [t.reason for t in record.decision.transitions]
+
+
+# ------------------------------------------------------------------ release detection
+
+
+def test_nothing_happens_while_the_canary_equals_the_stable() -> None:
+    driver = Driver(make_rollout(), FakeCluster.create())
+    for record in driver.run(5):
+        assert record.decision.state == RolloutState()
+        assert record.decision.desired == Desired()
+        assert record.decision.transitions == ()
+        assert record.decision.requeue_after is None
+        assert not record.decision.consume_command
+
+
+def test_a_new_canary_revision_starts_a_release() -> None:
+    driver = started(total=4)
+    original_stable = copy.deepcopy(driver.cluster.stable.template)
+    record = driver.tick()
+    state = record.decision.state
+    assert state.phase == "progressing"
+    assert state.revision == driver.cluster.canary_revision
+    assert state.stable_revision == driver.cluster.stable_revision
+    assert (state.canary_version, state.stable_version) == ("2.0", "1.0")
+    assert state.stable_template == original_stable
+    assert (state.total, state.step, state.stage) == (4, 0, "waitingReady")
+    assert state.step_started_at == state.started_at == T0
+    (detected,) = record.decision.transitions
+    assert (detected.reason, detected.kind, detected.warning) == (
+        "ReleaseDetected",
+        "releaseDetected",
+        False,
+    )
+    assert "canary 2.0" in detected.message
+    assert "against stable 1.0" in detected.message
+    assert "total 4 replicas, steps [1, 2, 4]" in detected.message
+    # The stable keeps the total until the first canary pod is Ready.
+    assert record.decision.desired == Desired(canary_replicas=1, stable_replicas=4)
+    assert record.decision.requeue_after == POLL
+
+
+def test_release_version_from_the_version_label() -> None:
+    driver = Driver(make_rollout(), FakeCluster.create())
+    driver.cluster.release(V2, version="v2-rc1")
+    assert driver.tick().decision.state.canary_version == "v2-rc1"
+
+
+def test_totals_are_fixed_at_release_start() -> None:
+    driver = analysing(started(total=4))
+    driver.cluster.stable.set_replicas(7)  # someone scales the stable by hand mid-release
+    record = driver.tick()
+    assert record.decision.state.total == 4
+    assert record.decision.desired == Desired(canary_replicas=1, stable_replicas=3)
+
+
+def test_desired_counts_are_reasserted_every_tick() -> None:
+    driver = analysing(started())
+    driver.cluster.canary.set_replicas(3)
+    driver.cluster.settle()
+    assert driver.tick().decision.desired.canary_replicas == 1
+
+
+# ------------------------------------------------------------------ waiting for Ready
+
+
+@pytest.mark.parametrize(
+    ("canary", "ready"),
+    [
+        (view("web-canary", replicas=1, observed=False), False),
+        (view("web-canary", replicas=1, ready=0), False),
+        (view("web-canary", replicas=1, updated=0), False),
+        # A Ready pod of an earlier template says nothing about the new one.
+        (view("web-canary", replicas=1, ready=1, updated=1, current=2), False),
+        (view("web-canary", replicas=1), True),
+        (view("web-canary", replicas=2), True),
+    ],
+)
+def test_waiting_ready(canary: object, ready: bool) -> None:
+    driver = started()
+    first = driver.tick()
+    obs = dataclasses.replace(first.obs, canary=canary)
+    now = T0 + timedelta(seconds=10)
+    decision = decide(driver.rollout, first.decision.state, obs, now)
+    if ready:
+        assert decision.state.stage == "analysing"
+        assert decision.state.ready_at == now
+        assert decision.desired == Desired(canary_replicas=1, stable_replicas=3)
+    else:
+        assert decision.state == first.decision.state
+        assert decision.desired == Desired(canary_replicas=1, stable_replicas=4)
+        assert decision.requeue_after == POLL
+    assert decision.transitions == ()
+
+
+def test_canary_never_ready_rolls_back_after_the_progress_deadline() -> None:
+    driver = started()  # progressDeadline 5m, ticks every 10s
+    driver.cluster.broken.add(driver.cluster.canary_revision)
+    record = driver.run_until(phase_is("rollingBack"))
+    assert record.now == T0 + timedelta(minutes=5, seconds=10)  # strictly past the deadline
+    deadline, rolled_back = record.decision.transitions
+    assert (deadline.reason, deadline.kind, deadline.warning) == (
+        "ProgressDeadlineExceeded",
+        "progressDeadlineExceeded",
+        True,
+    )
+    assert "canary pods not Ready at step 1/3 (1 canary pods) (0/1 ready)" in deadline.message
+    assert "within progressDeadline 5m" in deadline.message
+    assert (rolled_back.reason, rolled_back.kind, rolled_back.warning) == (
+        "RolledBack",
+        "rolledBack",
+        True,
+    )
+    assert record.decision.desired == Desired(canary_replicas=0, stable_replicas=4)
+    state = record.decision.state
+    assert state.rolled_back_revision == state.revision
+    assert state.finished_at == record.now
+    done = driver.tick()
+    assert done.decision.state.phase == "rolledBack"
+    assert done.decision.transitions == ()
+    assert driver.cluster.canary.replicas == 0
+    assert driver.cluster.stable.replicas == 4
+
+
+def test_canary_losing_readiness_while_analysing_rolls_back_after_the_deadline() -> None:
+    driver = analysing(started(steps=[{"canary": 1, "hold": "1h"}]))
+    driver.cluster.broken.add(driver.cluster.canary_revision)
+    driver.cluster.canary.set_template({})  # its pods get replaced ...
+    driver.cluster.canary.set_template(pod_template(V2, track="canary"))  # ... by unready ones
+    lost = driver.tick()
+    assert lost.decision.state.not_ready_since == lost.now
+    assert lost.verdict is None  # no analysis on an unready canary
+    record = driver.run_until(phase_is("rollingBack"))
+    assert record.now - lost.now == timedelta(minutes=5, seconds=10)
+    assert reasons_of(record) == ["ProgressDeadlineExceeded", "RolledBack"]
+    assert "did not get Ready again" in record.decision.transitions[0].message
+
+
+def test_canary_recovering_before_the_deadline_clears_the_clock() -> None:
+    driver = analysing(started(steps=[{"canary": 1, "hold": "1h"}]))
+    revision = driver.cluster.canary_revision
+    driver.cluster.broken.add(revision)
+    driver.cluster.canary.set_template({})
+    driver.cluster.canary.set_template(pod_template(V2, track="canary"))
+    driver.run(3)
+    assert driver.state.not_ready_since is not None
+    driver.cluster.broken.discard(revision)
+    driver.run(2)
+    assert driver.state.not_ready_since is None
+    assert driver.state.phase == "progressing"
+
+
+# ------------------------------------------------------------------ analysis timing
+
+
+def analysing_state(**changes: Any) -> RolloutState:
+    base = RolloutState(
+        phase="progressing",
+        revision="rev2",
+        stable_revision="rev1",
+        total=4,
+        stage="analysing",
+        step_started_at=T0,
+        ready_at=T0,
+    )
+    return dataclasses.replace(base, **changes)
+
+
+def observation(canary_ready: int = 1, canary_revision: str = "rev2") -> Observation:
+    return Observation(
+        stable=view("web", replicas=3),
+        canary=view("web-canary", pod_template(V2, track="canary"), 1, ready=canary_ready),
+        stable_revision="rev1",
+        canary_revision=canary_revision,
+        stable_version="1.0",
+        canary_version="2.0",
+        role_labels=ROLE_LABELS,
+    )
+
+
+def test_analysis_waits_for_warmup_and_one_interval() -> None:
+    rollout = make_rollout(analysis={"warmup": "20s"})  # interval 30s
+    state = analysing_state()
+    obs = observation()
+    assert not analysis_due(rollout, state, obs, T0 + timedelta(seconds=49))
+    assert analysis_due(rollout, state, obs, T0 + timedelta(seconds=50))
+    assert next_analysis_at(rollout, state) == T0 + timedelta(seconds=50)
+
+
+def test_analysis_then_runs_once_per_interval() -> None:
+    rollout = make_rollout()
+    last = T0 + timedelta(seconds=40)
+    state = analysing_state(last_analysis_at=last)
+    obs = observation()
+    # 90% of the interval: a tick firing slightly early still counts.
+    assert not analysis_due(rollout, state, obs, last + timedelta(seconds=26))
+    assert analysis_due(rollout, state, obs, last + timedelta(seconds=27))
+    assert next_analysis_at(rollout, state) == last + timedelta(seconds=27)
+
+
+@pytest.mark.parametrize(
+    ("state", "obs"),
+    [
+        (analysing_state(stage="waitingReady"), observation()),
+        (analysing_state(ready_at=None), observation()),
+        (analysing_state(phase="paused"), observation()),
+        (analysing_state(phase="promoting"), observation()),
+        (analysing_state(phase="idle"), observation()),
+        (analysing_state(), observation(canary_ready=0)),
+        (analysing_state(), observation(canary_revision="rev3")),
+    ],
+)
+def test_no_analysis_outside_a_ready_analysing_step(state: RolloutState, obs: Observation) -> None:
+    assert not analysis_due(make_rollout(), state, obs, T0 + timedelta(hours=1))
+
+
+def test_verdicts_are_requested_only_after_warmup_and_then_per_interval() -> None:
+    driver = started(analysis={"warmup": "20s"}, steps=[{"canary": 1, "hold": "10m"}])
+    ready = ready_time(analysing(driver))
+    driver.run(30)
+    times = [r.now for r in driver.history if r.verdict is not None]
+    assert times[0] == ready + timedelta(seconds=50)
+    assert all(b - a == timedelta(seconds=30) for a, b in itertools.pairwise(times))
+
+
+def test_requeue_points_at_the_next_analysis() -> None:
+    driver = started(steps=[{"canary": 1, "hold": "10m"}])
+    ready = ready_time(analysing(driver))
+    following = driver.tick()
+    assert following.now == ready + timedelta(seconds=10)
+    assert following.decision.requeue_after == timedelta(seconds=20)  # due 30s after Ready
+
+
+# ------------------------------------------------------------------ passing, holding, advancing
+
+
+def test_a_pass_advances_only_once_the_hold_has_elapsed() -> None:
+    driver = started()  # hold 1m, interval 30s
+    ready = ready_time(analysing(driver))
+    record = driver.run_until(lambda s: s.step == 1)
+    assert record.now == ready + timedelta(minutes=1)
+    verdicts = [r for r in driver.history if r.verdict is not None]
+    assert [r.now - ready for r in verdicts] == [timedelta(seconds=30), timedelta(seconds=60)]
+    assert reasons_of(verdicts[0]) == []
+    (advanced,) = record.decision.transitions
+    assert (advanced.reason, advanced.kind) == ("StepAdvanced", "stepAdvanced")
+    assert "advanced to step 2/3 (2 canary pods) after step 1 held 1m" in advanced.message
+    assert "with 2 passing interval(s)" in advanced.message
+    state = record.decision.state
+    assert (state.stage, state.step_started_at, state.ready_at, state.step_passes) == (
+        "waitingReady",
+        record.now,
+        None,
+        0,
+    )
+    assert record.decision.desired == Desired(canary_replicas=2, stable_replicas=3)
+
+
+def test_an_elapsed_hold_still_needs_a_pass() -> None:
+    driver = started(steps=[{"canary": 1, "hold": "0s"}, {"canary": "100%"}])
+    ready = ready_time(analysing(driver))
+    record = driver.run_until(lambda s: s.step == 1)
+    assert record.now == ready + timedelta(seconds=30)
+    assert record.verdict is not None
+
+
+def test_the_hold_can_end_between_analyses() -> None:
+    driver = started(steps=[{"canary": 1, "hold": "45s"}, {"canary": "100%"}])
+    ready = ready_time(analysing(driver))
+    first_pass = driver.run_until(lambda s: s.step_passes == 1)
+    assert first_pass.now == ready + timedelta(seconds=30)
+    assert first_pass.decision.requeue_after == timedelta(seconds=15)  # the hold ends first
+    record = driver.run_until(lambda s: s.step == 1)
+    assert record.now == ready + timedelta(seconds=50)  # first tick past the hold
+    assert record.verdict is None
+
+
+def test_full_release_is_promoted() -> None:
+    driver = started(total=4)
+    record = driver.run_until(phase_is("succeeded"))
+    assert driver.reasons() == [
+        "ReleaseDetected",
+        "StepAdvanced",
+        "StepAdvanced",
+        "Promoting",
+        "Promoted",
+    ]
+    (promoted,) = record.decision.transitions
+    assert (promoted.reason, promoted.kind) == ("Promoted", "promoted")
+    assert "to the stable Deployment web with 4 replicas; canary scaled to 0" in promoted.message
+    state = record.decision.state
+    assert state.finished_at == record.now
+    cluster = driver.cluster
+    assert cluster.stable.template["spec"]["containers"][0]["image"] == V2
+    assert cluster.stable.template["metadata"]["labels"]["track"] == "stable"
+    assert (cluster.stable.replicas, cluster.canary.replicas) == (4, 0)
+    assert cluster.stable_revision == cluster.canary_revision == state.revision
+    # Settled: nothing more to do, no new release.
+    for later in driver.run(5):
+        assert later.decision.transitions == ()
+        assert later.decision.state.phase == "succeeded"
+        assert later.decision.desired == Desired(canary_replicas=0)
+
+
+# ------------------------------------------------------------------ failing
+
+
+def test_a_fail_at_failure_limit_zero_rolls_back() -> None:
+    driver = started()
+    driver.verdicts = always("fail")
+    record = driver.run_until(phase_is("rollingBack"))
+    assert reasons_of(record) == ["AnalysisFailed", "RolledBack"]
+    failed, rolled_back = record.decision.transitions
+    assert failed.kind == "analysisFailed"
+    assert failed.checks[0].verdict == "fail"
+    assert rolled_back.checks == failed.checks
+    assert "(1 failed interval(s), failureLimit 0)" in rolled_back.message
+    assert record.decision.desired == Desired(canary_replicas=0, stable_replicas=4)
+    assert record.decision.state.failures == 1
+    assert driver.tick().decision.state.phase == "rolledBack"
+
+
+def test_failures_under_the_limit_do_not_roll_back() -> None:
+    driver = started(analysis={"failureLimit": 1})
+    driver.verdicts = sequence("fail")
+    record = driver.run_until(phase_is("succeeded"))
+    assert driver.reasons().count("AnalysisFailed") == 1
+    assert "RolledBack" not in driver.reasons()
+    assert record.decision.state.failures == 1
+
+
+def test_failures_count_across_steps_of_a_release() -> None:
+    driver = started(analysis={"failureLimit": 1})
+    driver.verdicts = sequence("fail", "pass", "pass", "fail")
+    record = driver.run_until(phase_is("rollingBack"))
+    assert record.decision.state.step == 1
+    assert driver.reasons() == [
+        "ReleaseDetected",
+        "AnalysisFailed",
+        "StepAdvanced",
+        "AnalysisFailed",
+        "RolledBack",
+    ]
+
+
+# ------------------------------------------------------------------ inconclusive
+
+
+def test_inconclusive_never_advances_nor_promotes() -> None:
+    driver = started(steps=[{"canary": "100%", "hold": "0s"}], analysis={"inconclusiveLimit": 1000})
+    driver.verdicts = always("inconclusive")
+    driver.run(200)
+    assert driver.state.phase == "progressing"
+    assert set(driver.reasons()) == {"ReleaseDetected", "AnalysisInconclusive"}
+    assert driver.state.inconclusive == driver.reasons().count("AnalysisInconclusive") > 50
+
+
+def test_an_inconclusive_last_interval_blocks_advancing_after_the_hold() -> None:
+    driver = started()  # hold 1m
+    driver.verdicts = sequence("pass", "inconclusive", "pass")
+    ready = ready_time(analysing(driver))
+    record = driver.run_until(lambda s: s.step == 1)
+    assert record.now == ready + timedelta(seconds=90)
+
+
+def test_inconclusive_past_the_limit_pauses_by_default() -> None:
+    driver = started(analysis={"inconclusiveLimit": 3})
+    driver.verdicts = always("inconclusive")
+    record = driver.run_until(phase_is("paused"))
+    assert driver.reasons() == ["ReleaseDetected"] + ["AnalysisInconclusive"] * 4 + ["Paused"]
+    unsure, paused = record.decision.transitions
+    assert (unsure.kind, paused.kind, paused.warning) == ("inconclusive", "paused", True)
+    assert "4 inconclusive intervals in a row (inconclusiveLimit 3)" in paused.message
+    assert paused.checks
+    assert paused.checks[0].verdict == "inconclusive"
+    # Paused: replicas left alone, no more analysis, no repeated alerts.
+    assert record.decision.desired == Desired()
+    for later in driver.run(20):
+        assert later.verdict is None
+        assert later.decision.transitions == ()
+        assert later.decision.state.phase == "paused"
+    assert (driver.cluster.canary.replicas, driver.cluster.stable.replicas) == (1, 3)
+
+
+def test_inconclusive_past_the_limit_rolls_back_with_that_policy() -> None:
+    driver = started(analysis={"inconclusiveLimit": 2, "inconclusivePolicy": "rollback"})
+    driver.verdicts = always("inconclusive")
+    record = driver.run_until(phase_is("rollingBack"))
+    assert reasons_of(record) == ["AnalysisInconclusive", "RolledBack"]
+    assert "3 inconclusive intervals in a row (inconclusiveLimit 2)" in (
+        record.decision.transitions[1].message
+    )
+    assert record.decision.desired == Desired(canary_replicas=0, stable_replicas=4)
+
+
+def test_inconclusive_limit_counts_consecutive_intervals() -> None:
+    driver = started(steps=[{"canary": 1, "hold": "1h"}], analysis={"inconclusiveLimit": 2})
+    driver.verdicts = sequence(
+        "inconclusive", "inconclusive", "pass", "inconclusive", "inconclusive", then="pass"
+    )
+    driver.run(60)
+    assert driver.state.phase == "progressing"
+    assert driver.reasons().count("AnalysisInconclusive") == 4
+
+
+# ------------------------------------------------------------------ commands
+
+
+def reach(phase: str) -> tuple[Driver, RolloutState, Observation]:
+    """A driver, a state in ``phase`` and the observation the next tick would make."""
+    if phase == "idle":
+        driver = Driver(make_rollout(), FakeCluster.create())
+        return driver, driver.state, driver.cluster.observe()
+    driver = analysing(started())
+    if phase == "progressing":
+        return driver, driver.state, driver.cluster.observe()
+    if phase in ("paused", "promoting"):
+        driver.tick({"paused": "pause", "promoting": "promote"}[phase])
+        assert driver.state.phase == phase
+        return driver, driver.state, driver.cluster.observe()
+    record = driver.tick("abort")
+    if phase == "rollingBack":
+        # As observed before the rollback was applied: the canary still has its pod.
+        return driver, record.decision.state, dataclasses.replace(record.obs, command=None)
+    if phase == "rolledBack":
+        driver.tick()
+        assert driver.state.phase == "rolledBack"
+        return driver, driver.state, driver.cluster.observe()
+    assert phase == "succeeded"
+    driver = started()
+    driver.run_until(phase_is("succeeded"))
+    return driver, driver.state, driver.cluster.observe()
+
+
+COMMAND_CASES = [
+    # phase, command, resulting phase, ignored
+    *[("idle", c, "idle", True) for c in ("promote", "abort", "retry", "pause", "resume")],
+    ("progressing", "abort", "rollingBack", False),
+    ("progressing", "promote", "promoting", False),
+    ("progressing", "pause", "paused", False),
+    ("progressing", "resume", "progressing", True),
+    ("progressing", "retry", "progressing", True),
+    ("paused", "resume", "progressing", False),
+    ("paused", "abort", "rollingBack", False),
+    ("paused", "promote", "promoting", False),
+    ("paused", "pause", "paused", True),
+    ("paused", "retry", "paused", True),
+    ("promoting", "abort", "rollingBack", False),
+    *[("promoting", c, "promoting", True) for c in ("promote", "retry", "pause", "resume")],
+    *[
+        ("rollingBack", c, "rollingBack", True)
+        for c in ("promote", "abort", "retry", "pause", "resume")
+    ],
+    ("rolledBack", "retry", "progressing", False),
+    *[("rolledBack", c, "rolledBack", True) for c in ("promote", "abort", "pause", "resume")],
+    *[
+        ("succeeded", c, "succeeded", True)
+        for c in ("promote", "abort", "retry", "pause", "resume")
+    ],
+]
+
+
+@pytest.mark.parametrize(("phase", "command", "after", "ignored"), COMMAND_CASES)
+def test_commands_in_each_phase(phase: str, command: str, after: str, ignored: bool) -> None:
+    driver, state, obs = reach(phase)
+    assert state.phase == phase
+    decision = decide(driver.rollout, state, dataclasses.replace(obs, command=command), driver.now)
+    assert decision.consume_command, "every command is consumed, applied or not"
+    assert decision.state.phase == after
+    notes = [t for t in decision.transitions if t.reason == "CommandIgnored"]
+    assert bool(notes) == ignored
+    if ignored:
+        assert notes[0].warning
+        assert notes[0].kind is None
+        assert f"command {command!r} ignored" in notes[0].message
+
+
+def test_command_transitions() -> None:
+    _, state, obs = reach("progressing")
+    rollout = make_rollout()
+    paused = decide(rollout, state, dataclasses.replace(obs, command="pause"), T0)
+    assert [(t.reason, t.kind) for t in paused.transitions] == [("Paused", "paused")]
+    assert "paused by command at step 1/3" in paused.transitions[0].message
+    resumed = decide(rollout, paused.state, obs, T0 + timedelta(minutes=1))
+    assert resumed.state.phase == "paused"  # no command: stays paused
+    resumed = decide(
+        rollout, paused.state, dataclasses.replace(obs, command="resume"), T0 + timedelta(hours=1)
+    )
+    assert [(t.reason, t.kind) for t in resumed.transitions] == [("Resumed", "resumed")]
+    state = resumed.state
+    assert (state.stage, state.step_started_at, state.step_passes, state.inconclusive) == (
+        "waitingReady",
+        T0 + timedelta(hours=1),
+        0,
+        0,
+    )
+    aborted = decide(rollout, state, dataclasses.replace(obs, command="abort"), T0)
+    assert [t.reason for t in aborted.transitions] == ["RolledBack"]
+    assert aborted.transitions[0].message == "aborted by command"
+
+
+def test_unknown_command_is_ignored_and_consumed() -> None:
+    driver, state, obs = reach("progressing")
+    plain = decide(driver.rollout, state, obs, driver.now)
+    decision = decide(driver.rollout, state, dataclasses.replace(obs, command="promte"), driver.now)
+    assert decision.consume_command
+    assert decision.state == plain.state
+    assert decision.desired == plain.desired
+    (note,) = decision.transitions
+    assert note.reason == "CommandIgnored"
+    assert "unknown command; use one of promote, abort, retry, pause, resume" in note.message
+
+
+def test_commands_are_trimmed_and_blank_is_no_command() -> None:
+    driver, state, obs = reach("progressing")
+    decision = decide(driver.rollout, state, dataclasses.replace(obs, command=" pause\n"), T0)
+    assert decision.state.phase == "paused"
+    blank = decide(driver.rollout, state, dataclasses.replace(obs, command="  "), T0)
+    assert not blank.consume_command
+
+
+def test_commands_with_a_new_revision_apply_to_the_new_release() -> None:
+    driver = started()
+    promote = decide(
+        driver.rollout,
+        driver.state,
+        dataclasses.replace(driver.cluster.observe(), command="promote"),
+        T0,
+    )
+    assert promote.state.phase == "promoting"
+    assert [t.reason for t in promote.transitions] == ["ReleaseDetected", "Promoting"]
+    abort = decide(
+        driver.rollout,
+        driver.state,
+        dataclasses.replace(driver.cluster.observe(), command="abort"),
+        T0,
+    )
+    assert abort.state.phase == "rollingBack"
+    assert [t.reason for t in abort.transitions] == ["ReleaseDetected", "RolledBack"]
+
+
+def test_the_driver_consumes_commands() -> None:
+    driver = analysing(started())
+    driver.tick("pause")
+    assert driver.cluster.command is None
+    assert driver.state.phase == "paused"
+
+
+# ------------------------------------------------------------------ rolled-back revisions
+
+
+def rolled_back() -> Driver:
+    driver = started()
+    driver.verdicts = always("fail")
+    driver.run_until(phase_is("rolledBack"))
+    driver.verdicts = always("pass")
+    return driver
+
+
+def test_a_rolled_back_revision_is_not_retried_by_itself() -> None:
+    driver = rolled_back()
+    revision = driver.state.revision
+    assert driver.state.rolled_back_revision == revision
+    for record in driver.run(50):
+        assert record.decision.transitions == ()
+        assert record.decision.state.phase == "rolledBack"
+    assert driver.cluster.canary.replicas == 0
+    assert driver.cluster.canary_revision == revision
+
+
+def test_retry_restarts_a_rolled_back_revision() -> None:
+    driver = rolled_back()
+    revision = driver.state.revision
+    record = driver.tick("retry")
+    assert reasons_of(record) == ["ReleaseDetected"]
+    assert record.decision.transitions[0].message.startswith("retry requested: ")
+    assert record.decision.state.revision == revision
+    assert record.decision.state.failures == 0
+    driver.run_until(phase_is("succeeded"))
+
+
+def test_a_changed_revision_after_a_rollback_is_released() -> None:
+    driver = rolled_back()
+    driver.cluster.release(V3)
+    record = driver.tick()
+    assert reasons_of(record) == ["ReleaseDetected"]
+    assert record.decision.state.canary_version == "3.0"
+
+
+def test_reverting_the_canary_after_a_rollback_is_quiet() -> None:
+    driver = rolled_back()
+    driver.cluster.release(driver.cluster.stable.template["spec"]["containers"][0]["image"])
+    for record in driver.run(5):
+        assert record.decision.transitions == ()
+
+
+# ------------------------------------------------------------------ changes mid-release
+
+
+def test_a_new_canary_revision_mid_release_restarts_with_the_same_total() -> None:
+    driver = analysing(started(total=4), step=1)  # canary 2, stable 2
+    driver.cluster.release(V3)
+    record = driver.tick()
+    assert reasons_of(record) == ["ReleaseDetected"]
+    assert record.decision.transitions[0].message.startswith(
+        "release superseded by a new canary revision: canary 3.0"
+    )
+    state = record.decision.state
+    assert (state.phase, state.step, state.stage, state.total) == (
+        "progressing",
+        0,
+        "waitingReady",
+        4,
+    )
+    assert state.revision == driver.cluster.canary_revision
+    assert state.verdicts == ()
+    assert record.decision.desired == Desired(canary_replicas=1, stable_replicas=4)
+
+
+def test_a_broken_superseding_revision_is_not_mistaken_for_ready() -> None:
+    driver = analysing(started(total=4), step=1)
+    driver.cluster.release(V3)
+    driver.cluster.broken.add(driver.cluster.canary_revision)
+    superseded = len(driver.history)
+    record = driver.run_until(phase_is("rollingBack"))
+    assert reasons_of(record) == ["ProgressDeadlineExceeded", "RolledBack"]
+    waiting = driver.history[superseded:-1]
+    assert reasons_of(waiting[0]) == ["ReleaseDetected"]
+    # The previous release's Ready canary pods linger, yet the step never counts as Ready.
+    assert all(r.obs.canary.ready >= 1 for r in waiting[1:])
+    assert all(r.decision.state.stage == "waitingReady" for r in waiting)
+    assert all(r.verdict is None for r in waiting)
+
+
+def test_a_new_revision_while_paused_restarts() -> None:
+    driver, _, _ = reach("paused")
+    driver.cluster.release(V3)
+    record = driver.tick()
+    assert reasons_of(record) == ["ReleaseDetected"]
+    assert record.decision.state.phase == "progressing"
+    assert record.decision.state.total == 4
+
+
+def test_canary_reverted_to_the_stable_mid_release_rolls_back() -> None:
+    driver = analysing(started(), step=1)
+    revision = driver.state.revision
+    driver.cluster.release(driver.cluster.stable.template["spec"]["containers"][0]["image"])
+    record = driver.tick()
+    assert reasons_of(record) == ["RolledBack"]
+    assert (
+        record.decision.transitions[0].message == "the canary template was reverted to the stable's"
+    )
+    assert record.decision.state.rolled_back_revision == revision
+    assert record.decision.desired == Desired(canary_replicas=0, stable_replicas=4)
+    assert driver.tick().decision.state.phase == "rolledBack"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=IndexError,
+    reason="a config reload that shortens steps mid-release makes decide() index past the "
+    "steps (IndexError every tick); expected: clamp to the last configured step",
+)
+def test_a_config_reload_with_fewer_steps_does_not_crash() -> None:
+    driver = analysing(started(), step=2)
+    driver.rollout = make_rollout(steps=[{"canary": 1, "hold": "1m"}])
+    record = driver.tick()
+    assert record.decision.state.phase in ("progressing", "promoting")
+    assert record.decision.state.step == 0
+
+
+# ------------------------------------------------------------------ promotion
+
+
+def test_promotion_keeps_capacity_and_hands_over_in_order() -> None:
+    driver = analysing(started(total=4), step=2)  # 4 canary pods, 0 stable
+    original = copy.deepcopy(driver.cluster.stable.template)
+    canary_template = copy.deepcopy(driver.cluster.canary.template)
+    # The stable's rollout takes a while: the canary keeps all its pods meanwhile.
+    driver.cluster.stuck.add(driver.cluster.canary_revision)
+    record = driver.run_until(phase_is("promoting"))
+    promoting = record.decision.transitions[-1]
+    assert (promoting.reason, promoting.kind) == ("Promoting", None)
+    expected_template = promoted_template(original, canary_template, ROLE_LABELS)
+    assert expected_template["metadata"]["labels"]["track"] == "stable"
+    assert record.decision.desired == Desired(stable_replicas=4, stable_template=expected_template)
+    assert revision_of(expected_template, ROLE_LABELS) == driver.cluster.canary_revision
+    for waiting in driver.run(5):
+        assert waiting.decision.state.phase == "promoting"
+        assert waiting.decision.desired.canary_replicas is None
+        assert waiting.canary_spec == 4
+        assert waiting.decision.desired.stable_template is None  # applied once, not re-sent
+    driver.cluster.stuck.clear()
+    complete = driver.run_until(lambda s: driver.cluster.canary.replicas == 0)
+    assert complete.decision.state.phase == "promoting"
+    assert complete.decision.desired == Desired(canary_replicas=0, stable_replicas=4)
+    done = driver.tick()
+    assert done.decision.state.phase == "succeeded"
+    assert reasons_of(done) == ["Promoted"]
+    assert all(r.serving_after_apply >= 4 for r in driver.history)
+
+
+def test_promote_command_early_in_a_release_keeps_the_canary_until_the_stable_is_done() -> None:
+    driver = analysing(started(total=4))  # canary 1, stable 3
+    record = driver.tick("promote")
+    assert record.decision.state.phase == "promoting"
+    assert record.decision.desired.stable_replicas == 4
+    assert record.decision.desired.canary_replicas is None
+    driver.run_until(phase_is("succeeded"))
+    assert all(r.serving_after_apply >= 4 for r in driver.history)
+    assert driver.cluster.stable.template["spec"]["containers"][0]["image"] == V2
+
+
+def test_promotion_past_the_deadline_rolls_back_and_restores_the_stable() -> None:
+    driver = analysing(started(total=4), step=2)
+    original = copy.deepcopy(driver.cluster.stable.template)
+    original_revision = driver.cluster.stable_revision
+    driver.cluster.stuck.add(driver.cluster.canary_revision)  # the stable never finishes
+    begun = driver.run_until(phase_is("promoting"))
+    record = driver.run_until(phase_is("rollingBack"))
+    first_promoting_tick = begun.now + driver.tick_every
+    assert record.now - first_promoting_tick == timedelta(minutes=5, seconds=10)
+    assert reasons_of(record) == ["ProgressDeadlineExceeded", "RolledBack"]
+    assert "the stable Deployment did not finish rolling out revision" in (
+        record.decision.transitions[0].message
+    )
+    assert record.decision.desired == Desired(
+        canary_replicas=0, stable_replicas=4, stable_template=original
+    )
+    done = driver.run_until(phase_is("rolledBack"))
+    assert done.decision.state.rolled_back_revision == done.decision.state.revision
+    assert driver.cluster.stable_revision == original_revision
+    assert driver.cluster.stable.template == original
+    assert (driver.cluster.stable.replicas, driver.cluster.canary.replicas) == (4, 0)
+
+
+def test_abort_during_promotion_restores_the_stable() -> None:
+    driver, state, obs = reach("promoting")
+    original = state.stable_template
+    # Observed mid-promotion: the stable already carries the canary's template.
+    assert obs.stable_revision == state.revision
+    decision = decide(driver.rollout, state, dataclasses.replace(obs, command="abort"), driver.now)
+    assert decision.state.phase == "rollingBack"
+    assert decision.desired.stable_template == original
+
+
+def test_gitops_reverting_the_stable_after_success_is_not_a_release() -> None:
+    driver = started()
+    driver.run_until(phase_is("succeeded"))
+    driver.cluster.stable.set_template(pod_template())  # the old manifest applied again
+    for record in driver.run(5):
+        assert record.decision.transitions == ()
+        assert record.decision.state.phase == "succeeded"
+
+
+# ------------------------------------------------------------------ capacity
+
+
+@pytest.mark.parametrize("total", [1, 3, 10])
+def test_scale_down_stable_keeps_the_total(total: int) -> None:
+    driver = started(
+        total=total,
+        steps=[
+            {"canary": 1, "hold": "30s"},
+            {"canary": "10%", "hold": "30s"},
+            {"canary": "50%", "hold": "30s"},
+            {"canary": "100%", "hold": "30s"},
+        ],
+    )
+    driver.run_until(phase_is("succeeded"))
+    for record in driver.history:
+        state = record.decision.state
+        assert record.serving_after_apply >= total
+        if state.phase == "progressing":
+            assert record.stable_spec + record.canary_spec >= total
+            if state.stage == "analysing":
+                assert record.stable_spec + record.canary_spec == total
+    assert (driver.cluster.stable.replicas, driver.cluster.canary.replicas) == (total, 0)
+
+
+def test_surge_keeps_the_stable_at_total() -> None:
+    driver = started(total=4, scale_down_stable=False)
+    driver.run_until(phase_is("succeeded"))
+    canary_sizes = []
+    for record in driver.history:
+        assert record.stable_spec == 4
+        if record.decision.state.phase == "progressing":
+            assert record.decision.desired.stable_replicas == 4
+            canary_sizes.append(record.canary_spec)
+    assert sorted(set(canary_sizes)) == [1, 2, 4]
+
+
+def test_desired_for_settled_phases() -> None:
+    rollout = make_rollout()
+    obs = observation()
+    assert desired_for(rollout, RolloutState(), obs) == Desired()
+    phases: tuple[Phase, ...] = ("succeeded", "rolledBack")
+    for phase in phases:
+        state = RolloutState(phase=phase, total=4)
+        assert desired_for(rollout, state, obs) == Desired(canary_replicas=0)
+
+
+# ------------------------------------------------------------------ restarts
+
+
+def test_a_restart_resumes_identically_from_the_persisted_state() -> None:
+    """Serialising the state before every tick (a daemon restart each time) changes nothing."""
+    scenario: list[Verdict] = ["pass", "inconclusive", "pass", "fail", "pass"]
+    straight = started(analysis={"failureLimit": 1})
+    straight.verdicts = sequence(*scenario)
+    restarted = started(analysis={"failureLimit": 1})
+    restarted.verdicts = sequence(*scenario)
+    for _ in range(60):
+        restarted.state = loads(dumps(restarted.state))
+        a, b = straight.tick(), restarted.tick()
+        assert a.decision == b.decision
+        assert a.obs == b.obs
+    assert straight.state.phase == "succeeded"
+
+
+def test_a_restart_mid_step_continues() -> None:
+    driver = analysing(started(), step=1)
+    driver.run(2)
+    state = driver.state
+    resumed = loads(dumps(state))
+    assert resumed == state
+    obs = driver.cluster.observe()
+    now = driver.now
+    verdict = interval_verdict("pass", now)
+    assert decide(driver.rollout, state, obs, now, verdict) == decide(
+        driver.rollout, resumed, obs, now, verdict
+    )
+
+
+# ------------------------------------------------------------------ a stable without replicas
+
+
+def test_a_stable_with_no_replicas_pauses_the_release() -> None:
+    driver = Driver(make_rollout(), FakeCluster.create(total=0))
+    driver.cluster.release(V2)
+    record = driver.tick()
+    state = record.decision.state
+    assert state.phase == "paused"
+    assert state.revision == driver.cluster.canary_revision
+    assert state.total == 0
+    (paused,) = record.decision.transitions
+    assert (paused.reason, paused.kind, paused.warning) == ("Paused", "paused", True)
+    assert "has 0 replicas; scale it up, then resume" in paused.message
+    assert record.decision.desired == Desired()
+    for later in driver.run(5):
+        assert later.decision.transitions == ()
+    driver.cluster.stable.set_replicas(3)
+    driver.cluster.settle()
+    resumed = driver.tick("resume")
+    assert reasons_of(resumed) == ["ReleaseDetected"]
+    assert resumed.decision.state.total == 3
+    driver.run_until(phase_is("succeeded"))
+
+
+def test_resume_while_the_stable_still_has_no_replicas_stays_paused() -> None:
+    driver = Driver(make_rollout(), FakeCluster.create(total=0))
+    driver.cluster.release(V2)
+    driver.tick()
+    record = driver.tick("resume")
+    assert record.decision.state.phase == "paused"
+    assert reasons_of(record) == ["Paused"]
