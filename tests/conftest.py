@@ -52,6 +52,13 @@ def _test_failed(request: pytest.FixtureRequest) -> bool:
     return request.node.stash.get(_FAILED, False)
 
 
+def _tell(request: pytest.FixtureRequest, message: str) -> None:
+    """Write a line to the terminal, past output capturing (for session-end notices)."""
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(message)
+
+
 @pytest.fixture(autouse=True)
 def _reset_structlog() -> Iterator[None]:
     """Undo any structlog configuration a test made."""
@@ -93,6 +100,7 @@ def control_plane(request: pytest.FixtureRequest) -> Iterator[ControlPlane]:
     finally:
         if request.session.testsfailed:
             plane.keep_workdir = True
+            _tell(request, f"control plane work directory kept (logs/): {plane.workdir}")
         plane.stop()
 
 
