@@ -117,6 +117,8 @@ class ControlPlane:
         finally:
             self._procs = None
             self._named = {}
+            self._pki = None
+            self._api_port = None
             if self._workdir is not None:
                 if self.keep_workdir:
                     log.info("control plane work directory kept", workdir=str(self._workdir))
