@@ -141,9 +141,15 @@ def metric_table(canary: IntArray, stable: IntArray) -> IntArray:
 
     def rows(v: IntArray) -> tuple[IntArray, IntArray]:
         trials = np.concatenate(
-            [v[..., REQUESTS, None], np.repeat(v[..., OBSERVED, None], v.shape[-1] - 3, -1)], -1
+            [
+                v[..., REQUESTS, None],
+                np.repeat(v[..., OBSERVED, None], v.shape[-1] - _FIXED_FIELDS, -1),
+            ],
+            -1,
         )
-        events = np.concatenate([v[..., ERRORS, None], v[..., OBSERVED, None] - v[..., 3:]], -1)
+        events = np.concatenate(
+            [v[..., ERRORS, None], v[..., OBSERVED, None] - v[..., _FIXED_FIELDS:]], -1
+        )
         return trials, np.clip(events, 0, trials)
 
     n, x = rows(c)
@@ -178,21 +184,6 @@ class PollCounts:
             stable_observed=s[OBSERVED],
             canary_slow=tuple(max(0, c[OBSERVED] - b) for b in c[_FIXED_FIELDS:]),
             stable_slow=tuple(max(0, s[OBSERVED] - b) for b in s[_FIXED_FIELDS:]),
-        )
-
-    def table(self) -> IntArray:
-        """The per-metric ``(n, x, m, y)`` rows of this poll."""
-
-        def vector(requests: int, errors: int, observed: int, slow: tuple[int, ...]) -> IntArray:
-            return np.array([requests, errors, observed, *(observed - v for v in slow)], np.int64)
-
-        return metric_table(
-            vector(
-                self.canary_requests, self.canary_errors, self.canary_observed, self.canary_slow
-            ),
-            vector(
-                self.stable_requests, self.stable_errors, self.stable_observed, self.stable_slow
-            ),
         )
 
 
