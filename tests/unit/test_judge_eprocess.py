@@ -188,7 +188,9 @@ def test_confidence_sequence_covers_the_truth_and_narrows() -> None:
 
 
 def test_confidence_sequence_without_data_is_the_whole_grid() -> None:
-    assert eprocess.confidence_sequence(GRID, np.zeros(GRID.size), 0.05) == (0.0, math.inf)
+    low, high = eprocess.confidence_sequence(GRID, np.zeros((2, GRID.size)), 0.05)
+    assert list(low) == [0.0, 0.0]
+    assert list(high) == [math.inf, math.inf]
 
 
 def test_mantel_haenszel_recovers_a_common_odds_ratio() -> None:

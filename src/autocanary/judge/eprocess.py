@@ -237,8 +237,10 @@ def safety_log_evalue(grid: Grid, evidence: FloatArray) -> FloatArray:
     return _logsumexp(below + grid.log_weights, axis=-1)
 
 
-def confidence_sequence(grid: Grid, evidence: FloatArray, alpha: float) -> tuple[float, float]:
-    """The ``1 - alpha`` confidence sequence of psi from one evidence vector.
+def confidence_sequence(
+    grid: Grid, evidence: FloatArray, alpha: float
+) -> tuple[FloatArray, FloatArray]:
+    """The ``1 - alpha`` confidence sequence of psi, (lower, upper), from evidence vectors.
 
     Every grid point ``c`` gets the one-sided mixture e-values against
     ``psi <= c`` and ``psi >= c`` (truncated at the grid's ends, which only
@@ -249,21 +251,23 @@ def confidence_sequence(grid: Grid, evidence: FloatArray, alpha: float) -> tuple
     any time (Ville). ``0`` and ``inf`` mean the grid's end was reached.
     """
     lam = np.asarray(evidence, dtype=np.float64)
-    size, points = grid.size, grid.points
+    size = grid.size
+    offsets = np.arange(1, grid.points + 1)[None, :]
     index = np.arange(size)[:, None]
-    j = np.arange(1, points + 1)[None, :]
-    up, down = index + j, index - j
-    padded = np.concatenate([[-np.inf], lam, [-np.inf]])  # out-of-grid reads give weight 0
-    lam_up = padded[np.clip(up, -1, size) + 1]
-    lam_down = padded[np.clip(down, -1, size) + 1]
+    edge = np.full((*lam.shape[:-1], 1), -np.inf)  # out-of-grid reads give weight 0
+    padded = np.concatenate([edge, lam, edge], axis=-1)
     cut = math.log(2 / alpha)
-    above = _logsumexp(lam_up - lam[:, None] + grid.log_weights, axis=-1) >= cut
-    below = _logsumexp(lam_down - lam[:, None] + grid.log_weights, axis=-1) >= cut
-    low_run = int(np.argmin(above)) if not above.all() else size
-    high_run = size - int(np.argmin(below[::-1])) if not below.all() else 0
+    rejected = []
+    for neighbours in (index + offsets, index - offsets):
+        lam_n = padded[..., np.clip(neighbours, -1, size) + 1]
+        log_e = _logsumexp(lam_n - lam[..., None] + grid.log_weights, axis=-1)
+        rejected.append(log_e >= cut)
+    above, below = rejected
+    low_run = np.where(above.all(-1), size, np.argmin(above, axis=-1))
+    high_run = np.where(below.all(-1), 0, size - np.argmin(below[..., ::-1], axis=-1))
     psi = np.exp(grid.thetas)
-    lower = float(psi[low_run - 1]) if low_run > 0 else 0.0
-    upper = float(psi[high_run]) if high_run < size else math.inf
+    lower = np.where(low_run > 0, psi[np.maximum(low_run - 1, 0)], 0.0)
+    upper = np.where(high_run < size, psi[np.minimum(high_run, size - 1)], np.inf)
     return lower, upper
 
 

@@ -244,9 +244,11 @@ def _judgement(
 ) -> Judgement:
     count = len(state.metrics)
     confidence = 1 - config.alpha
+    lows, highs = eprocess.confidence_sequence(
+        grid, np.array([m.evidence for m in state.metrics]), config.alpha
+    )
     evidence = []
     for i, m in enumerate(state.metrics):
-        low, high = eprocess.confidence_sequence(grid, np.array(m.evidence), config.alpha)
         evidence.append(
             MetricEvidence(
                 name=m.name,
@@ -256,8 +258,8 @@ def _judgement(
                 safety_threshold=count / config.beta,
                 safe=m.safe,
                 ratio=_ratio(*m.mh),
-                ci_low=low,
-                ci_high=high,
+                ci_low=float(lows[i]),
+                ci_high=float(highs[i]),
                 psi0=grid.psi0,
                 psi1=grid.psi1_effective,
                 canary_requests=m.totals[0],
