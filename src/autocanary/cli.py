@@ -120,15 +120,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from autocanary import logs
-    from autocanary.daemon import Daemon
+    from autocanary.daemon import Daemon, default_identity
     from autocanary.kube import KubeClient, load_api_client
 
     config = load_config(args.config)
     logs.configure(config.daemon.log_level, config.daemon.log_format)
-    daemon = Daemon(Path(args.config), config, KubeClient(load_api_client(args.kubeconfig)))
-    if args.identity:
-        daemon.identity = args.identity
-    return daemon.run()
+    identity = args.identity or default_identity()
+    kube = KubeClient(load_api_client(args.kubeconfig), identity=identity)
+    return Daemon(Path(args.config), config, kube, identity=identity).run()
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:

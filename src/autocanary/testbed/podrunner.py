@@ -141,9 +141,14 @@ class PodRunner:
         with self._lock:
             procs = list(self._procs.values())
             self._procs.clear()
-        for proc in procs:
-            proc.process.stop()
-        for stopper in self._stoppers:
+        self._publish(None)
+        stoppers = [
+            threading.Thread(target=p.process.stop, name=f"stop-{p.pod}", daemon=True)
+            for p in procs
+        ]
+        for stopper in stoppers:
+            stopper.start()
+        for stopper in [*self._stoppers, *stoppers]:
             stopper.join(timeout=30)
 
     def __enter__(self) -> Self:
@@ -229,6 +234,10 @@ class PodRunner:
                 "127.0.0.1",
                 "--port",
                 str(port),
+                # The runner takes a pod out of the endpoints before stopping it, at once;
+                # kube-proxy would need the default 5s.
+                "--drain-delay",
+                "1s",
             ],
             log_dir=self.log_dir,
             env=pod_env(pod),

@@ -1,0 +1,40 @@
+"""Small readers shared by the end-to-end scenarios."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from autocanary.testbed.stack import CanaryStack
+
+StackFactory = Callable[..., CanaryStack]
+
+
+def our_reasons(stack: CanaryStack) -> list[str]:
+    """Reasons of the Events autocanary recorded on the canary, oldest first."""
+    return [
+        e["reason"]
+        for e in stack.events()
+        if (e.get("source") or {}).get("component") == "autocanary"
+    ]
+
+
+def stable_container(stack: CanaryStack) -> dict[str, Any]:
+    """The stable Deployment's first container."""
+    container: dict[str, Any] = stack.deployment(stack.stable_name)["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    return container
+
+
+def stable_labels(stack: CanaryStack) -> dict[str, str]:
+    """The stable Deployment's pod template labels."""
+    labels: dict[str, str] = stack.deployment(stack.stable_name)["spec"]["template"]["metadata"][
+        "labels"
+    ]
+    return labels
+
+
+def webhook_alerts(stack: CanaryStack, kind: str) -> list[dict[str, Any]]:
+    """Webhook alerts of one kind received so far."""
+    return [b for b in stack.receiver.bodies("/oncall") if b.get("kind") == kind]

@@ -1,0 +1,83 @@
+"""The daemon survives what production does to it: SIGKILL mid-step, and a second replica."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from e2e_helpers import StackFactory, our_reasons
+from kubernetes import client
+
+from autocanary.testbed.waiting import wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]
+
+_SLOW_STEPS = (
+    {"canary": 1, "hold": "10s"},
+    {"canary": "50%", "hold": "10s"},
+    {"canary": "100%", "hold": "4s"},
+)
+
+
+def test_daemon_killed_mid_step_resumes_without_repeating_or_skipping(
+    stack_factory: StackFactory,
+) -> None:
+    stack = stack_factory(steps=_SLOW_STEPS)
+    stack.release("v2")
+    before = stack.wait_for(
+        lambda s: s.phase == "progressing" and s.step == 1 and s.stage == "analysing",
+        90,
+        "analysing step 2",
+    )
+    stack.stop_daemon("daemon-a", kill=True)
+    time.sleep(3)
+    assert stack.state().step == before.step, "nothing acts while the daemon is down"
+
+    # A new process with a new identity: it must wait out the dead leader's lease.
+    stack.start_daemon("daemon-b")
+    final = stack.wait_for(
+        lambda s: s.phase in ("succeeded", "rolledBack"), 120, "the release settled"
+    )
+
+    assert final.phase == "succeeded", final.message
+    assert final.started_at == before.started_at, "the same release, resumed"
+    reasons = our_reasons(stack)
+    assert reasons.count("ReleaseDetected") == 1
+    assert reasons.count("StepAdvanced") == 2, reasons
+    assert reasons.count("Promoted") == 1
+    assert stack.replicas() == (3, 0)
+
+
+def _lease_holder(stack: Any) -> str:
+    lease = client.CoordinationV1Api(stack.api).read_namespaced_lease("autocanary", stack.namespace)
+    return str(lease.spec.holder_identity or "")
+
+
+def test_two_replicas_only_the_leader_acts_and_the_other_takes_over(
+    stack_factory: StackFactory,
+) -> None:
+    stack = stack_factory(steps=_SLOW_STEPS)
+    stack.start_daemon("daemon-b")
+    wait_until(
+        lambda: _lease_holder(stack) in ("daemon-a", "daemon-b"), timeout=20, what="a leader"
+    )
+    leader = _lease_holder(stack)
+    follower = "daemon-b" if leader == "daemon-a" else "daemon-a"
+
+    stack.release("v2")
+    stack.wait_for(lambda s: s.phase == "progressing" and s.step == 1, 90, "step 2")
+    follower_log = stack.daemons[follower].log_path.read_text()
+    assert '"event": "tick"' not in follower_log, "the follower never ticks"
+    assert '"event": "tick"' in stack.daemons[leader].log_path.read_text()
+
+    killed_at = time.monotonic()
+    stack.stop_daemon(leader, kill=True)
+    wait_until(lambda: _lease_holder(stack) == follower, timeout=20, what="the follower leading")
+    takeover = time.monotonic() - killed_at
+    # Lease 6s, retry 1s: the follower must lead within the lease time plus a retry or two.
+    assert takeover < 6 + 4, f"takeover took {takeover:.1f}s"
+
+    final = stack.wait_for(lambda s: s.phase in ("succeeded", "rolledBack"), 120, "settled")
+    assert final.phase == "succeeded", final.message
+    assert our_reasons(stack).count("StepAdvanced") == 2

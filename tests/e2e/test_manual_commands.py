@@ -1,0 +1,56 @@
+"""Manual control through the CLI during a release: abort, retry, promote."""
+
+from __future__ import annotations
+
+import pytest
+from e2e_helpers import StackFactory, our_reasons, stable_container
+
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]
+
+
+def test_abort_then_retry_then_promote(stack_factory: StackFactory) -> None:
+    stack = stack_factory(steps=({"canary": 1, "hold": "60s"}, {"canary": "100%", "hold": "60s"}))
+    stack.release("v2")
+    stack.wait_for(lambda s: s.phase == "progressing" and s.stage == "analysing", 60, "analysing")
+    common = ("--config", str(stack.config_path), "--kubeconfig", str(stack.cp.kubeconfig_path))
+
+    out = stack.cli("abort", stack.settings.app, *common)
+    assert "abort requested" in out
+    aborted = stack.wait_for(lambda s: s.phase == "rolledBack", 30, "rolled back by abort")
+    assert "aborted by command" in aborted.message
+    assert stack.replicas() == (3, 0)
+    stack.receiver.wait_for(lambda b: b.get("kind") == "rolledBack", 10, "/oncall")
+
+    # The rolled-back revision stays rolled back until someone asks for a retry.
+    stack.sleep(5)
+    assert stack.state().phase == "rolledBack"
+    stack.cli("retry", stack.settings.app, *common)
+    stack.wait_for(lambda s: s.phase == "progressing", 30, "the retried release")
+
+    stack.cli("promote", stack.settings.app, *common)
+    final = stack.wait_for(lambda s: s.phase == "succeeded", 60, "promoted by command")
+    assert stable_container(stack)["image"] == "autocanary/testpage:v2"
+    assert stack.replicas() == (3, 0)
+    reasons = our_reasons(stack)
+    assert reasons.count("RolledBack") == 1
+    assert reasons.count("ReleaseDetected") == 2
+    assert "StepAdvanced" not in reasons, "promote skipped the remaining steps"
+    assert final.message.startswith("promoted")
+    assert "command" not in (
+        stack.deployment(stack.canary_name)["metadata"].get("annotations") or {}
+    ).get("autocanary.io/command", "")
+
+
+def test_status_shows_the_rollout(stack_factory: StackFactory) -> None:
+    stack = stack_factory()
+    stack.release("v2")
+    stack.wait_for(lambda s: s.phase == "progressing" and s.verdicts, 60, "a first verdict")
+    common = ("--config", str(stack.config_path), "--kubeconfig", str(stack.cp.kubeconfig_path))
+
+    table = stack.cli("status", *common)
+
+    header, row, *details = table.splitlines()
+    assert header.split()[:4] == ["ROLLOUT", "NAMESPACE", "PHASE", "STEP"]
+    assert row.split()[:3] == [stack.settings.app, stack.namespace, "progressing"]
+    assert "v2 vs v1" in row
+    assert any("error-rate: pass" in line for line in details)

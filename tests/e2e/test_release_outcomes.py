@@ -1,0 +1,147 @@
+"""Release scenarios on the real control plane, with real traffic, Prometheus and the daemon."""
+
+from __future__ import annotations
+
+import pytest
+from e2e_helpers import StackFactory, our_reasons, stable_container, stable_labels, webhook_alerts
+
+from autocanary.testbed.waiting import wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]
+
+
+def test_good_release_is_promoted_through_every_step(stack_factory: StackFactory) -> None:
+    stack = stack_factory()
+    stack.release("v2")
+
+    final = stack.wait_for(
+        lambda s: s.canary_version == "v2" and s.phase in ("succeeded", "rolledBack"),
+        180,
+        "settled",
+    )
+
+    assert final.phase == "succeeded", final.message
+    assert stable_container(stack)["image"] == "autocanary/testpage:v2"
+    labels = stable_labels(stack)
+    assert labels["version"] == "v2"
+    assert labels["track"] == "stable", "the stable keeps its own role label"
+    assert stack.replicas() == (3, 0)
+    reasons = our_reasons(stack)
+    assert reasons.count("StepAdvanced") == 2
+    assert reasons[0] == "ReleaseDetected"
+    assert reasons[-1] == "Promoted"
+    assert all(v.verdict == "pass" for v in final.verdicts)
+    stack.receiver.wait_for(lambda b: b.get("kind") == "promoted", 10, "/oncall")
+    wait_until(
+        lambda: any(
+            a["labels"].get("alertname") == "AutocanaryPromoted"
+            for a in stack.alertmanager_alerts()
+        ),
+        timeout=10,
+        what="the promotion in Alertmanager",
+    )
+
+
+def test_error_regression_is_rolled_back_in_the_first_step(stack_factory: StackFactory) -> None:
+    stack = stack_factory()
+    stack.release("v2", env={"FAULT_ERROR_RATE": "0.1"})
+
+    final = stack.wait_for(
+        lambda s: s.canary_version == "v2" and s.phase in ("succeeded", "rolledBack"),
+        120,
+        "settled",
+    )
+
+    assert final.phase == "rolledBack", final.message
+    assert final.step == 0, "rolled back during the first step"
+    assert stack.replicas() == (3, 0)
+    assert stable_container(stack)["image"] == "autocanary/testpage:v1", "stable template untouched"
+    reasons = our_reasons(stack)
+    assert "RolledBack" in reasons
+    assert "StepAdvanced" not in reasons
+    alert = stack.receiver.wait_for(lambda b: b.get("kind") == "rolledBack", 10, "/oncall")
+    failing = [c for c in alert["checks"] if c["verdict"] == "fail"]
+    assert [c["name"] for c in failing] == ["error-rate"]
+    assert 0.03 < failing[0]["value"] < 0.3
+    assert alert["severity"] == "critical"
+
+    def in_alertmanager() -> bool:
+        return any(
+            a["labels"].get("alertname") == "AutocanaryRolledBack"
+            and a["labels"].get("rollout") == stack.settings.app
+            and a["labels"].get("namespace") == stack.namespace
+            for a in stack.alertmanager_alerts()
+        )
+
+    wait_until(in_alertmanager, timeout=10, what="the rollback in Alertmanager")
+
+
+def test_latency_regression_alone_is_rolled_back_on_latency(stack_factory: StackFactory) -> None:
+    stack = stack_factory()
+    stack.release("v2", env={"FAULT_LATENCY": "400ms"})
+
+    final = stack.wait_for(
+        lambda s: s.canary_version == "v2" and s.phase in ("succeeded", "rolledBack"),
+        120,
+        "settled",
+    )
+
+    assert final.phase == "rolledBack", final.message
+    last = final.verdicts[-1]
+    assert last.checks["latency-p95"]["verdict"] == "fail"
+    assert last.checks["error-rate"]["verdict"] == "pass"
+    assert last.checks["latency-p95"]["value"] >= 0.4
+    alert = stack.receiver.wait_for(lambda b: b.get("kind") == "rolledBack", 10, "/oncall")
+    assert "latency-p95" in alert["message"]
+
+
+def test_canary_that_never_gets_ready_is_rolled_back_at_the_deadline(
+    stack_factory: StackFactory,
+) -> None:
+    stack = stack_factory(progress_deadline="12s")
+    # An image the pod runner cannot run: its pod never becomes Ready (as with ImagePullBackOff).
+    stack.release("v2", image="registry.example/unknown-image:v2")
+
+    final = stack.wait_for(
+        lambda s: s.canary_version == "v2" and s.phase in ("succeeded", "rolledBack"), 90, "settled"
+    )
+
+    assert final.phase == "rolledBack", final.message
+    assert "progressDeadline" in final.message
+    reasons = our_reasons(stack)
+    assert "ProgressDeadlineExceeded" in reasons
+    assert reasons.index("ProgressDeadlineExceeded") < reasons.index("RolledBack")
+    assert stack.replicas() == (3, 0)
+    assert webhook_alerts(stack, "rolledBack") or stack.receiver.wait_for(
+        lambda b: b.get("kind") == "rolledBack", 10, "/oncall"
+    )
+
+
+def test_prometheus_down_mid_release_never_advances_and_pauses(stack_factory: StackFactory) -> None:
+    analysis = {
+        "warmup": "1s",
+        "minRequests": 10,
+        "inconclusiveLimit": 2,
+        "inconclusivePolicy": "pause",
+        "checks": [{"name": "error-rate", "template": "error-rate", "max": "2%"}],
+    }
+    stack = stack_factory(analysis=analysis)
+    stack.release("v2")
+    stack.wait_for(
+        lambda s: s.phase == "progressing" and s.stage == "analysing", 60, "analysing step 1"
+    )
+    stack.prometheus.stop()
+
+    final = stack.wait_for(lambda s: s.phase != "progressing", 90, "the inconclusive policy")
+
+    assert final.phase == "paused", final.message
+    assert final.step == 0, "never advanced on missing evidence"
+    assert final.inconclusive == 3
+    assert all(v.verdict == "inconclusive" for v in final.verdicts)
+    reasons = our_reasons(stack)
+    assert "StepAdvanced" not in reasons
+    assert "Promoted" not in reasons
+    assert reasons[-1] == "Paused"
+    alert = stack.receiver.wait_for(lambda b: b.get("kind") == "paused", 10, "/oncall")
+    assert "inconclusive" in alert["message"]
+    assert stack.replicas() == (2, 1), "paused keeps the split as it was"
