@@ -130,7 +130,7 @@ def test_prometheus_down_mid_release_never_advances_and_pauses(stack_factory: St
     stack.wait_for(
         lambda s: s.phase == "progressing" and s.stage == "analysing", 60, "analysing step 1"
     )
-    stack.prometheus.stop()
+    stack.stop_prometheus()
 
     final = stack.wait_for(lambda s: s.phase != "progressing", 90, "the inconclusive policy")
 

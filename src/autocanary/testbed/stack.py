@@ -204,7 +204,7 @@ class CanaryStack:
         self.prometheus.targets = tuple(self._scrape_targets())
         self.prometheus.start()
         self._prometheus_up = True
-        self._started.append(self.prometheus.stop)
+        self._started.append(self.stop_prometheus)
         self.prometheus.wait_for_target_up("probe", timeout=60)
         self.write_config()
         if daemon:
@@ -237,6 +237,11 @@ class CanaryStack:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+    def stop_prometheus(self) -> None:
+        """Stop Prometheus (scenarios use this to take the evidence away mid-release)."""
+        self._prometheus_up = False
+        self.prometheus.stop()
 
     # ---- traffic and scraping --------------------------------------------------------------
 
