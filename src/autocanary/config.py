@@ -357,19 +357,6 @@ class DaemonConfig(Model):
 # ---------------------------------------------------------------- analysis
 
 
-class RelativeThreshold(Model):
-    """Compare the canary with the same query over the stable version."""
-
-    tolerance: Fraction = Field(description="Allowed worsening relative to stable, e.g. 20%")
-    direction: Literal["higher-is-worse", "lower-is-worse"] = "higher-is-worse"
-    margin: float = Field(
-        default=0.0,
-        ge=0,
-        description="Absolute allowance on top of the tolerance, so 0 errors on the stable "
-        "does not make a single canary error a failure",
-    )
-
-
 def _threshold(value: object) -> object:
     # Error rates read better as percentages ("1%") and latencies as durations
     # ("500ms"); both compare as plain numbers (a fraction, seconds).
@@ -398,6 +385,19 @@ Threshold = Annotated[
         }
     ),
 ]
+
+
+class RelativeThreshold(Model):
+    """Compare the canary with the same query over the stable version."""
+
+    tolerance: Fraction = Field(description="Allowed worsening relative to stable, e.g. 20%")
+    direction: Literal["higher-is-worse", "lower-is-worse"] = "higher-is-worse"
+    margin: Threshold = Field(
+        default=0.0,
+        ge=0,
+        description="Absolute allowance on top of the tolerance, so 0 errors on the stable "
+        "does not make a single canary error a failure",
+    )
 
 
 class CheckConfig(Model):

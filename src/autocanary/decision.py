@@ -193,7 +193,7 @@ def analysis_due(
     """
     if state.phase != "progressing" or state.stage != "analysing" or state.ready_at is None:
         return False
-    if obs.canary_revision != state.revision:
+    if state.step >= len(rollout.steps) or obs.canary_revision != state.revision:
         return False
     if not _canary_ready(obs.canary, _pods(rollout, state)[state.step]):
         return False
@@ -319,6 +319,27 @@ def _ignore_command(decision: Decision, command: str, why: str) -> Decision:
 # ------------------------------------------------------------------ the decision
 
 
+def _fit_steps(rollout: RolloutConfig, state: RolloutState, now: datetime) -> RolloutState:
+    """A state whose step still exists after a config reload removed steps.
+
+    The release continues at the new last step, waiting for its pods again,
+    rather than failing every tick on a step that is gone.
+    """
+    last = len(rollout.steps) - 1
+    if state.phase not in ("progressing", "paused") or state.step <= last:
+        return state
+    return dataclasses.replace(
+        state,
+        step=last,
+        stage="waitingReady",
+        step_started_at=now,
+        ready_at=None,
+        last_analysis_at=None,
+        step_passes=0,
+        message=f"the config now has {last + 1} step(s); continuing at step {last + 1}",
+    )
+
+
 def decide(
     rollout: RolloutConfig,
     state: RolloutState,
@@ -327,6 +348,7 @@ def decide(
     verdict: IntervalVerdict | None = None,
 ) -> Decision:
     """Decide one tick; ``verdict`` is the interval's analysis when :func:`analysis_due` asked."""
+    state = _fit_steps(rollout, state, now)
     command = (obs.command or "").strip() or None
     if command is not None and command not in COMMANDS:
         decision = _decide_phase(_Tick(rollout, obs, now), state, verdict, None)
