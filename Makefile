@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 VENV := .venv/bin
 
-.PHONY: setup lint test test-unit
+.PHONY: setup lint test test-unit rehearsal
 
 setup:
 	hack/setup.sh
@@ -13,6 +13,7 @@ lint:
 	$(VENV)/ruff check
 	$(VENV)/ruff format --check
 	$(VENV)/mypy
+	$(VENV)/lint-imports
 
 # Each step prints its duration, so a slow CI run shows where the time went.
 test: setup
@@ -21,3 +22,8 @@ test: setup
 
 test-unit:
 	$(VENV)/pytest tests/unit
+
+# The quick start: set up, then rehearse a good and a bad release on the local
+# control plane, narrated. Leaves nothing running.
+rehearsal: setup
+	$(VENV)/python -m autocanary.testbed.rehearsal
