@@ -13,11 +13,12 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from autocanary import promql
 from autocanary.alert import CheckSummary, Verdict
 from autocanary.config import AnalysisConfig, CheckConfig, RolloutConfig
+from autocanary.judge import Judgement
 from autocanary.units import format_duration
 
 Role = Literal["canary", "stable"]
@@ -74,13 +75,19 @@ class CheckResult:
 
 @dataclass(frozen=True)
 class IntervalVerdict:
-    """The verdict of one analysis interval and the results it came from."""
+    """The verdict of one analysis interval and the results it came from.
+
+    With the sequential judge enabled, ``judgement`` is its verdict for the
+    interval and ``judge_state`` the evidence to persist with the decision.
+    """
 
     verdict: Verdict
     at: datetime
     checks: tuple[CheckResult, ...]
     canary_requests: float | None
     reason: str
+    judgement: Judgement | None = None
+    judge_state: dict[str, Any] | None = None
 
 
 def template_variables(
@@ -255,6 +262,9 @@ def judge_interval(
         if problem is not None and judged.verdict != "inconclusive":
             judged = dataclasses.replace(judged, verdict="inconclusive", reason=problem)
         results.append(judged)
+    if not results and traffic_problem is not None:
+        # No threshold checks (sequential judge only): too little traffic still says nothing.
+        return IntervalVerdict("inconclusive", at, (), canary_requests.value, traffic_problem)
     return _aggregate(tuple(results), at, canary_requests.value)
 
 

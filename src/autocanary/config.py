@@ -31,6 +31,8 @@ from pydantic.alias_generators import to_camel
 from pydantic.config import JsonDict
 
 from autocanary import promql
+from autocanary.judge import SequentialConfig
+from autocanary.latency import LATENCY_BUCKETS
 from autocanary.units import format_duration, parse_duration, parse_percent
 
 _DURATION_PATTERN = r"^\s*(\d+(\.\d+)?(ms|s|m|h|d))+\s*$"
@@ -447,8 +449,85 @@ class CheckConfig(Model):
         return 0.99 if self.quantile is None else self.quantile
 
 
+def _seconds(value: object) -> object:
+    # Latency thresholds are bucket boundaries; "250ms" and 0.25 both mean 0.25 s.
+    if isinstance(value, str):
+        return parse_duration(value).total_seconds()
+    return value
+
+
+BucketBoundary = Annotated[
+    float,
+    BeforeValidator(_seconds),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "exclusiveMinimum": 0, "description": "seconds"},
+                {"type": "string", "pattern": _DURATION_PATTERN, "examples": ["250ms"]},
+            ]
+        }
+    ),
+]
+
+
+class SequentialAnalysisConfig(Model):
+    """The sequential, anytime-valid comparison of canary against stable (see STATISTICS).
+
+    Errors and latency (share of requests slower than each threshold) are
+    tested as odds ratios canary vs stable: rollback as soon as harm is proven
+    with error below ``alpha``, promotion only once safety is proven with error
+    below ``beta``. Holds still apply as minimum times.
+    """
+
+    alpha: float = Field(default=0.05, gt=0, lt=1, description="Bound on false rollbacks")
+    beta: float = Field(default=0.05, gt=0, lt=1, description="Bound on false promotions")
+    tolerance: Fraction = Field(
+        default=0.2, description="Odds ratios up to 1 + tolerance count as harmless"
+    )
+    safe_ratio: float = Field(
+        default=1.5, gt=1, description="Safety means proven below this odds ratio"
+    )
+    latency_thresholds: list[BucketBoundary] = Field(
+        default_factory=list,
+        description="Histogram bucket boundaries to test latency at (e.g. [100ms, 500ms])",
+    )
+    latency_quantiles: list[float] = Field(
+        default_factory=list,
+        description="Or: take the boundaries nearest these stable quantiles at release start",
+    )
+    critical_error_share: Fraction | None = Field(
+        default=0.2, description="Roll back at once above this canary error share (None: off)"
+    )
+    critical_min_errors: int = Field(
+        default=20, ge=1, description="...once the canary has at least this many errors"
+    )
+    max_duration: Duration = Field(
+        default=timedelta(hours=1),
+        description="No decision by then (from release start): the inconclusive policy applies",
+    )
+
+    @model_validator(mode="after")
+    def _judge_accepts(self) -> SequentialAnalysisConfig:
+        # The judge validates its own settings; run it here so a bad value is a config error.
+        SequentialConfig(**self.judge_settings())
+        return self
+
+    def judge_settings(self) -> dict[str, Any]:
+        """Keyword arguments for :class:`autocanary.judge.SequentialConfig`."""
+        return {
+            "alpha": self.alpha,
+            "beta": self.beta,
+            "tolerance": self.tolerance,
+            "safe_ratio": self.safe_ratio,
+            "latency_thresholds": tuple(sorted(set(self.latency_thresholds))),
+            "latency_quantiles": tuple(self.latency_quantiles),
+            "critical_error_share": self.critical_error_share,
+            "critical_min_errors": self.critical_min_errors,
+        }
+
+
 class AnalysisConfig(Model):
-    """How each interval is judged."""
+    """How each interval is judged: threshold checks, the sequential judge, or both."""
 
     source: promql.Source = Field(
         default="probe", description="Where request counts come from: probe or testpage metrics"
@@ -471,11 +550,28 @@ class AnalysisConfig(Model):
         default=3, ge=0, description="Consecutive inconclusive intervals tolerated"
     )
     inconclusive_policy: Literal["pause", "rollback"] = "pause"
-    checks: list[CheckConfig] = Field(min_length=1)
+    checks: list[CheckConfig] = Field(
+        default_factory=list, description="Threshold checks (hard guards with sequential)"
+    )
+    sequential: SequentialAnalysisConfig | None = Field(
+        default=None, description="Enable the sequential canary-vs-stable judge"
+    )
 
     @model_validator(mode="after")
     def _unique_checks(self) -> AnalysisConfig:
+        if not self.checks and self.sequential is None:
+            raise ValueError(
+                "analysis needs at least one check, or 'sequential: {}' for the sequential judge"
+            )
         _require_unique([c.name for c in self.checks], "check name")
+        if self.sequential is not None:
+            # The built-in sources share one bucket layout; a threshold must be a boundary.
+            off = [t for t in self.sequential.latency_thresholds if t not in LATENCY_BUCKETS]
+            if off:
+                raise ValueError(
+                    f"sequential.latencyThresholds {off} are not bucket boundaries of the "
+                    f"{self.source} histogram; pick from {list(LATENCY_BUCKETS)} (seconds)"
+                )
         if self.selector is not None:
             unknown = promql.unknown_variables(self.selector) | (
                 promql.variables_in(self.selector) & {"selector"}

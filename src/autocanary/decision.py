@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from autocanary import sequential_analysis
 from autocanary import steps as step_math
 from autocanary.alert import CheckSummary
 from autocanary.analysis import IntervalVerdict
@@ -486,7 +487,20 @@ def _judge(t: _Tick, state: RolloutState, verdict: IntervalVerdict) -> Decision 
     analysis = t.rollout.analysis
     checks = tuple(c.summary() for c in verdict.checks)
     state = _record(state, verdict, t.now)
+    if verdict.judge_state is not None:
+        state = dataclasses.replace(state, judge=verdict.judge_state)
     where = _step_label(t.rollout, state)
+    if verdict.verdict == "fail" and sequential_analysis.harm_proven(verdict.judgement):
+        # Proven harm needs no second opinion: failureLimit is for noisy thresholds.
+        state = dataclasses.replace(state, failures=state.failures + 1, inconclusive=0)
+        failed = Transition(
+            "AnalysisFailed",
+            f"analysis failed at {where}: {verdict.reason}",
+            "analysisFailed",
+            warning=True,
+            checks=checks,
+        )
+        return _roll_back(t, state, verdict.reason, extra=(failed,), checks=checks)
     if verdict.verdict == "pass":
         return dataclasses.replace(state, step_passes=state.step_passes + 1, inconclusive=0)
     if verdict.verdict == "fail":
@@ -556,8 +570,18 @@ def _analysing(t: _Tick, state: RolloutState, verdict: IntervalVerdict | None) -
     held = state.ready_at is not None and now - state.ready_at >= step.hold
     last = state.verdicts[-1] if state.verdicts else None
     passed = last is not None and last.verdict == "pass" and last.step == state.step
-    if held and passed and state.step_passes >= 1:
+    final = state.step + 1 >= len(rollout.steps)
+    sequential = rollout.analysis.sequential
+    proven = sequential is None or sequential_analysis.all_safe(state.judge)
+    if held and passed and state.step_passes >= 1 and (proven or not final):
         return _advance(t, state, transitions)
+    if (
+        sequential is not None
+        and not proven
+        and state.started_at is not None
+        and now - state.started_at > sequential.max_duration
+    ):
+        return _undecided_at_deadline(t, state, transitions)
 
     if verdict is not None:
         state = dataclasses.replace(
@@ -572,6 +596,24 @@ def _analysing(t: _Tick, state: RolloutState, verdict: IntervalVerdict | None) -
         transitions,
         requeue_after=min(wakes) - now if wakes else None,
     )
+
+
+def _undecided_at_deadline(
+    t: _Tick, state: RolloutState, transitions: tuple[Transition, ...]
+) -> Decision:
+    """The sequential judge proved neither harm nor safety within maxDuration: apply the policy."""
+    analysis = t.rollout.analysis
+    assert analysis.sequential is not None
+    last = state.verdicts[-1].reason if state.verdicts else "no evidence"
+    reason = (
+        f"the sequential judge proved neither harm nor safety within maxDuration "
+        f"{format_duration(analysis.sequential.max_duration)}: {last}"
+    )
+    if analysis.inconclusive_policy == "rollback":
+        decision = _roll_back(t, state, reason)
+    else:
+        decision = _pause(state, reason)
+    return dataclasses.replace(decision, transitions=(*transitions, *decision.transitions))
 
 
 def _advance(t: _Tick, state: RolloutState, transitions: tuple[Transition, ...]) -> Decision:

@@ -19,11 +19,12 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 
-from autocanary import analysis, decision, revision
+from autocanary import analysis, decision, revision, sequential_analysis
 from autocanary import state as state_codec
 from autocanary.alert import Alert
 from autocanary.config import RolloutConfig
 from autocanary.errors import PrometheusUnavailable, QueryError, StateConflict
+from autocanary.judge import CounterSnapshot
 from autocanary.kube import DeploymentRecord, KubeClient
 from autocanary.metrics import DaemonMetrics
 from autocanary.notify import Notifier
@@ -185,6 +186,8 @@ class RolloutEngine:
                 self.metrics.query_errors.labels(r.name, names.get(query) or "?", reason).inc()
                 log.warning("query failed", check=names.get(query), error=str(e))
         verdict = analysis.judge_interval(r.analysis, plan, outcomes, now)
+        if r.analysis.sequential is not None:
+            verdict = self._sequential(current, now, verdict, log)
         for result in verdict.checks:
             self.metrics.check_results.labels(r.name, result.name, result.verdict).inc()
             if result.value is not None:
@@ -200,6 +203,48 @@ class RolloutEngine:
             reason=verdict.reason,
         )
         return verdict
+
+    def _counters(
+        self, current: RolloutState, at: datetime
+    ) -> tuple[CounterSnapshot, CounterSnapshot]:
+        r = self.rollout
+        snapshots = []
+        for version in (current.canary_version, current.stable_version):
+            queries = sequential_analysis.counter_queries(
+                r, version, current.canary_version, current.stable_version
+            )
+            samples = [self.prometheus.query_vector(q, at) for q in queries.all()]
+            snapshots.append(sequential_analysis.snapshot(*samples))
+        return snapshots[0], snapshots[1]
+
+    def _sequential(
+        self,
+        current: RolloutState,
+        now: datetime,
+        verdict: analysis.IntervalVerdict,
+        log: structlog.typing.FilteringBoundLogger,
+    ) -> analysis.IntervalVerdict:
+        """Add the sequential judge's poll to the interval's verdict."""
+        r = self.rollout
+        assert r.analysis.sequential is not None
+        try:
+            baseline = None
+            if current.last_analysis_at is None and current.ready_at is not None:
+                # A step's first poll: start (or move) the evidence after its warm-up.
+                baseline = self._counters(current, current.ready_at + r.analysis.warmup)
+            latest = self._counters(current, now)
+            state, judgement = sequential_analysis.judge_interval(
+                r.analysis.sequential, current.judge, baseline, latest
+            )
+        except (PrometheusUnavailable, QueryError, ValueError) as e:
+            # ValueError: counters that are not raw integers (see judge.counts).
+            self.metrics.query_errors.labels(r.name, "sequential", type(e).__name__).inc()
+            log.warning("sequential judge could not read its counters", error=str(e))
+            return sequential_analysis.unavailable(verdict, str(e))
+        for m in judgement.metrics:
+            self.metrics.sequential_evalue.labels(r.name, m.name, "harm").set(m.harm_evalue)
+            self.metrics.sequential_evalue.labels(r.name, m.name, "safety").set(m.safety_evalue)
+        return sequential_analysis.combine(verdict, judgement, state)
 
     # ---- effects ---------------------------------------------------------------------------
 

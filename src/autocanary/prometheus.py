@@ -52,17 +52,24 @@ class PrometheusClient:
         """Release the HTTP session."""
         self._connection.close()
 
+    def query_vector(self, promql: str, at: datetime | None = None) -> list[Sample]:
+        """Evaluate ``promql`` at ``at``: every series' labels and value."""
+        return _samples(self._query(promql, at), promql)
+
     def query_value(self, promql: str, at: datetime | None = None) -> float | None:
         """Evaluate ``promql`` at ``at`` (default now): one number, or None for an empty result.
 
         A result with several series is a :class:`QueryError`: a check must
         aggregate (``sum(...)``) to one value per version.
         """
+        return _single_value(self._query(promql, at), promql)
+
+    def _query(self, promql: str, at: datetime | None) -> Any:
         params: dict[str, Any] = {}
         if at is not None:
             params["time"] = f"{at.timestamp():.3f}"
         try:
-            result = self._connection.custom_query(promql, params=params, timeout=self._timeout)
+            return self._connection.custom_query(promql, params=params, timeout=self._timeout)
         except PrometheusApiClientException as e:
             status = _STATUS.search(str(e))
             if status and status.group(1) in ("400", "422"):
@@ -74,7 +81,17 @@ class PrometheusClient:
             raise PrometheusUnavailable(
                 f"Prometheus at {self.url} gave an unreadable answer: {e}"
             ) from e
-        return _single_value(result, promql)
+
+
+Sample = tuple[dict[str, str], float]
+
+
+def _samples(result: Any, promql: str) -> list[Sample]:
+    if not isinstance(result, list) or any(
+        not isinstance(r, dict) or "value" not in r for r in result
+    ):
+        raise QueryError(f"query {promql!r} did not return an instant vector: {result!r:.200}")
+    return [(dict(r.get("metric", {})), _number(r["value"][1], promql)) for r in result]
 
 
 def _single_value(result: Any, promql: str) -> float | None:

@@ -103,3 +103,18 @@ def request_count_query(source: Source) -> str:
         f'sum(increase({requests}{{{{{{ selector }}}}, version="{{{{ version }}}}"}}'
         "[{{ interval }}]))"
     )
+
+
+def counter_queries(source: Source) -> tuple[str, str, str]:
+    """Templates reading a version's raw cumulative counters per instance, for the sequential judge.
+
+    (requests, errors, histogram buckets by ``le``); raw counters, not rates,
+    because the judge differences them itself and needs exact integers.
+    """
+    requests, duration, error_codes = _METRICS[source]
+    version = '{{ selector }}, version="{{ version }}"'
+    return (
+        f"sum by (instance) ({requests}{{{version}}})",
+        f'sum by (instance) ({requests}{{{version}, code=~"{error_codes}"}})',
+        f"sum by (instance, le) ({duration}_bucket{{{version}}})",
+    )

@@ -52,6 +52,7 @@ class StackSettings:
     app: str = "testpage"
     replicas: int = 3
     stable_version: str = "v1"
+    stable_env: Mapping[str, str] = field(default_factory=dict)  # e.g. a baseline error rate
     probe_rate: str = "40/s"
     interval: str = "4s"
     progress_deadline: str = "30s"
@@ -89,12 +90,19 @@ def app_labels(app: str, track: str, version: str) -> dict[str, str]:
 
 
 def app_deployment(
-    name: str, app: str, track: str, version: str, *, replicas: int
+    name: str,
+    app: str,
+    track: str,
+    version: str,
+    *,
+    replicas: int,
+    env: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """A testpage Deployment as an SRE would write it (VERSION from the version label)."""
     variables: list[dict[str, Any]] = [
         {"name": "VERSION", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['version']"}}},
         {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        *({"name": k, "value": v} for k, v in (env or {}).items()),
     ]
     return {
         "apiVersion": "apps/v1",
@@ -182,7 +190,9 @@ class CanaryStack:
             (self.stable_name, "stable", s.replicas),
             (self.canary_name, "canary", 0),
         ):
-            body: Any = app_deployment(name, s.app, track, s.stable_version, replicas=replicas)
+            body: Any = app_deployment(
+                name, s.app, track, s.stable_version, replicas=replicas, env=s.stable_env
+            )
             self.apps.create_namespaced_deployment(s.namespace, body, _request_timeout=_API_TIMEOUT)
         self.proxy.start()
         self._started.append(self.proxy.stop)

@@ -1,0 +1,186 @@
+"""The sequential judge inside the daemon's analysis: which counters to read, and what they say.
+
+Pure functions; the engine runs the queries. Counters are read raw (not as
+rates) per instance, so the judge can difference them itself with counter
+reset handling. Evidence from each step's warm-up is skipped: the engine
+reads the counters as of ``readyAt + warmup`` (a past instant) before the
+step's first poll, and the judge moves its baseline there without counting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from autocanary import promql
+from autocanary.alert import Verdict
+from autocanary.analysis import CheckResult, IntervalVerdict, template_variables
+from autocanary.config import RolloutConfig, SequentialAnalysisConfig
+from autocanary.judge import (
+    CounterSnapshot,
+    Judgement,
+    JudgeState,
+    SequentialConfig,
+    SeriesCounters,
+    initial,
+    skip,
+    update,
+)
+from autocanary.judge import Verdict as JudgeVerdict
+from autocanary.judge.report import number
+
+Sample = tuple[Mapping[str, str], float]
+
+
+@dataclass(frozen=True)
+class CounterQueries:
+    """The three raw-counter queries of one version."""
+
+    requests: str
+    errors: str
+    buckets: str
+
+    def all(self) -> tuple[str, str, str]:
+        """The queries in a fixed order."""
+        return (self.requests, self.errors, self.buckets)
+
+
+def counter_queries(
+    rollout: RolloutConfig, version: str, canary_version: str, stable_version: str
+) -> CounterQueries:
+    """Render the counter queries for ``version`` of ``rollout``."""
+    variables = {
+        **template_variables(rollout, canary_version, stable_version),
+        "version": version,
+        "quantile": "",
+    }
+    requests, errors, buckets = promql.counter_queries(rollout.analysis.source)
+    return CounterQueries(
+        promql.render(requests, variables),
+        promql.render(errors, variables),
+        promql.render(buckets, variables),
+    )
+
+
+def snapshot(
+    requests: Sequence[Sample], errors: Sequence[Sample], buckets: Sequence[Sample]
+) -> CounterSnapshot:
+    """One version's counters, keyed by instance, from the three queries' samples.
+
+    An instance without error series has had no errors (the probe creates an
+    error series with the first error).
+    """
+    error_by = {s[0].get("instance", ""): s[1] for s in errors}
+    bucket_by: dict[str, dict[float, float]] = {}
+    for labels, value in buckets:
+        le = labels.get("le")
+        if le is None:
+            continue
+        bucket_by.setdefault(labels.get("instance", ""), {})[float(le)] = value
+    series = {
+        labels.get("instance", ""): SeriesCounters(
+            requests=value,
+            errors=error_by.get(labels.get("instance", ""), 0.0),
+            buckets=bucket_by.get(labels.get("instance", ""), {}),
+        )
+        for labels, value in requests
+    }
+    return CounterSnapshot(series)
+
+
+def judge_config(cfg: SequentialAnalysisConfig) -> SequentialConfig:
+    """The judge's own config from the rollout's."""
+    return SequentialConfig(**cfg.judge_settings())
+
+
+def judge_interval(
+    cfg: SequentialAnalysisConfig,
+    persisted: Mapping[str, Any] | None,
+    baseline: tuple[CounterSnapshot, CounterSnapshot] | None,
+    now: tuple[CounterSnapshot, CounterSnapshot],
+) -> tuple[JudgeState, Judgement]:
+    """One poll of the judge: (canary, stable) snapshots in, new evidence and judgement out.
+
+    ``baseline`` (the counters at the end of a step's warm-up) starts the
+    release's evidence, or moves an existing baseline past the warm-up.
+    """
+    config = judge_config(cfg)
+    if persisted is None:
+        start = baseline or now
+        state = initial(config, start[0], start[1])
+    else:
+        state = JudgeState.from_dict(persisted)
+        if baseline is not None:
+            state = skip(state, baseline[0], baseline[1])
+    return update(config, state, now[0], now[1])
+
+
+def all_safe(persisted: Mapping[str, Any] | None) -> bool:
+    """Whether the persisted evidence has proven safety for every metric."""
+    if persisted is None:
+        return False
+    state = JudgeState.from_dict(persisted)
+    return bool(state.metrics) and all(m.safe for m in state.metrics)
+
+
+def results(judgement: Judgement) -> tuple[CheckResult, ...]:
+    """One result per judged metric, for verdict records, status and alerts."""
+    out = []
+    for m in judgement.metrics:
+        verdict: Verdict = "fail" if m.harmful else "pass" if m.safe else "inconclusive"
+        threshold = (
+            f"odds ratio <= {number(m.psi0)}x: harm e {number(m.harm_evalue)}/"
+            f"{number(m.harm_threshold)}, safety e {number(m.safety_evalue)}/"
+            f"{number(m.safety_threshold)}, {judgement.confidence:.0%} CS "
+            f"{number(m.ci_low)}-{number(m.ci_high)}"
+        )
+        # With no events on the stable yet the point estimate is infinite; the
+        # confidence sequence's lower end still says "at least this much worse".
+        value = m.ratio if math.isfinite(m.ratio) else m.ci_low
+        reason = (
+            f"canary {m.canary_events}/{m.canary_requests} vs stable "
+            f"{m.stable_events}/{m.stable_requests}"
+        )
+        out.append(CheckResult(f"sequential:{m.name}", verdict, value, None, threshold, reason))
+    return tuple(out)
+
+
+def harm_proven(judgement: Judgement | None) -> bool:
+    """Whether the judge proved the canary worse (or the critical guard tripped)."""
+    return judgement is not None and judgement.verdict is JudgeVerdict.ROLLBACK
+
+
+def combine(verdict: IntervalVerdict, judgement: Judgement, state: JudgeState) -> IntervalVerdict:
+    """The interval's verdict with the judge's: proven harm fails it, otherwise it stands.
+
+    "Undecided" does not make an interval inconclusive: raising the canary's
+    weight while evidence accumulates is safe (the guarantee holds whatever the
+    weights), and promotion separately waits for proven safety.
+    """
+    checks = (*verdict.checks, *results(judgement))
+    if harm_proven(judgement):
+        outcome: Verdict = "fail"
+        reason = f"sequential judge: {judgement.reason}"
+    else:
+        outcome = verdict.verdict
+        reason = f"{verdict.reason}; sequential judge: {judgement.reason}"
+    return dataclasses.replace(
+        verdict,
+        verdict=outcome,
+        checks=checks,
+        reason=reason,
+        judgement=judgement,
+        judge_state=state.to_dict(),
+    )
+
+
+def unavailable(verdict: IntervalVerdict, error: str) -> IntervalVerdict:
+    """The interval's verdict when the judge's counters could not be read: inconclusive."""
+    return dataclasses.replace(
+        verdict,
+        verdict="inconclusive" if verdict.verdict != "fail" else "fail",
+        reason=f"{verdict.reason}; sequential judge: counters unavailable: {error}",
+    )
