@@ -167,7 +167,11 @@ class LeaderElector:
         self._set_leading(False)
 
     def release(self) -> None:
-        """Clear the holder so another replica takes over without waiting for expiry."""
+        """Clear the holder so another replica takes over without waiting for expiry.
+
+        This replica stops leading first, so two never act at once.
+        """
+        self._set_leading(False)
         try:
             lease = self.kube.read_lease(self.namespace, self.cfg.lease_name)
             if lease is None or (lease.get("spec") or {}).get("holderIdentity") != self.identity:
