@@ -32,6 +32,7 @@ PrometheusFactory = Callable[..., PrometheusServer]
 
 _KEEP_ALL = os.environ.get("AUTOCANARY_KEEP") == "1"
 _FAILED = pytest.StashKey[bool]()
+_KEPT = pytest.StashKey[list[Path]]()
 
 
 # ---- hygiene --------------------------------------------------------------------------------
@@ -52,11 +53,17 @@ def _test_failed(request: pytest.FixtureRequest) -> bool:
     return request.node.stash.get(_FAILED, False)
 
 
-def _tell(request: pytest.FixtureRequest, message: str) -> None:
-    """Write a line to the terminal, past output capturing (for session-end notices)."""
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(message)
+def _keep(request: pytest.FixtureRequest, path: Path) -> None:
+    """Note a work directory left in place, for the end-of-run summary."""
+    request.config.stash.setdefault(_KEPT, []).append(path)
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
+    """List the work directories (logs, configs) kept for inspection."""
+    for path in config.stash.get(_KEPT, []):
+        terminalreporter.write_line(f"work directory kept: {path}")
 
 
 @pytest.fixture(autouse=True)
@@ -75,7 +82,7 @@ def tmp_workdir(request: pytest.FixtureRequest) -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="autocanary-test-"))
     yield path
     if _KEEP_ALL or _test_failed(request):
-        print(f"\nwork directory kept: {path}")
+        _keep(request, path)
     else:
         shutil.rmtree(path, ignore_errors=True)
 
@@ -100,7 +107,7 @@ def control_plane(request: pytest.FixtureRequest) -> Iterator[ControlPlane]:
     finally:
         if request.session.testsfailed:
             plane.keep_workdir = True
-            _tell(request, f"control plane work directory kept (logs/): {plane.workdir}")
+            _keep(request, plane.workdir)
         plane.stop()
 
 
