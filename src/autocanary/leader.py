@@ -129,8 +129,12 @@ class LeaderElector:
             return False
         except AutocanaryError as e:
             log.warning("leader election round failed", error=str(e))
-            # Keep leading until the renew deadline passes (is_leader checks it).
-            return self.is_leader()
+            # Keep leading until the renew deadline passes (is_leader checks it); past it,
+            # say so, so on_change (the leader gauge) does not keep reporting leadership.
+            leading = self.is_leader()
+            if not leading:
+                self._set_leading(False)
+            return leading
 
     def _expired(self, lease: dict[str, Any]) -> bool:
         spec = lease.get("spec") or {}
