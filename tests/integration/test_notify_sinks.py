@@ -307,15 +307,12 @@ def test_alertmanager_lists_the_posted_alert_with_its_labels(
 
 def test_alertmanager_rejection_is_final(alertmanager: AlertmanagerServer) -> None:
     # A label name with a dash is invalid in Prometheus' data model; Alertmanager answers 400.
-    sink = AlertmanagerSink.model_validate(
-        {
-            "type": "alertmanager",
-            "name": "am",
-            "url": alertmanager.url,
-            "labels": {"bad-name": "x"},
-            "retries": 5,
-        }
+    # Config validation refuses such a name at load, so build the sink past it: this is
+    # about how a 400 from the real Alertmanager is handled, whatever caused it.
+    valid = AlertmanagerSink.model_validate(
+        {"type": "alertmanager", "name": "am", "url": alertmanager.url, "retries": 5}
     )
+    sink = valid.model_copy(update={"labels": {"bad-name": "x"}})
     metrics = DaemonMetrics()
     with (
         structlog.testing.capture_logs() as events,

@@ -780,3 +780,43 @@ def test_yaml_1_1_booleans_are_plain_words() -> None:
     assert config.alerts.sinks[0].on == ["promoted"]
     assert config.daemon.leader_election.enabled is False
     assert config.rollouts[0].scale_down_stable is False
+
+
+def test_alertmanager_label_names_are_checked_at_load() -> None:
+    text = (
+        "alerts:\n  sinks:\n    - name: am\n      type: alertmanager\n"
+        "      url: http://am:9093\n      labels: {team: web, bad-name: x}\n" + MINIMAL
+    )
+    problem = only_problem(text)
+    assert problem.path == "alerts.sinks[0].labels"
+    assert "invalid Prometheus label name(s) ['bad-name']" in problem.message
+    assert problem.line == line_of(text, "labels:")
+
+
+def test_sequential_judge_alone_is_a_complete_analysis() -> None:
+    text = with_change(
+        MINIMAL,
+        MINIMAL[MINIMAL.index("    analysis:") :],
+        "    analysis:\n      sequential: {latencyThresholds: [100ms, 0.5]}\n",
+    )
+    config = parse_config(text)
+    sequential = config.rollouts[0].analysis.sequential
+    assert sequential is not None
+    assert sequential.latency_thresholds == [0.1, 0.5]
+    assert config.rollouts[0].analysis.checks == []
+
+
+def test_an_analysis_needs_checks_or_the_sequential_judge() -> None:
+    text = with_change(
+        MINIMAL, MINIMAL[MINIMAL.index("    analysis:") :], "    analysis:\n      warmup: 10s\n"
+    )
+    assert "at least one check, or 'sequential" in only_problem(text).message
+
+
+def test_sequential_thresholds_must_be_bucket_boundaries() -> None:
+    text = with_change(
+        MINIMAL,
+        MINIMAL[MINIMAL.index("    analysis:") :],
+        "    analysis:\n      sequential: {latencyThresholds: [123ms]}\n",
+    )
+    assert "not bucket boundaries" in only_problem(text).message
