@@ -4,7 +4,8 @@
 ``status`` shows every rollout; ``release`` ships a new image to the canary;
 ``promote|abort|retry|pause|resume`` set the command annotation the daemon
 consumes on its next tick (GitOps-safe: nothing else in the spec changes);
-``testpage`` and ``probe`` run the rehearsal app and the load probe.
+``testpage`` and ``probe`` run the rehearsal app and the load probe;
+``backtest`` replays a rollout's analysis over past Prometheus data.
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
         manual = with_config(sub.add_parser(command, help=text))
         manual.add_argument("rollout")
 
+    _backtest_arguments(sub.add_parser("backtest", help="replay a rollout's analysis over history"))
     for name in _PASSTHROUGH:
         sub.add_parser(name, help=f"run the {name} (see autocanary {name} --help)", add_help=False)
     return parser
@@ -414,7 +416,47 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else f"{value:.4g}"
 
 
+def _backtest_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "What would this config have decided? Replays the rollout's analysis at each interval "
+        "of past releases (queries evaluated at past times, the daemon's own schedule and "
+        "decisions; pods Ready at once) and prints the timeline and decision. See docs/backtest.md."
+    )
+    p.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="config file")
+    p.add_argument("--rollout", help="rollout to replay (default: the only one)")
+    p.add_argument("--from", dest="start", metavar="T1", help="release start: ISO 8601, now-2h")
+    p.add_argument("--to", dest="end", metavar="T2", help="window end (no tick after it)")
+    p.add_argument("--canary-version", help="the canary's version label value")
+    p.add_argument("--stable-version", help="the stable's version label value")
+    p.add_argument("--name", dest="release_name", help="release name (default: canary version)")
+    p.add_argument(
+        "--releases",
+        metavar="FILE",
+        help="YAML list of {name,from,to,canaryVersion,"
+        "stableVersion} instead of the four flags above",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="[VARIANT:]PATH=VALUE",
+        help="config override, e.g. analysis.checks.error-rate.max=2%% (repeatable; "
+        "a VARIANT: prefix groups overrides into named variants)",
+    )
+    p.add_argument("--prometheus", help="Prometheus URL (default: the config's)")
+    p.add_argument("--replicas", type=int, default=10, help="stable replicas (sizes %% steps)")
+    p.add_argument("-o", "--output", choices=["text", "table", "json"], default="text")
+    p.add_argument("--plot", metavar="FILE.png", help="draw checks over time (needs [plot] extra)")
+
+
+def _cmd_backtest(args: argparse.Namespace) -> int:
+    from autocanary.backtest import command
+
+    return command.run(args)
+
+
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "backtest": _cmd_backtest,
     "run": _cmd_run,
     "validate": _cmd_validate,
     "schema": _cmd_schema,

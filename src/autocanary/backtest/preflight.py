@@ -1,0 +1,95 @@
+"""Checks before a replay, so an empty window says why instead of pausing on "no data".
+
+In order: the window lies within Prometheus's retention; the rollout's traffic
+series (the analysis source's request counter under its selector) have samples
+in the window; and both versions appear among them. Each failure names the
+query it ran and what to change.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Protocol
+
+from autocanary import promql
+from autocanary.analysis import template_variables
+from autocanary.backtest.errors import NoDataError, RetentionError, UnknownVersionError
+from autocanary.backtest.history import Retention, Sample
+from autocanary.backtest.report import Release
+from autocanary.config import RolloutConfig
+from autocanary.units import format_duration
+
+_METRIC = re.compile(r"increase\(([a-zA-Z_:][a-zA-Z0-9_:]*)\{")
+
+
+class History(Protocol):
+    """What the checks read: :class:`autocanary.backtest.history.PrometheusHistory`."""
+
+    url: str
+
+    def vector(self, promql: str, at: datetime) -> list[Sample]:
+        """Each series' labels and value at ``at``."""
+        ...
+
+    def retention(self) -> Retention | None:
+        """How long samples are kept, when Prometheus says."""
+        ...
+
+
+def requests_metric(rollout: RolloutConfig) -> str:
+    """The source's request counter under the rollout's selector, e.g. ``m{target="shop"}``."""
+    template = promql.request_count_query(rollout.analysis.source)
+    match = _METRIC.search(template)
+    if match is None:  # pragma: no cover - pinned by a unit test for every source
+        raise AssertionError(f"cannot find the request counter in {template!r}")
+    selector = template_variables(rollout, "", "")["selector"]
+    return f"{match.group(1)}{{{selector}}}"
+
+
+def versions_query(rollout: RolloutConfig, release: Release) -> str:
+    """Counts the traffic series per version over the whole window (evaluated at its end)."""
+    window = format_duration(release.end - release.start)
+    return f"count by (version) (last_over_time({requests_metric(rollout)}[{window}]))"
+
+
+def _time(at: datetime) -> str:
+    return at.isoformat(timespec="seconds")
+
+
+def check_retention(history: History, release: Release, now: datetime) -> None:
+    """:class:`RetentionError` when the window starts before the oldest sample kept."""
+    retention = history.retention()
+    if retention is None or retention.time is None:
+        return
+    horizon = now - retention.time
+    if release.start < horizon:
+        raise RetentionError(
+            f"release {release.name!r}: the window starts at {_time(release.start)}, but "
+            f"Prometheus at {history.url} keeps samples for {retention.text} "
+            f"(--storage.tsdb.retention.time), so nothing before {_time(horizon)} is left; "
+            "choose a later window or a Prometheus with longer retention"
+        )
+
+
+def check_versions(history: History, rollout: RolloutConfig, release: Release) -> list[str]:
+    """The versions with traffic in the window; :class:`NoDataError` or
+    :class:`UnknownVersionError` when there is none, or not for both versions."""
+    query = versions_query(rollout, release)
+    series = history.vector(query, release.end)
+    versions = sorted(labels.get("version", "") for labels, _ in series)
+    span = f"between {_time(release.start)} and {_time(release.end)}"
+    if not versions:
+        raise NoDataError(
+            f"release {release.name!r}: no samples of {requests_metric(rollout)} {span} "
+            f"(query {query} returned nothing); check the window, analysis.source and "
+            "analysis.selector, and that the traffic source was scraped then"
+        )
+    for role, version in (("canary", release.canary_version), ("stable", release.stable_version)):
+        if version not in versions:
+            raise UnknownVersionError(
+                f"release {release.name!r}: the {role} version {version!r} matches no series of "
+                f"{requests_metric(rollout)} {span}; versions there: {', '.join(versions)} "
+                f"(query {query})"
+            )
+    return versions

@@ -1,0 +1,170 @@
+"""Replaying one release: the daemon's own schedule and decisions, on a simulated cluster.
+
+The loop is the engine's tick without I/O: :func:`autocanary.decision.analysis_due`,
+then the evaluator for a due interval, then :func:`autocanary.decision.decide`,
+then the simulated cluster takes the desired replicas. Ticks come when the
+daemon's would: every ``interval``, sooner when a decision asks to be woken
+(a hold ending), and, since the simulated cluster settles at once, a tick that
+only waits on the cluster (:data:`autocanary.decision.POLL`) happens at the
+same instant. The release is noticed at the window's start; the replay stops at
+the decision (rolled back, paused, promoted) or at the window's end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime, timedelta
+
+from autocanary import decision
+from autocanary import steps as step_math
+from autocanary.analysis import IntervalVerdict
+from autocanary.backtest.errors import BacktestError
+from autocanary.backtest.evaluate import IntervalEvaluator
+from autocanary.backtest.report import (
+    CheckPoint,
+    DecisionKind,
+    Event,
+    Outcome,
+    Release,
+    Replay,
+    TimelineEntry,
+    Variant,
+)
+from autocanary.backtest.simulation import SimulatedCluster
+from autocanary.config import CheckConfig, RolloutConfig
+from autocanary.state import RolloutState
+
+#: Ticks one instant may take while the simulated cluster settles; more means a bug.
+_MAX_TICKS_AT_ONCE = 20
+_FINAL: dict[str, DecisionKind] = {
+    "Promoted": "promoted",
+    "RolledBack": "rolledBack",
+    "Paused": "paused",
+}
+
+
+def bounds(check: CheckConfig, stable_value: float | None) -> tuple[float | None, float | None]:
+    """The (upper, lower) limits the canary value had to respect, as numbers for a plot."""
+    upper, lower = check.max, check.min
+    rel = check.relative
+    if rel is not None and stable_value is not None:
+        if rel.direction == "higher-is-worse":
+            limit = stable_value * (1 + rel.tolerance) + rel.margin
+            upper = limit if upper is None else min(upper, limit)
+        else:
+            limit = stable_value * (1 - rel.tolerance) - rel.margin
+            lower = limit if lower is None else max(lower, limit)
+    return upper, lower
+
+
+def check_points(rollout: RolloutConfig, verdict: IntervalVerdict) -> tuple[CheckPoint, ...]:
+    """The checks of one interval verdict with the bounds each had to respect."""
+    configs = {c.name: c for c in rollout.analysis.checks}
+    points = []
+    for result in verdict.checks:
+        upper, lower = bounds(configs[result.name], result.stable_value)
+        points.append(
+            CheckPoint(
+                name=result.name,
+                verdict=result.verdict,
+                value=result.value,
+                stable_value=result.stable_value,
+                threshold=result.threshold,
+                upper=upper,
+                lower=lower,
+                reason=result.reason,
+            )
+        )
+    return tuple(points)
+
+
+def _entry(
+    rollout: RolloutConfig,
+    basis: RolloutState,
+    now: datetime,
+    verdict: IntervalVerdict | None,
+    transitions: tuple[decision.Transition, ...],
+) -> TimelineEntry:
+    pods = step_math.plan(rollout.steps, basis.total) if basis.total >= 1 else []
+    return TimelineEntry(
+        at=now,
+        step=basis.step + 1,
+        steps=len(rollout.steps),
+        canary_pods=pods[basis.step] if pods else 0,
+        verdict=verdict.verdict if verdict is not None else None,
+        reason=verdict.reason if verdict is not None else "",
+        canary_requests=verdict.canary_requests if verdict is not None else None,
+        checks=check_points(rollout, verdict) if verdict is not None else (),
+        events=tuple(Event(t.reason, t.message) for t in transitions),
+    )
+
+
+def _append(timeline: list[TimelineEntry], entry: TimelineEntry) -> None:
+    """Add ``entry``; a tick without analysis at the same instant joins the previous entry."""
+    last = timeline[-1] if timeline else None
+    if last is not None and entry.verdict is None and entry.at == last.at:
+        timeline[-1] = dataclasses.replace(last, events=(*last.events, *entry.events))
+    else:
+        timeline.append(entry)
+
+
+def _next_tick(rollout: RolloutConfig, now: datetime, requeue: timedelta | None) -> datetime:
+    if requeue == decision.POLL:
+        return now  # waiting on the cluster, which has settled already
+    if requeue is not None and requeue < rollout.interval:
+        return now + max(requeue, timedelta(0))
+    return now + rollout.interval
+
+
+def replay(
+    rollout: RolloutConfig,
+    release: Release,
+    variant: Variant,
+    evaluator: IntervalEvaluator,
+    *,
+    replicas: int = 10,
+) -> Replay:
+    """What the daemon would have done with ``release`` under ``rollout``, tick by tick."""
+    cluster = SimulatedCluster(rollout, release, replicas)
+    state = RolloutState()
+    timeline: list[TimelineEntry] = []
+    now = release.start
+    at_once = 0
+    promoting_why = ""
+    while now <= release.end:
+        obs = cluster.observe()
+        verdict = None
+        if decision.analysis_due(rollout, state, obs, now):
+            verdict = evaluator.evaluate(state, now)
+        outcome = decision.decide(rollout, state, obs, now, verdict)
+        cluster.apply(outcome.desired)
+        basis = state if state.phase == "progressing" else outcome.state
+        if verdict is not None or outcome.transitions:
+            _append(timeline, _entry(rollout, basis, now, verdict, outcome.transitions))
+        for transition in outcome.transitions:
+            if transition.reason == "Promoting":
+                promoting_why = transition.message.split(";")[0]
+            final = _FINAL.get(transition.reason)
+            if final is not None:
+                reason = promoting_why if final == "promoted" else transition.message
+                result = Outcome(final, now, basis.step + 1, reason)
+                return Replay(release, variant, tuple(timeline), result)
+        state = outcome.state
+        following = _next_tick(rollout, now, outcome.requeue_after)
+        at_once = at_once + 1 if following == now else 0
+        if at_once > _MAX_TICKS_AT_ONCE:
+            raise BacktestError(
+                f"the simulated cluster did not settle at {now.isoformat()} "
+                f"(phase {state.phase}, {state.message!r}); this is a bug in backtest"
+            )
+        now = following
+    where = (
+        f"at step {state.step + 1}/{len(rollout.steps)}"
+        if state.phase == "progressing"
+        else f"in phase {state.phase}"
+    )
+    reason = f"the window ended at {release.end.isoformat()} with the release {where}"
+    if state.message:
+        reason += f" ({state.message})"
+    undecided = Outcome("undecided", None, state.step + 1, reason)
+    return Replay(release, variant, tuple(timeline), undecided)

@@ -1,0 +1,103 @@
+"""A whole backtest: variants built, history checked, every release replayed under every variant."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from autocanary.backtest import overrides, preflight
+from autocanary.backtest.errors import BacktestError, NoDataError
+from autocanary.backtest.evaluate import (
+    CachingSource,
+    EvaluatorFactory,
+    QuerySource,
+    Silence,
+    ThresholdEvaluator,
+)
+from autocanary.backtest.replay import replay
+from autocanary.backtest.report import Release, Replay, Report, Variant
+from autocanary.config import Config, RolloutConfig
+
+
+def _threshold_only(rollout: RolloutConfig, variant: Variant) -> None:
+    if getattr(rollout.analysis, "sequential", None) is not None:
+        raise BacktestError(
+            f"variant {variant.name!r}: rollout {rollout.name!r} enables analysis.sequential, "
+            "which backtest does not replay yet; add --set analysis.sequential=null to replay "
+            "its threshold checks alone"
+        )
+
+
+def _silent(result: Replay, silences: Sequence[Silence]) -> None:
+    """:class:`NoDataError` naming every query that never gave a number in the replay."""
+    if not silences:
+        return
+    lines = [
+        f"{s.what}: {s.query}" + (f" (Prometheus said: {s.error})" if s.error else "")
+        for s in silences
+    ]
+    analysed = sum(1 for e in result.timeline if e.verdict is not None)
+    raise NoDataError(
+        f"release {result.release.name!r}, variant {result.variant.name!r}: "
+        f"{len(lines)} query(ies) returned no number at any of the {analysed} interval(s) "
+        f"analysed between {result.release.start.isoformat()} and "
+        f"{result.release.end.isoformat()}:\n  " + "\n  ".join(lines)
+    )
+
+
+def backtest(
+    config: Config,
+    rollout_name: str,
+    releases: Sequence[Release],
+    *,
+    source: QuerySource,
+    history: preflight.History | None,
+    now: datetime,
+    set_specs: Sequence[str] = (),
+    replicas: int = 10,
+    evaluator: EvaluatorFactory = ThresholdEvaluator,
+    prometheus: str = "",
+) -> Report:
+    """Replay ``releases`` under the rollout as configured and under each ``--set`` variant.
+
+    ``history`` (None skips the checks) verifies retention, data and versions
+    first; ``evaluator`` judges each interval (the threshold analysis by default);
+    ``prometheus`` is the URL recorded in the report.
+    """
+    if replicas < 1:
+        raise BacktestError(f"--replicas must be at least 1, got {replicas}")
+    try:
+        base = config.rollout(rollout_name)
+    except KeyError as e:
+        raise BacktestError(str(e.args[0])) from None
+    built = [
+        (variant, overrides.apply(config, base, changes))
+        for variant, changes in overrides.variants(set_specs)
+    ]
+    if evaluator is ThresholdEvaluator:
+        for variant, rollout in built:
+            _threshold_only(rollout, variant)
+    cached = CachingSource(source)
+    replays = []
+    for release in releases:
+        if history is not None:
+            preflight.check_retention(history, release, now)
+            checked: set[str] = set()
+            for _, rollout in built:
+                metric = preflight.requests_metric(rollout)
+                if metric not in checked:
+                    preflight.check_versions(history, rollout, release)
+                    checked.add(metric)
+        for variant, rollout in built:
+            judge = evaluator(rollout, cached)
+            result = replay(rollout, release, variant, judge, replicas=replicas)
+            _silent(result, judge.silences())
+            replays.append(result)
+    return Report(
+        rollout=base.name,
+        prometheus=prometheus,
+        replicas=replicas,
+        releases=tuple(releases),
+        variants=tuple(variant for variant, _ in built),
+        replays=tuple(replays),
+    )

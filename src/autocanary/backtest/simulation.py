@@ -1,0 +1,76 @@
+"""A simulated cluster for replays: two Deployments whose pods are Ready the moment they exist.
+
+History says how the versions behaved, not how fast their pods started; a
+replay therefore assumes the best case for the schedule: every replica count
+the decision asks for is there and Ready before the next look, and a promoted
+stable finishes rolling out at once. Only the analysis can hold a release back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from autocanary import revision
+from autocanary.backtest.report import Release
+from autocanary.config import RolloutConfig
+from autocanary.decision import DeploymentView, Desired, Observation
+
+JSON = dict[str, Any]
+
+
+def _template(rollout: RolloutConfig, version: str, role: str) -> JSON:
+    labels = {"app": rollout.stable, rollout.version_label: version}
+    labels.update(dict.fromkeys(rollout.role_labels, role))
+    return {
+        "metadata": {"labels": labels},
+        "spec": {"containers": [{"name": rollout.stable, "image": f"{rollout.stable}:{version}"}]},
+    }
+
+
+def _view(name: str, template: JSON, replicas: int) -> DeploymentView:
+    return DeploymentView(
+        name=name,
+        template=template,
+        replicas=replicas,
+        ready=replicas,
+        available=replicas,
+        updated=replicas,
+        current=replicas,
+        observed=True,
+    )
+
+
+class SimulatedCluster:
+    """The stable at ``replicas`` running the stable version; the canary template set to the
+    release's version at 0 replicas, i.e. a release waiting to be noticed."""
+
+    def __init__(self, rollout: RolloutConfig, release: Release, replicas: int) -> None:
+        """Lay out both Deployments for ``release``; ``replicas`` sizes percentage steps."""
+        self._rollout = rollout
+        self._roles = frozenset(rollout.role_labels)
+        self.stable_template = _template(rollout, release.stable_version, "stable")
+        self.canary_template = _template(rollout, release.canary_version, "canary")
+        self.stable_replicas = replicas
+        self.canary_replicas = 0
+
+    def observe(self) -> Observation:
+        """Both Deployments as the engine would read them: settled, every pod Ready."""
+        r = self._rollout
+        return Observation(
+            stable=_view(r.stable, self.stable_template, self.stable_replicas),
+            canary=_view(r.canary_name, self.canary_template, self.canary_replicas),
+            stable_revision=revision.revision_of(self.stable_template, self._roles),
+            canary_revision=revision.revision_of(self.canary_template, self._roles),
+            stable_version=revision.version_of(self.stable_template, r.version_label),
+            canary_version=revision.version_of(self.canary_template, r.version_label),
+            role_labels=self._roles,
+        )
+
+    def apply(self, desired: Desired) -> None:
+        """Take the desired template and replica counts; they are settled at once."""
+        if desired.stable_template is not None:
+            self.stable_template = desired.stable_template
+        if desired.stable_replicas is not None:
+            self.stable_replicas = desired.stable_replicas
+        if desired.canary_replicas is not None:
+            self.canary_replicas = desired.canary_replicas

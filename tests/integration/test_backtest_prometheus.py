@@ -1,0 +1,344 @@
+"""``autocanary backtest`` against a real Prometheus holding real history.
+
+The history is synthetic but real: probe-style OpenMetrics with timestamps
+(request counters per version and code, latency histograms), turned into TSDB
+blocks by ``promtool tsdb create-blocks-from openmetrics`` in a fresh data
+directory that a Prometheus then serves. On 2025-03-01: v1 is stable; v2 is
+released at 12:00 and behaves (1% errors); v3 is released at 14:00 and its
+error rate jumps from 1% to 6% at 14:03.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from autocanary import cli
+from autocanary.backtest import synthetic
+from autocanary.backtest.errors import NoDataError, UnknownVersionError
+from autocanary.backtest.history import PrometheusHistory
+from autocanary.backtest.report import Release, Report
+from autocanary.backtest.run import backtest
+from autocanary.backtest.synthetic import TrafficChange, VersionTraffic
+from autocanary.config import Config
+from autocanary.config_loader import parse_config
+from autocanary.prometheus import PrometheusClient
+from autocanary.testbed.monitoring import PrometheusServer, find_tool
+
+pytestmark = pytest.mark.integration
+
+DAY = datetime(2025, 3, 1, tzinfo=UTC)
+GOOD_START = DAY + timedelta(hours=12)
+BAD_START = DAY + timedelta(hours=14)
+JUMP = BAD_START + timedelta(minutes=3)
+HOLDS = timedelta(minutes=6)  # three steps held 2m each
+INTERVAL = timedelta(minutes=1)
+FAILURE_LIMIT = 1
+
+TRAFFIC = [
+    VersionTraffic(
+        "v1", GOOD_START - timedelta(minutes=30), GOOD_START + timedelta(minutes=40), rate=20
+    ),
+    VersionTraffic("v2", GOOD_START, BAD_START + timedelta(hours=1), rate=20),
+    VersionTraffic(
+        "v3",
+        BAD_START,
+        BAD_START + timedelta(minutes=40),
+        rate=10,
+        changes=(TrafficChange(JUMP, error_fraction=0.06),),
+    ),
+]
+
+CONFIG = """
+prometheus:
+  url: http://127.0.0.1:9    # replaced by --prometheus
+rollouts:
+  - name: shop               # the probe's target label
+    namespace: demo
+    stable: shop
+    interval: 1m
+    steps:
+      - {canary: 1, hold: 2m}
+      - {canary: 50%, hold: 2m}
+      - {canary: 100%, hold: 2m}
+    analysis:
+      minRequests: 20
+      failureLimit: 1
+      checks:
+        - {name: error-rate, template: error-rate, max: 2%}
+        - {name: latency-p99, template: latency, quantile: 0.99, max: 500ms}
+"""
+
+GOOD = Release("v2", GOOD_START, GOOD_START + timedelta(minutes=30), "v2", "v1")
+BAD = Release("v3", BAD_START, BAD_START + timedelta(minutes=30), "v3", "v2")
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]:
+    """A Prometheus serving the synthetic history (retention long enough to keep 2025)."""
+    work = tmp_path_factory.mktemp("backtest-prometheus")
+    source = work / "history.om"
+    source.write_text(synthetic.openmetrics("shop", TRAFFIC), encoding="utf-8")
+    data = work / "data"
+    subprocess.run(
+        [str(find_tool("promtool")), "tsdb", "create-blocks-from", "openmetrics", "-q",
+         str(source), str(data)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )  # fmt: skip
+    assert list(data.glob("*/meta.json")), "promtool wrote no blocks"
+    with PrometheusServer(work / "prometheus", storage_path=data, retention="100y") as server:
+        yield server
+
+
+@pytest.fixture
+def config(history: PrometheusServer) -> Config:
+    return parse_config(CONFIG.replace("http://127.0.0.1:9", history.url))
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    path = tmp_path / "autocanary.yaml"
+    path.write_text(CONFIG)
+    return path
+
+
+def run_backtest(config: Config, releases: list[Release], *sets: str) -> Report:
+    client = PrometheusClient(config.prometheus)
+    try:
+        with PrometheusHistory(config.prometheus) as meta:
+            return backtest(
+                config,
+                "shop",
+                releases,
+                source=client,
+                history=meta,
+                now=datetime.now(UTC),
+                set_specs=sets,
+                prometheus=config.prometheus.url,
+            )
+    finally:
+        client.close()
+
+
+def cli_backtest(
+    capsys: pytest.CaptureFixture[str], history: PrometheusServer, config_file: Path, *args: str
+) -> tuple[int, str, str]:
+    code = cli.main(
+        [
+            "backtest",
+            "-c",
+            str(config_file),
+            "--rollout",
+            "shop",
+            "--prometheus",
+            history.url,
+            *args,
+        ]
+    )
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def window_args(release: Release, canary: str | None = None) -> list[str]:
+    return [
+        "--from", release.start.isoformat(), "--to", release.end.isoformat(),
+        "--canary-version", canary or release.canary_version,
+        "--stable-version", release.stable_version,
+    ]  # fmt: skip
+
+
+def test_this_history_is_the_demo_of_the_docs() -> None:
+    assert synthetic.demo_traffic() == TRAFFIC
+
+
+def test_the_bad_release_is_rolled_back_at_the_first_interval_after_the_jump(
+    config: Config,
+) -> None:
+    result = run_backtest(config, [BAD]).replay("v3", "config")
+    analysed = [e for e in result.timeline if e.verdict is not None]
+    before = [e for e in analysed if e.at <= JUMP]
+    after = [e for e in analysed if e.at > JUMP]
+    assert before, "no interval analysed before the jump"
+    assert {e.verdict for e in before} == {"pass"}
+    error_rates = [c.value for e in before for c in e.checks if c.name == "error-rate"]
+    assert all(v is not None and 0.005 < v < 0.015 for v in error_rates), error_rates
+    # The first interval ending after the jump fails, and so does every one after it,
+    # failureLimit + 1 in all: the last of them rolls back.
+    assert [e.verdict for e in after] == ["fail"] * (FAILURE_LIMIT + 1)
+    assert after[0].at <= JUMP + INTERVAL
+    for entry in after:
+        (error_rate,) = [c for c in entry.checks if c.name == "error-rate"]
+        assert error_rate.verdict == "fail"
+        assert error_rate.value == pytest.approx(0.06, abs=0.005)
+        assert error_rate.upper == pytest.approx(0.02)
+    outcome = result.outcome
+    assert outcome.decision == "rolledBack"
+    assert outcome.at == after[-1].at
+    assert outcome.at < BAD_START + HOLDS  # never reached promotion
+    assert "error-rate: 0.06 is above the maximum 0.02" in outcome.reason
+    assert f"failureLimit {FAILURE_LIMIT}" in outcome.reason
+
+
+def test_the_good_release_is_promoted_when_its_schedule_allows(config: Config) -> None:
+    result = run_backtest(config, [GOOD]).replay("v2", "config")
+    assert result.outcome.decision == "promoted"
+    assert result.outcome.at == GOOD_START + HOLDS
+    advances = [e.at for e in result.timeline for ev in e.events if ev.reason == "StepAdvanced"]
+    assert advances == [GOOD_START + timedelta(minutes=2), GOOD_START + timedelta(minutes=4)]
+    analysed = [e for e in result.timeline if e.verdict is not None]
+    assert {e.verdict for e in analysed} == {"pass"}
+    assert len(analysed) == 6  # two per step
+    # Latency comes from the histogram buckets: a log-normal with median 50ms has p99 ~160ms.
+    p99 = [c.value for e in analysed for c in e.checks if c.name == "latency-p99"]
+    assert all(v is not None and 0.1 < v < 0.25 for v in p99), p99
+    requests = [e.canary_requests for e in analysed]
+    assert all(r is not None and r == pytest.approx(1200, rel=0.05) for r in requests), requests
+
+
+def test_a_looser_threshold_promotes_the_bad_release_and_the_table_shows_it(
+    capsys: pytest.CaptureFixture[str], history: PrometheusServer, config_file: Path, tmp_path: Path
+) -> None:
+    releases = tmp_path / "releases.yaml"
+    releases.write_text(
+        f"- {{name: good, from: '{GOOD.start.isoformat()}', to: '{GOOD.end.isoformat()}', "
+        "canaryVersion: v2, stableVersion: v1}\n"
+        f"- {{name: bad, from: '{BAD.start.isoformat()}', to: '{BAD.end.isoformat()}', "
+        "canaryVersion: v3, stableVersion: v2}\n"
+    )
+    code, out, err = cli_backtest(
+        capsys, history, config_file,
+        "--releases", str(releases),
+        "--set", "loose:analysis.checks.error-rate.max=10%",
+        "--set", "strict:analysis.failureLimit=0",
+        "-o", "table",
+    )  # fmt: skip
+    assert (code, err) == (0, "")
+    header, good, bad, blank, *legend = out.splitlines()
+    assert blank == ""
+    assert header.split() == ["release", "canary/stable", "config", "loose", "strict"]
+    assert good.split() == ["good", "v2/v1", *["promoted", "at", "12:06:00", "(+6m)"] * 3]
+    cells = bad.split()
+    assert cells[:2] == ["bad", "v3/v2"]
+    assert cells[2:5] == ["rolled", "back", "at"]  # config: rolled back...
+    assert "promoted at 14:06:00 (+6m)" in bad  # ...loose: promoted, like the good one
+    assert bad.count("rolled back") == 2  # strict rolls back too, one interval earlier
+    assert legend == [
+        "config: the rollout as configured",
+        "loose: --set analysis.checks.error-rate.max=10%",
+        "strict: --set analysis.failureLimit=0",
+    ]
+
+
+def test_json_output_round_trips(
+    capsys: pytest.CaptureFixture[str],
+    history: PrometheusServer,
+    config_file: Path,
+    config: Config,
+) -> None:
+    code, out, _ = cli_backtest(capsys, history, config_file, *window_args(BAD), "-o", "json")
+    assert code == 0
+    report = Report.from_json(out)
+    assert report.to_json() + "\n" == out
+    assert json.loads(out)["replays"][0]["outcome"]["decision"] == "rolledBack"
+    # The same as the library's answer.
+    assert report.replays == run_backtest(config, [BAD]).replays
+
+
+def test_the_plot_is_a_valid_png(
+    capsys: pytest.CaptureFixture[str], history: PrometheusServer, config_file: Path, tmp_path: Path
+) -> None:
+    image = pytest.importorskip("matplotlib.image")
+    path = tmp_path / "backtest.png"
+    code, out, err = cli_backtest(
+        capsys, history, config_file, *window_args(BAD),
+        "--set", "analysis.checks.error-rate.max=10%", "--plot", str(path),
+    )  # fmt: skip
+    assert code == 0
+    assert f"plot written to {path}" in err
+    assert "decision: rolled back at 14:" in out
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    pixels = image.imread(path)
+    height, width, channels = pixels.shape
+    assert (channels, width > 600, height > 300) == (4, True, True)
+    assert pixels[..., :3].std() > 0.05  # something was drawn, not a blank canvas
+
+
+def test_a_version_that_matches_nothing_lists_the_versions_present(
+    capsys: pytest.CaptureFixture[str], history: PrometheusServer, config_file: Path
+) -> None:
+    code, out, err = cli_backtest(capsys, history, config_file, *window_args(BAD, canary="v9"))
+    assert (code, out) == (1, "")
+    assert "the canary version 'v9' matches no series of probe_requests_total" in err
+    assert "versions there: v2, v3" in err
+
+
+def test_a_window_without_data_names_the_query(config: Config) -> None:
+    empty = Release(
+        "old", DAY - timedelta(days=30), DAY - timedelta(days=30, minutes=-30), "v3", "v2"
+    )
+    with pytest.raises(NoDataError) as raised:
+        run_backtest(config, [empty])
+    message = str(raised.value)
+    assert 'no samples of probe_requests_total{target="shop"}' in message
+    assert (
+        'count by (version) (last_over_time(probe_requests_total{target="shop"}[30m]))' in message
+    )
+
+
+def test_a_check_whose_query_never_answers_is_named(config: Config) -> None:
+    with pytest.raises(NoDataError) as raised:
+        run_backtest(
+            config,
+            [BAD],
+            "analysis.checks.latency-p99.template=null",
+            "analysis.checks.latency-p99.quantile=null",
+            'analysis.checks.latency-p99.query=max(no_such_metric{version="{{ version }}"})',
+        )
+    message = str(raised.value)
+    assert "release 'v3', variant 'custom'" in message
+    assert 'check latency-p99 (canary): max(no_such_metric{version="v3"})' in message
+
+
+def test_an_unknown_version_is_caught_before_any_replay(config: Config) -> None:
+    with pytest.raises(UnknownVersionError, match="stable version 'v0'"):
+        run_backtest(config, [Release("x", BAD.start, BAD.end, "v3", "v0")])
+
+
+def test_retention_shorter_than_the_window_is_said(
+    capsys: pytest.CaptureFixture[str], config_file: Path, tmp_path: Path
+) -> None:
+    with PrometheusServer(tmp_path / "short", retention="1h") as short:
+        capsys.readouterr()  # the harness's own log lines
+        code, out, err = cli_backtest(
+            capsys, short, config_file,
+            "--from", "now-3h", "--to", "now-2h", "--canary-version", "v3",
+            "--stable-version", "v2",
+        )  # fmt: skip
+    assert (code, out) == (1, "")
+    assert f"Prometheus at {short.url} keeps samples for 1h" in err
+    assert "choose a later window or a Prometheus with longer retention" in err
+
+
+def test_an_unreachable_prometheus_is_said(
+    capsys: pytest.CaptureFixture[str], config_file: Path
+) -> None:
+    code = cli.main(
+        [
+            "backtest",
+            "-c",
+            str(config_file),
+            *window_args(BAD),
+            "--prometheus",
+            "http://127.0.0.1:1",
+        ]
+    )
+    _, err = capsys.readouterr()
+    assert code == 1
+    assert "cannot reach Prometheus at http://127.0.0.1:1" in err
