@@ -23,7 +23,7 @@ from autocanary import analysis, decision, revision, sequential_analysis
 from autocanary import state as state_codec
 from autocanary.alert import Alert
 from autocanary.config import RolloutConfig
-from autocanary.errors import PrometheusUnavailable, QueryError, StateConflict
+from autocanary.errors import PrometheusUnavailable, QueryError, StateConflict, StateCorrupt
 from autocanary.judge import CounterSnapshot
 from autocanary.kube import DeploymentRecord, KubeClient
 from autocanary.metrics import DaemonMetrics
@@ -105,7 +105,16 @@ class RolloutEngine:
             command=canary.annotations.get(COMMAND_ANNOTATION),
         )
         raw_state = canary.annotations.get(STATE_ANNOTATION)
-        current = state_codec.loads(raw_state) if raw_state else RolloutState()
+        try:
+            current = state_codec.loads(raw_state) if raw_state else RolloutState()
+        except StateCorrupt as e:
+            where = f"{r.namespace}/{r.canary_name}"
+            raise StateCorrupt(
+                f"rollout {r.name}: the {STATE_ANNOTATION} annotation on Deployment {where} "
+                f"cannot be read ({e}). Nothing is done until it is fixed or removed; removing "
+                f"it starts the rollout over from idle with the Deployments as they are: "
+                f"kubectl annotate deployment -n {r.namespace} {r.canary_name} {STATE_ANNOTATION}-"
+            ) from e
         return canary, stable, obs, current
 
     def tick(self) -> TickResult:
