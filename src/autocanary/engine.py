@@ -85,6 +85,10 @@ class RolloutEngine:
         self._log = structlog.get_logger("autocanary.engine").bind(
             rollout=rollout.name, namespace=rollout.namespace
         )
+        # Series exist from the start at 0, so the first rollback after a restart is an
+        # increase that alert rules see, not a series appearing at 1.
+        metrics.rollbacks.labels(rollout.name, rollout.namespace)
+        metrics.promotions.labels(rollout.name, rollout.namespace)
 
     def observe(
         self,
