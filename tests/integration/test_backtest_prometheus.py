@@ -202,6 +202,39 @@ def test_the_good_release_is_promoted_when_its_schedule_allows(config: Config) -
     assert all(r is not None and r == pytest.approx(1200, rel=0.05) for r in requests), requests
 
 
+def test_the_sequential_judge_is_replayed_as_the_daemon_runs_it(history: PrometheusServer) -> None:
+    sequential = CONFIG.replace("http://127.0.0.1:9", history.url).replace(
+        "      checks:\n        - {name: error-rate, template: error-rate, max: 2%}\n",
+        "      sequential: {maxDuration: 25m}\n      checks:\n",
+    )
+    config = parse_config(sequential)
+    assert config.rollout("shop").analysis.sequential is not None
+    report = run_backtest(config, [GOOD, BAD])
+
+    bad = report.replay("v3", "config")
+    judged = [(e.at, c) for e in bad.timeline for c in e.checks if c.name == "sequential:errors"]
+    assert [c.verdict for at, c in judged if at <= JUMP] == ["inconclusive"] * 3
+    harm = [(at, c) for at, c in judged if c.verdict == "fail"]
+    assert len(harm) == 1  # proven harm rolls back at once, whatever failureLimit says
+    at, point = harm[0]
+    assert at > JUMP
+    assert point.upper == pytest.approx(1.2)  # odds ratios up to 1 + tolerance are harmless
+    assert point.value is not None
+    assert point.value > point.upper
+    assert bad.outcome.decision == "rolledBack"
+    assert bad.outcome.at == at
+    assert bad.outcome.reason.startswith("sequential judge: errors: canary error odds")
+
+    good = report.replay("v2", "config")
+    verdicts = [c.verdict for e in good.timeline for c in e.checks if c.name == "sequential:errors"]
+    # Promotion waits past the holds until safety is proven, then happens at once.
+    assert verdicts[-1] == "pass"
+    assert set(verdicts[:-1]) == {"inconclusive"}
+    assert good.outcome.decision == "promoted"
+    assert GOOD_START + HOLDS < good.outcome.at < GOOD_START + timedelta(minutes=25)
+    assert good.outcome.at == good.timeline[-1].at
+
+
 def test_a_looser_threshold_promotes_the_bad_release_and_the_table_shows_it(
     capsys: pytest.CaptureFixture[str], history: PrometheusServer, config_file: Path, tmp_path: Path
 ) -> None:

@@ -13,9 +13,17 @@ from datetime import datetime, timedelta
 import pytest
 from builders import T0, interval_verdict, make_rollout
 
+from autocanary import sequential_analysis
 from autocanary.alert import Verdict
 from autocanary.analysis import IntervalVerdict, plan
-from autocanary.backtest.evaluate import CachingSource, Silence, ThresholdEvaluator
+from autocanary.backtest.evaluate import (
+    CachingSource,
+    Sample,
+    SequentialEvaluator,
+    Silence,
+    ThresholdEvaluator,
+    default_evaluator,
+)
 from autocanary.backtest.replay import bounds, replay
 from autocanary.backtest.report import Release, Replay, Variant
 from autocanary.config import CheckConfig, RolloutConfig
@@ -171,6 +179,10 @@ class DictSource:
             raise answer
         return answer
 
+    def query_vector(self, promql: str, at: datetime | None = None) -> list[Sample]:
+        value = self.query_value(promql, at)
+        return [] if value is None else [({}, value)]
+
 
 def relative_rollout() -> RolloutConfig:
     return make_rollout(
@@ -282,3 +294,37 @@ def test_bounds_are_what_the_value_had_to_respect(
 ) -> None:
     config = CheckConfig.model_validate({"name": "c", "template": "request-rate", **check})
     assert bounds(config, stable) == pytest.approx(expected)
+
+
+def test_caching_source_caches_vectors_too() -> None:
+    inner = DictSource({"good": 2.0, "bad": QueryError("no")})
+    cached = CachingSource(inner)
+    for _ in range(2):
+        assert cached.query_vector("good", T0) == [({}, 2.0)]
+        with pytest.raises(QueryError):
+            cached.query_vector("bad", T0)
+    assert cached.queries == 2
+
+
+def test_the_default_evaluator_is_what_the_daemon_runs() -> None:
+    source = DictSource({})
+    thresholds = make_rollout()
+    sequential = make_rollout(analysis={"sequential": {}, "checks": []})
+    assert isinstance(default_evaluator(thresholds, source), ThresholdEvaluator)
+    assert isinstance(default_evaluator(sequential, source), SequentialEvaluator)
+    with pytest.raises(ValueError, match=r"does not enable analysis\.sequential"):
+        SequentialEvaluator(thresholds, source)
+
+
+def test_unreadable_counters_leave_the_sequential_interval_inconclusive() -> None:
+    rollout = make_rollout(analysis={"sequential": {}, "checks": []})
+    answers: dict[str, float | Exception | None] = {
+        plan(rollout, "v2", "v1").canary_requests_query: 100.0,
+        **dict.fromkeys(
+            sequential_analysis.counter_queries(rollout, "v2", "v2", "v1").all(),
+            QueryError("rejected"),
+        ),
+    }
+    verdict = SequentialEvaluator(rollout, DictSource(answers)).evaluate(state(), T0)
+    assert verdict.verdict == "inconclusive"
+    assert verdict.reason.endswith("sequential judge: counters unavailable: rejected")

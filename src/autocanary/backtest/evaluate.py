@@ -6,8 +6,13 @@ now. :class:`ThresholdEvaluator` is the daemon's threshold analysis: the same
 rendered queries (:func:`autocanary.analysis.plan`), evaluated at ``at``, and
 the same :func:`autocanary.analysis.judge_interval`. A sequential judge
 implements the same protocol, keeping its evidence between calls (one
-evaluator serves one replay), and is passed to :func:`autocanary.backtest.run.backtest`
+evaluator serves one replay, and the decision keeps ``IntervalVerdict.judge_state``
+in ``RolloutState.judge``), and is passed to :func:`autocanary.backtest.run.backtest`
 as an :data:`EvaluatorFactory`.
+
+:func:`default_evaluator` picks what the daemon runs for the rollout: the
+threshold analysis, plus :class:`SequentialEvaluator` when
+``analysis.sequential`` is set.
 
 A query Prometheus rejects is an inconclusive interval, as in the daemon; an
 unreachable Prometheus aborts the backtest (:class:`PrometheusUnavailable`),
@@ -22,10 +27,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from autocanary import analysis
+from autocanary import analysis, sequential_analysis
 from autocanary.config import RolloutConfig
 from autocanary.errors import QueryError
+from autocanary.judge import CounterSnapshot
 from autocanary.state import RolloutState
+
+Sample = tuple[dict[str, str], float]
 
 
 class QuerySource(Protocol):
@@ -33,6 +41,10 @@ class QuerySource(Protocol):
 
     def query_value(self, promql: str, at: datetime | None = None) -> float | None:
         """One number, or None for an empty result; QueryError/PrometheusUnavailable otherwise."""
+        ...
+
+    def query_vector(self, promql: str, at: datetime | None = None) -> list[Sample]:
+        """Every series' labels and value (the sequential judge's raw counters)."""
         ...
 
 
@@ -116,7 +128,22 @@ class CachingSource:
         """Wrap ``source``."""
         self._source = source
         self._answers: dict[tuple[str, datetime | None], float | QueryError | None] = {}
+        self._vectors: dict[tuple[str, datetime | None], list[Sample] | QueryError] = {}
         self.queries = 0  # queries actually sent
+
+    def query_vector(self, promql: str, at: datetime | None = None) -> list[Sample]:
+        """The cached samples, or ``source``'s (a QueryError is cached and raised again)."""
+        key = (promql, at)
+        if key not in self._vectors:
+            self.queries += 1
+            try:
+                self._vectors[key] = self._source.query_vector(promql, at)
+            except QueryError as e:
+                self._vectors[key] = e
+        answer = self._vectors[key]
+        if isinstance(answer, QueryError):
+            raise answer
+        return list(answer)
 
     def query_value(self, promql: str, at: datetime | None = None) -> float | None:
         """The cached answer, or ``source``'s (a QueryError is cached and raised again)."""
@@ -131,3 +158,63 @@ class CachingSource:
         if isinstance(answer, QueryError):
             raise answer
         return answer
+
+
+class SequentialEvaluator:
+    """The threshold analysis plus the sequential judge, combined as the daemon's engine does.
+
+    Raw counters of both versions are read at the interval's end and, at a
+    step's first analysis, at the end of its warm-up (the judge's baseline);
+    the evidence travels in ``RolloutState.judge`` from one interval to the next.
+    """
+
+    def __init__(self, rollout: RolloutConfig, source: QuerySource) -> None:
+        """Judge intervals of ``rollout`` (which must enable ``analysis.sequential``)."""
+        if rollout.analysis.sequential is None:
+            raise ValueError(f"rollout {rollout.name!r} does not enable analysis.sequential")
+        self._rollout = rollout
+        self._sequential = rollout.analysis.sequential
+        self._source = source
+        self._thresholds = ThresholdEvaluator(rollout, source)
+
+    def _counters(
+        self, state: RolloutState, at: datetime
+    ) -> tuple[CounterSnapshot, CounterSnapshot]:
+        """(canary, stable) raw counters at ``at``."""
+
+        def read(version: str) -> CounterSnapshot:
+            queries = sequential_analysis.counter_queries(
+                self._rollout, version, state.canary_version, state.stable_version
+            )
+            samples = [self._source.query_vector(q, at) for q in queries.all()]
+            return sequential_analysis.snapshot(*samples)
+
+        return read(state.canary_version), read(state.stable_version)
+
+    def evaluate(self, state: RolloutState, at: datetime) -> analysis.IntervalVerdict:
+        """The threshold verdict, with the judge's poll at ``at`` added."""
+        verdict = self._thresholds.evaluate(state, at)
+        try:
+            baseline = None
+            if state.last_analysis_at is None and state.ready_at is not None:
+                # A step's first poll: start (or move) the evidence after its warm-up.
+                warmed = state.ready_at + self._rollout.analysis.warmup
+                baseline = self._counters(state, warmed)
+            evidence, judgement = sequential_analysis.judge_interval(
+                self._sequential, state.judge, baseline, self._counters(state, at)
+            )
+        except (QueryError, ValueError) as e:
+            # ValueError: counters that are not raw integers (see judge.counts).
+            return sequential_analysis.unavailable(verdict, str(e))
+        return sequential_analysis.combine(verdict, judgement, evidence)
+
+    def silences(self) -> list[Silence]:
+        """The threshold queries that never answered (the counters are checked beforehand)."""
+        return self._thresholds.silences()
+
+
+def default_evaluator(rollout: RolloutConfig, source: QuerySource) -> IntervalEvaluator:
+    """What the daemon runs for ``rollout``: thresholds, and the sequential judge if enabled."""
+    if rollout.analysis.sequential is not None:
+        return SequentialEvaluator(rollout, source)
+    return ThresholdEvaluator(rollout, source)

@@ -83,11 +83,17 @@ def timeline_text(replay: Replay) -> str:
     if variant.overrides:
         lines.append("  with " + " ".join(f"--set {o}" for o in variant.overrides))
     names = replay.checks()
-    thresholds: dict[str, str] = {}
+    thresholds: dict[str, set[str]] = {}
     for entry in replay.timeline:
         for point in entry.checks:
-            thresholds.setdefault(point.name, point.threshold)
-    header = ["time", "step (pods)", "requests", *(f"{n} {thresholds[n]}" for n in names)]
+            thresholds.setdefault(point.name, set()).add(point.threshold)
+    # A fixed threshold goes in the header; one that changes (the judge's) stays out.
+    header = [
+        "time",
+        "step (pods)",
+        "requests",
+        *(f"{n} {next(iter(thresholds[n]))}" if len(thresholds[n]) == 1 else n for n in names),
+    ]
     rows: list[list[str]] = [[*header, "verdict"]]
     events: dict[int, list[str]] = {}
     for entry in replay.timeline:

@@ -61,8 +61,15 @@ def check_points(rollout: RolloutConfig, verdict: IntervalVerdict) -> tuple[Chec
     """The checks of one interval verdict with the bounds each had to respect."""
     configs = {c.name: c for c in rollout.analysis.checks}
     points = []
+    sequential = rollout.analysis.sequential
     for result in verdict.checks:
-        upper, lower = bounds(configs[result.name], result.stable_value)
+        config = configs.get(result.name)
+        if config is not None:
+            upper, lower = bounds(config, result.stable_value)
+        elif sequential is not None:  # the judge's odds ratios: harmless up to 1 + tolerance
+            upper, lower = 1 + sequential.tolerance, None
+        else:
+            upper, lower = None, None
         points.append(
             CheckPoint(
                 name=result.name,

@@ -12,20 +12,11 @@ from autocanary.backtest.evaluate import (
     EvaluatorFactory,
     QuerySource,
     Silence,
-    ThresholdEvaluator,
+    default_evaluator,
 )
 from autocanary.backtest.replay import replay
-from autocanary.backtest.report import Release, Replay, Report, Variant
-from autocanary.config import Config, RolloutConfig
-
-
-def _threshold_only(rollout: RolloutConfig, variant: Variant) -> None:
-    if getattr(rollout.analysis, "sequential", None) is not None:
-        raise BacktestError(
-            f"variant {variant.name!r}: rollout {rollout.name!r} enables analysis.sequential, "
-            "which backtest does not replay yet; add --set analysis.sequential=null to replay "
-            "its threshold checks alone"
-        )
+from autocanary.backtest.report import Release, Replay, Report
+from autocanary.config import Config
 
 
 def _silent(result: Replay, silences: Sequence[Silence]) -> None:
@@ -55,14 +46,15 @@ def backtest(
     now: datetime,
     set_specs: Sequence[str] = (),
     replicas: int = 10,
-    evaluator: EvaluatorFactory = ThresholdEvaluator,
+    evaluator: EvaluatorFactory = default_evaluator,
     prometheus: str = "",
 ) -> Report:
     """Replay ``releases`` under the rollout as configured and under each ``--set`` variant.
 
-    ``history`` (None skips the checks) verifies retention, data and versions
-    first; ``evaluator`` judges each interval (the threshold analysis by default);
-    ``prometheus`` is the URL recorded in the report.
+        ``history`` (None skips the checks) verifies retention, data and versions
+        first; ``evaluator`` judges each interval (by default what the daemon runs:
+    thresholds, plus the sequential judge when the rollout enables it);
+        ``prometheus`` is the URL recorded in the report.
     """
     if replicas < 1:
         raise BacktestError(f"--replicas must be at least 1, got {replicas}")
@@ -74,9 +66,6 @@ def backtest(
         (variant, overrides.apply(config, base, changes))
         for variant, changes in overrides.variants(set_specs)
     ]
-    if evaluator is ThresholdEvaluator:
-        for variant, rollout in built:
-            _threshold_only(rollout, variant)
     cached = CachingSource(source)
     replays = []
     for release in releases:

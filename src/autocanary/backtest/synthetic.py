@@ -29,6 +29,7 @@ from autocanary.latency import LATENCY_BUCKETS
 
 REQUESTS = "probe_requests"
 DURATION = "probe_request_duration_seconds"
+_SCRAPE = 'job="probe",instance="probe:9102"'  # labels a Prometheus scrape adds
 _SIGMA = 0.5  # log-normal spread of latencies: p99 is about 3.2 x the median
 
 
@@ -112,7 +113,7 @@ def openmetrics(
                 series.advance(version.rate * (t - previous).total_seconds(), errors, median)
             previous = t
             ts = f"{t.timestamp():.3f}"
-            base = f'target="{target}",version="{version.version}"'
+            base = f'{_SCRAPE},target="{target}",version="{version.version}"'
             total = math.floor(series.ok) + math.floor(series.errors)
             for code, count in (("200", series.ok), ("503", series.errors)):
                 key = f'{REQUESTS}_total{{{base},code="{code}",reason=""}}'
