@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from builders import make_rollout
 
+from autocanary import cli
 from autocanary.backtest import preflight
 from autocanary.backtest.errors import (
     BacktestInputError,
@@ -198,3 +199,38 @@ def test_retention_shorter_than_the_window_is_refused() -> None:
         None,  # not reported
     ):
         preflight.check_retention(FakeHistory([], fine), WINDOW, NOW)
+
+
+# ---------------------------------------------------------------- the command line
+
+WINDOW_ARGS = [
+    "--from", "now-2h", "--to", "now-1h", "--canary-version", "v2", "--stable-version", "v1"
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--from", "now-2h", "--canary-version", "v2"], "missing --to, --stable-version"),
+        (["--releases", "r.yaml", "--from", "now-2h"], "--releases replaces --from"),
+        ([*WINDOW_ARGS, "--rollout", "nope"], "no rollout 'nope' in the config; known: ['web']"),
+        ([*WINDOW_ARGS, "--replicas", "0"], "--replicas must be at least 1"),
+        ([*WINDOW_ARGS, "--prometheus", "localhost:9090"], "--prometheus: expected an http://"),
+        ([*WINDOW_ARGS, "--set", "analysis.nope=1"], "unknown field 'nope' in analysis"),
+    ],
+)
+def test_command_line_mistakes_are_said_before_asking_prometheus(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], expected: str
+) -> None:
+    config = tmp_path / "autocanary.yaml"
+    # Port 9 (discard) on 127.0.0.1: nothing is listening; these errors come first.
+    config.write_text(
+        "prometheus: {url: 'http://127.0.0.1:9'}\n"
+        "rollouts:\n"
+        "  - name: web\n    namespace: shop\n    stable: web\n"
+        "    analysis: {checks: [{name: errors, template: error-rate, max: 1%}]}\n"
+    )
+    code = cli.main(["backtest", "-c", str(config), *args])
+    out, err = capsys.readouterr()
+    assert (code, out) == (1, "")
+    assert expected in err

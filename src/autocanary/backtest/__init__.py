@@ -29,7 +29,9 @@ from autocanary.backtest.evaluate import (
     EvaluatorFactory,
     IntervalEvaluator,
     QuerySource,
+    SequentialEvaluator,
     ThresholdEvaluator,
+    default_evaluator,
 )
 from autocanary.backtest.replay import replay
 from autocanary.backtest.report import (
@@ -60,10 +62,12 @@ __all__ = [
     "Replay",
     "Report",
     "RetentionError",
+    "SequentialEvaluator",
     "ThresholdEvaluator",
     "TimelineEntry",
     "UnknownVersionError",
     "Variant",
     "backtest",
+    "default_evaluator",
     "replay",
 ]
