@@ -665,6 +665,7 @@ def _decide_paused(t: _Tick, state: RolloutState, command: str | None) -> Decisi
             last_analysis_at=None,
             step_passes=0,
             inconclusive=0,
+            started_at=_max_duration_clock(t, state),
         )
         label = _step_label(rollout, new)
         new = dataclasses.replace(new, message=f"resumed at {label}")
@@ -678,6 +679,23 @@ def _decide_paused(t: _Tick, state: RolloutState, command: str | None) -> Decisi
     if command is not None:
         return _ignore_command(stay, command, "the release is paused; use resume, promote or abort")
     return stay
+
+
+def _max_duration_clock(t: _Tick, state: RolloutState) -> datetime | None:
+    """Where the sequential judge's maxDuration counts from after a resume.
+
+    Once maxDuration has run out (the pause it causes), a resume starts a fresh
+    one: otherwise the release would pause again before any new evidence. The
+    evidence itself is kept, and looking longer does not weaken its guarantees.
+    """
+    sequential = t.rollout.analysis.sequential
+    if (
+        sequential is None
+        or state.started_at is None
+        or t.now - state.started_at <= sequential.max_duration
+    ):
+        return state.started_at
+    return t.now
 
 
 def _decide_promoting(t: _Tick, state: RolloutState, command: str | None) -> Decision:
