@@ -237,11 +237,19 @@ class Daemon:
             return False
         if new == self.config:
             return True
+        prometheus = None
+        if new.prometheus != self.config.prometheus:
+            try:
+                prometheus = PrometheusClient(new.prometheus)  # reads bearerTokenFile now
+            except AutocanaryError as e:
+                self.metrics.config_reloads.labels("rejected").inc()
+                log.error("new config rejected; the previous one keeps running", problems=[str(e)])
+                return False
         if new.daemon != self.config.daemon:
             log.warning("the daemon section changed; it takes effect after a restart")
-        if new.prometheus != self.config.prometheus:
+        if prometheus is not None:
             old = self._prometheus
-            self._prometheus = PrometheusClient(new.prometheus)
+            self._prometheus = prometheus
             old.close()
         if new.alerts != self.config.alerts:
             old_notifier = self._notifier
