@@ -19,12 +19,16 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 
-from autocanary import analysis, decision, revision, sequential_analysis
+from autocanary import analysis, decision, interval, revision
 from autocanary import state as state_codec
 from autocanary.alert import Alert
 from autocanary.config import RolloutConfig
-from autocanary.errors import PrometheusUnavailable, QueryError, StateConflict, StateCorrupt
-from autocanary.judge import CounterSnapshot
+from autocanary.errors import (
+    AutocanaryError,
+    PrometheusUnavailable,
+    StateConflict,
+    StateCorrupt,
+)
 from autocanary.kube import DeploymentRecord, KubeClient
 from autocanary.metrics import DaemonMetrics
 from autocanary.notify import Notifier
@@ -176,35 +180,21 @@ class RolloutEngine:
         self, current: RolloutState, now: datetime, log: structlog.typing.FilteringBoundLogger
     ) -> analysis.IntervalVerdict:
         r = self.rollout
-        plan = analysis.plan(r, current.canary_version, current.stable_version)
-        queries = [plan.canary_requests_query]
-        if plan.stable_requests_query is not None:
-            queries.append(plan.stable_requests_query)
-        names = {plan.canary_requests_query: "requests", plan.stable_requests_query: "requests"}
-        for planned in plan.checks:
-            queries.append(planned.canary_query)
-            names[planned.canary_query] = planned.check.name
-            if planned.stable_query is not None:
-                queries.append(planned.stable_query)
-                names[planned.stable_query] = planned.check.name
-        outcomes: dict[str, analysis.QueryOutcome] = {}
-        for query in dict.fromkeys(queries):  # unique, in order
-            try:
-                outcomes[query] = analysis.QueryOutcome(
-                    value=self.prometheus.query_value(query, now)
-                )
-            except (PrometheusUnavailable, QueryError) as e:
-                outcomes[query] = analysis.QueryOutcome(error=str(e))
-                reason = "unavailable" if isinstance(e, PrometheusUnavailable) else "rejected"
-                self.metrics.query_errors.labels(r.name, names.get(query) or "?", reason).inc()
-                log.warning("query failed", check=names.get(query), error=str(e))
-        verdict = analysis.judge_interval(r.analysis, plan, outcomes, now)
-        if r.analysis.sequential is not None:
-            verdict = self._sequential(current, now, verdict, log)
+
+        def failed(what: str, error: AutocanaryError) -> None:
+            reason = "unavailable" if isinstance(error, PrometheusUnavailable) else "rejected"
+            self.metrics.query_errors.labels(r.name, what, reason).inc()
+            log.warning("query failed", query=what, error=str(error))
+
+        verdict = interval.evaluate(self.prometheus, r, current, now, on_error=failed).verdict
         for result in verdict.checks:
             self.metrics.check_results.labels(r.name, result.name, result.verdict).inc()
             if result.value is not None:
                 self.metrics.check_value.labels(r.name, result.name).set(result.value)
+        if verdict.judgement is not None:
+            for m in verdict.judgement.metrics:
+                self.metrics.sequential_evalue.labels(r.name, m.name, "harm").set(m.harm_evalue)
+                self.metrics.sequential_evalue.labels(r.name, m.name, "safety").set(m.safety_evalue)
         log.info(
             "analysis",
             verdict=verdict.verdict,
@@ -216,48 +206,6 @@ class RolloutEngine:
             reason=verdict.reason,
         )
         return verdict
-
-    def _counters(
-        self, current: RolloutState, at: datetime
-    ) -> tuple[CounterSnapshot, CounterSnapshot]:
-        r = self.rollout
-        snapshots = []
-        for version in (current.canary_version, current.stable_version):
-            queries = sequential_analysis.counter_queries(
-                r, version, current.canary_version, current.stable_version
-            )
-            samples = [self.prometheus.query_vector(q, at) for q in queries.all()]
-            snapshots.append(sequential_analysis.snapshot(*samples))
-        return snapshots[0], snapshots[1]
-
-    def _sequential(
-        self,
-        current: RolloutState,
-        now: datetime,
-        verdict: analysis.IntervalVerdict,
-        log: structlog.typing.FilteringBoundLogger,
-    ) -> analysis.IntervalVerdict:
-        """Add the sequential judge's poll to the interval's verdict."""
-        r = self.rollout
-        assert r.analysis.sequential is not None
-        try:
-            baseline = None
-            if current.last_analysis_at is None and current.ready_at is not None:
-                # A step's first poll: start (or move) the evidence after its warm-up.
-                baseline = self._counters(current, current.ready_at + r.analysis.warmup)
-            latest = self._counters(current, now)
-            state, judgement = sequential_analysis.judge_interval(
-                r.analysis.sequential, current.judge, baseline, latest
-            )
-        except (PrometheusUnavailable, QueryError, ValueError) as e:
-            # ValueError: counters that are not raw integers (see judge.counts).
-            self.metrics.query_errors.labels(r.name, "sequential", type(e).__name__).inc()
-            log.warning("sequential judge could not read its counters", error=str(e))
-            return sequential_analysis.unavailable(verdict, str(e))
-        for m in judgement.metrics:
-            self.metrics.sequential_evalue.labels(r.name, m.name, "harm").set(m.harm_evalue)
-            self.metrics.sequential_evalue.labels(r.name, m.name, "safety").set(m.safety_evalue)
-        return sequential_analysis.combine(verdict, judgement, state)
 
     # ---- effects ---------------------------------------------------------------------------
 

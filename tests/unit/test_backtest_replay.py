@@ -18,10 +18,9 @@ from autocanary.alert import Verdict
 from autocanary.analysis import IntervalVerdict, plan
 from autocanary.backtest.evaluate import (
     CachingSource,
+    DaemonEvaluator,
     Sample,
-    SequentialEvaluator,
     Silence,
-    ThresholdEvaluator,
     default_evaluator,
 )
 from autocanary.backtest.replay import bounds, replay
@@ -222,9 +221,9 @@ def answers(
     }
 
 
-def test_threshold_evaluator_runs_the_daemons_queries_at_the_past_time() -> None:
+def test_daemon_evaluator_runs_the_daemons_queries_at_the_past_time() -> None:
     source = DictSource(answers(0.01, (0.3, 0.2)))
-    evaluator = ThresholdEvaluator(relative_rollout(), source)
+    evaluator = DaemonEvaluator(relative_rollout(), source)
     at = T0 + 10 * S
     verdict = evaluator.evaluate(state(), at)
     assert sorted(q for q, _ in source.asked) == sorted(source.answers)
@@ -238,10 +237,10 @@ def test_threshold_evaluator_runs_the_daemons_queries_at_the_past_time() -> None
     assert evaluator.silences() == []
 
 
-def test_threshold_evaluator_keeps_rejected_queries_inconclusive_and_reports_silence() -> None:
+def test_daemon_evaluator_keeps_rejected_queries_inconclusive_and_reports_silence() -> None:
     bad = QueryError("bad PromQL")
     source = DictSource(answers(0.01, (bad, bad)))
-    evaluator = ThresholdEvaluator(relative_rollout(), source)
+    evaluator = DaemonEvaluator(relative_rollout(), source)
     verdict = evaluator.evaluate(state(), T0)
     assert verdict.verdict == "inconclusive"
     assert "canary query failed: bad PromQL" in verdict.reason
@@ -260,7 +259,7 @@ def test_threshold_evaluator_keeps_rejected_queries_inconclusive_and_reports_sil
 def test_an_unreachable_prometheus_stops_the_backtest() -> None:
     source = DictSource(answers(PrometheusUnavailable("connection refused"), (0.1, 0.1)))
     with pytest.raises(PrometheusUnavailable):
-        ThresholdEvaluator(relative_rollout(), source).evaluate(state(), T0)
+        DaemonEvaluator(relative_rollout(), source).evaluate(state(), T0)
 
 
 def test_caching_source_asks_once_per_query_and_time() -> None:
@@ -310,10 +309,8 @@ def test_the_default_evaluator_is_what_the_daemon_runs() -> None:
     source = DictSource({})
     thresholds = make_rollout()
     sequential = make_rollout(analysis={"sequential": {}, "checks": []})
-    assert isinstance(default_evaluator(thresholds, source), ThresholdEvaluator)
-    assert isinstance(default_evaluator(sequential, source), SequentialEvaluator)
-    with pytest.raises(ValueError, match=r"does not enable analysis\.sequential"):
-        SequentialEvaluator(thresholds, source)
+    assert isinstance(default_evaluator(thresholds, source), DaemonEvaluator)
+    assert isinstance(default_evaluator(sequential, source), DaemonEvaluator)
 
 
 def test_unreadable_counters_leave_the_sequential_interval_inconclusive() -> None:
@@ -325,6 +322,6 @@ def test_unreadable_counters_leave_the_sequential_interval_inconclusive() -> Non
             QueryError("rejected"),
         ),
     }
-    verdict = SequentialEvaluator(rollout, DictSource(answers)).evaluate(state(), T0)
+    verdict = DaemonEvaluator(rollout, DictSource(answers)).evaluate(state(), T0)
     assert verdict.verdict == "inconclusive"
     assert verdict.reason.endswith("sequential judge: counters unavailable: rejected")

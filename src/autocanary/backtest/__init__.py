@@ -26,11 +26,9 @@ from autocanary.backtest.errors import (
     UnknownVersionError,
 )
 from autocanary.backtest.evaluate import (
+    DaemonEvaluator,
     EvaluatorFactory,
     IntervalEvaluator,
-    QuerySource,
-    SequentialEvaluator,
-    ThresholdEvaluator,
     default_evaluator,
 )
 from autocanary.backtest.replay import replay
@@ -45,11 +43,13 @@ from autocanary.backtest.report import (
     Variant,
 )
 from autocanary.backtest.run import backtest
+from autocanary.interval import QuerySource
 
 __all__ = [
     "BacktestError",
     "BacktestInputError",
     "CheckPoint",
+    "DaemonEvaluator",
     "EvaluatorFactory",
     "Event",
     "IntervalEvaluator",
@@ -62,8 +62,6 @@ __all__ = [
     "Replay",
     "Report",
     "RetentionError",
-    "SequentialEvaluator",
-    "ThresholdEvaluator",
     "TimelineEntry",
     "UnknownVersionError",
     "Variant",

@@ -2,17 +2,12 @@
 
 A replay asks an :class:`IntervalEvaluator` for the verdict of the interval
 ending at ``at``, exactly where the daemon's engine would query Prometheus
-now. :class:`ThresholdEvaluator` is the daemon's threshold analysis: the same
-rendered queries (:func:`autocanary.analysis.plan`), evaluated at ``at``, and
-the same :func:`autocanary.analysis.judge_interval`. A sequential judge
-implements the same protocol, keeping its evidence between calls (one
-evaluator serves one replay, and the decision keeps ``IntervalVerdict.judge_state``
-in ``RolloutState.judge``), and is passed to :func:`autocanary.backtest.run.backtest`
-as an :data:`EvaluatorFactory`.
-
-:func:`default_evaluator` picks what the daemon runs for the rollout: the
-threshold analysis, plus :class:`SequentialEvaluator` when
-``analysis.sequential`` is set.
+now. :class:`DaemonEvaluator` is the daemon's own analysis step
+(:func:`autocanary.interval.evaluate`: the same rendered queries, the same
+threshold judge and, when ``analysis.sequential`` is set, the same sequential
+judge with its evidence carried in ``RolloutState.judge``), evaluated at ``at``.
+Another judge implements the same protocol and is passed to
+:func:`autocanary.backtest.run.backtest` as an :data:`EvaluatorFactory`.
 
 A query Prometheus rejects is an inconclusive interval, as in the daemon; an
 unreachable Prometheus aborts the backtest (:class:`PrometheusUnavailable`),
@@ -27,25 +22,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from autocanary import analysis, sequential_analysis
+from autocanary import analysis, interval
 from autocanary.config import RolloutConfig
 from autocanary.errors import QueryError
-from autocanary.judge import CounterSnapshot
+from autocanary.interval import QuerySource, Sample
 from autocanary.state import RolloutState
-
-Sample = tuple[dict[str, str], float]
-
-
-class QuerySource(Protocol):
-    """Instant queries at a past time: :class:`autocanary.prometheus.PrometheusClient`."""
-
-    def query_value(self, promql: str, at: datetime | None = None) -> float | None:
-        """One number, or None for an empty result; QueryError/PrometheusUnavailable otherwise."""
-        ...
-
-    def query_vector(self, promql: str, at: datetime | None = None) -> list[Sample]:
-        """Every series' labels and value (the sequential judge's raw counters)."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -72,45 +53,25 @@ class IntervalEvaluator(Protocol):
 EvaluatorFactory = Callable[[RolloutConfig, QuerySource], IntervalEvaluator]
 
 
-def plan_queries(plan: analysis.AnalysisPlan) -> dict[str, str]:
-    """Every distinct query of ``plan`` in the engine's order, with what it is for."""
-    named: dict[str, str] = {plan.canary_requests_query: "request count (canary)"}
-    if plan.stable_requests_query is not None:
-        named.setdefault(plan.stable_requests_query, "request count (stable)")
-    for planned in plan.checks:
-        named.setdefault(planned.canary_query, f"check {planned.check.name} (canary)")
-        if planned.stable_query is not None:
-            named.setdefault(planned.stable_query, f"check {planned.check.name} (stable)")
-    return named
-
-
-class ThresholdEvaluator:
-    """The daemon's threshold analysis, with the queries evaluated at past times."""
+class DaemonEvaluator:
+    """The daemon's analysis step, with every query evaluated at a past time."""
 
     def __init__(self, rollout: RolloutConfig, source: QuerySource) -> None:
         """Judge intervals of ``rollout`` with values from ``source``."""
         self._rollout = rollout
         self._source = source
-        self._plans: dict[tuple[str, str], analysis.AnalysisPlan] = {}
         self._seen: dict[str, tuple[str, bool, str | None]] = {}  # query -> (what, answered, err)
 
     def evaluate(self, state: RolloutState, at: datetime) -> analysis.IntervalVerdict:
         """Run the interval's queries at ``at`` and judge them as the daemon does."""
-        key = (state.canary_version, state.stable_version)
-        plan = self._plans.get(key)
-        if plan is None:
-            plan = self._plans[key] = analysis.plan(self._rollout, *key)
-        outcomes: dict[str, analysis.QueryOutcome] = {}
-        for query, what in plan_queries(plan).items():
-            try:
-                outcome = analysis.QueryOutcome(value=self._source.query_value(query, at))
-            except QueryError as e:
-                outcome = analysis.QueryOutcome(error=str(e))
-            outcomes[query] = outcome
+        evaluation = interval.evaluate(
+            self._source, self._rollout, state, at, tolerated=(QueryError,)
+        )
+        for query, (what, outcome) in evaluation.outcomes.items():
             answered = outcome.value is not None and not math.isnan(outcome.value)
             _, before, _ = self._seen.get(query, (what, False, None))
             self._seen[query] = (what, before or answered, outcome.error)
-        return analysis.judge_interval(self._rollout.analysis, plan, outcomes, at)
+        return evaluation.verdict
 
     def silences(self) -> list[Silence]:
         """Queries with no number at any interval so far (each with its last error)."""
@@ -160,61 +121,6 @@ class CachingSource:
         return answer
 
 
-class SequentialEvaluator:
-    """The threshold analysis plus the sequential judge, combined as the daemon's engine does.
-
-    Raw counters of both versions are read at the interval's end and, at a
-    step's first analysis, at the end of its warm-up (the judge's baseline);
-    the evidence travels in ``RolloutState.judge`` from one interval to the next.
-    """
-
-    def __init__(self, rollout: RolloutConfig, source: QuerySource) -> None:
-        """Judge intervals of ``rollout`` (which must enable ``analysis.sequential``)."""
-        if rollout.analysis.sequential is None:
-            raise ValueError(f"rollout {rollout.name!r} does not enable analysis.sequential")
-        self._rollout = rollout
-        self._sequential = rollout.analysis.sequential
-        self._source = source
-        self._thresholds = ThresholdEvaluator(rollout, source)
-
-    def _counters(
-        self, state: RolloutState, at: datetime
-    ) -> tuple[CounterSnapshot, CounterSnapshot]:
-        """(canary, stable) raw counters at ``at``."""
-
-        def read(version: str) -> CounterSnapshot:
-            queries = sequential_analysis.counter_queries(
-                self._rollout, version, state.canary_version, state.stable_version
-            )
-            samples = [self._source.query_vector(q, at) for q in queries.all()]
-            return sequential_analysis.snapshot(*samples)
-
-        return read(state.canary_version), read(state.stable_version)
-
-    def evaluate(self, state: RolloutState, at: datetime) -> analysis.IntervalVerdict:
-        """The threshold verdict, with the judge's poll at ``at`` added."""
-        verdict = self._thresholds.evaluate(state, at)
-        try:
-            baseline = None
-            if state.last_analysis_at is None and state.ready_at is not None:
-                # A step's first poll: start (or move) the evidence after its warm-up.
-                warmed = state.ready_at + self._rollout.analysis.warmup
-                baseline = self._counters(state, warmed)
-            evidence, judgement = sequential_analysis.judge_interval(
-                self._sequential, state.judge, baseline, self._counters(state, at)
-            )
-        except (QueryError, ValueError) as e:
-            # ValueError: counters that are not raw integers (see judge.counts).
-            return sequential_analysis.unavailable(verdict, str(e))
-        return sequential_analysis.combine(verdict, judgement, evidence)
-
-    def silences(self) -> list[Silence]:
-        """The threshold queries that never answered (the counters are checked beforehand)."""
-        return self._thresholds.silences()
-
-
 def default_evaluator(rollout: RolloutConfig, source: QuerySource) -> IntervalEvaluator:
     """What the daemon runs for ``rollout``: thresholds, and the sequential judge if enabled."""
-    if rollout.analysis.sequential is not None:
-        return SequentialEvaluator(rollout, source)
-    return ThresholdEvaluator(rollout, source)
+    return DaemonEvaluator(rollout, source)

@@ -10,13 +10,13 @@ from autocanary.backtest.errors import BacktestError, NoDataError
 from autocanary.backtest.evaluate import (
     CachingSource,
     EvaluatorFactory,
-    QuerySource,
     Silence,
     default_evaluator,
 )
 from autocanary.backtest.replay import replay
 from autocanary.backtest.report import Release, Replay, Report
 from autocanary.config import Config
+from autocanary.interval import QuerySource
 
 
 def _silent(result: Replay, silences: Sequence[Silence]) -> None:

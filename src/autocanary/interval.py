@@ -1,0 +1,139 @@
+"""One analysis interval, from queries to verdict: shared by the daemon and ``backtest``.
+
+The daemon evaluates at "now" against live Prometheus; ``backtest`` at past
+instants against history. Both go through :func:`evaluate`, so a replay
+judges exactly as the daemon would: the same rendered queries, the same
+threshold judge, the same sequential judge with its per-step warm-up baseline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from autocanary import analysis, sequential_analysis
+from autocanary.config import RolloutConfig
+from autocanary.errors import AutocanaryError, PrometheusUnavailable, QueryError
+from autocanary.judge import CounterSnapshot
+from autocanary.state import RolloutState
+
+Sample = tuple[dict[str, str], float]
+#: Called with (what the query is for, the error) for each query that failed.
+ErrorHook = Callable[[str, AutocanaryError], None]
+
+
+class QuerySource(Protocol):
+    """Instant queries, now or at a past time: :class:`autocanary.prometheus.PrometheusClient`."""
+
+    def query_value(self, promql: str, at: datetime | None = None) -> float | None:
+        """One number, or None for an empty result; QueryError/PrometheusUnavailable otherwise."""
+        ...
+
+    def query_vector(self, promql: str, at: datetime | None = None) -> list[Sample]:
+        """Every series' labels and value (the sequential judge's raw counters)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """An interval's verdict and what each query gave, keyed by PromQL with its purpose."""
+
+    verdict: analysis.IntervalVerdict
+    outcomes: dict[str, tuple[str, analysis.QueryOutcome]]
+
+
+def plan_queries(plan: analysis.AnalysisPlan) -> dict[str, str]:
+    """Every distinct query of ``plan``, in a fixed order, with what it is for."""
+    named: dict[str, str] = {plan.canary_requests_query: "request count (canary)"}
+    if plan.stable_requests_query is not None:
+        named.setdefault(plan.stable_requests_query, "request count (stable)")
+    for planned in plan.checks:
+        named.setdefault(planned.canary_query, f"check {planned.check.name} (canary)")
+        if planned.stable_query is not None:
+            named.setdefault(planned.stable_query, f"check {planned.check.name} (stable)")
+    return named
+
+
+def read_counters(
+    source: QuerySource, rollout: RolloutConfig, state: RolloutState, at: datetime
+) -> tuple[CounterSnapshot, CounterSnapshot]:
+    """(canary, stable) raw counters at ``at``, for the sequential judge."""
+    snapshots = []
+    for version in (state.canary_version, state.stable_version):
+        queries = sequential_analysis.counter_queries(
+            rollout, version, state.canary_version, state.stable_version
+        )
+        samples = [source.query_vector(q, at) for q in queries.all()]
+        snapshots.append(sequential_analysis.snapshot(*samples))
+    return snapshots[0], snapshots[1]
+
+
+def evaluate(
+    source: QuerySource,
+    rollout: RolloutConfig,
+    state: RolloutState,
+    at: datetime,
+    *,
+    tolerated: tuple[type[AutocanaryError], ...] = (QueryError, PrometheusUnavailable),
+    on_error: ErrorHook | None = None,
+) -> Evaluation:
+    """Judge the interval ending at ``at`` for the release ``state`` describes.
+
+    Errors of the ``tolerated`` types make their query's outcome (and so the
+    interval) inconclusive; others propagate (``backtest`` stops on an
+    unreachable Prometheus rather than make verdicts up).
+    """
+    plan = analysis.plan(rollout, state.canary_version, state.stable_version)
+    outcomes: dict[str, tuple[str, analysis.QueryOutcome]] = {}
+    for query, what in plan_queries(plan).items():
+        try:
+            outcome = analysis.QueryOutcome(value=source.query_value(query, at))
+        except tolerated as e:
+            outcome = analysis.QueryOutcome(error=str(e))
+            if on_error is not None:
+                on_error(what, e)
+        outcomes[query] = (what, outcome)
+    verdict = analysis.judge_interval(
+        rollout.analysis, plan, {q: o for q, (_, o) in outcomes.items()}, at
+    )
+    if rollout.analysis.sequential is not None:
+        verdict = _sequential(
+            source, rollout, state, at, verdict, tolerated=tolerated, on_error=on_error
+        )
+    return Evaluation(verdict, outcomes)
+
+
+def _sequential(
+    source: QuerySource,
+    rollout: RolloutConfig,
+    state: RolloutState,
+    at: datetime,
+    verdict: analysis.IntervalVerdict,
+    *,
+    tolerated: tuple[type[AutocanaryError], ...],
+    on_error: ErrorHook | None,
+) -> analysis.IntervalVerdict:
+    """Add the sequential judge's poll at ``at`` to the interval's verdict."""
+    assert rollout.analysis.sequential is not None
+    try:
+        baseline = None
+        if state.last_analysis_at is None and state.ready_at is not None:
+            # A step's first poll: start (or move) the evidence after its warm-up.
+            warmed = state.ready_at + rollout.analysis.warmup
+            baseline = read_counters(source, rollout, state, warmed)
+        latest = read_counters(source, rollout, state, at)
+        evidence, judgement = sequential_analysis.judge_interval(
+            rollout.analysis.sequential, state.judge, baseline, latest
+        )
+    except tolerated as e:
+        if on_error is not None:
+            on_error("sequential judge counters", e)
+        return sequential_analysis.unavailable(verdict, str(e))
+    except ValueError as e:
+        # Counters that are not raw integers (see judge.counts): unusable, not fatal.
+        if on_error is not None:
+            on_error("sequential judge counters", QueryError(str(e)))
+        return sequential_analysis.unavailable(verdict, str(e))
+    return sequential_analysis.combine(verdict, judgement, evidence)
