@@ -570,10 +570,14 @@ def _analysing(t: _Tick, state: RolloutState, verdict: IntervalVerdict | None) -
     held = state.ready_at is not None and now - state.ready_at >= step.hold
     last = state.verdicts[-1] if state.verdicts else None
     passed = last is not None and last.verdict == "pass" and last.step == state.step
-    final = state.step + 1 >= len(rollout.steps)
     sequential = rollout.analysis.sequential
     proven = sequential is None or sequential_analysis.all_safe(state.judge)
-    if held and passed and state.step_passes >= 1 and (proven or not final):
+    # The judge compares with the stable: once the stable has no pods left (the
+    # last step, or a 100% step of scaleDownStable) no evidence can come, so
+    # going there needs safety already proven.
+    final = state.step + 1 >= len(rollout.steps)
+    comparable_next = not final and _stable_for(rollout, state, state.step + 1) > 0
+    if held and passed and state.step_passes >= 1 and (proven or comparable_next):
         return _advance(t, state, transitions)
     if (
         sequential is not None

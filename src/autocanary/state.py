@@ -8,6 +8,7 @@ Everything else is re-read from the cluster each tick.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any, Literal, get_args
@@ -81,6 +82,9 @@ def _encode(value: Any) -> Any:
         return {k: _encode(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_encode(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        # NaN and infinities are not JSON; other tools reading the annotation would choke.
+        return None
     return value
 
 
@@ -88,7 +92,7 @@ def dumps(state: RolloutState) -> str:
     """Serialise a state for the annotation (compact JSON with a schema version)."""
     data = _encode(asdict(state))
     data["schema"] = SCHEMA_VERSION
-    return json.dumps(data, separators=(",", ":"), sort_keys=True)
+    return json.dumps(data, separators=(",", ":"), sort_keys=True, allow_nan=False)
 
 
 _TIME_FIELDS = {f.name for f in fields(RolloutState) if "datetime" in str(f.type)}

@@ -136,3 +136,16 @@ def corrupt(**changes: Any) -> str:
 def test_corrupt_annotations_raise_state_corrupt(text: str, message: str) -> None:
     with pytest.raises(StateCorrupt, match=message):
         loads(text)
+
+
+def test_non_finite_numbers_are_written_as_null_so_the_annotation_is_strict_json() -> None:
+    record = VerdictRecord(
+        at=datetime(2026, 1, 1, tzinfo=UTC),
+        step=0,
+        verdict="inconclusive",
+        reason="NaN",
+        checks={"latency": {"verdict": "inconclusive", "value": float("nan")}},
+    )
+    text = dumps(RolloutState(verdicts=(record,)))
+    assert "NaN" not in text.replace('"reason":"NaN"', "")
+    assert loads(text).verdicts[0].checks["latency"]["value"] is None
