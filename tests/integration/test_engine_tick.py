@@ -9,9 +9,11 @@ cluster (replicas, the state annotation, Events), the receiver and the metrics.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,8 +29,11 @@ from autocanary.metrics import DaemonMetrics
 from autocanary.notify import Backoff, Notifier
 from autocanary.prometheus import PrometheusClient
 from autocanary.state import COMMAND_ANNOTATION, STATE_ANNOTATION, RolloutState
-from autocanary.testbed.monitoring import PrometheusServer
+from autocanary.testbed.apps import start_probe, start_testpage
+from autocanary.testbed.monitoring import PrometheusServer, ScrapeTarget
+from autocanary.testbed.procs import ProcessGroup
 from autocanary.testbed.receiver import AlertReceiver
+from autocanary.testbed.serviceproxy import ServiceProxy
 from autocanary.testbed.stack import app_deployment
 from autocanary.testbed.waiting import wait_until
 
@@ -51,13 +56,17 @@ ALL_KINDS = [
 
 
 class Clock:
-    """The engine's clock: starts at the real time, moves only when the test says so."""
+    """The engine's clock: starts at the real time, moves only when the test says so.
 
-    def __init__(self) -> None:
+    With ``real=True`` it is the real time (for analysis over live Prometheus data).
+    """
+
+    def __init__(self, *, real: bool = False) -> None:
+        self.real = real
         self.now = datetime.now(UTC)
 
     def __call__(self) -> datetime:
-        return self.now
+        return datetime.now(UTC) if self.real else self.now
 
     def advance(self, delta: timedelta) -> None:
         self.now += delta
@@ -196,17 +205,21 @@ def empty_prometheus(prometheus_factory: PrometheusFactory) -> Iterator[Promethe
         prometheus.close()
 
 
-@pytest.fixture
-def rig(
-    kube_api: client.ApiClient, namespace: str, empty_prometheus: PrometheusClient
+@contextlib.contextmanager
+def build_rig(
+    kube_api: client.ApiClient,
+    namespace: str,
+    prometheus: PrometheusClient,
+    config: RolloutConfig,
+    clock: Clock,
 ) -> Iterator[Rig]:
+    """Stable (3 replicas) and canary (0) Deployments of v1, and an engine for them."""
     admin = KubeClient(kube_api, identity="itest-admin")
     for name, track, replicas in ((STABLE, "stable", 3), (CANARY, "canary", 0)):
         admin.create_deployment(
             namespace, app_deployment(name, "web", track, "v1", replicas=replicas)
         )
     kube = InterleavingKube(kube_api)
-    clock = Clock()
     metrics = DaemonMetrics()
     with AlertReceiver() as receiver:
         sink = WebhookSink.model_validate(
@@ -221,9 +234,9 @@ def rig(
         )
         notifier = Notifier([sink], metrics=metrics, backoff=Backoff(initial=0.05, maximum=0.1))
         engine = RolloutEngine(
-            rollout_config(namespace),
+            config,
             kube=kube,
-            prometheus=empty_prometheus,
+            prometheus=prometheus,
             notifier=notifier,
             metrics=metrics,
             clock=clock,
@@ -232,6 +245,16 @@ def rig(
             yield Rig(engine, kube, admin, clock, receiver, notifier, metrics, namespace)
         finally:
             notifier.close(timeout=10)
+
+
+@pytest.fixture
+def rig(
+    kube_api: client.ApiClient, namespace: str, empty_prometheus: PrometheusClient
+) -> Iterator[Rig]:
+    with build_rig(
+        kube_api, namespace, empty_prometheus, rollout_config(namespace), Clock()
+    ) as built:
+        yield built
 
 
 def start_release(rig: Rig) -> None:
@@ -457,3 +480,109 @@ def test_a_state_annotation_from_an_unknown_schema_is_corrupt(rig: Rig) -> None:
     with pytest.raises(StateCorrupt, match="schema 99"):
         rig.tick()
     assert rig.replicas() == (3, 0)
+
+
+# ---- a whole release on live metrics ---------------------------------------------------------
+
+
+@pytest.fixture
+def group(tmp_workdir: Path) -> Iterator[ProcessGroup]:
+    with ProcessGroup(tmp_workdir / "logs") as processes:
+        yield processes
+
+
+@pytest.mark.parametrize(
+    ("v2_env", "outcome"),
+    [({}, "succeeded"), ({"FAULT_ERROR_RATE": "0.5", "FAULT_SEED": "3"}, "rolledBack")],
+    ids=["healthy", "failing"],
+)
+def test_a_release_judged_on_live_metrics_is_promoted_or_rolled_back(
+    v2_env: dict[str, str],
+    outcome: str,
+    kube_api: client.ApiClient,
+    namespace: str,
+    group: ProcessGroup,
+    prometheus_factory: PrometheusFactory,
+) -> None:
+    # The traffic the pods would get: testpage v1 and v2 behind one Service, and the probe.
+    v1 = start_testpage(group, "v1")
+    v2 = start_testpage(group, "v2", env=v2_env)
+    with ServiceProxy() as proxy:
+        proxy.set_backends([v1.address, v2.address])
+        probe = start_probe(group, ["--target", f"web={proxy.url}/", "--rate", "40/s"])
+        server = prometheus_factory([ScrapeTarget("probe", probe.metrics_address)])
+        server.wait_for_target_up("probe", timeout=WAIT_S)
+        config = RolloutConfig.model_validate(
+            {
+                "name": "web",
+                "namespace": namespace,
+                "stable": STABLE,
+                "interval": "5s",
+                "progressDeadline": "5m",
+                "steps": [{"canary": 1, "hold": "5s"}, {"canary": "100%", "hold": "5s"}],
+                "analysis": {
+                    "minRequests": 20,
+                    "failureLimit": 0,
+                    "inconclusiveLimit": 100,
+                    "checks": [{"name": "error-rate", "template": "error-rate", "max": "5%"}],
+                },
+            }
+        )
+        prometheus = PrometheusClient(PrometheusConfig(url=server.url))
+        try:
+            with build_rig(kube_api, namespace, prometheus, config, Clock(real=True)) as rig:
+                assert rig.tick().phase == "idle"
+                rig.release("v2")
+                reasons: list[str] = []
+
+                def settled() -> bool:
+                    result = rig.tick()
+                    reasons.extend(t.reason for t in result.transitions)
+                    return result.phase == outcome
+
+                wait_until(settled, timeout=WAIT_S * 2, what=f"the release {outcome}")
+                stable = rig.deployment(STABLE)
+                state = rig.state()
+                events = rig.reasons()
+                kinds = rig.alert_kinds()
+                text = rig.metrics_text()
+        finally:
+            prometheus.close()
+
+    assert rig.replicas() == (3, 0)
+    passes = [v for v in state.verdicts if v.verdict == "pass"]
+    if outcome == "succeeded":
+        # An interval short of minRequests on a loaded machine is inconclusive: allowed, not needed.
+        decisive = [r for r in reasons if r != "AnalysisInconclusive"]
+        assert decisive == ["ReleaseDetected", "StepAdvanced", "Promoting", "Promoted"]
+        assert len(passes) >= 2  # one passing interval per step at least
+        assert all(v.verdict != "fail" for v in state.verdicts)
+        # The stable runs the canary's template now, its own name, selector and role kept.
+        assert stable.template["metadata"]["labels"] == {
+            "app": "web",
+            "track": "stable",
+            "version": "v2",
+        }
+        assert stable.template["spec"]["containers"][0]["image"] == "autocanary/testpage:v2"
+        assert stable.selector == {"app": "web", "track": "stable"}
+        assert stable.ready == 3
+        assert [k for k in kinds if k != "inconclusive"] == [
+            "releaseDetected",
+            "stepAdvanced",
+            "promoted",
+        ]
+        assert 'autocanary_promotions_total{namespace="' in text
+    else:
+        assert reasons[0] == "ReleaseDetected"
+        assert reasons[-2:] == ["AnalysisFailed", "RolledBack"]
+        assert "StepAdvanced" not in reasons
+        failed = state.verdicts[-1]
+        assert failed.verdict == "fail"
+        assert failed.checks["error-rate"]["value"] > 0.05
+        assert state.rolled_back_revision == state.revision
+        # The stable was never touched: still v1.
+        assert stable.template["metadata"]["labels"]["version"] == "v1"
+        assert kinds[0] == "releaseDetected"
+        assert kinds[-2:] == ["analysisFailed", "rolledBack"]
+        assert 'autocanary_rollbacks_total{namespace="' in text
+    assert events == reasons  # every transition is an Event, in order
