@@ -165,6 +165,34 @@ def test_a_query_at_a_past_time_sees_the_value_of_then(scraped: Scraped) -> None
     assert client.query_value("itest_step", at=then - timedelta(hours=2)) is None
 
 
+def test_a_range_vector_is_a_query_error(scraped: Scraped) -> None:
+    with pytest.raises(QueryError, match="range"):
+        scraped.client.query_value('itest_value{series="a"}[1m]')
+
+
+def test_query_vector_gives_every_series_with_its_labels(scraped: Scraped) -> None:
+    samples = scraped.client.query_vector("itest_value")
+
+    by_series = {labels["series"]: (labels, value) for labels, value in samples}
+    assert set(by_series) == {"a", "b"}
+    assert by_series["a"][1] == 42.0
+    assert by_series["b"][1] == 7.0
+    labels = by_series["a"][0]
+    assert labels["__name__"] == "itest_value"
+    assert labels["job"] == "itest"
+    assert labels["instance"] == scraped.exporter.address
+    assert scraped.client.query_vector('itest_value{series="nope"}') == []
+
+
+def test_query_vector_refuses_what_is_not_an_instant_vector(scraped: Scraped) -> None:
+    with pytest.raises(QueryError, match="did not return an instant vector"):
+        scraped.client.query_vector("scalar(itest_value{series='a'})")
+    with pytest.raises(QueryError, match="did not return an instant vector"):
+        scraped.client.query_vector("itest_value[1m]")
+    with pytest.raises(QueryError, match="rejected the query"):
+        scraped.client.query_vector("itest_value{")
+
+
 # ---- Prometheus not there ------------------------------------------------------------------
 
 
