@@ -122,22 +122,28 @@ def test_latency_fault_moves_only_that_versions_p99(
             what="Prometheus scraping past the phase",
         )
 
-    time.sleep(6)  # phase 1: both versions healthy
+    # Phases of 9s, each judged over its last 8s: ~400 answers per version, so one
+    # stall of this shared machine does not make a p99 on its own. The first
+    # seconds (Prometheus and the probe warming up) are left out.
+    time.sleep(4 + 9)  # warm-up, then phase 1: both versions healthy
     healthy_end = time.time()
     # A release of v2 that adds 200ms: a new instance replaces the old one.
     slow = start_testpage(group, "v2", env={"FAULT_LATENCY": "200ms"})
     proxy.set_backends([v1.address, slow.address])
     v2.process.stop()
-    time.sleep(6)  # phase 2: v2 slow
+    time.sleep(9)  # phase 2: v2 slow
     slow_end = time.time()
     scraped_past(slow_end)
 
-    before = p99_by_version(prometheus, 5, at=healthy_end)
-    after = p99_by_version(prometheus, 5, at=slow_end)
-    assert after["v2"] - before["v2"] >= 0.200
-    assert before["v1"] < 0.05
-    assert after["v1"] < 0.05
-    assert abs(after["v1"] - before["v1"]) < 0.05
+    before = p99_by_version(prometheus, 8, at=healthy_end)
+    after = p99_by_version(prometheus, 8, at=slow_end)
+    values = f"p99 before {before}, after {after}"
+    # v2's move is measured against v1 in the same window, as a canary is judged
+    # against its stable: a stall of this shared machine slows both alike, while
+    # two windows apart it could hide or fake a move.
+    assert abs(before["v2"] - before["v1"]) < 0.100, f"alike before the release: {values}"
+    assert after["v2"] - after["v1"] >= 0.200, values
+    assert after["v1"] < 0.200, f"v1 picked up v2's latency: {values}"
 
 
 def test_sigterm_of_a_backend_under_load_fails_no_request(
@@ -202,23 +208,27 @@ def test_transport_errors_count_with_their_reason(group: ProcessGroup) -> None:
     assert durations == {"slow": 0, "gone": 32}  # timeouts last their 250ms and more
 
 
-def time_wait_sockets(remote_port: int) -> int:
-    """TIME_WAIT sockets on this host whose remote end is ``remote_port`` (client side)."""
+# FIN_WAIT1, FIN_WAIT2, TIME_WAIT, CLOSING: the states of a socket that closed first.
+_CLOSED_FIRST = {"04", "05", "06", "0B"}
+
+
+def client_closed_first(remote_port: int) -> int:
+    """Sockets to ``remote_port`` on this host that closed before the server did."""
     count = 0
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
-        if fields[3] == "06" and int(fields[2].split(":")[1], 16) == remote_port:
+        if fields[3] in _CLOSED_FIRST and int(fields[2].split(":")[1], 16) == remote_port:
             count += 1
     return count
 
 
 def test_the_server_closes_first_so_the_probe_keeps_no_time_wait(group: ProcessGroup) -> None:
     page = start_testpage(group, "v1")
-    before = time_wait_sockets(page.port)  # the readiness check's own connections
+    before = client_closed_first(page.port)  # the readiness check's own connections
     probe = start_probe(group, ["--target", f"{page.url}/", "--rate", "200/s", "--duration", "2s"])
     wait_load_finished(probe)
     assert sum(value for _, value in probe.samples("probe_requests_total")) == 400
-    assert time_wait_sockets(page.port) <= before
+    assert client_closed_first(page.port) <= before
 
 
 def test_config_file_runs_each_target_at_its_own_rate(

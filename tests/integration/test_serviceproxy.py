@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import socket
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +16,7 @@ from autocanary.testbed.apps import start_testpage
 from autocanary.testbed.errors import HarnessError
 from autocanary.testbed.procs import ProcessGroup, free_port
 from autocanary.testbed.serviceproxy import ServiceProxy
+from autocanary.testbed.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -86,6 +89,42 @@ def test_stop_closes_the_listener_and_open_connections(group: ProcessGroup) -> N
         assert held.recv(1) == b""
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", proxy.port), timeout=10).close()
+
+
+def test_stop_under_load_leaves_no_socket_open(group: ProcessGroup) -> None:
+    """Connections accepted or half-proxied at the moment of stop are all closed.
+
+    A leaked socket raises ResourceWarning when collected, which pytest turns into an error.
+    """
+    page = start_testpage(group, "v1")
+    proxy = ServiceProxy()
+    proxy.start()
+    proxy.set_backends([page.address])
+    running = threading.Event()
+    running.set()
+    answered = [0] * 8
+
+    def hammer(slot: int) -> None:
+        while running.is_set():
+            try:
+                with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
+                    sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                    while sock.recv(65536):
+                        pass
+                answered[slot] += 1
+            except OSError:
+                pass  # refused once the proxy stopped listening
+
+    threads = [threading.Thread(target=hammer, args=(slot,)) for slot in range(8)]
+    for thread in threads:
+        thread.start()
+    wait_until(lambda: sum(answered) >= 200, timeout=30, what="proxying under load")
+    proxy.stop()
+    running.clear()
+    for thread in threads:
+        thread.join(30)
+    gc.collect()
+    assert sum(proxy.connection_counts().values()) >= 200
 
 
 def test_start_on_a_busy_port_says_so() -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import threading
 from collections.abc import Sequence
 from types import TracebackType
@@ -35,6 +36,7 @@ log = structlog.get_logger(__name__)
 _START_TIMEOUT_S = 10.0
 _STOP_TIMEOUT_S = 10.0
 _CHUNK = 64 * 1024
+_SETTLE_TURNS = 10
 
 
 def _canned(status: bytes, text: bytes) -> bytes:
@@ -78,7 +80,10 @@ class ServiceProxy:
         self._stopping: asyncio.Event | None = None
         self._ready = threading.Event()
         self._error: OSError | None = None
-        self._connections: set[asyncio.Task[None]] = set()
+        # Stopping closes these transports rather than cancelling handlers: a
+        # handler cancelled before its first step would never close its socket.
+        self._streams: set[asyncio.StreamWriter] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
 
     @property
     def port(self) -> int:
@@ -156,24 +161,39 @@ class ServiceProxy:
         log.debug("service proxy listening", url=self.url)
         self._ready.set()
         await self._stopping.wait()
+        # Stop accepting before closing the server: on Python 3.11 a connection
+        # accepted just before Server.close() fails to build its transport
+        # (Server._attach asserts) and leaks its socket. Connections already
+        # accepted need a few loop turns (transport, connection_made, first step
+        # of the handler), where their handler sees the stop and closes them.
+        for sock in server.sockets:
+            self._loop.remove_reader(sock.fileno())
+        for _ in range(_SETTLE_TURNS):
+            await asyncio.sleep(0)
         server.close()
-        for task in self._connections:
-            task.cancel()
-        await asyncio.gather(*self._connections, return_exceptions=True)
+        for stream in self._streams:
+            stream.transport.abort()
+        if self._handlers:
+            # Handlers end once their sockets are gone; one still connecting to a
+            # backend ends within the connect timeout.
+            await asyncio.wait(self._handlers, timeout=self._connect_timeout_s + 1.0)
         await server.wait_closed()
 
     async def _accept(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         if task is not None:
-            self._connections.add(task)
+            self._handlers.add(task)
+        self._streams.add(client_w)
         try:
-            await self._proxy(client_r, client_w)
+            if self._stopping is None or not self._stopping.is_set():
+                await self._proxy(client_r, client_w)
         except OSError as e:
             log.debug("service proxy connection failed", error=str(e))
         finally:
-            client_w.close()
+            await _close(client_w)
+            self._streams.discard(client_w)
             if task is not None:
-                self._connections.discard(task)
+                self._handlers.discard(task)
 
     async def _proxy(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         backends = self._backends
@@ -193,6 +213,10 @@ class ServiceProxy:
             client_w.write(_BAD_GATEWAY)
             await client_w.drain()
             return
+        if self._stopping is not None and self._stopping.is_set():
+            await _close(backend_w)  # connected while the proxy stopped: the client is gone
+            return
+        self._streams.add(backend_w)
         pipes = {
             asyncio.create_task(_pipe(client_r, backend_w)),
             asyncio.create_task(_pipe(backend_r, client_w)),
@@ -209,7 +233,19 @@ class ServiceProxy:
             for task in pipes:
                 task.cancel()
             await asyncio.gather(*pipes, return_exceptions=True)
-            backend_w.close()
+            await _close(backend_w)
+            self._streams.discard(backend_w)
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    """Close and wait until the socket is really closed (unsent bytes flushed or aborted).
+
+    A stream stays in ``_streams`` until then, so ``stop`` can abort it; one merely
+    closing when the loop ends would leak its socket.
+    """
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
