@@ -139,7 +139,12 @@ def results(judgement: Judgement) -> tuple[CheckResult, ...]:
         )
         # With no events on the stable yet the point estimate is infinite; the
         # confidence sequence's lower end still says "at least this much worse".
-        value = m.ratio if math.isfinite(m.ratio) else m.ci_low
+        # With no events at all there is no estimate: no value, not a made-up 0.
+        value: float | None = m.ratio
+        if math.isinf(m.ratio):
+            value = m.ci_low
+        elif math.isnan(m.ratio):
+            value = None
         reason = (
             f"canary {m.canary_events}/{m.canary_requests} vs stable "
             f"{m.stable_events}/{m.stable_requests}"
