@@ -1,0 +1,457 @@
+"""The sequential judge's glue in the daemon: Prometheus samples to snapshots, polls, verdicts.
+
+Counters are given as the samples the three counter queries return (labels,
+value), so each test runs the same path as the engine: ``snapshot`` ->
+``judge_interval`` -> ``combine``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from autocanary import sequential_analysis
+from autocanary.alert import Verdict
+from autocanary.analysis import CheckResult, IntervalVerdict
+from autocanary.config import SequentialAnalysisConfig
+from autocanary.judge import CounterSnapshot, Judgement, JudgeState
+from autocanary.judge import Verdict as JudgeVerdict
+from autocanary.sequential_analysis import Sample
+from autocanary.state import RolloutState, dumps, loads
+
+AT = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+INF = math.inf
+# The guard is off unless a test is about it: these tests are about the e-processes.
+CFG = SequentialAnalysisConfig.model_validate(
+    {"latencyThresholds": ["250ms"], "criticalErrorShare": None}
+)
+POD_A, POD_B = "10.0.0.1:8080", "10.0.0.2:8080"
+
+
+# ------------------------------------------------------------------ synthetic counters
+
+
+@dataclass
+class Series:
+    """Cumulative counters of one instance."""
+
+    requests: int = 0
+    errors: int = 0
+    fast: int = 0  # observations <= 0.25s
+
+    def serve(self, requests: int, errors: int, slow: int) -> None:
+        self.requests += requests
+        self.errors += errors
+        self.fast += requests - slow
+
+
+@dataclass
+class Version:
+    """One version's instances, turned into the samples the counter queries return."""
+
+    series: dict[str, Series] = field(default_factory=dict)
+
+    def serve(self, requests: int, errors: int, slow: int = 0, instance: str = POD_A) -> None:
+        self.series.setdefault(instance, Series()).serve(requests, errors, slow)
+
+    def samples(self) -> tuple[list[Sample], list[Sample], list[Sample]]:
+        requests: list[Sample] = []
+        errors: list[Sample] = []
+        buckets: list[Sample] = []
+        for instance, s in self.series.items():
+            requests.append(({"instance": instance}, float(s.requests)))
+            if s.errors:  # like the probe: no error series before the first error
+                errors.append(({"instance": instance}, float(s.errors)))
+            buckets += [
+                ({"instance": instance, "le": "0.1"}, 0.0),
+                ({"instance": instance, "le": "0.25"}, float(s.fast)),
+                ({"instance": instance, "le": "+Inf"}, float(s.requests)),
+            ]
+        return requests, errors, buckets
+
+    def snapshot(self) -> CounterSnapshot:
+        return sequential_analysis.snapshot(*self.samples())
+
+
+@dataclass
+class Pair:
+    """Canary and stable served together."""
+
+    canary: Version = field(default_factory=Version)
+    stable: Version = field(default_factory=Version)
+
+    def now(self) -> tuple[CounterSnapshot, CounterSnapshot]:
+        return self.canary.snapshot(), self.stable.snapshot()
+
+    def serve(self, canary: tuple[int, int, int], stable: tuple[int, int, int]) -> None:
+        self.canary.serve(*canary)
+        self.stable.serve(*stable)
+
+
+def poll(
+    persisted: dict[str, Any] | None,
+    now: tuple[CounterSnapshot, CounterSnapshot],
+    baseline: tuple[CounterSnapshot, CounterSnapshot] | None = None,
+    cfg: SequentialAnalysisConfig = CFG,
+) -> tuple[JudgeState, Judgement]:
+    return sequential_analysis.judge_interval(cfg, persisted, baseline, now)
+
+
+def threshold_verdict(kind: Verdict) -> IntervalVerdict:
+    """An interval verdict from one threshold check, as ``analysis.judge_interval`` gives it."""
+    value = {"pass": 0.001, "fail": 0.2, "inconclusive": None}[kind]
+    check = CheckResult("error-rate", kind, value, None, "<= 0.01", f"error-rate {kind}")
+    return IntervalVerdict(kind, AT, (check,), 500.0, f"error-rate: {kind}")
+
+
+# ------------------------------------------------------------------ snapshot
+
+
+def test_snapshot_keys_series_by_instance() -> None:
+    snap = sequential_analysis.snapshot(
+        [({"instance": POD_A}, 120.0), ({"instance": POD_B}, 80.0)],
+        [({"instance": POD_A}, 3.0), ({"instance": POD_B}, 1.0)],
+        [
+            ({"instance": POD_A, "le": "0.25"}, 100.0),
+            ({"instance": POD_B, "le": "0.25"}, 70.0),
+        ],
+    )
+    assert set(snap.series) == {POD_A, POD_B}
+    assert (snap.series[POD_A].requests, snap.series[POD_A].errors) == (120.0, 3.0)
+    assert (snap.series[POD_B].requests, snap.series[POD_B].errors) == (80.0, 1.0)
+    assert snap.series[POD_A].buckets == {0.25: 100.0}
+    assert snap.series[POD_B].buckets == {0.25: 70.0}
+
+
+def test_an_instance_without_error_series_has_had_no_errors() -> None:
+    snap = sequential_analysis.snapshot(
+        [({"instance": POD_A}, 120.0), ({"instance": POD_B}, 80.0)],
+        [({"instance": POD_A}, 3.0)],
+        [],
+    )
+    assert snap.series[POD_B].errors == 0.0
+    assert snap.series[POD_A].errors == 3.0
+    # A version without any error series: every instance at 0.
+    healthy = sequential_analysis.snapshot([({"instance": POD_A}, 5.0)], [], [])
+    assert healthy.series[POD_A].errors == 0.0
+
+
+def test_buckets_are_parsed_by_le_including_inf() -> None:
+    requests, errors, buckets = Version({POD_A: Series(50, 2, 40)}).samples()
+    snap = sequential_analysis.snapshot(requests, errors, buckets)
+    assert snap.series[POD_A].buckets == {0.1: 0.0, 0.25: 40.0, INF: 50.0}
+    # In the judge's field layout: requests, errors, observations (+Inf), fast at 0.25s.
+    assert snap.vectors((0.25,)) == {POD_A: (50, 2, 50, 40)}
+
+
+def test_instances_are_not_mixed_and_a_missing_instance_label_is_one_series() -> None:
+    # A query aggregated to one series (no instance label) is one series keyed "".
+    snap = sequential_analysis.snapshot(
+        [({}, 10.0)], [({}, 1.0)], [({"le": "+Inf"}, 10.0), ({"le": "0.25"}, 9.0)]
+    )
+    assert snap.vectors((0.25,)) == {"": (10, 1, 10, 9)}
+    # Errors and buckets of another instance never land on this one.
+    other = sequential_analysis.snapshot(
+        [({"instance": POD_A}, 10.0)],
+        [({"instance": POD_B}, 4.0)],
+        [({"instance": POD_B, "le": "+Inf"}, 7.0)],
+    )
+    assert other.series[POD_A].errors == 0.0
+    assert other.series[POD_A].buckets == {}
+
+
+# ------------------------------------------------------------------ judge_interval
+
+
+def test_the_first_poll_counts_from_the_baseline() -> None:
+    traffic = Pair()
+    traffic.serve((500, 50, 0), (500, 5, 0))  # before the baseline: never counted
+    baseline = traffic.now()
+    traffic.serve((100, 2, 10), (900, 9, 90))
+    state, judgement = poll(None, traffic.now(), baseline)
+
+    errors, latency = judgement.metrics
+    assert (errors.canary_requests, errors.canary_events) == (100, 2)
+    assert (errors.stable_requests, errors.stable_events) == (900, 9)
+    assert (latency.canary_events, latency.stable_events) == (10, 90)
+    assert judgement.poll.canary_requests == 100
+    assert state.polls == 1
+    assert state.canary == {POD_A: (600, 52, 600, 590)}
+
+
+def test_without_a_baseline_the_first_poll_starts_the_evidence_now() -> None:
+    traffic = Pair()
+    traffic.serve((500, 250, 0), (500, 5, 0))
+    state, judgement = poll(None, traffic.now())
+    assert judgement.verdict is JudgeVerdict.CONTINUE
+    assert [m.canary_requests for m in judgement.metrics] == [0, 0]
+    assert all(e == 0.0 for m in state.metrics for e in m.evidence)
+
+
+def test_skip_moves_the_baseline_without_evidence() -> None:
+    """A step's warm-up skipped by its baseline counts exactly as if it never happened."""
+    with_warmup, without = Pair(), Pair()
+    for traffic in (with_warmup, without):
+        traffic.serve((100, 1, 5), (900, 9, 45))
+    first = poll(None, with_warmup.now(), (Version().snapshot(), Version().snapshot()))
+    assert first == poll(None, without.now(), (Version().snapshot(), Version().snapshot()))
+    persisted = first[0].to_dict()
+
+    # Step 2's warm-up: a cold canary failing half its requests, new pods, slow answers.
+    with_warmup.canary.serve(200, 100, 150, instance=POD_B)
+    with_warmup.canary.serve(50, 25, 40)
+    with_warmup.stable.serve(800, 8, 40)
+    baseline = with_warmup.now()
+    for traffic in (with_warmup, without):
+        traffic.canary.serve(300, 3, 15, instance=POD_B)
+        traffic.serve((100, 1, 5), (600, 6, 30))
+
+    skipped_state, skipped = poll(persisted, with_warmup.now(), baseline)
+    clean_state, clean = poll(persisted, without.now())
+    assert [m.evidence for m in skipped_state.metrics] == [m.evidence for m in clean_state.metrics]
+    assert [m.totals for m in skipped_state.metrics] == [m.totals for m in clean_state.metrics]
+    assert skipped_state.polls == clean_state.polls == 2
+    assert skipped.metrics == clean.metrics
+    assert skipped.verdict is clean.verdict is JudgeVerdict.CONTINUE
+    assert skipped.metrics[0].canary_requests == 500  # 100 before, 400 after the warm-up
+
+    # Counted, the same warm-up proves harm: skipping it is what keeps the canary.
+    _, counted = poll(persisted, with_warmup.now())
+    assert counted.verdict is JudgeVerdict.ROLLBACK
+
+
+def test_persisted_state_round_trips_through_json() -> None:
+    traffic = Pair()
+    baseline = traffic.now()
+    traffic.serve((137, 3, 11), (1213, 17, 101))
+    state, _ = poll(None, traffic.now(), baseline)
+    text = json.dumps(state.to_dict())
+    back = JudgeState.from_dict(json.loads(text))
+    assert back == state
+    assert back.to_dict() == state.to_dict()
+
+
+def _release_polls() -> list[tuple[int, int, int, int, int, int]]:
+    """Per-poll (canary n, x, slow, stable m, y, slow): mixed traffic, a pod restart at poll 5."""
+    return [(50 + 7 * k, k % 3, 5 + k % 4, 450 + 11 * k, 4 + k % 5, 40 + k % 7) for k in range(10)]
+
+
+def _run(restart_at: int | None) -> tuple[list[Judgement], JudgeState]:
+    traffic = Pair()
+    persisted: dict[str, Any] | None = None
+    baseline: tuple[CounterSnapshot, CounterSnapshot] | None = traffic.now()
+    judgements = []
+    state = None
+    for k, (n, x, cs, m, y, ss) in enumerate(_release_polls()):
+        if k == 5:  # the canary pod restarted: its counters begin again from 0
+            traffic.canary.series[POD_A] = Series()
+        traffic.serve((n, x, cs), (m, y, ss))
+        state, judgement = poll(persisted, traffic.now(), baseline)
+        baseline = None
+        judgements.append(judgement)
+        persisted = state.to_dict()
+        if k == restart_at:
+            # The daemon dies: the evidence survives only in the state annotation.
+            annotation = dumps(RolloutState(phase="progressing", judge=persisted))
+            persisted = loads(annotation).judge
+    assert state is not None
+    return judgements, state
+
+
+def test_a_restart_mid_release_gives_identical_evidence() -> None:
+    straight, straight_state = _run(restart_at=None)
+    restarted, restarted_state = _run(restart_at=4)
+    assert restarted_state == straight_state
+    assert restarted == straight
+    assert straight_state.polls == 10
+    # Nothing lost, nothing double-counted across the restart or the pod's counter reset.
+    polls = _release_polls()
+    errors = straight_state.metrics[0]
+    assert errors.totals == (
+        sum(p[0] for p in polls),
+        sum(p[1] for p in polls),
+        sum(p[3] for p in polls),
+        sum(p[4] for p in polls),
+    )
+
+
+# ------------------------------------------------------------------ combine and results
+
+
+def _harm() -> tuple[JudgeState, Judgement]:
+    traffic = Pair()
+    baseline = traffic.now()
+    traffic.serve((200, 40, 10), (1800, 18, 90))  # 20% vs 1% errors
+    return poll(None, traffic.now(), baseline)
+
+
+def _undecided() -> tuple[JudgeState, Judgement]:
+    traffic = Pair()
+    baseline = traffic.now()
+    traffic.serve((20, 1, 2), (180, 2, 18))
+    return poll(None, traffic.now(), baseline)
+
+
+def _safe() -> tuple[JudgeState, Judgement]:
+    traffic = Pair()
+    baseline = traffic.now()
+    traffic.serve((20_000, 1000, 2000), (20_000, 1000, 2000))
+    return poll(None, traffic.now(), baseline)
+
+
+@pytest.mark.parametrize("threshold", ["pass", "inconclusive", "fail"])
+def test_proven_harm_fails_the_interval_with_the_judges_reason(threshold: Verdict) -> None:
+    state, judgement = _harm()
+    assert judgement.verdict is JudgeVerdict.ROLLBACK
+    assert not judgement.critical
+    before = threshold_verdict(threshold)
+    combined = sequential_analysis.combine(before, judgement, state)
+
+    assert combined.verdict == "fail"
+    assert combined.reason == f"sequential judge: {judgement.reason}"
+    assert combined.reason.startswith("sequential judge: errors: canary error odds")
+    assert combined.judgement is judgement
+    assert combined.judge_state == state.to_dict()
+    assert [c.name for c in combined.checks] == [
+        "error-rate",
+        "sequential:errors",
+        "sequential:latency>0.25s",
+    ]
+    assert combined.checks[0] == before.checks[0]
+    assert (combined.at, combined.canary_requests) == (before.at, before.canary_requests)
+    assert sequential_analysis.harm_proven(combined.judgement)
+
+
+@pytest.mark.parametrize("threshold", ["pass", "inconclusive", "fail"])
+def test_an_undecided_judge_leaves_the_threshold_verdict(threshold: Verdict) -> None:
+    state, judgement = _undecided()
+    assert judgement.verdict is JudgeVerdict.CONTINUE
+    before = threshold_verdict(threshold)
+    combined = sequential_analysis.combine(before, judgement, state)
+    assert combined.verdict == threshold
+    assert combined.reason == f"error-rate: {threshold}; sequential judge: {judgement.reason}"
+    assert "undecided" in combined.reason
+    assert combined.judge_state == state.to_dict()
+    assert not sequential_analysis.harm_proven(combined.judgement)
+
+
+def test_proven_safety_does_not_override_a_failing_threshold_check() -> None:
+    state, judgement = _safe()
+    assert judgement.verdict is JudgeVerdict.PROMOTE
+    combined = sequential_analysis.combine(threshold_verdict("fail"), judgement, state)
+    assert combined.verdict == "fail"
+    assert combined.reason.startswith("error-rate: fail; sequential judge: safety proven")
+
+
+def test_results_name_each_metric_and_map_its_evidence_to_a_verdict() -> None:
+    harm = {r.name: r for r in sequential_analysis.results(_harm()[1])}
+    assert harm["sequential:errors"].verdict == "fail"
+    assert harm["sequential:latency>0.25s"].verdict == "inconclusive"
+    assert harm["sequential:errors"].reason == "canary 40/200 vs stable 18/1800"
+    value = harm["sequential:errors"].value
+    assert value is not None
+    assert value > 1.2  # the odds ratio: far beyond the tolerance
+    threshold = harm["sequential:errors"].threshold
+    assert threshold.startswith("odds ratio <= 1.2x: harm e ")
+    assert "95% CS " in threshold
+
+    safe = sequential_analysis.results(_safe()[1])
+    assert [(r.name, r.verdict) for r in safe] == [
+        ("sequential:errors", "pass"),
+        ("sequential:latency>0.25s", "pass"),
+    ]
+    assert all(r.value is not None and 0.9 < r.value < 1.1 for r in safe)
+    assert all(r.stable_value is None for r in safe)
+
+
+def test_a_result_has_a_finite_value_when_the_stable_has_no_events() -> None:
+    traffic = Pair()
+    baseline = traffic.now()
+    traffic.serve((300, 30, 0), (2700, 0, 0))
+    state, judgement = poll(None, traffic.now(), baseline)
+    assert math.isinf(judgement.metrics[0].ratio)  # no stable errors: no point estimate
+    errors, latency = sequential_analysis.results(judgement)
+    assert errors.reason == "canary 30/300 vs stable 0/2700"
+    assert errors.value is not None
+    assert math.isfinite(errors.value)
+    # the lower end of the confidence sequence: "at least this much worse"
+    assert errors.value == judgement.metrics[0].ci_low
+    assert errors.value > 1.0
+    # No request slower than 0.25s on either side: no estimate at all, and no made-up value.
+    assert latency.reason == "canary 0/300 vs stable 0/2700"
+    assert latency.value is None
+    assert latency.verdict == "inconclusive"
+    # The record is JSON a client can read (no Infinity or NaN).
+    combined = sequential_analysis.combine(threshold_verdict("pass"), judgement, state)
+    json.dumps([c.value for c in combined.checks], allow_nan=False)
+
+
+# ------------------------------------------------------------------ unavailable, all_safe
+
+
+@pytest.mark.parametrize(
+    ("threshold", "after"),
+    [("pass", "inconclusive"), ("inconclusive", "inconclusive"), ("fail", "fail")],
+)
+def test_unavailable_counters_make_the_interval_inconclusive_but_keep_a_fail(
+    threshold: Verdict, after: Verdict
+) -> None:
+    before = threshold_verdict(threshold)
+    verdict = sequential_analysis.unavailable(before, "cannot reach Prometheus at http://p:9090")
+    assert verdict.verdict == after
+    assert verdict.reason == (
+        f"error-rate: {threshold}; sequential judge: counters unavailable: "
+        "cannot reach Prometheus at http://p:9090"
+    )
+    assert verdict.checks == before.checks
+    assert verdict.judgement is None
+    assert verdict.judge_state is None  # the persisted evidence is left as it was
+
+
+def test_all_safe_needs_safety_proven_for_every_metric() -> None:
+    assert not sequential_analysis.all_safe(None)
+    assert not sequential_analysis.all_safe(_undecided()[0].to_dict())
+    assert not sequential_analysis.all_safe(_harm()[0].to_dict())
+    safe = _safe()[0]
+    assert sequential_analysis.all_safe(safe.to_dict())
+    # One metric still unproven is not enough.
+    partly = replace(safe, metrics=(safe.metrics[0], replace(safe.metrics[1], safe=False)))
+    assert not sequential_analysis.all_safe(partly.to_dict())
+
+
+def test_proven_safety_stays_proven_in_the_persisted_state() -> None:
+    traffic = Pair()
+    baseline = traffic.now()
+    traffic.serve((20_000, 1000, 2000), (20_000, 1000, 2000))
+    state, judgement = poll(None, traffic.now(), baseline)
+    assert judgement.verdict is JudgeVerdict.PROMOTE
+    # Later polls with a worse (but not provably harmful) canary keep the proof.
+    traffic.serve((200, 14, 20), (200, 10, 20))
+    state, judgement = poll(state.to_dict(), traffic.now())
+    assert judgement.verdict is JudgeVerdict.PROMOTE
+    assert sequential_analysis.all_safe(state.to_dict())
+
+
+def test_harm_proven_reads_the_judgement() -> None:
+    assert not sequential_analysis.harm_proven(None)
+    assert not sequential_analysis.harm_proven(_undecided()[1])
+    assert not sequential_analysis.harm_proven(_safe()[1])
+    assert sequential_analysis.harm_proven(_harm()[1])
+
+
+def test_the_critical_guard_is_harm_too() -> None:
+    cfg = SequentialAnalysisConfig.model_validate({"criticalErrorShare": "20%"})
+    traffic = Pair()
+    baseline = traffic.now()
+    # 25 errors in 100: over the share with enough errors, whatever the stable does.
+    traffic.serve((100, 25, 0), (100, 20, 0))
+    state, judgement = poll(None, traffic.now(), baseline, cfg)
+    assert judgement.critical
+    combined = sequential_analysis.combine(threshold_verdict("pass"), judgement, state)
+    assert combined.verdict == "fail"
+    assert "critical guard" in combined.reason
