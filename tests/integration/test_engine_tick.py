@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -152,10 +153,13 @@ class Rig:
         """
         for name in (STABLE, CANARY):
             wait_until(
-                lambda name=name: reconciled(self.deployment(name)),
+                functools.partial(self.reconciled, name),
                 timeout=WAIT_S,
                 what=f"{name} reconciled by the deployment controller",
             )
+
+    def reconciled(self, name: str) -> bool:
+        return reconciled(self.deployment(name))
 
     def tick(self) -> TickResult:
         """One tick on a settled cluster."""
