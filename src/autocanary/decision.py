@@ -206,13 +206,17 @@ def analysis_due(
 
 
 def next_analysis_at(rollout: RolloutConfig, state: RolloutState) -> datetime | None:
-    """When the next analysis becomes due, if the rollout is analysing."""
+    """When the next analysis is meant to run, if the rollout is analysing.
+
+    A whole interval after the last, so windows do not overlap; the 10% slack
+    in :func:`analysis_due` only absorbs timers that fire a little early.
+    """
     if state.phase != "progressing" or state.stage != "analysing" or state.ready_at is None:
         return None
     first = state.ready_at + rollout.analysis.warmup + rollout.interval
     if state.last_analysis_at is None:
         return first
-    return max(first, state.last_analysis_at + rollout.interval * 0.9)
+    return max(first, state.last_analysis_at + rollout.interval)
 
 
 # ------------------------------------------------------------------ transitions

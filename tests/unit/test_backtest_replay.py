@@ -79,15 +79,15 @@ def test_a_passing_release_is_promoted_when_its_holds_allow() -> None:
         (T0 + 180 * S, "Promoting"),
         (T0 + 180 * S, "Promoted"),
     ]
-    # The daemon's cadence: an interval after the pods are Ready, then every 90% of
-    # one (decision.next_analysis_at), and a wake-up when the hold ends.
+    # The daemon's cadence: an interval after the pods are Ready, then one every
+    # interval (decision.next_analysis_at), windows back to back.
     assert [at for at, _ in analysed(result)] == [
         T0 + 30 * S,
-        T0 + 57 * S,
+        T0 + 60 * S,
         T0 + 90 * S,
-        T0 + 117 * S,
+        T0 + 120 * S,
         T0 + 150 * S,
-        T0 + 177 * S,
+        T0 + 180 * S,
     ]
     assert {(c, s) for _, c, s in evaluator.calls} == {("v2", "v1")}
     # Steps and canary pods as the daemon would have scaled them (4 replicas).
@@ -107,12 +107,12 @@ def test_failures_past_the_limit_roll_back_at_that_interval() -> None:
     result, _ = run(rollout, lambda at: "fail" if at >= bad_from else "pass")
     assert analysed(result) == [
         (T0 + 30 * S, "pass"),
-        (T0 + 57 * S, "pass"),
+        (T0 + 60 * S, "pass"),
         (T0 + 90 * S, "fail"),
-        (T0 + 117 * S, "fail"),
+        (T0 + 120 * S, "fail"),
     ]
     assert result.outcome.decision == "rolledBack"
-    assert result.outcome.at == T0 + 117 * S
+    assert result.outcome.at == T0 + 120 * S
     assert result.outcome.step == 2
     assert "(2 failed interval(s), failureLimit 1)" in result.outcome.reason
     assert [r for _, r in events(result)][-3:] == ["AnalysisFailed", "AnalysisFailed", "RolledBack"]
@@ -122,7 +122,7 @@ def test_inconclusive_intervals_past_the_limit_apply_the_policy() -> None:
     paused, _ = run(make_rollout(analysis={"inconclusiveLimit": 2}), lambda _: "inconclusive")
     assert [v for _, v in analysed(paused)] == ["inconclusive"] * 3
     assert paused.outcome.decision == "paused"
-    assert paused.outcome.at == T0 + 84 * S
+    assert paused.outcome.at == T0 + 90 * S
     assert "3 inconclusive intervals in a row (inconclusiveLimit 2)" in paused.outcome.reason
 
     rollout = make_rollout(analysis={"inconclusiveLimit": 0, "inconclusivePolicy": "rollback"})

@@ -92,7 +92,7 @@ def test_table_shows_each_decision_per_release_and_variant(report: Report) -> No
     assert table_text(report).splitlines() == [
         "release  canary/stable  config                            loose",
         "good     v2/v1          promoted at 12:03:00 (+3m)        promoted at 12:03:00 (+3m)",
-        "bad      v3/v2          rolled back at 13:02:24 (+2m24s)  promoted at 13:03:00 (+3m)",
+        "bad      v3/v2          rolled back at 13:02:30 (+2m30s)  promoted at 13:03:00 (+3m)",
         "",
         "config: the rollout as configured",
         "loose: --set analysis.checks.errors.max=10%",
