@@ -40,10 +40,19 @@ DEFAULT_SELECTORS: Mapping[Source, str] = {
 }
 
 _METRICS: Mapping[Source, tuple[str, str, str]] = {
-    # requests counter, duration histogram, regex of error codes
+    # requests counter (with any matcher it needs), duration histogram, error codes.
+    # testpage counts /healthz and /metrics too; only "/" is the application's traffic.
     "probe": ("probe_requests_total", "probe_request_duration_seconds", "5..|error"),
-    "testpage": ("testpage_requests_total", "testpage_request_duration_seconds", "5.."),
+    "testpage": ('testpage_requests_total{path="/", ', "testpage_request_duration_seconds", "5.."),
 }
+
+
+def _requests(source: Source, matchers: str) -> str:
+    """The requests counter with ``matchers``, merged with the source's own ones."""
+    metric = _METRICS[source][0]
+    if metric.endswith(", "):
+        return f"{metric}{matchers}}}"
+    return f"{metric}{{{matchers}}}"
 
 
 def variables_in(template: str) -> set[str]:
@@ -78,43 +87,42 @@ def render(template: str, variables: Mapping[str, str]) -> str:
 
 def builtin_query(name: TemplateName, source: Source) -> str:
     """The PromQL template of a built-in check, over the given traffic source."""
-    requests, duration, error_codes = _METRICS[source]
+    _, duration, error_codes = _METRICS[source]
     version = '{{ selector }}, version="{{ version }}"'
+    window = "[{{ interval }}]"
     if name == "error-rate":
+        errors = _requests(source, f'{version}, code=~"{error_codes}"')
         # `or vector(0)`: a healthy version has no error series at all, which
         # must read as 0 errors, not as missing data.
         return (
-            f'(sum(increase({requests}{{{version}, code=~"{error_codes}"}}[{{{{ interval }}}}]))'
-            f" or vector(0))"
-            f" / sum(increase({requests}{{{version}}}[{{{{ interval }}}}]))"
+            f"(sum(increase({errors}{window})) or vector(0))"
+            f" / sum(increase({_requests(source, version)}{window}))"
         )
     if name == "latency":
         return (
             "histogram_quantile({{ quantile }}, sum by (le) "
-            f"(rate({duration}_bucket{{{version}}}[{{{{ interval }}}}])))"
+            f"(rate({duration}_bucket{{{version}}}{window})))"
         )
-    return f"sum(rate({requests}{{{version}}}[{{{{ interval }}}}]))"
+    return f"sum(rate({_requests(source, version)}{window}))"
 
 
 def request_count_query(source: Source) -> str:
     """Template counting a version's requests over the interval (for ``minRequests``)."""
-    requests = _METRICS[source][0]
-    return (
-        f'sum(increase({requests}{{{{{{ selector }}}}, version="{{{{ version }}}}"}}'
-        "[{{ interval }}]))"
-    )
+    requests = _requests(source, '{{ selector }}, version="{{ version }}"')
+    return f"sum(increase({requests}[{{{{ interval }}}}]))"
 
 
 def counter_queries(source: Source) -> tuple[str, str, str]:
-    """Templates reading a version's raw cumulative counters per instance, for the sequential judge.
+    """Templates reading a version's raw cumulative counters per instance, for the judge.
 
     (requests, errors, histogram buckets by ``le``); raw counters, not rates,
     because the judge differences them itself and needs exact integers.
     """
-    requests, duration, error_codes = _METRICS[source]
+    _, duration, error_codes = _METRICS[source]
     version = '{{ selector }}, version="{{ version }}"'
+    errors = _requests(source, f'{version}, code=~"{error_codes}"')
     return (
-        f"sum by (instance) ({requests}{{{version}}})",
-        f'sum by (instance) ({requests}{{{version}, code=~"{error_codes}"}})',
+        f"sum by (instance) ({_requests(source, version)})",
+        f"sum by (instance) ({errors})",
         f"sum by (instance, le) ({duration}_bucket{{{version}}})",
     )

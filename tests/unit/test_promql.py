@@ -64,7 +64,10 @@ def test_builtin_error_rate_over_the_probe() -> None:
 
 def test_builtin_error_rate_over_the_testpage() -> None:
     query = promql.render(promql.builtin_query("error-rate", "testpage"), VARS)
-    assert 'testpage_requests_total{target="web", version="v2", code=~"5.."}[30s]' in query
+    # Only the application's own path counts: /healthz and /metrics are not traffic.
+    assert (
+        'testpage_requests_total{path="/", target="web", version="v2", code=~"5.."}[30s]' in query
+    )
     assert "or vector(0)" in query
 
 
@@ -78,13 +81,16 @@ def test_builtin_latency_uses_the_quantile_and_the_histogram() -> None:
 
 def test_builtin_request_rate() -> None:
     query = promql.render(promql.builtin_query("request-rate", "testpage"), VARS)
-    assert query == 'sum(rate(testpage_requests_total{target="web", version="v2"}[30s]))'
+    assert query == 'sum(rate(testpage_requests_total{path="/", target="web", version="v2"}[30s]))'
 
 
-@pytest.mark.parametrize("source", ["probe", "testpage"])
-def test_request_count_query(source: promql.Source) -> None:
+@pytest.mark.parametrize(("source", "matchers"), [("probe", ""), ("testpage", 'path="/", ')])
+def test_request_count_query(source: promql.Source, matchers: str) -> None:
     query = promql.render(promql.request_count_query(source), VARS)
-    assert query == (f'sum(increase({source}_requests_total{{target="web", version="v2"}}[30s]))')
+    expected = (
+        f'sum(increase({source}_requests_total{{{matchers}target="web", version="v2"}}[30s]))'
+    )
+    assert query == expected
 
 
 @pytest.mark.parametrize("name", ["error-rate", "latency", "request-rate"])
