@@ -222,6 +222,14 @@ def next_analysis_at(rollout: RolloutConfig, state: RolloutState) -> datetime | 
 # ------------------------------------------------------------------ transitions
 
 
+def _cannot_start(state: RolloutState, obs: Observation, message: str) -> Decision:
+    """Pause before the release starts; resume (or a new canary revision) tries again."""
+    paused = dataclasses.replace(
+        state, phase="paused", revision=obs.canary_revision, total=0, message=message
+    )
+    return Decision(paused, Desired(), (Transition("Paused", message, "paused", warning=True),))
+
+
 def _start_release(t: _Tick, state: RolloutState, why: str) -> Decision:
     rollout, obs, now = t.rollout, t.obs, t.now
     # A release superseding another keeps its total: the stable may be scaled
@@ -229,17 +237,20 @@ def _start_release(t: _Tick, state: RolloutState, why: str) -> Decision:
     superseding = state.phase in ("progressing", "paused", "promoting") and state.total >= 1
     total = state.total if superseding else obs.stable.replicas
     if total < 1:
-        paused = dataclasses.replace(
+        return _cannot_start(
             state,
-            phase="paused",
-            revision=obs.canary_revision,
-            message=f"the stable Deployment {obs.stable.name} has 0 replicas; "
-            "scale it up, then resume",
+            obs,
+            f"the stable Deployment {obs.stable.name} has 0 replicas; scale it up, then resume",
         )
-        return Decision(
-            paused,
-            Desired(),
-            (Transition("Paused", paused.message, "paused", warning=True),),
+    if obs.canary_version == obs.stable_version:
+        # Metrics are told apart by version: with one version on both sides every
+        # query would measure the mix, and a comparison would compare it with itself.
+        return _cannot_start(
+            state,
+            obs,
+            f"canary and stable both run version {obs.canary_version!r}, so their metrics "
+            f"cannot be told apart; give the canary's pods a distinct "
+            f"{rollout.version_label!r} label (or image tag)",
         )
     new = RolloutState(
         phase="progressing",
@@ -490,9 +501,15 @@ def _judge(t: _Tick, state: RolloutState, verdict: IntervalVerdict) -> Decision 
     """Count one interval's verdict; a Decision when it ends the step (rollback or pause)."""
     analysis = t.rollout.analysis
     checks = tuple(c.summary() for c in verdict.checks)
+    first_poll = state.last_analysis_at is None
     state = _record(state, verdict, t.now)
     if verdict.judge_state is not None:
         state = dataclasses.replace(state, judge=verdict.judge_state)
+    elif analysis.sequential is not None and first_poll:
+        # A step's first poll sets the judge's baseline (the counters after the
+        # warm-up). It could not read them: stay "before the first poll" so the
+        # next one sets it, rather than count the warm-up as evidence.
+        state = dataclasses.replace(state, last_analysis_at=None)
     where = _step_label(t.rollout, state)
     if verdict.verdict == "fail" and sequential_analysis.harm_proven(verdict.judgement):
         # Proven harm needs no second opinion: failureLimit is for noisy thresholds.

@@ -928,3 +928,34 @@ def test_resume_while_the_stable_still_has_no_replicas_stays_paused() -> None:
     record = driver.tick("resume")
     assert record.decision.state.phase == "paused"
     assert reasons_of(record) == ["Paused"]
+
+
+def test_a_release_whose_version_equals_the_stables_is_paused_not_judged() -> None:
+    # An env-only change under the same image tag: every query by version would
+    # measure both sides at once, so there is nothing to judge.
+    driver = Driver(make_rollout(), FakeCluster.create())
+    driver.cluster.release("registry.local/shop/web:1.0", env={"FEATURE": "on"})
+    record = driver.tick()
+    state = record.decision.state
+    assert state.phase == "paused"
+    assert state.total == 0
+    (paused,) = record.decision.transitions
+    assert (paused.reason, paused.kind) == ("Paused", "paused")
+    assert "both run version '1.0'" in paused.message
+    assert "distinct 'version' label" in paused.message
+    assert record.decision.desired == Desired()
+    # A distinct version label starts the release.
+    driver.cluster.release("registry.local/shop/web:1.0", env={"FEATURE": "on"}, version="1.0-f")
+    assert reasons_of(driver.tick()) == ["ReleaseDetected"]
+
+
+def test_a_step_whose_first_judge_poll_failed_takes_its_baseline_at_the_next() -> None:
+    rollout = make_rollout(analysis={"sequential": {}, "checks": []})
+    at = T0 + timedelta(seconds=30)
+    unread = interval_verdict("inconclusive", at, "sequential judge: counters unavailable")
+    decision = decide(rollout, analysing_state(), observation(), at, unread)
+    assert decision.state.verdicts[-1].verdict == "inconclusive"
+    # Still "before the step's first poll": the next poll reads the post-warm-up baseline
+    # instead of counting the warm-up as evidence.
+    assert decision.state.last_analysis_at is None
+    assert decision.state.judge is None
