@@ -86,8 +86,28 @@ make_venv() {
   echo "$want" > "$STAMP"
 }
 
+# The image's pinned dependencies (and the build backend) as local wheels, so the
+# test that replays the Dockerfile's install needs no network: tests only ever
+# talk to 127.0.0.1. Keyed by the pins and the Python version.
+fill_wheelhouse() {
+  local key dir
+  key=$( { .venv/bin/python -c 'import sys; print(sys.version_info[:2])'; cat deploy/constraints.txt; } |
+    sha256sum | cut -c1-12)
+  dir=${AUTOCANARY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/autocanary}/wheelhouse/$key
+  if [ -f "$dir/.complete" ]; then
+    log "wheelhouse up to date: $dir"
+    return
+  fi
+  rm -rf "$dir"; mkdir -p "$dir"
+  .venv/bin/python -m pip download -q --disable-pip-version-check --dest "$dir" \
+    --requirement deploy/constraints.txt "hatchling>=1.25"
+  touch "$dir/.complete"
+  log "wheelhouse filled: $dir"
+}
+
 total=$SECONDS
 phase "apt packages" install_packages
 phase "control-plane binaries" build_controlplane
 phase "python venv" make_venv
+phase "wheelhouse" fill_wheelhouse
 log "setup complete in $((SECONDS - total))s"

@@ -8,9 +8,10 @@ ENV and ``$VIRTUAL_ENV`` pointing at a temporary directory instead of
 makes sure). ``python`` is this test's interpreter, standing in for the base
 image's.
 
-The commands download hatchling (to build the wheel) and the pinned
-dependencies from the package index pip is configured with: this is the one
-test that needs it, as ``docker build`` does. Then the virtualenv must hold
+The commands install hatchling (to build the wheel) and the pinned
+dependencies as ``docker build`` would, but from the local wheelhouse that
+``hack/setup.sh`` fills (``PIP_NO_INDEX``/``PIP_FIND_LINKS``): tests talk to
+nothing beyond 127.0.0.1. Then the virtualenv must hold
 exactly the pins of deploy/constraints.txt, no pip or build tools (the final
 stage copies it whole), and the ``autocanary`` it installed must run the
 image's commands.
@@ -18,6 +19,7 @@ image's commands.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -82,6 +84,8 @@ def test_builder_stage_installs_autocanary_with_exactly_the_pinned_dependencies(
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
     env.update(builder.env())
     env[PLACEHOLDER_VENV] = str(venv)
+    env["PIP_NO_INDEX"] = "1"
+    env["PIP_FIND_LINKS"] = str(_wheelhouse())
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     for run in runs:
         _run(["/bin/sh", "-c", run.args], cwd=build, env=env)
@@ -139,3 +143,20 @@ def _pins() -> dict[str, str]:
 def _project_version() -> str:
     with (REPO / "pyproject.toml").open("rb") as f:
         return str(tomllib.load(f)["project"]["version"])
+
+
+def _wheelhouse() -> Path:
+    """The wheels hack/setup.sh downloaded for these pins (same key as there)."""
+    python = str(sys.version_info[:2])
+    pins = (REPO / "deploy" / "constraints.txt").read_bytes()
+    key = hashlib.sha256(python.encode() + b"\n" + pins).hexdigest()[:12]
+    root = os.environ.get("AUTOCANARY_CACHE") or str(
+        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "autocanary"
+    )
+    wheelhouse = Path(root) / "wheelhouse" / key
+    if not (wheelhouse / ".complete").exists():
+        pytest.fail(
+            f"no wheelhouse for deploy/constraints.txt at {wheelhouse}: run hack/setup.sh",
+            pytrace=False,
+        )
+    return wheelhouse
