@@ -368,8 +368,6 @@ def rollout_status(kube: Any, rollout: RolloutConfig) -> dict[str, Any]:
         message=st.message,
         command_pending=canary.annotations.get(state_codec.COMMAND_ANNOTATION),
     )
-    if st.judge is not None:
-        row["judge"] = st.judge.get("summary")
     return row
 
 
@@ -420,7 +418,8 @@ def _backtest_arguments(p: argparse.ArgumentParser) -> None:
     p.description = (
         "What would this config have decided? Replays the rollout's analysis at each interval "
         "of past releases (queries evaluated at past times, the daemon's own schedule and "
-        "decisions; pods Ready at once) and prints the timeline and decision. See docs/backtest.md."
+        "decisions; pods Ready at once) and prints the timeline and decision. See the "
+        "README, 'Tuning thresholds with backtest'."
     )
     p.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="config file")
     p.add_argument("--rollout", help="rollout to replay (default: the only one)")

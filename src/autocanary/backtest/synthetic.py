@@ -5,7 +5,7 @@ versions with a known request rate, error fraction and latency, each of which
 may change at a known time (a bad release). Loaded into a fresh Prometheus data
 directory with ``promtool tsdb create-blocks-from openmetrics FILE DIR``, it
 gives backtest real history to replay; the tests and the worked example in
-``docs/backtest.md`` use it::
+README section "Tuning thresholds with backtest" use it::
 
     python -m autocanary.backtest.synthetic demo.om
     promtool tsdb create-blocks-from openmetrics demo.om data/
@@ -141,7 +141,7 @@ def openmetrics(
     )
 
 
-#: The demo history of ``docs/backtest.md``: target ``shop``; v1 stable until v2, a good
+#: The demo history of the README's backtest example: target ``shop``; v1 stable until v2, a good
 #: release at 12:00, is promoted; v3, released at 14:00, starts failing 6% at 14:03.
 DEMO_DAY = datetime(2025, 3, 1, tzinfo=UTC)
 
