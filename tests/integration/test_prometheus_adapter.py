@@ -401,11 +401,6 @@ def test_builtin_templates_are_inconclusive_for_a_version_without_traffic(
     assert result.canary_requests is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="promql.py: the testpage templates count every request testpage answers, "
-    "Prometheus scrapes of /metrics and readiness probes of /healthz included",
-)
 def test_testpage_templates_count_no_requests_for_a_version_nobody_calls(
     group: ProcessGroup, prometheus_factory: PrometheusFactory
 ) -> None:
