@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import socket
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -78,8 +77,8 @@ def exporter() -> Iterator[Exporter]:
 
 
 @pytest.fixture(scope="module")
-def scraped(exporter: Exporter) -> Iterator[Scraped]:
-    workdir = Path(tempfile.mkdtemp(prefix="autocanary-test-prom-"))
+def scraped(exporter: Exporter, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scraped]:
+    workdir = tmp_path_factory.mktemp("prometheus")  # pytest prunes old ones
     with PrometheusServer(workdir, [ScrapeTarget("itest", exporter.address)]) as prometheus:
         prometheus.wait_for_target_up("itest", timeout=WAIT_S)
         client = client_for(prometheus.url)
