@@ -169,6 +169,10 @@ def load_config(path: str | Path) -> Config:
         text = file.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError([ConfigProblem(str(file), None, "", f"cannot read: {e.strerror}")]) from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            [ConfigProblem(str(file), None, "", f"not UTF-8 text (byte {e.start}): {e.reason}")]
+        ) from e
     return parse_config(text, str(file))
 
 

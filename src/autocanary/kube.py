@@ -35,6 +35,8 @@ _T = TypeVar("_T")
 TIMEOUT = (5.0, 15.0)
 FIELD_MANAGER = "autocanary"
 _MAX_EVENT_MESSAGE = 1024
+#: Attempts at a state write whose resourceVersion went stale through status updates only.
+_STATUS_RETRIES = 5
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,18 @@ class DeploymentRecord:
             raise InvalidResource(f"not a usable Deployment object (missing {e})") from e
 
 
+def _decided_on(record: DeploymentRecord) -> tuple[object, ...]:
+    """What a decision about this Deployment depends on, besides its status."""
+    spec = record.raw.get("spec") or {}
+    return (
+        record.annotations.get(STATE_ANNOTATION),
+        record.annotations.get(COMMAND_ANNOTATION),
+        spec.get("replicas"),
+        spec.get("template"),
+        spec.get("selector"),
+    )
+
+
 def _translate(e: ApiException, what: str) -> Exception:
     reason = _api_message(e)
     status = e.status or 0
@@ -129,13 +143,17 @@ def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
     loaded: client.ApiClient
     if kubeconfig:
         loaded = config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
-        return loaded
-    try:
-        config.load_incluster_config()  # type: ignore[no-untyped-call]
-        return client.ApiClient()
-    except config.ConfigException:
-        loaded = config.new_client_from_config()  # type: ignore[no-untyped-call]
-        return loaded
+    else:
+        try:
+            config.load_incluster_config()  # type: ignore[no-untyped-call]
+            loaded = client.ApiClient()
+        except config.ConfigException:
+            loaded = config.new_client_from_config()  # type: ignore[no-untyped-call]
+    # urllib3 would otherwise retry 3 times, making every call to a hung API server
+    # cost 4x its timeout; a failed call is retried by the next tick instead. The
+    # REST client is already built, so its pool manager's default is the one to set.
+    loaded.rest_client.pool_manager.connection_pool_kw["retries"] = 0
+    return loaded
 
 
 class KubeClient:
@@ -210,24 +228,41 @@ class KubeClient:
         consume_command: bool,
         replicas: int | None = None,
     ) -> DeploymentRecord:
-        """Write the state annotation, guarded by the resourceVersion that was read.
+        """Write the state annotation, failing if another writer changed what was decided on.
 
-        A concurrent writer (another replica, the CLI setting a command) makes
-        this fail with :class:`StateConflict` instead of being overwritten.
-        The canary's replica count can ride along in the same atomic patch.
+        The write is guarded by the resourceVersion that was read. The
+        deployment controller bumps it with every status update (pods getting
+        Ready), so on a conflict the object is read again: if only its status
+        moved, the write is retried on the new version; if the state, the
+        command, or the spec changed (another replica, the CLI, a new release)
+        it fails with :class:`StateConflict` and the tick decides again. The
+        canary's replica count can ride along in the same atomic patch.
         """
         annotations: dict[str, str | None] = {STATE_ANNOTATION: state_json}
         if consume_command:
             annotations[COMMAND_ANNOTATION] = None
-        patch: JSON = {
-            "metadata": {
-                "resourceVersion": deployment.resource_version,
-                "annotations": annotations,
+        current = deployment
+        for _ in range(_STATUS_RETRIES):
+            patch: JSON = {
+                "metadata": {
+                    "resourceVersion": current.resource_version,
+                    "annotations": annotations,
+                }
             }
-        }
-        if replicas is not None:
-            patch["spec"] = {"replicas": replicas}
-        return self.patch_deployment(deployment.namespace, deployment.name, patch, "write state")
+            if replicas is not None:
+                patch["spec"] = {"replicas": replicas}
+            try:
+                return self.patch_deployment(
+                    deployment.namespace, deployment.name, patch, "write state"
+                )
+            except StateConflict:
+                current = self.read_deployment(deployment.namespace, deployment.name)
+                if _decided_on(current) != _decided_on(deployment):
+                    raise
+        raise StateConflict(
+            f"write state ({deployment.namespace}/{deployment.name}): the status kept changing "
+            f"through {_STATUS_RETRIES} attempts"
+        )
 
     def set_command(self, namespace: str, name: str, command: str) -> None:
         """Ask the daemon to run a manual command on a rollout (consumed on its next tick)."""

@@ -195,6 +195,24 @@ def test_write_state_after_a_concurrent_writer_conflicts_and_overwrites_nothing(
     assert after.replicas == 1
 
 
+def test_write_state_survives_changes_that_do_not_touch_what_was_decided_on(
+    kube: KubeClient, namespace: str
+) -> None:
+    # The deployment controller's status updates (and label edits) bump the
+    # resourceVersion all the time; they must not make every state write conflict.
+    create_web(kube, namespace, replicas=1)
+    read = kube.read_deployment(namespace, "web")
+    kube.patch_deployment(
+        namespace, "web", {"metadata": {"labels": {"team": "web"}}}, "label the Deployment"
+    )
+    assert kube.read_deployment(namespace, "web").resource_version != read.resource_version
+
+    written = kube.write_state(read, '{"phase":"progressing"}', consume_command=False)
+
+    assert written.annotations[STATE_ANNOTATION] == '{"phase":"progressing"}'
+    assert written.raw["metadata"]["labels"]["team"] == "web"
+
+
 # ---- Events ----------------------------------------------------------------------------------
 
 

@@ -820,3 +820,13 @@ def test_sequential_thresholds_must_be_bucket_boundaries() -> None:
         "    analysis:\n      sequential: {latencyThresholds: [123ms]}\n",
     )
     assert "not bucket boundaries" in only_problem(text).message
+
+
+def test_a_config_that_is_not_utf8_is_a_problem_not_a_crash(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(MINIMAL.encode() + b"# caf\xe9\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    (problem,) = info.value.problems
+    assert problem.file == str(path)
+    assert "not UTF-8 text" in problem.message
