@@ -52,7 +52,13 @@ class DeploymentView:
     available: int  # status.availableReplicas
     updated: int  # status.updatedReplicas
     current: int  # status.replicas: every pod, old ReplicaSets included
-    observed: bool  # status.observedGeneration has caught up with metadata.generation
+    generation: int  # metadata.generation
+    observed_generation: int  # status.observedGeneration
+
+    @property
+    def observed(self) -> bool:
+        """Whether the deployment controller has seen the latest spec (and annotations)."""
+        return self.observed_generation >= self.generation
 
 
 @dataclass(frozen=True)
@@ -124,12 +130,17 @@ def _stable_for(rollout: RolloutConfig, state: RolloutState, step: int) -> int:
     return step_math.stable_pods(state.total, canary, scale_down_stable=rollout.scale_down_stable)
 
 
-def _canary_ready(view: DeploymentView, want: int) -> bool:
+def _canary_ready(view: DeploymentView, want: int, since_generation: int) -> bool:
+    # The controller must have seen the release's template (since_generation):
+    # before that its counts describe the previous one. Later generations need not
+    # be seen: the state annotation bumps the generation with every write (a
+    # Deployment's annotations count as spec), and after a scale the counts
+    # themselves say whether `want` pods are there.
     # readyReplicas counts every pod: while pods of an earlier canary template
     # remain (a release superseded mid-way), their readiness says nothing about
     # the new ones, so no old pods may be left.
     return (
-        view.observed
+        view.observed_generation >= since_generation
         and view.ready >= want
         and view.updated >= want
         and view.current <= view.updated
@@ -196,7 +207,7 @@ def analysis_due(
         return False
     if state.step >= len(rollout.steps) or obs.canary_revision != state.revision:
         return False
-    if not _canary_ready(obs.canary, _pods(rollout, state)[state.step]):
+    if not _canary_ready(obs.canary, _pods(rollout, state)[state.step], state.canary_generation):
         return False
     first = state.ready_at + rollout.analysis.warmup + rollout.interval
     if now < first:
@@ -259,6 +270,7 @@ def _start_release(t: _Tick, state: RolloutState, why: str) -> Decision:
         canary_version=obs.canary_version,
         stable_version=obs.stable_version,
         stable_template=obs.stable.template,
+        canary_generation=obs.canary.generation,
         total=total,
         step=0,
         stage="waitingReady",
@@ -455,7 +467,7 @@ def _decide_progressing(
         decision = _analysing(t, state, verdict)
     else:
         want = _pods(rollout, state)[state.step]
-        if _canary_ready(obs.canary, want):
+        if _canary_ready(obs.canary, want, state.canary_generation):
             new = dataclasses.replace(
                 state,
                 stage="analysing",
@@ -564,7 +576,7 @@ def _judge(t: _Tick, state: RolloutState, verdict: IntervalVerdict) -> Decision 
 def _analysing(t: _Tick, state: RolloutState, verdict: IntervalVerdict | None) -> Decision:
     rollout, obs, now = t.rollout, t.obs, t.now
     want = _pods(rollout, state)[state.step]
-    if not _canary_ready(obs.canary, want):
+    if not _canary_ready(obs.canary, want, state.canary_generation):
         since = state.not_ready_since or now
         if now - since > rollout.progress_deadline:
             return _deadline_rollback(

@@ -62,7 +62,8 @@ def _view(record: DeploymentRecord) -> decision.DeploymentView:
         available=record.available,
         updated=record.updated,
         current=record.current,
-        observed=record.observed,
+        generation=record.generation,
+        observed_generation=record.observed_generation,
     )
 
 

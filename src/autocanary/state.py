@@ -53,6 +53,7 @@ class RolloutState:
     canary_version: str = ""
     stable_version: str = ""
     stable_template: dict[str, Any] | None = None  # restored if a promotion must be undone
+    canary_generation: int = 0  # the canary's generation holding this release's template
     total: int = 0
     step: int = 0  # 0-based index into the rollout's steps
     stage: Stage = "waitingReady"

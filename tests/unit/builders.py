@@ -127,7 +127,8 @@ def view(
         available=ready,
         updated=replicas if updated is None else updated,
         current=replicas if current is None else current,
-        observed=observed,
+        generation=1,
+        observed_generation=1 if observed else 0,
     )
 
 
@@ -144,7 +145,8 @@ class FakeDeployment:
     new: int = 0  # pods of the current template
     new_ready: int = 0
     old: int = 0  # Ready pods of earlier templates, kept while the new ones are not Ready
-    observed: bool = True
+    generation: int = 1
+    observed_generation: int = 1
 
     def __post_init__(self) -> None:
         if self.new == 0 and self.old == 0:
@@ -160,14 +162,15 @@ class FakeDeployment:
             available=ready,
             updated=self.new,
             current=self.new + self.old,
-            observed=self.observed,
+            generation=self.generation,
+            observed_generation=self.observed_generation,
         )
 
     def set_replicas(self, replicas: int) -> None:
         if replicas == self.replicas:
             return
         self.replicas = replicas
-        self.observed = False
+        self.generation += 1
         # Scaling down removes pods at once; scaling up creates them on settle().
         self.new = min(self.new, replicas)
         self.new_ready = min(self.new_ready, replicas)
@@ -177,14 +180,14 @@ class FakeDeployment:
         if template == self.template:
             return
         self.template = template
-        self.observed = False
+        self.generation += 1
         # A rolling update: the Ready pods of the previous template keep serving.
         self.old = min(self.old + self.new_ready, self.replicas)
         self.new = self.new_ready = 0
 
     def settle(self, healthy: bool) -> None:
         """What the controllers do before the next tick: pods created, Ready if healthy."""
-        self.observed = True
+        self.observed_generation = self.generation
         self.new = self.replicas
         if healthy:
             self.new_ready = self.replicas

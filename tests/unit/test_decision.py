@@ -32,6 +32,7 @@ from builders import (
 from autocanary.alert import Verdict
 from autocanary.decision import (
     POLL,
+    DeploymentView,
     Desired,
     Observation,
     analysis_due,
@@ -143,11 +144,21 @@ def test_desired_counts_are_reasserted_every_tick() -> None:
         (view("web-canary", replicas=1, ready=1, updated=1, current=2), False),
         (view("web-canary", replicas=1), True),
         (view("web-canary", replicas=2), True),
+        # Seen the release's template; later generations (our own state writes, which
+        # bump a Deployment's generation) need not be seen yet.
+        (dataclasses.replace(view("web-canary", replicas=1), generation=3), True),
     ],
 )
-def test_waiting_ready(canary: object, ready: bool) -> None:
+def test_waiting_ready(canary: DeploymentView, ready: bool) -> None:
     driver = started()
     first = driver.tick()
+    # The views above count generations from the release's own one.
+    shift = first.decision.state.canary_generation - 1
+    canary = dataclasses.replace(
+        canary,
+        generation=canary.generation + shift,
+        observed_generation=canary.observed_generation + shift,
+    )
     obs = dataclasses.replace(first.obs, canary=canary)
     now = T0 + timedelta(seconds=10)
     decision = decide(driver.rollout, first.decision.state, obs, now)

@@ -36,7 +36,8 @@ def _view(name: str, template: JSON, replicas: int) -> DeploymentView:
         available=replicas,
         updated=replicas,
         current=replicas,
-        observed=True,
+        generation=1,
+        observed_generation=1,
     )
 
 
