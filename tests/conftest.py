@@ -5,6 +5,7 @@ Sections:
 - work directories: ``tmp_workdir``
 - Kubernetes: ``control_plane`` (session), ``kube_api`` (session), ``namespace``
 - monitoring: ``prometheus_factory``, ``alertmanager``
+- processes and traffic: ``group`` (a ProcessGroup), ``proxy`` (a ServiceProxy)
 
 Set ``AUTOCANARY_KEEP=1`` to keep every work directory (logs, configs) after the run.
 """
@@ -27,6 +28,8 @@ from kubernetes import client
 from autocanary.testbed.controlplane import ControlPlane, find_binaries
 from autocanary.testbed.errors import HarnessError
 from autocanary.testbed.monitoring import AlertmanagerServer, PrometheusServer, ScrapeTarget
+from autocanary.testbed.procs import ProcessGroup
+from autocanary.testbed.serviceproxy import ServiceProxy
 
 PrometheusFactory = Callable[..., PrometheusServer]
 
@@ -159,3 +162,20 @@ def alertmanager(tmp_workdir: Path) -> Iterator[AlertmanagerServer]:
     """A running Alertmanager routing to a null receiver; stopped after the test."""
     with AlertmanagerServer(tmp_workdir / "alertmanager") as server:
         yield server
+
+
+# ---- processes and traffic --------------------------------------------------------------
+
+
+@pytest.fixture
+def group(tmp_workdir: Path) -> Iterator[ProcessGroup]:
+    """Processes a test starts (testpage, probe, ...), stopped newest first afterwards."""
+    with ProcessGroup(tmp_workdir / "logs") as processes:
+        yield processes
+
+
+@pytest.fixture
+def proxy() -> Iterator[ServiceProxy]:
+    """A running Service proxy (round robin over the backends the test sets)."""
+    with ServiceProxy() as running:
+        yield running

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -21,18 +21,6 @@ from autocanary.testbed.waiting import wait_until
 pytestmark = pytest.mark.integration
 
 PrometheusFactory = Callable[..., PrometheusServer]
-
-
-@pytest.fixture
-def group(tmp_workdir: Path) -> Iterator[ProcessGroup]:
-    with ProcessGroup(tmp_workdir / "logs") as processes:
-        yield processes
-
-
-@pytest.fixture
-def proxy() -> Iterator[ServiceProxy]:
-    with ServiceProxy() as running:
-        yield running
 
 
 def query(prometheus: PrometheusServer, expr: str, at: float | None = None) -> dict[str, float]:

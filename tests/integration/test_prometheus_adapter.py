@@ -14,7 +14,6 @@ import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -249,18 +248,6 @@ def test_an_exporter_url_instead_of_prometheus_is_unavailable(exporter: Exporter
 
 
 # ---- the shipped templates over the probe's and testpage's metrics --------------------------
-
-
-@pytest.fixture
-def group(tmp_workdir: Path) -> Iterator[ProcessGroup]:
-    with ProcessGroup(tmp_workdir / "logs") as processes:
-        yield processes
-
-
-@pytest.fixture
-def proxy() -> Iterator[ServiceProxy]:
-    with ServiceProxy() as running:
-        yield running
 
 
 NAMESPACE = "shop-ns"

@@ -18,7 +18,6 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -127,18 +126,6 @@ def totals(snapshot: CounterSnapshot) -> Counters:
         observed=sum(s.buckets[math.inf] for s in series),
         fast=sum(s.buckets[LATENCY_THRESHOLD] for s in series),
     )
-
-
-@pytest.fixture
-def group(tmp_workdir: Path) -> Iterator[ProcessGroup]:
-    with ProcessGroup(tmp_workdir / "logs") as processes:
-        yield processes
-
-
-@pytest.fixture
-def proxy() -> Iterator[ServiceProxy]:
-    with ServiceProxy() as running:
-        yield running
 
 
 @pytest.fixture

@@ -6,8 +6,6 @@ import gc
 import socket
 import threading
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -19,18 +17,6 @@ from autocanary.testbed.serviceproxy import ServiceProxy
 from autocanary.testbed.waiting import wait_until
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def group(tmp_workdir: Path) -> Iterator[ProcessGroup]:
-    with ProcessGroup(tmp_workdir / "logs") as processes:
-        yield processes
-
-
-@pytest.fixture
-def proxy() -> Iterator[ServiceProxy]:
-    with ServiceProxy() as running:
-        yield running
 
 
 def versions_of_fresh_connections(url: str, count: int) -> Counter[str]:
