@@ -221,22 +221,11 @@ class RolloutEngine:
         if desired.stable_template is not None:
             log.info("replacing the stable pod template", deployment=r.stable)
             stable = self.kube.replace_template(r.namespace, r.stable, desired.stable_template)
-        if desired.stable_replicas is not None and desired.stable_replicas != stable.replicas:
-            log.info(
-                "scaling",
-                deployment=r.stable,
-                replicas=desired.stable_replicas,
-                was=stable.replicas,
-            )
-            self.kube.scale(r.namespace, r.stable, desired.stable_replicas)
-        if desired.canary_replicas is not None and desired.canary_replicas != canary.replicas:
-            log.info(
-                "scaling",
-                deployment=r.canary_name,
-                replicas=desired.canary_replicas,
-                was=canary.replicas,
-            )
-            self.kube.scale(r.namespace, r.canary_name, desired.canary_replicas)
+        # The stable first: when the canary shrinks (a rollback), capacity never dips.
+        for record, want in ((stable, desired.stable_replicas), (canary, desired.canary_replicas)):
+            if want is not None and want != record.replicas:
+                log.info("scaling", deployment=record.name, replicas=want, was=record.replicas)
+                self.kube.scale(r.namespace, record.name, want)
 
     def _tell(
         self,
