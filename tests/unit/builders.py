@@ -313,7 +313,7 @@ class Driver:
         obs = self.cluster.observe()
         verdict = None
         if analysis_due(self.rollout, self.state, obs, self.now):
-            verdict = interval_verdict(self.verdicts(self.now, self.state), self.now)
+            verdict = self.analyse(self.state)
         decision = decide(self.rollout, self.state, obs, self.now, verdict)
         self.cluster.apply(decision.desired)
         if decision.consume_command:
@@ -332,6 +332,10 @@ class Driver:
         self.cluster.settle()
         self.now += self.tick_every
         return record
+
+    def analyse(self, state: RolloutState) -> IntervalVerdict:
+        """The interval's verdict, where the engine would query Prometheus (subclasses judge)."""
+        return interval_verdict(self.verdicts(self.now, state), self.now)
 
     def run(self, ticks: int) -> list[TickRecord]:
         return [self.tick() for _ in range(ticks)]

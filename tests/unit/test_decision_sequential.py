@@ -29,7 +29,6 @@ from builders import (
 
 from autocanary import sequential_analysis
 from autocanary.analysis import IntervalVerdict
-from autocanary.decision import analysis_due, decide
 from autocanary.judge import CounterSnapshot, JudgeState
 from autocanary.judge import Verdict as JudgeVerdict
 from autocanary.sequential_analysis import Sample
@@ -117,30 +116,7 @@ class JudgedDriver(Driver):
         self.traffic.serve(
             self.now, seconds, self.cluster.canary.ready(), self.cluster.stable.ready()
         )
-        if command is not None:
-            self.cluster.command = command
-        obs = self.cluster.observe()
-        verdict = None
-        if analysis_due(self.rollout, self.state, obs, self.now):
-            verdict = self.analyse(self.state)
-        decision = decide(self.rollout, self.state, obs, self.now, verdict)
-        self.cluster.apply(decision.desired)
-        if decision.consume_command:
-            self.cluster.command = None
-        record = TickRecord(
-            self.now,
-            obs,
-            verdict,
-            decision,
-            self.cluster.serving(),
-            self.cluster.stable.replicas,
-            self.cluster.canary.replicas,
-        )
-        self.history.append(record)
-        self.state = decision.state
-        self.cluster.settle()
-        self.now += self.tick_every
-        return record
+        return super().tick(command)
 
     def judgements(self) -> list[JudgeVerdict]:
         return [
