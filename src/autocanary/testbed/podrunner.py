@@ -97,6 +97,13 @@ def pod_env(pod: Mapping[str, Any]) -> dict[str, str]:
     return env
 
 
+def _is_ready(pod: Mapping[str, Any]) -> bool:
+    return any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in (pod.get("status") or {}).get("conditions") or []
+    )
+
+
 class PodRunner:
     """Runs a testpage per scheduled pod matching ``selector`` in ``namespace``."""
 
@@ -192,8 +199,15 @@ class PodRunner:
             uid = meta["uid"]
             if meta.get("deletionTimestamp") or not (pod.get("spec") or {}).get("nodeName"):
                 continue
+            # KWOK marks a Pending pod Running and Ready; act only after that, or it
+            # would overwrite a Ready=False reported for a pod that cannot run.
+            if (pod.get("status") or {}).get("phase") != "Running":
+                continue
             seen.add(uid)
             if uid in self._failed:
+                if _is_ready(pod):
+                    # Reported not Ready, yet Ready again: say it again, as a kubelet would.
+                    self._fail(pod, "NotRunning", "the pod runner is not running this pod")
                 continue
             proc = self._procs.get(uid)
             if proc is None:
@@ -306,14 +320,7 @@ class PodRunner:
     def _publish(self, pods: Iterable[Mapping[str, Any]] | None) -> None:
         ready_uids: set[str] | None = None
         if pods is not None:
-            ready_uids = {
-                p["metadata"]["uid"]
-                for p in pods
-                if any(
-                    c.get("type") == "Ready" and c.get("status") == "True"
-                    for c in (p.get("status") or {}).get("conditions") or []
-                )
-            }
+            ready_uids = {p["metadata"]["uid"] for p in pods if _is_ready(p)}
         with self._lock:
             endpoints = sorted(
                 (
