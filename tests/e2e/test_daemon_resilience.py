@@ -75,8 +75,9 @@ def test_two_replicas_only_the_leader_acts_and_the_other_takes_over(
     stack.stop_daemon(leader, kill=True)
     wait_until(lambda: _lease_holder(stack) == follower, timeout=20, what="the follower leading")
     takeover = time.monotonic() - killed_at
-    # Lease 6s, retry 1s: the follower must lead within the lease time plus a retry or two.
-    assert takeover < 6 + 4, f"takeover took {takeover:.1f}s"
+    # Lease 6s, retry 1s: the follower must lead within the lease time plus a few retries
+    # (it counts the lease from when it last saw the record change, on its own clock).
+    assert takeover < 6 + 6, f"takeover took {takeover:.1f}s"
 
     final = stack.wait_for(lambda s: s.phase in ("succeeded", "rolledBack"), 120, "settled")
     assert final.phase == "succeeded", final.message
