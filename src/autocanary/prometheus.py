@@ -25,25 +25,29 @@ from autocanary.errors import PrometheusUnavailable, QueryError
 _STATUS = re.compile(r"HTTP Status Code (\d{3})")
 
 
+def auth_headers(cfg: PrometheusConfig) -> dict[str, str]:
+    """The headers every request to ``cfg.url`` carries (a bearer token, if configured)."""
+    if not cfg.bearer_token_file:
+        return {}
+    try:
+        token = Path(cfg.bearer_token_file).read_text(encoding="utf-8").strip()
+    except OSError as e:
+        raise PrometheusUnavailable(
+            f"cannot read prometheus.bearerTokenFile {cfg.bearer_token_file}: {e.strerror}"
+        ) from e
+    return {"Authorization": f"Bearer {token}"}
+
+
 class PrometheusClient:
     """Instant queries that must answer with one number, or nothing."""
 
     def __init__(self, cfg: PrometheusConfig) -> None:
         """Connect lazily to ``cfg.url``; every query uses ``cfg.timeout``."""
-        headers = None
-        if cfg.bearer_token_file:
-            try:
-                token = Path(cfg.bearer_token_file).read_text(encoding="utf-8").strip()
-            except OSError as e:
-                raise PrometheusUnavailable(
-                    f"cannot read prometheus.bearerTokenFile {cfg.bearer_token_file}: {e.strerror}"
-                ) from e
-            headers = {"Authorization": f"Bearer {token}"}
         self.url = cfg.url
         self._timeout = cfg.timeout.total_seconds()
         self._connection = PrometheusConnect(
             url=cfg.url,
-            headers=headers,
+            headers=auth_headers(cfg) or None,
             retry=Retry(total=0, raise_on_status=False),
             timeout=self._timeout,
         )

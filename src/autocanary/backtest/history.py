@@ -1,10 +1,8 @@
 """What Prometheus can say about its history: retention, and which series a window holds.
 
-Backtest's own small Prometheus adapter, beside :mod:`autocanary.prometheus`
-(which answers the analysis queries, as in the daemon): instant vectors with
-their labels, and the status API. Every call has the configured timeout;
-transport failures become :class:`PrometheusUnavailable`, rejected queries
-:class:`QueryError`.
+Queries go through :mod:`autocanary.prometheus`, as in the daemon; this adds
+the status API, which that client does not offer. Every call has the
+configured timeout; transport failures become :class:`PrometheusUnavailable`.
 """
 
 from __future__ import annotations
@@ -12,19 +10,17 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 import httpx
 
 from autocanary.config import PrometheusConfig
-from autocanary.errors import PrometheusUnavailable, QueryError
+from autocanary.errors import PrometheusUnavailable
+from autocanary.prometheus import PrometheusClient, Sample, auth_headers
 
 _PROM_DURATION = re.compile(r"^(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 _UNITS = (365 * 86400, 7 * 86400, 86400, 3600, 60, 1)
-
-Sample = tuple[dict[str, str], float]
 
 
 def parse_prometheus_duration(text: str) -> timedelta | None:
@@ -48,23 +44,16 @@ class PrometheusHistory:
     """Label-aware instant queries and the status API of one Prometheus."""
 
     def __init__(self, cfg: PrometheusConfig) -> None:
-        """Prepare a client for ``cfg.url`` with its timeout and bearer token."""
-        headers = {}
-        if cfg.bearer_token_file:
-            try:
-                token = Path(cfg.bearer_token_file).read_text(encoding="utf-8").strip()
-            except OSError as e:
-                raise PrometheusUnavailable(
-                    f"cannot read prometheus.bearerTokenFile {cfg.bearer_token_file}: {e.strerror}"
-                ) from e
-            headers["Authorization"] = f"Bearer {token}"
+        """Prepare clients for ``cfg.url`` with its timeout and bearer token."""
         self.url = cfg.url
+        self._queries = PrometheusClient(cfg)
         self._http = httpx.Client(
-            base_url=cfg.url, headers=headers, timeout=cfg.timeout.total_seconds()
+            base_url=cfg.url, headers=auth_headers(cfg), timeout=cfg.timeout.total_seconds()
         )
 
     def close(self) -> None:
         """Release the HTTP connections."""
+        self._queries.close()
         self._http.close()
 
     def __enter__(self) -> Self:
@@ -86,22 +75,7 @@ class PrometheusHistory:
 
     def vector(self, promql: str, at: datetime) -> list[Sample]:
         """Evaluate ``promql`` at ``at``: each series' labels and value."""
-        response = self._get("/api/v1/query", {"query": promql, "time": f"{at.timestamp():.3f}"})
-        body = _json(response, self.url)
-        if response.status_code in (400, 422):
-            raise QueryError(f"Prometheus rejected the query {promql!r}: {body.get('error')}")
-        if not response.is_success or body.get("status") != "success":
-            raise PrometheusUnavailable(
-                f"Prometheus at {self.url} failed the query {promql!r}: "
-                f"HTTP {response.status_code} {body.get('error', '')}".rstrip()
-            )
-        data = body.get("data") or {}
-        if data.get("resultType") != "vector":
-            raise QueryError(f"query {promql!r} returned a {data.get('resultType')}, not a vector")
-        return [
-            ({str(k): str(v) for k, v in r.get("metric", {}).items()}, float(r["value"][1]))
-            for r in data.get("result", [])
-        ]
+        return self._queries.query_vector(promql, at)
 
     def retention(self) -> Retention | None:
         """The retention Prometheus applies; None when it does not say (e.g. not Prometheus)."""

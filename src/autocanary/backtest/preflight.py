@@ -15,9 +15,10 @@ from typing import Protocol
 from autocanary import promql
 from autocanary.analysis import template_variables
 from autocanary.backtest.errors import NoDataError, RetentionError, UnknownVersionError
-from autocanary.backtest.history import Retention, Sample
+from autocanary.backtest.history import Retention
 from autocanary.backtest.report import Release
 from autocanary.config import RolloutConfig
+from autocanary.prometheus import Sample
 from autocanary.units import format_duration
 
 _METRIC = re.compile(r"increase\(([a-zA-Z_:][a-zA-Z0-9_:]*)\{")
