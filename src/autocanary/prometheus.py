@@ -9,6 +9,8 @@ inconclusive for that interval. Errors are translated: a rejected query is a
 
 from __future__ import annotations
 
+import ast
+import json
 import re
 from datetime import datetime
 from pathlib import Path
@@ -23,6 +25,26 @@ from autocanary.config import PrometheusConfig
 from autocanary.errors import PrometheusUnavailable, QueryError
 
 _STATUS = re.compile(r"HTTP Status Code (\d{3})")
+
+
+def _prometheus_error(e: PrometheusApiClientException) -> str:
+    """Prometheus's own error text ("parse error: ..."), out of the library's message.
+
+    The library says ``HTTP Status Code 400 (b'{...JSON...}')``; the JSON's
+    ``error`` field is what a user needs to fix the query.
+    """
+    text = str(e)
+    body = re.search(r"\((b'.*'|b\".*\")\)\s*$", text, re.S)
+    if body is not None:
+        try:
+            data = json.loads(ast.literal_eval(body.group(1)))
+        except (ValueError, SyntaxError):
+            return text
+        if isinstance(data, dict) and data.get("error"):
+            status = _STATUS.search(text)
+            prefix = f"HTTP {status.group(1)}: " if status else ""
+            return f"{prefix}{data.get('errorType', 'error')}: {data['error']}"
+    return text
 
 
 def auth_headers(cfg: PrometheusConfig) -> dict[str, str]:
@@ -77,8 +99,12 @@ class PrometheusClient:
         except PrometheusApiClientException as e:
             status = _STATUS.search(str(e))
             if status and status.group(1) in ("400", "422"):
-                raise QueryError(f"Prometheus rejected the query {promql!r}: {e}") from e
-            raise PrometheusUnavailable(f"Prometheus at {self.url} failed: {e}") from e
+                raise QueryError(
+                    f"Prometheus rejected the query {promql!r}: {_prometheus_error(e)}"
+                ) from e
+            raise PrometheusUnavailable(
+                f"Prometheus at {self.url} failed: {_prometheus_error(e)}"
+            ) from e
         except requests.RequestException as e:
             raise PrometheusUnavailable(f"cannot reach Prometheus at {self.url}: {e}") from e
         except ValueError as e:  # a proxy or wrong URL answering something that is not JSON
