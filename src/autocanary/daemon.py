@@ -196,6 +196,7 @@ class Daemon:
                 "tick failed",
                 rollout=name,
                 namespace=rollout.namespace,
+                **engine.log_context,
                 error_type=type(e).__name__,
                 error=str(e),
             )
@@ -203,7 +204,9 @@ class Daemon:
         except Exception as e:
             # A bug must not kill the job (and with it the rollout); it must be loud.
             self.metrics.tick_errors.labels(name, type(e).__name__).inc()
-            log.exception("tick crashed", rollout=name, namespace=rollout.namespace)
+            log.exception(
+                "tick crashed", rollout=name, namespace=rollout.namespace, **engine.log_context
+            )
             return
         self._requeue(rollout, result.requeue_after)
 

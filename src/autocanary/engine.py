@@ -90,6 +90,9 @@ class RolloutEngine:
         self._log = structlog.get_logger("autocanary.engine").bind(
             rollout=rollout.name, namespace=rollout.namespace
         )
+        #: revision and step of the rollout as last read, for the caller's log lines
+        #: about a tick that failed (every line of a rollout carries them).
+        self.log_context: dict[str, object] = {"revision": None, "step": None}
         # Series exist from the start at 0, so the first rollback after a restart is an
         # increase that alert rules see, not a series appearing at 1.
         metrics.rollbacks.labels(rollout.name, rollout.namespace)
@@ -131,10 +134,11 @@ class RolloutEngine:
         started = time.monotonic()
         r = self.rollout
         canary, stable, obs, current = self.observe()
-        log = self._log.bind(
-            revision=current.revision or obs.canary_revision,
-            step=current.step + 1 if current.phase in state_codec.ACTIVE_PHASES else None,
-        )
+        self.log_context = {
+            "revision": current.revision or obs.canary_revision,
+            "step": current.step + 1 if current.phase in state_codec.ACTIVE_PHASES else None,
+        }
+        log = self._log.bind(**self.log_context)
         now = self.clock()
         verdict = None
         if decision.analysis_due(r, current, obs, now):
@@ -152,10 +156,11 @@ class RolloutEngine:
                 log.info("state changed meanwhile; deciding again on the next tick")
                 return TickResult(current.phase, timedelta(seconds=1), (), current)
 
-        log = log.bind(
-            revision=new.revision or obs.canary_revision,
-            step=new.step + 1 if new.phase in state_codec.ACTIVE_PHASES else None,
-        )
+        self.log_context = {
+            "revision": new.revision or obs.canary_revision,
+            "step": new.step + 1 if new.phase in state_codec.ACTIVE_PHASES else None,
+        }
+        log = log.bind(**self.log_context)
         self._actuate(outcome.desired, canary, stable, log)
         for transition in outcome.transitions:
             self._tell(transition, new, canary, log)

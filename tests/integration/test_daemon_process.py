@@ -245,6 +245,8 @@ def test_a_broken_rollout_logs_every_tick_while_a_healthy_one_progresses(daemon:
         assert failure["level"] == "error"
         assert failure["error_type"] == "ResourceNotFound"
         assert failure["namespace"] == daemon.namespace
+        # Every line of a rollout names revision and step, unknown while nothing can be read.
+        assert (failure["revision"], failure["step"]) == (None, None)
         assert f"{daemon.namespace}/ghost-canary" in failure["error"]
         assert "not found" in failure["error"]
     errors = daemon.metric(
