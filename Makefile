@@ -26,4 +26,4 @@ test-unit:
 # The quick start: set up, then rehearse a good and a bad release on the local
 # control plane, narrated. Leaves nothing running.
 rehearsal: setup
-	$(VENV)/python -m autocanary.testbed.rehearsal
+	$(VENV)/python -m autocanary_testbed.rehearsal

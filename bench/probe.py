@@ -31,8 +31,8 @@ from prometheus_client import CollectorRegistry
 
 from autocanary.probe import Load, ProbeMetrics, Target
 from autocanary.probe_http import Endpoint
-from autocanary.testbed.http_checks import http_ready
-from autocanary.testbed.procs import ProcessGroup, free_port
+from autocanary_testbed.http_checks import http_ready
+from autocanary_testbed.procs import ProcessGroup, free_port
 
 PROBE_CPU = 0
 APP_CPU = 1

@@ -31,10 +31,10 @@ from autocanary.kube import KubeClient
 from autocanary.metrics import DaemonMetrics
 from autocanary.notify import Notifier
 from autocanary.prometheus import PrometheusClient
-from autocanary.testbed.controlplane import ControlPlane
-from autocanary.testbed.monitoring import PrometheusServer
-from autocanary.testbed.stack import app_deployment
-from autocanary.testbed.waiting import wait_until
+from autocanary_testbed.controlplane import ControlPlane
+from autocanary_testbed.monitoring import PrometheusServer
+from autocanary_testbed.stack import app_deployment
+from autocanary_testbed.waiting import wait_until
 
 NAMESPACE = "bench"
 

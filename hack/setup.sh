@@ -2,8 +2,9 @@
 # Prepares a machine to run every test tier, from a clean clone: Debian packages
 # (Prometheus, Alertmanager, wrk, openssl, curl), the control-plane binaries
 # (hack/controlplane/build.sh, cached outside the repository) and .venv with the
-# project installed with its test extras. Idempotent: each phase skips work that
-# is already done, and the time spent per phase is printed.
+# project installed with its test extras, beside the test bed (testbed/).
+# Idempotent: each phase skips work that is already done, and the time spent
+# per phase is printed.
 #
 # Needs: Debian (apt), Go >= 1.26 on PATH (or /usr/local/go/bin), python3 >= 3.11.
 set -euo pipefail
@@ -27,6 +28,8 @@ install_packages() {
   for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
   done
+  # CI sets AUTOCANARY_APT_ALWAYS so that the install path runs on every run.
+  if [ -n "${AUTOCANARY_APT_ALWAYS:-}" ]; then missing=("${APT_PACKAGES[@]}"); fi
   if [ ${#missing[@]} -eq 0 ]; then
     log "apt packages already installed: ${APT_PACKAGES[*]}"
     return
@@ -62,6 +65,7 @@ build_controlplane() {
   fi
   command -v go >/dev/null || die "go not found: install Go >= 1.26 (needed to build the control plane)"
   hack/controlplane/build.sh >/dev/null
+  log "control-plane binaries in ${AUTOCANARY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/autocanary}/testbin"
 }
 
 make_venv() {
@@ -77,12 +81,12 @@ make_venv() {
   fi
   # Reinstall only when the dependency declaration changed.
   local want
-  want=$( { .venv/bin/python -V 2>&1; cat pyproject.toml; } | sha256sum | cut -d' ' -f1)
+  want=$( { .venv/bin/python -V 2>&1; cat pyproject.toml testbed/pyproject.toml; } | sha256sum | cut -d' ' -f1)
   if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
     log ".venv up to date"
     return
   fi
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' -e ./testbed
   echo "$want" > "$STAMP"
 }
 

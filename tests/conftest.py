@@ -1,4 +1,4 @@
-"""Shared pytest fixtures. Real services come from ``autocanary.testbed``; see each section.
+"""Shared pytest fixtures. Real services come from ``autocanary_testbed``; see each section.
 
 Sections:
 - hygiene: structlog reset, failure tracking (work directories of failed tests are kept)
@@ -25,11 +25,11 @@ import pytest
 import structlog
 from kubernetes import client
 
-from autocanary.testbed.controlplane import ControlPlane, find_binaries
-from autocanary.testbed.errors import HarnessError
-from autocanary.testbed.monitoring import AlertmanagerServer, PrometheusServer, ScrapeTarget
-from autocanary.testbed.procs import ProcessGroup
-from autocanary.testbed.serviceproxy import ServiceProxy
+from autocanary_testbed.controlplane import ControlPlane, find_binaries
+from autocanary_testbed.errors import HarnessError
+from autocanary_testbed.monitoring import AlertmanagerServer, PrometheusServer, ScrapeTarget
+from autocanary_testbed.procs import ProcessGroup
+from autocanary_testbed.serviceproxy import ServiceProxy
 
 PrometheusFactory = Callable[..., PrometheusServer]
 

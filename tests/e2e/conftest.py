@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from e2e_helpers import StackFactory
 
-from autocanary.testbed.controlplane import ControlPlane
-from autocanary.testbed.stack import CanaryStack, StackSettings
+from autocanary_testbed.controlplane import ControlPlane
+from autocanary_testbed.stack import CanaryStack, StackSettings
 
 
 @pytest.fixture

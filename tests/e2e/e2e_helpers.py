@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from autocanary.testbed.stack import CanaryStack
+from autocanary_testbed.stack import CanaryStack
 
 StackFactory = Callable[..., CanaryStack]
 

@@ -9,7 +9,7 @@ import pytest
 from e2e_helpers import StackFactory, our_reasons
 from kubernetes import client
 
-from autocanary.testbed.waiting import wait_until
+from autocanary_testbed.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from e2e_helpers import StackFactory, our_reasons, stable_container, stable_labels, webhook_alerts
 
-from autocanary.testbed.waiting import wait_until
+from autocanary_testbed.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 

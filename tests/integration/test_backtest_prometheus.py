@@ -28,7 +28,7 @@ from autocanary.backtest.synthetic import TrafficChange, VersionTraffic
 from autocanary.config import Config
 from autocanary.config_loader import parse_config
 from autocanary.prometheus import PrometheusClient
-from autocanary.testbed.monitoring import PrometheusServer, find_tool
+from autocanary_testbed.monitoring import PrometheusServer, find_tool
 
 pytestmark = pytest.mark.integration
 

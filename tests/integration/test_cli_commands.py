@@ -12,9 +12,9 @@ import pytest
 from kubernetes import client
 
 from autocanary.kube import KubeClient
-from autocanary.testbed.controlplane import ControlPlane
-from autocanary.testbed.monitoring import PrometheusServer
-from autocanary.testbed.stack import app_deployment
+from autocanary_testbed.controlplane import ControlPlane
+from autocanary_testbed.monitoring import PrometheusServer
+from autocanary_testbed.stack import app_deployment
 
 pytestmark = pytest.mark.integration
 

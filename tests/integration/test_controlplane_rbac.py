@@ -9,8 +9,8 @@ import pytest
 from kubernetes import client
 from kubernetes.client import ApiException
 
-from autocanary.testbed.controlplane import ControlPlane
-from autocanary.testbed.waiting import wait_until
+from autocanary_testbed.controlplane import ControlPlane
+from autocanary_testbed.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 

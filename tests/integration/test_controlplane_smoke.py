@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from kubernetes import client
 
-from autocanary.testbed.controlplane import NODE_NAME, ControlPlane
-from autocanary.testbed.waiting import wait_until
+from autocanary_testbed.controlplane import NODE_NAME, ControlPlane
+from autocanary_testbed.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -26,12 +26,12 @@ from kubernetes import client
 from autocanary import state as state_codec
 from autocanary.kube import KubeClient
 from autocanary.state import STATE_ANNOTATION
-from autocanary.testbed.controlplane import ControlPlane
-from autocanary.testbed.http_checks import http_ok
-from autocanary.testbed.monitoring import PrometheusServer
-from autocanary.testbed.procs import ManagedProcess, free_port
-from autocanary.testbed.stack import app_deployment
-from autocanary.testbed.waiting import wait_until
+from autocanary_testbed.controlplane import ControlPlane
+from autocanary_testbed.http_checks import http_ok
+from autocanary_testbed.monitoring import PrometheusServer
+from autocanary_testbed.procs import ManagedProcess, free_port
+from autocanary_testbed.stack import app_deployment
+from autocanary_testbed.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 

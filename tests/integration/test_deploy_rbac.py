@@ -40,8 +40,8 @@ from autocanary.errors import KubernetesForbidden, StateConflict
 from autocanary.kube import KubeClient
 from autocanary.leader import LeaderElector
 from autocanary.state import STATE_ANNOTATION, RolloutState
-from autocanary.testbed.controlplane import ControlPlane
-from autocanary.testbed.waiting import wait_until
+from autocanary_testbed.controlplane import ControlPlane
+from autocanary_testbed.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -30,13 +30,13 @@ from autocanary.metrics import DaemonMetrics
 from autocanary.notify import Backoff, Notifier
 from autocanary.prometheus import PrometheusClient
 from autocanary.state import COMMAND_ANNOTATION, STATE_ANNOTATION, RolloutState
-from autocanary.testbed.apps import start_probe, start_testpage
-from autocanary.testbed.monitoring import PrometheusServer, ScrapeTarget
-from autocanary.testbed.procs import ProcessGroup
-from autocanary.testbed.receiver import AlertReceiver
-from autocanary.testbed.serviceproxy import ServiceProxy
-from autocanary.testbed.stack import app_deployment
-from autocanary.testbed.waiting import wait_until
+from autocanary_testbed.apps import start_probe, start_testpage
+from autocanary_testbed.monitoring import PrometheusServer, ScrapeTarget
+from autocanary_testbed.procs import ProcessGroup
+from autocanary_testbed.receiver import AlertReceiver
+from autocanary_testbed.serviceproxy import ServiceProxy
+from autocanary_testbed.stack import app_deployment
+from autocanary_testbed.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 

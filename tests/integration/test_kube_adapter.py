@@ -24,10 +24,10 @@ from autocanary.errors import (
 )
 from autocanary.kube import DeploymentRecord, KubeClient, load_api_client
 from autocanary.state import COMMAND_ANNOTATION, STATE_ANNOTATION
-from autocanary.testbed.controlplane import ControlPlane
-from autocanary.testbed.procs import free_port
-from autocanary.testbed.stack import app_deployment
-from autocanary.testbed.waiting import wait_until
+from autocanary_testbed.controlplane import ControlPlane
+from autocanary_testbed.procs import free_port
+from autocanary_testbed.stack import app_deployment
+from autocanary_testbed.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 

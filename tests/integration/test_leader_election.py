@@ -20,9 +20,9 @@ from kubernetes import client
 from autocanary.config import LeaderElectionConfig
 from autocanary.kube import KubeClient, load_api_client
 from autocanary.leader import LeaderElector
-from autocanary.testbed.controlplane import ControlPlane
-from autocanary.testbed.procs import free_port
-from autocanary.testbed.waiting import wait_until
+from autocanary_testbed.controlplane import ControlPlane
+from autocanary_testbed.procs import free_port
+from autocanary_testbed.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 

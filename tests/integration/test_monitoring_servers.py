@@ -14,8 +14,8 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
-from autocanary.testbed.monitoring import AlertmanagerServer, PrometheusServer, ScrapeTarget
-from autocanary.testbed.waiting import wait_until
+from autocanary_testbed.monitoring import AlertmanagerServer, PrometheusServer, ScrapeTarget
+from autocanary_testbed.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -21,7 +21,7 @@ from autocanary.alert import Alert, CheckSummary
 from autocanary.config import AlertmanagerSink, Sink, SlackSink, WebhookSink
 from autocanary.metrics import DaemonMetrics
 from autocanary.notify import Backoff, Notifier, slack_payload, webhook_payload
-from autocanary.testbed.monitoring import AlertmanagerServer
+from autocanary_testbed.monitoring import AlertmanagerServer
 
 pytestmark = pytest.mark.integration
 

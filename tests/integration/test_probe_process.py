@@ -11,12 +11,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from autocanary.testbed.apps import ProbeProcess, start_probe, start_testpage
-from autocanary.testbed.endpoints import ReadinessSync
-from autocanary.testbed.monitoring import PrometheusServer, ScrapeTarget
-from autocanary.testbed.procs import ProcessGroup, free_port
-from autocanary.testbed.serviceproxy import ServiceProxy
-from autocanary.testbed.waiting import wait_until
+from autocanary_testbed.apps import ProbeProcess, start_probe, start_testpage
+from autocanary_testbed.endpoints import ReadinessSync
+from autocanary_testbed.monitoring import PrometheusServer, ScrapeTarget
+from autocanary_testbed.procs import ProcessGroup, free_port
+from autocanary_testbed.serviceproxy import ServiceProxy
+from autocanary_testbed.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 

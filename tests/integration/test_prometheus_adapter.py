@@ -23,11 +23,11 @@ from autocanary import analysis
 from autocanary.config import PrometheusConfig, RolloutConfig
 from autocanary.errors import PrometheusUnavailable, QueryError
 from autocanary.prometheus import PrometheusClient
-from autocanary.testbed.apps import start_probe, start_testpage
-from autocanary.testbed.monitoring import PrometheusServer, ScrapeTarget
-from autocanary.testbed.procs import ProcessGroup, free_port
-from autocanary.testbed.serviceproxy import ServiceProxy
-from autocanary.testbed.waiting import wait_until
+from autocanary_testbed.apps import start_probe, start_testpage
+from autocanary_testbed.monitoring import PrometheusServer, ScrapeTarget
+from autocanary_testbed.procs import ProcessGroup, free_port
+from autocanary_testbed.serviceproxy import ServiceProxy
+from autocanary_testbed.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 

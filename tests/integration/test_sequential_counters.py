@@ -27,11 +27,11 @@ from autocanary.config import PrometheusConfig, RolloutConfig, SequentialAnalysi
 from autocanary.judge import CounterSnapshot, Judgement
 from autocanary.judge import Verdict as JudgeVerdict
 from autocanary.prometheus import PrometheusClient
-from autocanary.testbed.apps import ProbeProcess, start_probe, start_testpage
-from autocanary.testbed.monitoring import PrometheusServer, ScrapeTarget
-from autocanary.testbed.procs import ProcessGroup
-from autocanary.testbed.serviceproxy import ServiceProxy
-from autocanary.testbed.waiting import wait_until
+from autocanary_testbed.apps import ProbeProcess, start_probe, start_testpage
+from autocanary_testbed.monitoring import PrometheusServer, ScrapeTarget
+from autocanary_testbed.procs import ProcessGroup
+from autocanary_testbed.serviceproxy import ServiceProxy
+from autocanary_testbed.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -10,11 +10,11 @@ from collections import Counter
 import httpx
 import pytest
 
-from autocanary.testbed.apps import start_testpage
-from autocanary.testbed.errors import HarnessError
-from autocanary.testbed.procs import ProcessGroup, free_port
-from autocanary.testbed.serviceproxy import ServiceProxy
-from autocanary.testbed.waiting import wait_until
+from autocanary_testbed.apps import start_testpage
+from autocanary_testbed.errors import HarnessError
+from autocanary_testbed.procs import ProcessGroup, free_port
+from autocanary_testbed.serviceproxy import ServiceProxy
+from autocanary_testbed.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from autocanary.testbed.errors import HarnessError
-from autocanary.testbed.procs import ManagedProcess, ProcessGroup, free_port, pid_alive
-from autocanary.testbed.waiting import wait_until
+from autocanary_testbed.errors import HarnessError
+from autocanary_testbed.procs import ManagedProcess, ProcessGroup, free_port, pid_alive
+from autocanary_testbed.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -1,5 +1,5 @@
 """Tearing the test bed down leaves no process and no work directory behind, also when
-start-up fails half-way, and also for the ``python -m autocanary.testbed up`` command."""
+start-up fails half-way, and also for the ``python -m autocanary_testbed up`` command."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from kubernetes import client, config
 
-from autocanary.testbed.controlplane import ControlPlane, find_binaries
-from autocanary.testbed.errors import HarnessError
-from autocanary.testbed.monitoring import AlertmanagerServer, PrometheusServer
-from autocanary.testbed.procs import pid_alive
+from autocanary_testbed.controlplane import ControlPlane, find_binaries
+from autocanary_testbed.errors import HarnessError
+from autocanary_testbed.monitoring import AlertmanagerServer, PrometheusServer
+from autocanary_testbed.procs import pid_alive
 
 pytestmark = pytest.mark.integration
 
@@ -101,7 +101,7 @@ def test_monitoring_servers_stop_by_pid(tmp_workdir: Path) -> None:
 def test_up_command_serves_a_kubeconfig_until_sigterm(tmp_workdir: Path) -> None:
     workdir = tmp_workdir / "cp"
     env = {k: v for k, v in os.environ.items() if k != "AUTOCANARY_KEEP"}
-    cmd = [sys.executable, "-m", "autocanary.testbed", "up", "--workdir", str(workdir)]
+    cmd = [sys.executable, "-m", "autocanary_testbed", "up", "--workdir", str(workdir)]
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env) as up:
         try:
             assert up.stdout is not None

@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from autocanary.testbed.apps import TestpageProcess, scrape, start_testpage
-from autocanary.testbed.procs import ProcessGroup
-from autocanary.testbed.waiting import wait_until
+from autocanary_testbed.apps import TestpageProcess, scrape, start_testpage
+from autocanary_testbed.procs import ProcessGroup
+from autocanary_testbed.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from autocanary.testbed.serviceproxy import ServiceProxy, parse_backend
+from autocanary_testbed.serviceproxy import ServiceProxy, parse_backend
 
 
 def test_parse_backend_splits_host_and_port() -> None:

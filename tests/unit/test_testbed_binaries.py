@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from autocanary.testbed import binaries
-from autocanary.testbed.errors import HarnessError
+from autocanary_testbed import binaries
+from autocanary_testbed.errors import HarnessError
 
 BUILD_SH = Path(__file__).parents[2] / "hack" / "controlplane" / "build.sh"
 

@@ -28,16 +28,16 @@ import yaml
 from kubernetes import client
 
 from autocanary import state as state_codec
-from autocanary.testbed.apps import ProbeProcess, start_probe
-from autocanary.testbed.controlplane import ControlPlane
-from autocanary.testbed.errors import HarnessError
-from autocanary.testbed.http_checks import http_ok
-from autocanary.testbed.monitoring import AlertmanagerServer, PrometheusServer, ScrapeTarget
-from autocanary.testbed.podrunner import Endpoint, PodRunner
-from autocanary.testbed.procs import ManagedProcess, ProcessGroup, free_port
-from autocanary.testbed.receiver import AlertReceiver
-from autocanary.testbed.serviceproxy import ServiceProxy
-from autocanary.testbed.waiting import wait_until
+from autocanary_testbed.apps import ProbeProcess, start_probe
+from autocanary_testbed.controlplane import ControlPlane
+from autocanary_testbed.errors import HarnessError
+from autocanary_testbed.http_checks import http_ok
+from autocanary_testbed.monitoring import AlertmanagerServer, PrometheusServer, ScrapeTarget
+from autocanary_testbed.podrunner import Endpoint, PodRunner
+from autocanary_testbed.procs import ManagedProcess, ProcessGroup, free_port
+from autocanary_testbed.receiver import AlertReceiver
+from autocanary_testbed.serviceproxy import ServiceProxy
+from autocanary_testbed.waiting import wait_until
 
 log = structlog.get_logger(__name__)
 

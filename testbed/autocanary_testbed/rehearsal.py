@@ -1,6 +1,6 @@
 """The rehearsal: a good release and a bad one, end to end on the local control plane, narrated.
 
-``python -m autocanary.testbed.rehearsal`` (``make rehearsal``) starts the
+``python -m autocanary_testbed.rehearsal`` (``make rehearsal``) starts the
 control plane, the demo app with three stable replicas of testpage v1, the
 probe, Prometheus, Alertmanager, a webhook receiver and the daemon; ships v2
 (healthy) and v3 (10% errors); tells what happens as it happens; prints a
@@ -21,9 +21,9 @@ from typing import Any, TextIO
 
 from autocanary import logs
 from autocanary.state import RolloutState
-from autocanary.testbed.controlplane import ControlPlane
-from autocanary.testbed.errors import HarnessError
-from autocanary.testbed.stack import CanaryStack, StackSettings
+from autocanary_testbed.controlplane import ControlPlane
+from autocanary_testbed.errors import HarnessError
+from autocanary_testbed.stack import CanaryStack, StackSettings
 
 
 @dataclass
@@ -174,7 +174,7 @@ def _summary(out: TextIO, releases: Sequence[Release], stack: CanaryStack) -> bo
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: ``python -m autocanary.testbed.rehearsal``."""
+    """Entry point: ``python -m autocanary_testbed.rehearsal``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument(
         "--workdir", type=Path, help="where logs and configs go (default: a temp dir)"

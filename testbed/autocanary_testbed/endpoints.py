@@ -14,9 +14,9 @@ from typing import Self
 
 import structlog
 
-from autocanary.testbed.errors import HarnessError
-from autocanary.testbed.http_checks import http_ok
-from autocanary.testbed.serviceproxy import ServiceProxy
+from autocanary_testbed.errors import HarnessError
+from autocanary_testbed.http_checks import http_ok
+from autocanary_testbed.serviceproxy import ServiceProxy
 
 log = structlog.get_logger(__name__)
 

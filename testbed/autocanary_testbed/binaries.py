@@ -13,7 +13,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from autocanary.testbed.errors import HarnessError
+from autocanary_testbed.errors import HarnessError
 
 K8S_VERSION = "1.36.3"
 ETCD_VERSION = "3.6.16"

@@ -29,7 +29,7 @@ from typing import Self
 
 import structlog
 
-from autocanary.testbed.errors import HarnessError
+from autocanary_testbed.errors import HarnessError
 
 log = structlog.get_logger(__name__)
 

@@ -14,7 +14,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from autocanary.testbed.errors import HarnessError
+from autocanary_testbed.errors import HarnessError
 
 _OPENSSL_TIMEOUT_S = 60.0
 _DAYS = "3650"

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from autocanary.testbed.errors import HarnessError
-from autocanary.testbed.http_checks import http_ready
-from autocanary.testbed.procs import ManagedProcess, ProcessGroup, free_port
+from autocanary_testbed.errors import HarnessError
+from autocanary_testbed.http_checks import http_ready
+from autocanary_testbed.procs import ManagedProcess, ProcessGroup, free_port
 
 _READY_TIMEOUT_S = 30.0
 _SCRAPE_TIMEOUT_S = 5.0

@@ -20,9 +20,9 @@ import httpx
 import structlog
 import yaml
 
-from autocanary.testbed.errors import HarnessError
-from autocanary.testbed.http_checks import http_ready
-from autocanary.testbed.procs import ManagedProcess, free_port
+from autocanary_testbed.errors import HarnessError
+from autocanary_testbed.http_checks import http_ready
+from autocanary_testbed.procs import ManagedProcess, free_port
 
 log = structlog.get_logger(__name__)
 

@@ -21,8 +21,8 @@ from typing import Self
 
 import structlog
 
-from autocanary.testbed.errors import HarnessError
-from autocanary.testbed.waiting import WaitTimeout, wait_until
+from autocanary_testbed.errors import HarnessError
+from autocanary_testbed.waiting import WaitTimeout, wait_until
 
 log = structlog.get_logger(__name__)
 

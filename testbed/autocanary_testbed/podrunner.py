@@ -30,8 +30,8 @@ import structlog
 from kubernetes import client
 from kubernetes.client import ApiException
 
-from autocanary.testbed.http_checks import http_ok
-from autocanary.testbed.procs import ManagedProcess, free_port
+from autocanary_testbed.http_checks import http_ok
+from autocanary_testbed.procs import ManagedProcess, free_port
 
 log = structlog.get_logger(__name__)
 

@@ -1,4 +1,4 @@
-"""``python -m autocanary.testbed up``: run the local control plane until Ctrl-C or SIGTERM.
+"""``python -m autocanary_testbed up``: run the local control plane until Ctrl-C or SIGTERM.
 
 Prints the kubeconfig path and an ``export KUBECONFIG=...`` line for another
 shell, then waits; on Ctrl-C or SIGTERM it stops every process and removes the
@@ -16,8 +16,8 @@ from types import FrameType
 
 import structlog
 
-from autocanary.testbed.controlplane import ControlPlane
-from autocanary.testbed.errors import HarnessError
+from autocanary_testbed.controlplane import ControlPlane
+from autocanary_testbed.errors import HarnessError
 
 
 class _Terminated(Exception):
@@ -30,7 +30,7 @@ def _raise_terminated(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and run it; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m autocanary.testbed")
+    parser = argparse.ArgumentParser(prog="python -m autocanary_testbed")
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", help="start the local control plane and wait for Ctrl-C")
     up.add_argument("--bin-dir", type=Path, help="control-plane binaries (default: build.sh's)")

@@ -25,11 +25,11 @@ from kubernetes import client
 from kubernetes.client import ApiException
 from urllib3 import HTTPHeaderDict
 
-from autocanary.testbed.binaries import find_binaries
-from autocanary.testbed.errors import HarnessError
-from autocanary.testbed.http_checks import http_ready
-from autocanary.testbed.pki import Pki, make_pki
-from autocanary.testbed.procs import ManagedProcess, ProcessGroup, free_port
+from autocanary_testbed.binaries import find_binaries
+from autocanary_testbed.errors import HarnessError
+from autocanary_testbed.http_checks import http_ready
+from autocanary_testbed.pki import Pki, make_pki
+from autocanary_testbed.procs import ManagedProcess, ProcessGroup, free_port
 
 __all__ = ["CONTROLLERS", "NODE_NAME", "ControlPlane", "find_binaries"]
 

@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Self
 
-from autocanary.testbed.waiting import wait_until
+from autocanary_testbed.waiting import wait_until
 
 
 class AlertReceiver:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from autocanary.testbed.errors import HarnessError
+from autocanary_testbed.errors import HarnessError
 
 _POLL_FIRST_S = 0.05
 _POLL_MAX_S = 0.5
