@@ -12,7 +12,7 @@ import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from autocanary import promql
@@ -90,10 +90,59 @@ class IntervalVerdict:
     judge_state: dict[str, Any] | None = None
 
 
+#: ``increase()``/``rate()`` need two samples in their window, and a window
+#: that holds only two or three scrapes swings with where the scrapes fall:
+#: a window is too short below this many scrape intervals.
+MIN_SCRAPES = 4
+
+
+def default_window(interval: timedelta, scrape_interval: timedelta | None) -> timedelta:
+    """The window when none is configured: the interval, or four scrapes if that is longer."""
+    if scrape_interval is None:
+        return interval
+    return max(interval, scrape_interval * MIN_SCRAPES)
+
+
+def window_problem(rollout: RolloutConfig, scrape_interval: timedelta | None) -> str | None:
+    """Why the configured ``analysis.window`` is too short for the scrape interval, if it is."""
+    window = rollout.analysis.window
+    if window is None or scrape_interval is None or window >= scrape_interval * MIN_SCRAPES:
+        return None
+    return (
+        f"analysis.window {format_duration(window)} holds fewer than {MIN_SCRAPES} scrapes of "
+        f"the rollout's series (Prometheus scrapes them every {format_duration(scrape_interval)}):"
+        f" increase() and rate() over it give nothing or jumpy values; use at least "
+        f"{format_duration(scrape_interval * MIN_SCRAPES)}, or leave window unset to derive it"
+    )
+
+
+def lookback(rollout: RolloutConfig, since: datetime | None, at: datetime) -> timedelta:
+    """How far back the analysis at ``at`` looks: the window, and at least back to ``since``.
+
+    ``since`` is the previous analysis of the step (or the end of its
+    warm-up): an analysis that comes late judges everything since the
+    previous one, so no traffic goes unjudged. Whole seconds, rounded up.
+    """
+    wanted = rollout.window if since is None else max(rollout.window, at - since)
+    return timedelta(seconds=math.ceil(wanted.total_seconds()))
+
+
+def requests_series(rollout: RolloutConfig) -> str:
+    """The rollout's request-counter series, every version (to read the scrape interval of)."""
+    variables = template_variables(rollout, "", "")
+    return promql.render(promql.requests_series(rollout.analysis.source), variables)
+
+
 def template_variables(
-    rollout: RolloutConfig, canary_version: str, stable_version: str
+    rollout: RolloutConfig,
+    canary_version: str,
+    stable_version: str,
+    window: timedelta | None = None,
 ) -> dict[str, str]:
-    """The ``{{ variables }}`` of a rollout's queries, except ``version`` and ``quantile``."""
+    """The ``{{ variables }}`` of a rollout's queries, except ``version`` and ``quantile``.
+
+    ``window`` defaults to the rollout's (see :func:`lookback` for an analysis's own).
+    """
     base = {
         "namespace": rollout.namespace,
         "rollout": rollout.name,
@@ -102,6 +151,7 @@ def template_variables(
         "canary_version": canary_version,
         "stable_version": stable_version,
         "interval": format_duration(rollout.interval),
+        "window": format_duration(window or rollout.window),
     }
     base["selector"] = promql.render(
         rollout.analysis.effective_selector, {**base, "version": "", "quantile": "", "selector": ""}
@@ -113,10 +163,15 @@ def _render(template: str, variables: Mapping[str, str], version: str, quantile:
     return promql.render(template, {**variables, "version": version, "quantile": quantile})
 
 
-def plan(rollout: RolloutConfig, canary_version: str, stable_version: str) -> AnalysisPlan:
-    """Render every query an interval of ``rollout`` needs."""
+def plan(
+    rollout: RolloutConfig,
+    canary_version: str,
+    stable_version: str,
+    window: timedelta | None = None,
+) -> AnalysisPlan:
+    """Render every query an interval of ``rollout`` needs, looking back ``window``."""
     analysis = rollout.analysis
-    variables = template_variables(rollout, canary_version, stable_version)
+    variables = template_variables(rollout, canary_version, stable_version, window)
     planned = []
     for check in analysis.checks:
         if check.query is not None:

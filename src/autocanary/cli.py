@@ -159,7 +159,20 @@ def _check_queries(path: str, config: Config, url: str | None) -> list[ConfigPro
     problems = []
     try:
         for i, rollout in enumerate(config.rollouts):
-            plan = analysis.plan(rollout, "validate", "validate")
+            try:
+                scrape = client.scrape_interval(analysis.requests_series(rollout))
+            except PrometheusUnavailable as e:
+                return [ConfigProblem(path, None, "prometheus.url", str(e))]
+            except QueryError as e:
+                where = locate(path, ("rollouts", i, "analysis"))
+                problems.append(dataclasses.replace(where, message=str(e)))
+                scrape = None
+            problem = analysis.window_problem(rollout, scrape)
+            if problem is not None:
+                where = locate(path, ("rollouts", i, "analysis", "window"))
+                problems.append(dataclasses.replace(where, message=problem))
+            window = rollout.analysis.window or analysis.default_window(rollout.interval, scrape)
+            plan = analysis.plan(rollout, "validate", "validate", window)
             for j, planned in enumerate(plan.checks):
                 queries = [planned.canary_query]
                 if planned.stable_query is not None:

@@ -540,6 +540,11 @@ class AnalysisConfig(Model):
     warmup: Duration = Field(
         default=timedelta(0), description="Ignore metrics this long after a step's pods are Ready"
     )
+    window: Duration | None = Field(
+        default=None,
+        description="How far back each query looks ({{ window }}); default: the interval, or "
+        "four scrapes of the rollout's series if longer (scrape interval read from Prometheus)",
+    )
     min_requests: int = Field(
         default=20, ge=0, description="Fewer canary requests in an interval is inconclusive"
     )
@@ -579,6 +584,13 @@ class AnalysisConfig(Model):
             if unknown:
                 raise ValueError(f"unknown template variable(s) in selector: {sorted(unknown)}")
         return self
+
+    @field_validator("window")
+    @classmethod
+    def _window_floor(cls, value: timedelta | None) -> timedelta | None:
+        if value is not None and value < timedelta(seconds=1):
+            raise ValueError(f"expected a window of at least 1s, got {format_duration(value)}")
+        return value
 
     @property
     def effective_selector(self) -> str:
@@ -643,6 +655,15 @@ class RolloutConfig(Model):
         if value < timedelta(seconds=1):
             raise ValueError(f"expected an interval of at least 1s, got {format_duration(value)}")
         return value
+
+    @property
+    def window(self) -> timedelta:
+        """How far back each query looks at least: ``analysis.window``, else the interval.
+
+        The daemon fills ``analysis.window`` from the scrape interval when it is
+        not configured (see :func:`autocanary.analysis.default_window`).
+        """
+        return self.analysis.window or self.interval
 
     @property
     def canary_name(self) -> str:

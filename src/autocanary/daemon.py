@@ -155,6 +155,7 @@ class Daemon:
 
     def _install_jobs(self, config: Config) -> None:
         wanted = {r.name: r for r in config.rollouts}
+        engines = []
         with self._lock:
             for name in list(self._engines):
                 if name not in wanted:
@@ -168,6 +169,7 @@ class Daemon:
                     notifier=self._notifier,
                     metrics=self.metrics,
                 )
+                engines.append(self._engines[name])
                 self._scheduler.add_job(
                     self._run_rollout,
                     IntervalTrigger(seconds=rollout.interval.total_seconds(), timezone=UTC),
@@ -177,6 +179,10 @@ class Daemon:
                     replace_existing=True,
                     next_run_time=datetime.now(UTC),
                 )
+        # Said at start-up (and reload), leader or not: the window each rollout's queries
+        # use, and whether a configured one is too short for the scrape interval.
+        for engine in engines:
+            engine.scrape_interval()
 
     def _run_rollout(self, name: str) -> None:
         if self._stop.is_set():

@@ -201,7 +201,8 @@ def analysis_due(
     """Whether this tick should query Prometheus for the current step.
 
     Only while analysing a step whose canary pods are all Ready, and only once
-    a whole interval of post-warm-up data exists, then once per interval.
+    a whole interval and a whole window of post-warm-up data exist, then once
+    per interval.
     """
     if state.phase != "progressing" or state.stage != "analysing" or state.ready_at is None:
         return False
@@ -209,7 +210,7 @@ def analysis_due(
         return False
     if not _canary_ready(obs.canary, _pods(rollout, state)[state.step], state.canary_generation):
         return False
-    first = state.ready_at + rollout.analysis.warmup + rollout.interval
+    first = state.ready_at + rollout.analysis.warmup + max(rollout.interval, rollout.window)
     if now < first:
         return False
     # 90%: a tick that fires a little early must not skip a whole interval.
@@ -224,7 +225,7 @@ def next_analysis_at(rollout: RolloutConfig, state: RolloutState) -> datetime | 
     """
     if state.phase != "progressing" or state.stage != "analysing" or state.ready_at is None:
         return None
-    first = state.ready_at + rollout.analysis.warmup + rollout.interval
+    first = state.ready_at + rollout.analysis.warmup + max(rollout.interval, rollout.window)
     if state.last_analysis_at is None:
         return first
     return max(first, state.last_analysis_at + rollout.interval)

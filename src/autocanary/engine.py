@@ -26,6 +26,7 @@ from autocanary.config import RolloutConfig
 from autocanary.errors import (
     AutocanaryError,
     PrometheusUnavailable,
+    QueryError,
     StateConflict,
     StateCorrupt,
 )
@@ -34,8 +35,13 @@ from autocanary.metrics import DaemonMetrics
 from autocanary.notify import Notifier
 from autocanary.prometheus import PrometheusClient
 from autocanary.state import COMMAND_ANNOTATION, STATE_ANNOTATION, RolloutState
+from autocanary.units import format_duration
 
 Clock = Callable[[], datetime]
+
+#: While the scrape interval of a rollout's series is unknown (no series yet,
+#: Prometheus down), ask again this often.
+SCRAPE_INTERVAL_RETRY_SECONDS = 60.0
 
 
 def utcnow() -> datetime:
@@ -93,10 +99,59 @@ class RolloutEngine:
         #: revision and step of the rollout as last read, for the caller's log lines
         #: about a tick that failed (every line of a rollout carries them).
         self.log_context: dict[str, object] = {"revision": None, "step": None}
+        self._scrape_interval: timedelta | None = None
+        self._scrape_asked_at: float | None = None
         # Series exist from the start at 0, so the first rollback after a restart is an
         # increase that alert rules see, not a series appearing at 1.
         metrics.rollbacks.labels(rollout.name, rollout.namespace)
         metrics.promotions.labels(rollout.name, rollout.namespace)
+
+    def scrape_interval(self) -> timedelta | None:
+        """How often Prometheus scrapes the rollout's series, once known (asked once a minute).
+
+        When first known, logs the window the analysis uses, and warns when a
+        configured ``analysis.window`` is too short for it.
+        """
+        if self._scrape_interval is not None:
+            return self._scrape_interval
+        now = time.monotonic()
+        if (
+            self._scrape_asked_at is not None
+            and now - self._scrape_asked_at < SCRAPE_INTERVAL_RETRY_SECONDS
+        ):
+            return None
+        self._scrape_asked_at = now
+        r = self.rollout
+        series = analysis.requests_series(r)
+        try:
+            found = self.prometheus.scrape_interval(series)
+        except (QueryError, PrometheusUnavailable) as e:
+            self._log.warning("cannot read the scrape interval", series=series, error=str(e))
+            return None
+        if found is None:
+            self._log.info("no series yet to read the scrape interval from", series=series)
+            return None
+        self._scrape_interval = found
+        window = r.analysis.window or analysis.default_window(r.interval, found)
+        self._log.info(
+            "analysis window",
+            scrape_interval=format_duration(found),
+            window=format_duration(window),
+            configured=r.analysis.window is not None,
+        )
+        problem = analysis.window_problem(r, found)
+        if problem is not None:
+            self._log.warning("analysis window too short", problem=problem)
+        return found
+
+    def effective_rollout(self) -> RolloutConfig:
+        """The rollout with ``analysis.window`` filled in from the scrape interval when unset."""
+        r = self.rollout
+        scrape = self.scrape_interval()
+        if r.analysis.window is not None:
+            return r
+        window = analysis.default_window(r.interval, scrape)
+        return r.model_copy(update={"analysis": r.analysis.model_copy(update={"window": window})})
 
     def observe(
         self,
@@ -132,7 +187,7 @@ class RolloutEngine:
     def tick(self) -> TickResult:
         """Read, decide, act and tell, once. Raises autocanary errors for the caller to count."""
         started = time.monotonic()
-        r = self.rollout
+        r = self.effective_rollout()
         canary, stable, obs, current = self.observe()
         self.log_context = {
             "revision": current.revision or obs.canary_revision,
@@ -185,7 +240,7 @@ class RolloutEngine:
     def _analyse(
         self, current: RolloutState, now: datetime, log: structlog.typing.FilteringBoundLogger
     ) -> analysis.IntervalVerdict:
-        r = self.rollout
+        r = self.effective_rollout()
 
         def failed(what: str, error: AutocanaryError) -> None:
             reason = "unavailable" if isinstance(error, PrometheusUnavailable) else "rejected"

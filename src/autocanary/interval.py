@@ -85,7 +85,11 @@ def evaluate(
     interval) inconclusive; others propagate (``backtest`` stops on an
     unreachable Prometheus rather than make verdicts up).
     """
-    plan = analysis.plan(rollout, state.canary_version, state.stable_version)
+    since = state.last_analysis_at
+    if since is None and state.ready_at is not None:
+        since = state.ready_at + rollout.analysis.warmup
+    window = analysis.lookback(rollout, since, at)
+    plan = analysis.plan(rollout, state.canary_version, state.stable_version, window)
     outcomes: dict[str, tuple[str, analysis.QueryOutcome]] = {}
     for query, what in plan_queries(plan).items():
         try:

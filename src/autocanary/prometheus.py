@@ -10,9 +10,11 @@ inconclusive for that interval. Errors are translated: a rejected query is a
 from __future__ import annotations
 
 import ast
+import itertools
 import json
 import re
-from datetime import datetime
+import statistics
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from urllib3.util.retry import Retry
 
 from autocanary.config import PrometheusConfig
 from autocanary.errors import PrometheusUnavailable, QueryError
+from autocanary.units import parse_duration
 
 _STATUS = re.compile(r"HTTP Status Code (\d{3})")
 
@@ -67,9 +70,10 @@ class PrometheusClient:
         """Connect lazily to ``cfg.url``; every query uses ``cfg.timeout``."""
         self.url = cfg.url
         self._timeout = cfg.timeout.total_seconds()
+        self._headers = auth_headers(cfg)
         self._connection = PrometheusConnect(
             url=cfg.url,
-            headers=auth_headers(cfg) or None,
+            headers=self._headers or None,
             retry=Retry(total=0, raise_on_status=False),
             timeout=self._timeout,
         )
@@ -89,6 +93,56 @@ class PrometheusClient:
         aggregate (``sum(...)``) to one value per version.
         """
         return _single_value(self._query(promql, at), promql)
+
+    def scrape_interval(self, series: str) -> timedelta | None:
+        """How often Prometheus scrapes ``series`` (a selector), or None if it has no samples.
+
+        From the targets API (``scrapeInterval`` of the active targets in the
+        series' jobs; the longest when they differ), else from the spacing of
+        the series' raw samples over the last ten minutes (recording rules,
+        federation, a Prometheus that hides its targets).
+        """
+        jobs = {
+            labels.get("job", "") for labels, _ in self.query_vector(f"count by (job) ({series})")
+        }
+        if not jobs:
+            return None
+        intervals = [
+            parse_duration(t["scrapeInterval"])
+            for t in self._active_targets()
+            if t.get("labels", {}).get("job") in jobs and t.get("scrapeInterval")
+        ]
+        if intervals:
+            return max(intervals)
+        return self._sample_spacing(series)
+
+    def _active_targets(self) -> list[dict[str, Any]]:
+        try:
+            response = requests.get(
+                f"{self.url}/api/v1/targets",
+                params={"state": "active"},
+                headers=self._headers,
+                timeout=self._timeout,
+            )
+            response.raise_for_status()
+            targets = response.json()["data"]["activeTargets"]
+        except requests.RequestException as e:
+            raise PrometheusUnavailable(f"cannot read the targets of {self.url}: {e}") from e
+        except (ValueError, KeyError, TypeError) as e:
+            raise PrometheusUnavailable(
+                f"Prometheus at {self.url} gave an unreadable targets answer: {e}"
+            ) from e
+        return [t for t in targets if isinstance(t, dict)] if isinstance(targets, list) else []
+
+    def _sample_spacing(self, series: str) -> timedelta | None:
+        result = self._query(f"{series}[10m]", None)
+        gaps: list[float] = []
+        for entry in result if isinstance(result, list) else []:
+            stamps = [float(v[0]) for v in entry.get("values", [])]
+            gaps.extend(b - a for a, b in itertools.pairwise(stamps))
+        if not gaps:
+            return None
+        return timedelta(seconds=round(statistics.median(gaps), 3))
 
     def _query(self, promql: str, at: datetime | None) -> Any:
         params: dict[str, Any] = {}

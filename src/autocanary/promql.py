@@ -25,6 +25,8 @@ VARIABLES: Mapping[str, str] = {
     "canary_version": "the canary's version",
     "stable_version": "the stable's version",
     "interval": "the analysis interval as a PromQL duration, e.g. 30s",
+    "window": "how far back this analysis looks, as a PromQL duration (analysis.window, "
+    "at least the time since the previous analysis); use it in range selectors: [{{ window }}]",
     "quantile": "the check's quantile (latency checks)",
     "selector": "the traffic source's label matchers (see analysis.selector)",
 }
@@ -89,7 +91,7 @@ def builtin_query(name: TemplateName, source: Source) -> str:
     """The PromQL template of a built-in check, over the given traffic source."""
     _, duration, error_codes = _METRICS[source]
     version = '{{ selector }}, version="{{ version }}"'
-    window = "[{{ interval }}]"
+    window = "[{{ window }}]"
     if name == "error-rate":
         errors = _requests(source, f'{version}, code=~"{error_codes}"')
         # `or vector(0)`: a healthy version has no error series at all, which
@@ -106,10 +108,15 @@ def builtin_query(name: TemplateName, source: Source) -> str:
     return f"sum(rate({_requests(source, version)}{window}))"
 
 
+def requests_series(source: Source) -> str:
+    """Template selecting every series of the source's request counter under the selector."""
+    return _requests(source, "{{ selector }}")
+
+
 def request_count_query(source: Source) -> str:
-    """Template counting a version's requests over the interval (for ``minRequests``)."""
+    """Template counting a version's requests over the window (for ``minRequests``)."""
     requests = _requests(source, '{{ selector }}, version="{{ version }}"')
-    return f"sum(increase({requests}[{{{{ interval }}}}]))"
+    return f"sum(increase({requests}[{{{{ window }}}}]))"
 
 
 def counter_queries(source: Source) -> tuple[str, str, str]:

@@ -10,10 +10,13 @@ from typing import Any
 
 import pytest
 from kubernetes import client
+from prometheus_client import CollectorRegistry, Counter, start_http_server
 
 from autocanary.kube import KubeClient
 from autocanary_testbed.controlplane import ControlPlane
-from autocanary_testbed.monitoring import PrometheusServer
+from autocanary_testbed.monitoring import PrometheusServer, ScrapeTarget
+from autocanary_testbed.procs import free_port
+from autocanary_testbed.waiting import wait_until
 from autocanary_testbed.stack import app_deployment
 
 pytestmark = pytest.mark.integration
@@ -75,6 +78,48 @@ def test_validate_checks_the_queries_on_a_real_prometheus(
     assert unreachable.returncode == 1
     assert "prometheus.url:" in unreachable.stderr
     assert "cannot reach Prometheus at http://127.0.0.1:9" in unreachable.stderr
+
+
+def test_validate_says_when_a_configured_window_is_too_short_for_the_scrape(
+    tmp_path: Path, prometheus_factory: Any
+) -> None:
+    registry = CollectorRegistry()
+    requests = Counter(
+        "probe_requests", "probe requests", ["target", "version", "code"], registry=registry
+    )
+    requests.labels("web", "v1", "200").inc(5)
+    port = free_port()
+    server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
+    try:
+        prometheus: PrometheusServer = prometheus_factory(
+            [ScrapeTarget("probe", f"127.0.0.1:{port}")], scrape_interval="2s"
+        )
+        prometheus.wait_for_target_up("probe", timeout=60)
+        config = tmp_path / "short.yaml"
+        config.write_text(
+            config_text(prometheus.url, "shop", "vector(1)").replace(
+                "    analysis:\n", "    analysis:\n      window: 5s\n"
+            )
+        )
+        wait_until(
+            lambda: "holds fewer than 4" in cli("validate", str(config), "--check-queries").stderr,
+            timeout=60,
+            what="the probe's series scraped",
+        )
+        short = cli("validate", str(config), "--check-queries")
+        assert short.returncode == 1
+        assert (
+            f"{config}:8: rollouts[0].analysis.window: analysis.window 5s holds fewer than 4 "
+            "scrapes of the rollout's series (Prometheus scrapes them every 2s)"
+        ) in short.stderr
+        assert "use at least 8s" in short.stderr
+        config.write_text(config.read_text().replace("window: 5s", "window: 8s"))
+        enough = cli("validate", str(config), "--check-queries")
+        assert "analysis.window" not in enough.stderr
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
 
 
 def test_release_creates_a_missing_canary_then_updates_it_keeping_its_role(

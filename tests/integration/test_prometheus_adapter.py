@@ -78,7 +78,15 @@ def exporter() -> Iterator[Exporter]:
 @pytest.fixture(scope="module")
 def scraped(exporter: Exporter, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scraped]:
     workdir = tmp_path_factory.mktemp("prometheus")  # pytest prunes old ones
-    with PrometheusServer(workdir, [ScrapeTarget("itest", exporter.address)]) as prometheus:
+    rules = workdir / "rules.yml"
+    # A series no target scrapes (its job is no scrape job): evaluated every 1s.
+    rules.write_text(
+        "groups:\n- name: itest\n  rules:\n  - record: itest:moved\n"
+        '    expr: label_replace(itest_value{series="a"}, "job", "rules", "", "")\n'
+    )
+    with PrometheusServer(
+        workdir, [ScrapeTarget("itest", exporter.address)], rule_files=[rules]
+    ) as prometheus:
         prometheus.wait_for_target_up("itest", timeout=WAIT_S)
         client = client_for(prometheus.url)
         try:
@@ -134,6 +142,25 @@ def test_nan_comes_back_as_nan(scraped: Scraped) -> None:
     assert vector is not None
     assert math.isnan(vector)
     assert scraped.client.query_value('sum(itest_value{series="a"}) / 0') == math.inf
+
+
+def test_the_scrape_interval_is_the_one_of_the_series_targets(scraped: Scraped) -> None:
+    assert scraped.client.scrape_interval('itest_value{series="a"}') == timedelta(seconds=1)
+    assert scraped.client.scrape_interval('itest_value{series="nope"}') is None
+
+
+def test_without_a_target_the_scrape_interval_is_the_spacing_of_the_samples(
+    scraped: Scraped,
+) -> None:
+    wait_until(
+        lambda: (scraped.client.query_value("count_over_time(itest:moved[1m])") or 0) >= 3,
+        timeout=WAIT_S,
+        what="three evaluations of the recording rule",
+    )
+    spacing = scraped.client.scrape_interval("itest:moved")
+    assert spacing is not None
+    # Rule evaluations 1s apart; a loaded machine delays some, never shortens them much.
+    assert timedelta(seconds=0.9) <= spacing <= timedelta(seconds=1.5)
 
 
 def test_a_scalar_result_gives_its_value(scraped: Scraped) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -12,11 +12,15 @@ from builders import make_rollout
 from autocanary.analysis import (
     AnalysisPlan,
     QueryOutcome,
+    default_window,
     describe_threshold,
     judge_check,
     judge_interval,
+    lookback,
     plan,
+    requests_series,
     template_variables,
+    window_problem,
 )
 from autocanary.config import AnalysisConfig, CheckConfig
 
@@ -49,6 +53,7 @@ def test_template_variables() -> None:
         "canary_version": "2.0",
         "stable_version": "1.0",
         "interval": "30s",
+        "window": "30s",
         "selector": 'target="web"',
     }
 
@@ -88,6 +93,61 @@ def test_plan_renders_builtins_with_the_selector_and_versions() -> None:
         'sum(increase(probe_requests_total{target="web", version="2.0"}[1m]))'
     )
     assert planned.stable_requests_query is None  # no relative check
+
+
+S = timedelta(seconds=1)
+
+
+def test_the_default_window_holds_four_scrapes_and_at_least_the_interval() -> None:
+    assert default_window(30 * S, None) == 30 * S  # scrape interval unknown: the interval
+    assert default_window(30 * S, 30 * S) == 120 * S  # one sample per interval is nothing
+    assert default_window(30 * S, 5 * S) == 30 * S
+    assert default_window(2 * S, 1 * S) == 4 * S
+
+
+def test_a_configured_window_below_four_scrapes_is_a_problem_naming_both() -> None:
+    short = make_rollout(analysis={"window": "1m"})
+    problem = window_problem(short, 30 * S)
+    assert problem is not None
+    assert "analysis.window 1m holds fewer than 4 scrapes" in problem
+    assert "every 30s" in problem
+    assert "use at least 2m" in problem
+    assert window_problem(short, 15 * S) is None
+    assert window_problem(short, None) is None  # unknown scrape interval: nothing to say
+    assert window_problem(make_rollout(), 30 * S) is None  # derived, never too short
+
+
+def test_the_window_is_a_minimum_lookback_that_covers_the_gap_since_the_last_analysis() -> None:
+    rollout = make_rollout(analysis={"window": "2m"})  # interval 30s
+    assert lookback(rollout, None, AT) == 120 * S
+    assert lookback(rollout, AT - 40 * S, AT) == 120 * S
+    # A late analysis (the daemon was away) judges everything since the previous one.
+    assert lookback(rollout, AT - 300 * S, AT) == 300 * S
+    assert lookback(rollout, AT - timedelta(seconds=130.2), AT) == 131 * S  # whole seconds
+
+
+def test_plan_renders_the_window_into_builtins_and_custom_queries() -> None:
+    query = "sum(rate(x[{{ window }}])) / sum(rate(y[{{ interval }}]))"
+    rollout = make_rollout(
+        analysis={
+            "window": "2m",
+            "checks": [
+                {"name": "errors", "template": "error-rate", "max": "1%"},
+                {"name": "own", "query": query, "max": 1},
+            ],
+        }
+    )
+    assert rollout.window == 120 * S
+    errors, own = plan(rollout, "2.0", "1.0").checks
+    assert errors.canary_query.count("[2m]") == 2
+    assert own.canary_query == "sum(rate(x[2m])) / sum(rate(y[30s]))"
+    later = plan(rollout, "2.0", "1.0", 150 * S)
+    assert later.canary_requests_query == (
+        'sum(increase(probe_requests_total{target="web", version="2.0"}[2m30s]))'
+    )
+    assert requests_series(rollout) == 'probe_requests_total{target="web"}'
+    testpage = make_rollout(analysis={"source": "testpage"})
+    assert requests_series(testpage) == 'testpage_requests_total{path="/", namespace="shop"}'
 
 
 def test_plan_of_a_relative_check_queries_the_stable_too() -> None:

@@ -267,6 +267,20 @@ def test_analysis_waits_for_warmup_and_one_interval() -> None:
     assert next_analysis_at(rollout, state) == T0 + timedelta(seconds=50)
 
 
+def test_the_first_analysis_waits_for_a_whole_window_after_warmup() -> None:
+    # A window longer than the interval (a slow scrape) must hold post-warm-up data only.
+    rollout = make_rollout(analysis={"warmup": "20s", "window": "2m"})  # interval 30s
+    state = analysing_state()
+    obs = observation()
+    assert not analysis_due(rollout, state, obs, T0 + timedelta(seconds=139))
+    assert analysis_due(rollout, state, obs, T0 + timedelta(seconds=140))
+    assert next_analysis_at(rollout, state) == T0 + timedelta(seconds=140)
+    last = T0 + timedelta(seconds=140)
+    later = analysing_state(last_analysis_at=last)
+    # ...then once per interval, windows overlapping.
+    assert next_analysis_at(rollout, later) == last + timedelta(seconds=30)
+
+
 def test_analysis_then_runs_once_per_interval() -> None:
     rollout = make_rollout()
     last = T0 + timedelta(seconds=40)

@@ -48,7 +48,7 @@ def test_render_tolerates_spacing_inside_braces() -> None:
 VARS = {
     "selector": 'target="web"',
     "version": "v2",
-    "interval": "30s",
+    "window": "30s",
     "quantile": "0.99",
 }
 
