@@ -148,18 +148,18 @@ def run_cell(cell: Cell) -> list[Row]:
     import detection_limits as limits
     import detection_sim as sim
 
-    thresholds = counts.pick_thresholds(sim.stable_histogram(), CONFIG.latency_quantiles)
+    pairs = counts.pick_pairs(
+        sim.stable_histogram(), CONFIG.latency_tolerance, quantiles=CONFIG.latency_quantiles
+    )
     scenario = SCENARIOS[cell.scenario]
     weight = WEIGHTS[cell.weight]
-    traffic = sim.simulate(
-        scenario, cell.rate, weight, thresholds, cell.runs, cell.poll_s, cell.seed
-    )
+    traffic = sim.simulate(scenario, cell.rate, weight, pairs, cell.runs, cell.poll_s, cell.seed)
     grid = CONFIG.grid()
     sprt = limits.sprt_minutes(
         scenario,
         cell.rate,
         weight,
-        thresholds,
+        pairs,
         grid.psi0,
         grid.psi1_effective,
         CONFIG.alpha,

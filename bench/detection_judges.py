@@ -53,14 +53,16 @@ def run_sequential(
     keeps the run under watch (proven safety stays proven, harm can still roll back).
     """
     grid = config.grid()
+    grids = [grid, *(config.latency_grid() for _ in traffic.pairs)]
     runs, ticks = traffic.ticks.shape[:2]
-    metrics = 1 + len(traffic.thresholds)
-    evidence = np.zeros((runs, metrics, grid.size))
+    metrics = len(grids)
+    evidence = sequential.empty_evidence(grids, (runs,))
     safe = np.zeros((runs, metrics), dtype=bool)
     totals = np.zeros((runs, metrics, 4), dtype=np.int64)
     verdict = np.zeros(runs, dtype=np.int64)
     minutes = np.full(runs, np.nan)
     previous = np.zeros_like(traffic.ticks[:, 0])
+    polls = 0
     for tick in range(ticks):
         current = traffic.ticks[:, tick]
         increase = counts.counter_increase(previous, current)
@@ -70,17 +72,23 @@ def run_sequential(
         active = np.flatnonzero(verdict == UNDECIDED)
         if active.size == 0:
             break
-        table = counts.metric_table(increase[active, 0], increase[active, 1])
-        evidence[active] = sequential.advance(grid, evidence[active], table)
+        polls += 1
+        table = counts.metric_table(increase[active, 0], increase[active, 1], traffic.pair_fields)
+        now_evidence = sequential.advance(
+            grids,
+            sequential.Evidence(*(a[active] for a in evidence)),
+            table,
+            polls,
+            config.noise_floor,
+        )
+        for whole, part in zip(evidence, now_evidence, strict=True):
+            whole[active] = part
         totals[active] += table
         critical = sequential.critical_guard(
-            totals[active, 0, 0],
-            totals[active, 0, 1],
-            config.critical_error_share,
-            config.critical_min_errors,
+            totals[active, 0], config.critical_error_excess, config.critical_min_errors
         )
         decided = sequential.decide(
-            grid, evidence[active], safe[active], critical, alpha=config.alpha, beta=config.beta
+            grid, now_evidence, safe[active], critical, alpha=config.alpha, beta=config.beta
         )
         safe[active] = decided.safe
         held = (decided.verdict == PROMOTE) & ((tick + 1) * traffic.poll_s < min_hold_s)

@@ -62,12 +62,14 @@ def _odds_ratio(p_c: float, p_s: float) -> float:
     return (p_c / (1 - p_c)) / (p_s / (1 - p_s))
 
 
-def metric_rates(scenario: Scenario, thresholds: tuple[float, ...]) -> list[tuple[float, float]]:
-    """Noise-free event probabilities (canary, stable) of every metric."""
+def metric_rates(
+    scenario: Scenario, pairs: tuple[tuple[float, float], ...]
+) -> list[tuple[float, float]]:
+    """Noise-free event probabilities (canary, stable) of every metric (latency at its pair)."""
     rates = [(scenario.canary_errors(0), scenario.stable_errors(0))]
-    for b in thresholds:
-        slow_c = exceedance(b, scenario.canary_slowdown(0), scenario.tail_share)
-        slow_s = exceedance(b, scenario.stable_slowdown(0))
+    for b_s, b_c in pairs:
+        slow_c = exceedance(b_c, scenario.canary_slowdown(0), scenario.tail_share)
+        slow_s = exceedance(b_s, scenario.stable_slowdown(0))
         rates.append((slow_c, slow_s))
     return rates
 
@@ -76,23 +78,28 @@ def sprt_minutes(
     scenario: Scenario,
     rate: float,
     weight: Curve,
-    thresholds: tuple[float, ...],
+    pairs: tuple[tuple[float, float], ...],
     psi0: float,
     psi1: float,
     alpha: float,
     beta: float,
 ) -> float | None:
-    """Expected SPRT decision time in minutes, or None where it is not defined."""
+    """Expected SPRT decision time in minutes, or None where it is not defined.
+
+    ``psi0``/``psi1`` are the error metric's; a latency pair carries the
+    tolerance itself, so its hypotheses are 1 and ``psi1 / psi0``.
+    """
     if not scenario.stationary:
         return None
     times = []
-    for p_c, p_s in metric_rates(scenario, thresholds):
+    for i, (p_c, p_s) in enumerate(metric_rates(scenario, pairs)):
+        null0, null1 = (psi0, psi1) if i == 0 else (1.0, psi1 / psi0)
         psi = _odds_ratio(p_c, p_s)
-        if scenario.bad and psi <= psi0:
+        if scenario.bad and psi <= null0:
             continue
-        if not scenario.bad and psi >= psi1:
+        if not scenario.bad and psi >= null1:
             return None
-        null = psi0 if scenario.bad else psi1
+        null = null0 if scenario.bad else null1
         need = _boundary(alpha, beta) if scenario.bad else _boundary(beta, alpha)
         times.append(_time_to(need, rate, weight, p_c, p_s, psi, null))
     if not times:

@@ -155,7 +155,8 @@ class Traffic:
     """
 
     poll_s: int
-    thresholds: tuple[float, ...]
+    thresholds: tuple[float, ...]  # every bucket boundary counted, ascending
+    pairs: tuple[tuple[float, float], ...]  # the judge's (stable, canary) boundary per metric
     ticks: IntArray  # (runs, ticks, 2, fields)
     minute_requests: IntArray  # (runs, minutes, 2)
     minute_errors: IntArray  # (runs, minutes, 2)
@@ -163,18 +164,25 @@ class Traffic:
     excess: FloatArray  # (runs, ticks)
     excess_rate_full: float  # expected bad requests per second with all traffic on the canary
 
+    @property
+    def pair_fields(self) -> list[tuple[int, int]]:
+        """Each pair's (stable, canary) index among the bucket fields."""
+        index = {le: i for i, le in enumerate(self.thresholds)}
+        return [(index[s], index[c]) for s, c in self.pairs]
+
 
 def simulate(
     scenario: Scenario,
     rate: float,
     weight: Curve,
-    thresholds: tuple[float, ...],
+    pairs: tuple[tuple[float, float], ...],
     runs: int,
     poll_s: int,
     seed: int,
 ) -> Traffic:
     """Simulate ``runs`` releases of one scenario at one traffic rate and weight schedule."""
     rng = np.random.default_rng(seed)
+    thresholds = tuple(sorted({le for pair in pairs for le in pair}))
     ticks = HORIZON_MIN * 60 // poll_s
     minutes = HORIZON_MIN
     traffic = np.exp(rng.normal(-(TRAFFIC_SD**2) / 2, TRAFFIC_SD, (runs, minutes)))
@@ -226,6 +234,7 @@ def simulate(
     return Traffic(
         poll_s,
         thresholds,
+        pairs,
         out_ticks,
         minute_requests,
         minute_errors,

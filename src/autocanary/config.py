@@ -482,24 +482,37 @@ class SequentialAnalysisConfig(Model):
     alpha: float = Field(default=0.05, gt=0, lt=1, description="Bound on false rollbacks")
     beta: float = Field(default=0.05, gt=0, lt=1, description="Bound on false promotions")
     tolerance: Fraction = Field(
-        default=0.2, description="Odds ratios up to 1 + tolerance count as harmless"
+        default=0.2, description="Error odds ratios up to 1 + tolerance count as harmless"
     )
     safe_ratio: float = Field(
-        default=1.5, gt=1, description="Safety means proven below this odds ratio"
+        default=1.5, gt=1, description="Safety means error odds proven below this ratio"
+    )
+    latency_tolerance: Fraction = Field(
+        default=0.2,
+        description="A canary up to this much slower than the stable counts as harmless "
+        "(tested exactly at bucket pairs; the bucket layout may widen it, see status)",
     )
     latency_thresholds: list[BucketBoundary] = Field(
         default_factory=list,
-        description="Histogram bucket boundaries to test latency at (e.g. [100ms, 500ms])",
+        description="The stable's histogram bucket boundaries to test latency at (e.g. [250ms])",
     )
     latency_quantiles: list[float] = Field(
         default_factory=list,
         description="Or: take the boundaries nearest these stable quantiles at release start",
     )
-    critical_error_share: Fraction | None = Field(
-        default=0.2, description="Roll back at once above this canary error share (None: off)"
+    critical_error_excess: Fraction | None = Field(
+        default=None,
+        description="Roll back at once when the canary's error share exceeds the stable's by "
+        "more than this (None: off)",
     )
     critical_min_errors: int = Field(
         default=20, ge=1, description="...once the canary has at least this many errors"
+    )
+    noise_floor: float = Field(
+        default=0.1,
+        ge=0,
+        le=5,
+        description="Least poll-to-poll noise (sd of the log odds ratio) the judge allows for",
     )
     max_duration: Duration = Field(
         default=timedelta(hours=1),
@@ -519,10 +532,12 @@ class SequentialAnalysisConfig(Model):
             "beta": self.beta,
             "tolerance": self.tolerance,
             "safe_ratio": self.safe_ratio,
+            "latency_tolerance": self.latency_tolerance,
             "latency_thresholds": tuple(sorted(set(self.latency_thresholds))),
             "latency_quantiles": tuple(self.latency_quantiles),
-            "critical_error_share": self.critical_error_share,
+            "critical_error_excess": self.critical_error_excess,
             "critical_min_errors": self.critical_min_errors,
+            "noise_floor": self.noise_floor,
         }
 
 
@@ -538,7 +553,8 @@ class AnalysisConfig(Model):
         'default target="{{ rollout }}" (probe) or namespace="{{ namespace }}" (testpage)',
     )
     warmup: Duration = Field(
-        default=timedelta(0), description="Ignore metrics this long after a step's pods are Ready"
+        default=timedelta(minutes=1),
+        description="Ignore metrics this long after a step's pods are Ready (cold starts)",
     )
     window: Duration | None = Field(
         default=None,

@@ -59,14 +59,16 @@ def plan_queries(plan: analysis.AnalysisPlan) -> dict[str, str]:
 def read_counters(
     source: QuerySource, rollout: RolloutConfig, state: RolloutState, at: datetime
 ) -> tuple[CounterSnapshot, CounterSnapshot]:
-    """(canary, stable) raw counters at ``at``, for the sequential judge."""
+    """(canary, stable) raw counters at ``at``, for the sequential judge.
+
+    One query per version, both evaluated at the same instant ``at``.
+    """
     snapshots = []
     for version in (state.canary_version, state.stable_version):
         queries = sequential_analysis.counter_queries(
             rollout, version, state.canary_version, state.stable_version
         )
-        samples = [source.query_vector(q, at) for q in queries.all()]
-        snapshots.append(sequential_analysis.snapshot(*samples))
+        snapshots.append(sequential_analysis.snapshot(source.query_vector(queries.joined(), at)))
     return snapshots[0], snapshots[1]
 
 

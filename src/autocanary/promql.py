@@ -128,8 +128,9 @@ def counter_queries(source: Source) -> tuple[str, str, str]:
     _, duration, error_codes = _METRICS[source]
     version = '{{ selector }}, version="{{ version }}"'
     errors = _requests(source, f'{version}, code=~"{error_codes}"')
+    # by instance and pod: two targets behind one address (an HA pair) stay two series
     return (
-        f"sum by (instance) ({_requests(source, version)})",
-        f"sum by (instance) ({errors})",
-        f"sum by (instance, le) ({duration}_bucket{{{version}}})",
+        f"sum by (instance, pod) ({_requests(source, version)})",
+        f"sum by (instance, pod) ({errors})",
+        f"sum by (instance, pod, le) ({duration}_bucket{{{version}}})",
     )

@@ -1,10 +1,16 @@
 """The sequential judge inside the daemon's analysis: which counters to read, and what they say.
 
 Pure functions; the engine runs the queries. Counters are read raw (not as
-rates) per instance, so the judge can difference them itself with counter
-reset handling. Evidence from each step's warm-up is skipped: the engine
-reads the counters as of ``readyAt + warmup`` (a past instant) before the
-step's first poll, and the judge moves its baseline there without counting.
+rates) per series, so the judge can difference them itself with counter
+reset handling. All counters of a version come from ONE query (the three
+counter shapes joined with ``or``, each tagged by a label), evaluated at one
+instant: requests, errors and buckets of a series are then from the same
+samples on the same Prometheus, and a series whose read is incomplete or
+inconsistent is recognised as such (see ``judge.counts``). The query shapes
+are inputs (``promql.counter_queries`` per source), so any source works.
+Evidence from each step's warm-up is skipped: the engine reads the counters
+as of ``readyAt + warmup`` (a past instant) before the step's first poll, and
+the judge moves its baseline there without counting.
 """
 
 from __future__ import annotations
@@ -35,9 +41,14 @@ from autocanary.judge.report import number
 Sample = tuple[Mapping[str, str], float]
 
 
+# The label that tags each sample of the joined counter query with its counter.
+COUNTER_LABEL = "autocanary_counter"
+_SERIES_IGNORED = frozenset({COUNTER_LABEL, "le", "__name__"})
+
+
 @dataclass(frozen=True)
 class CounterQueries:
-    """The three raw-counter queries of one version."""
+    """The three raw-counter queries of one version, and their join into one query."""
 
     requests: str
     errors: str
@@ -46,6 +57,17 @@ class CounterQueries:
     def all(self) -> tuple[str, str, str]:
         """The queries in a fixed order."""
         return (self.requests, self.errors, self.buckets)
+
+    def joined(self) -> str:
+        """One query returning every counter, each sample tagged with ``COUNTER_LABEL``.
+
+        ``label_replace`` with an empty source and regex adds the tag to every
+        series, so ``or`` keeps all three sets (their label sets differ by it).
+        """
+        parts = (("requests", self.requests), ("errors", self.errors), ("bucket", self.buckets))
+        return " or ".join(
+            f'label_replace({query}, "{COUNTER_LABEL}", "{name}", "", "")' for name, query in parts
+        )
 
 
 def counter_queries(
@@ -65,28 +87,40 @@ def counter_queries(
     )
 
 
-def snapshot(
-    requests: Sequence[Sample], errors: Sequence[Sample], buckets: Sequence[Sample]
-) -> CounterSnapshot:
-    """One version's counters, keyed by instance, from the three queries' samples.
+def _series_key(labels: Mapping[str, str]) -> str:
+    """A series' identity: every label the query kept, except the counter tag and ``le``.
 
-    An instance without error series has had no errors (the probe creates an
-    error series with the first error).
+    One label (the usual ``instance``) is the key as it is.
     """
-    error_by = {s[0].get("instance", ""): s[1] for s in errors}
-    bucket_by: dict[str, dict[float, float]] = {}
-    for labels, value in buckets:
-        le = labels.get("le")
-        if le is None:
-            continue
-        bucket_by.setdefault(labels.get("instance", ""), {})[float(le)] = value
+    kept = sorted((k, v) for k, v in labels.items() if k not in _SERIES_IGNORED)
+    if len(kept) == 1:
+        return kept[0][1]
+    return ",".join(f"{k}={v}" for k, v in kept)
+
+
+def snapshot(samples: Sequence[Sample]) -> CounterSnapshot:
+    """One version's counters, keyed by series, from the joined query's samples.
+
+    A series is identified by all labels the query shapes keep (instance, pod,
+    ...), so two targets behind one Service stay two series. A series with
+    requests but no error sample has its errors absent (``None``): the judge
+    reads that as 0 only while the series has had no errors.
+    """
+    requests: dict[str, float] = {}
+    errors: dict[str, float] = {}
+    buckets: dict[str, dict[float, float]] = {}
+    for labels, value in samples:
+        key = _series_key(labels)
+        kind = labels.get(COUNTER_LABEL)
+        if kind == "requests":
+            requests[key] = value
+        elif kind == "errors":
+            errors[key] = value
+        elif kind == "bucket" and "le" in labels:
+            buckets.setdefault(key, {})[float(labels["le"])] = value
     series = {
-        labels.get("instance", ""): SeriesCounters(
-            requests=value,
-            errors=error_by.get(labels.get("instance", ""), 0.0),
-            buckets=bucket_by.get(labels.get("instance", ""), {}),
-        )
-        for labels, value in requests
+        key: SeriesCounters(requests=value, errors=errors.get(key), buckets=buckets.get(key, {}))
+        for key, value in requests.items()
     }
     return CounterSnapshot(series)
 

@@ -63,7 +63,7 @@ def test_identical_canary_is_promoted_once_safety_is_proven(stack_factory: Stack
         stable_env={"FAULT_ERROR_RATE": "0.1"},
         probe_rate="80/s",
         steps=_ONE_STEP,
-        analysis=_sequential_only(criticalErrorShare=None),
+        analysis=_sequential_only(),
     )
     stack.release("v2")
     stack.wait_for(lambda s: s.stage == "analysing", 60, "the canary Ready")

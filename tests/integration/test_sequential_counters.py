@@ -24,7 +24,7 @@ import pytest
 
 from autocanary import sequential_analysis
 from autocanary.config import PrometheusConfig, RolloutConfig, SequentialAnalysisConfig
-from autocanary.judge import CounterSnapshot, Judgement
+from autocanary.judge import CounterSnapshot, Judgement, counts
 from autocanary.judge import Verdict as JudgeVerdict
 from autocanary.prometheus import PrometheusClient
 from autocanary_testbed.apps import ProbeProcess, start_probe, start_testpage
@@ -52,8 +52,6 @@ CONFIG = RolloutConfig.model_validate(
             "source": "probe",
             "sequential": {
                 "latencyThresholds": [f"{LATENCY_THRESHOLD:g}s"],
-                # Off: the harm must be proven by the e-process, not by the error-share guard.
-                "criticalErrorShare": None,
             },
         },
     }
@@ -91,8 +89,7 @@ class Bed:
     def snapshot(self, version: str, at: datetime) -> CounterSnapshot:
         """What the engine reads for ``version`` at ``at`` (canary v2 against stable v1)."""
         queries = sequential_analysis.counter_queries(CONFIG, version, "v2", "v1")
-        samples = [self.client.query_vector(q, at) for q in queries.all()]
-        return sequential_analysis.snapshot(*samples)
+        return sequential_analysis.snapshot(self.client.query_vector(queries.joined(), at))
 
     def requests(self, version: str, at: datetime) -> float:
         series = self.snapshot(version, at).series.values()
@@ -122,7 +119,7 @@ def totals(snapshot: CounterSnapshot) -> Counters:
     series = snapshot.series.values()
     return Counters(
         requests=sum(s.requests for s in series),
-        errors=sum(s.errors for s in series),
+        errors=sum(s.errors or 0.0 for s in series),  # no error series yet: no errors
         observed=sum(s.buckets[math.inf] for s in series),
         fast=sum(s.buckets[LATENCY_THRESHOLD] for s in series),
     )
@@ -178,14 +175,16 @@ def test_the_counters_are_the_probes_own_integers(bed: Bed) -> None:
         # One series, the probe's own (Prometheus labels it with the scrape address).
         assert set(snapshot.series) == {bed.probe.metrics_address}
         series = snapshot.series[bed.probe.metrics_address]
-        values = [series.requests, series.errors, *series.buckets.values()]
+        values = [series.requests, series.errors or 0.0, *series.buckets.values()]
         assert all(v == int(v) for v in values), values
         # Every bucket the probe exports, by its upper bound.
         assert math.inf in series.buckets
         assert LATENCY_THRESHOLD in series.buckets
         assert len(series.buckets) > 10
         # The judge reads them as exact integer counts in its field layout.
-        (vector,) = snapshot.vectors((LATENCY_THRESHOLD,)).values()
+        read = counts.reconcile({}, {}, snapshot, (LATENCY_THRESHOLD,))
+        assert read.skipped == ()
+        (vector,) = read.counters.values()
         assert vector == tuple(int(v) for v in totals(snapshot).fields())
 
         got = totals(snapshot)
@@ -200,7 +199,7 @@ def test_the_counters_are_the_probes_own_integers(bed: Bed) -> None:
         assert got.requests > before.requests
         assert got.errors <= got.requests
 
-    # v1 never failed: no error series at all, and the snapshot says 0.
+    # v1 never failed: no error series at all, and the snapshot says so (absent, read as 0).
     assert bed.probe_counters("v1").errors == 0
     queries = sequential_analysis.counter_queries(CONFIG, "v1", "v2", "v1")
     assert bed.client.query_vector(queries.errors) == []

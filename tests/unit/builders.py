@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from autocanary import sequential_analysis
 from autocanary.alert import Verdict
 from autocanary.analysis import CheckResult, IntervalVerdict
 from autocanary.config import RolloutConfig
@@ -31,6 +32,7 @@ from autocanary.decision import (
     decide,
 )
 from autocanary.revision import revision_of, version_of
+from autocanary.sequential_analysis import Sample
 from autocanary.state import RolloutState
 
 JSON = dict[str, Any]
@@ -45,6 +47,7 @@ def make_rollout(**overrides: Any) -> RolloutConfig:
     """
     analysis: JSON = {
         "minRequests": 10,
+        "warmup": "0s",  # the tests time steps to the interval; warm-ups are tested on their own
         "checks": [{"name": "errors", "template": "error-rate", "max": "1%"}],
     }
     analysis.update(overrides.pop("analysis", {}))
@@ -354,3 +357,13 @@ class Driver:
 
 def phase_is(*phases: str) -> Callable[[RolloutState], bool]:
     return lambda state: state.phase in phases
+
+
+def tagged(requests: list[Sample], errors: list[Sample], buckets: list[Sample]) -> list[Sample]:
+    """The joined counter query's answer: each counter query's samples with the counter label."""
+    label = sequential_analysis.COUNTER_LABEL
+    return [
+        ({**labels, label: kind}, value)
+        for kind, samples in (("requests", requests), ("errors", errors), ("bucket", buckets))
+        for labels, value in samples
+    ]

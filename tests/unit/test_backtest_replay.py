@@ -318,7 +318,10 @@ def test_unreadable_counters_leave_the_sequential_interval_inconclusive() -> Non
     answers: dict[str, float | Exception | None] = {
         plan(rollout, "v2", "v1").canary_requests_query: 100.0,
         **dict.fromkeys(
-            sequential_analysis.counter_queries(rollout, "v2", "v2", "v1").all(),
+            (
+                sequential_analysis.counter_queries(rollout, v, "v2", "v1").joined()
+                for v in ("v2", "v1")
+            ),
             QueryError("rejected"),
         ),
     }

@@ -213,7 +213,7 @@ def test_minimal_config_gets_the_documented_defaults() -> None:
     analysis = web.analysis
     assert analysis.source == "probe"
     assert analysis.effective_selector == 'target="{{ rollout }}"'
-    assert analysis.warmup == timedelta(0)
+    assert analysis.warmup == timedelta(minutes=1)  # cold starts are not judged
     assert (analysis.min_requests, analysis.failure_limit) == (20, 0)
     assert (analysis.inconclusive_limit, analysis.inconclusive_policy) == (3, "pause")
     assert analysis.checks[0].effective_quantile == 0.99

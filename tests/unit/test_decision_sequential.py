@@ -25,6 +25,7 @@ from builders import (
     make_rollout,
     phase_is,
     sequence,
+    tagged,
 )
 
 from autocanary import sequential_analysis
@@ -77,8 +78,8 @@ class Traffic:
             self.canary.served += self.rate * seconds * canary_ready / ready
             self.stable.served += self.rate * seconds * stable_ready / ready
         snapshots = (
-            sequential_analysis.snapshot(*self.canary.samples()),
-            sequential_analysis.snapshot(*self.stable.samples()),
+            sequential_analysis.snapshot(tagged(*self.canary.samples())),
+            sequential_analysis.snapshot(tagged(*self.stable.samples())),
         )
         self.history.append((now, snapshots))
 
@@ -139,7 +140,7 @@ def judged(
         steps=steps or TWO_STEPS,
         analysis={
             "warmup": "20s",
-            "sequential": {"criticalErrorShare": None, **(sequential or {})},
+            "sequential": {**(sequential or {})},
             **analysis,
         },
     )

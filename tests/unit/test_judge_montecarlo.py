@@ -3,8 +3,9 @@
 Runs are vectorised through the same ``advance``/``decide`` the daemon's
 ``update`` uses. Each run keeps going after any crossing, so what is measured is
 "ever crossed within the horizon", the event Ville's inequality bounds; the
-canary weight changes half-way, as a ramp would. The allowance is three
-binomial standard errors over 2,000 runs.
+canary weight changes half-way, as a ramp would. The harm e-value includes
+the change-point mixture; polls are tempered by the default noise floor. The
+allowance is three binomial standard errors over 2,000 runs.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def crossing_rates(psi: float, stable_rate: float, per_poll: int, seed: int) -> 
     """Shares of runs whose harm / safety e-value ever reached 1/alpha / 1/beta."""
     rng = np.random.default_rng(seed)
     canary_rate = odds_to_rate(psi * stable_rate / (1 - stable_rate))
-    evidence = np.zeros((RUNS, 1, GRID.size))
+    evidence = sequential.empty_evidence([GRID], (RUNS,))
     harmed = np.zeros(RUNS, dtype=bool)
     safe = np.zeros((RUNS, 1), dtype=bool)
     for poll in range(POLLS):
@@ -41,7 +42,7 @@ def crossing_rates(psi: float, stable_rate: float, per_poll: int, seed: int) -> 
         table = np.stack(
             [n, rng.binomial(n, canary_rate), m, rng.binomial(m, stable_rate)], axis=-1
         )[:, None, :]
-        evidence = sequential.advance(GRID, evidence, table)
+        evidence = sequential.advance([GRID], evidence, table, poll + 1, CONFIG.noise_floor)
         decided = sequential.decide(
             GRID, evidence, safe, np.zeros(RUNS, bool), alpha=CONFIG.alpha, beta=CONFIG.beta
         )

@@ -14,7 +14,8 @@ from autocanary.judge import CounterSnapshot, JudgeState, SequentialConfig, Verd
 from autocanary.judge.report import Judgement
 
 INF = math.inf
-CONFIG = SequentialConfig(latency_thresholds=(0.25,))
+# No slowdown tolerance: canary and stable are compared at the same boundary (0.25s).
+CONFIG = SequentialConfig(latency_thresholds=(0.25,), latency_tolerance=0.0)
 
 
 @dataclass
@@ -76,10 +77,11 @@ def test_a_five_times_error_rate_is_rolled_back_with_a_reason() -> None:
     errors = last.metrics[0]
     assert errors.harmful
     assert errors.harm_threshold == pytest.approx(40.0)  # 2 metrics, alpha 0.05
+    assert errors.safety_threshold == pytest.approx(20.0)  # promotion needs only 1/beta
     assert errors.ci_low > 1.2
     assert last.reason.startswith("errors: canary error odds")
     assert "harm e-value" in last.reason
-    assert "95% CS" in last.reason
+    assert "95% simultaneous CS" in last.reason
 
 
 def test_an_identical_canary_is_promoted_and_never_rolled_back() -> None:
@@ -135,24 +137,83 @@ def test_skip_moves_the_counters_without_evidence() -> None:
     assert judgement.metrics[0].canary_requests == judgement.poll.canary_requests
 
 
-def test_critical_guard_trips_without_statistics() -> None:
-    config = SequentialConfig(alpha=1e-12)  # the e-process alone would wait
-    release = Release(canary_errors=0.4, per_poll=600)
-    judgements = run(release, polls=5, config=config)
+def test_critical_guard_trips_without_statistics_and_only_relative_to_the_stable() -> None:
+    config = SequentialConfig(alpha=1e-12, critical_error_excess=0.2)  # the e-process would wait
+    judgements = run(Release(canary_errors=0.4, per_poll=600), polls=5, config=config)
     last = judgements[-1]
     assert last.verdict is Verdict.ROLLBACK
     assert last.critical
     assert last.reason.startswith("errors: critical guard, canary error share")
-    off = SequentialConfig(alpha=1e-12, critical_error_share=None)
+    assert "over the stable's" in last.reason
+    # an outage both versions share: 40% errors everywhere is no reason to blame the canary
+    shared = Release(canary_errors=0.4, per_poll=600)
+    original = shared.stable.serve
+    shared.stable.serve = lambda rng, n, _rate, slow: original(rng, n, 0.4, slow)  # type: ignore[method-assign]
+    assert not any(j.critical for j in run(shared, 5, config))
+    off = SequentialConfig(alpha=1e-12)  # off by default
     assert not any(j.critical for j in run(Release(canary_errors=0.4, per_poll=600), 5, off))
 
 
 def test_latency_thresholds_from_stable_quantiles_are_fixed_at_start() -> None:
-    config = SequentialConfig(latency_quantiles=(0.9,))
+    config = SequentialConfig(latency_quantiles=(0.9,), latency_tolerance=0.0)
     stable = CounterSnapshot.single(1000, 10, {0.1: 600, 0.2: 905, 0.4: 990, INF: 1000})
     state = sequential.initial(config, CounterSnapshot({}), stable)
     assert state.thresholds == (0.2,)
     assert [m.name for m in state.metrics] == ["errors", "latency>0.2s"]
+
+
+def test_a_latency_tolerance_is_a_slowdown_tested_at_a_bucket_pair() -> None:
+    # 10%: the stable's 0.2s is paired with the first boundary >= 0.22s, i.e. 0.25s (25%)
+    stable = CounterSnapshot.single(1000, 10, {0.1: 600, 0.2: 905, 0.25: 950, 0.4: 990, INF: 1000})
+    config = SequentialConfig(latency_thresholds=(0.2,), latency_tolerance=0.1)
+    state = sequential.initial(config, CounterSnapshot({}), stable)
+    assert state.latency_pairs == ((0.2, 0.25),)
+    assert state.thresholds == (0.2, 0.25)
+    assert [m.name for m in state.metrics] == ["errors", "latency>0.25s/0.2s"]
+    assert state.grids()[1].psi0 == 1.0  # the pair carries the tolerance
+    with pytest.raises(ValueError, match=r"no bucket boundary at or above 0\.44"):
+        sequential.initial(
+            SequentialConfig(latency_thresholds=(0.4,), latency_tolerance=0.1),
+            CounterSnapshot({}),
+            stable,
+        )
+
+
+def test_a_slowdown_within_the_tolerance_is_not_rolled_back_and_beyond_it_is() -> None:
+    """Lognormal latencies in fine buckets: 1.15x slower passes a 20% tolerance, 1.6x fails."""
+    from scipy.stats import norm
+
+    bounds = (0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)
+
+    def counts(rng: np.random.Generator, n: int, slowdown: float) -> dict[float, int]:
+        cdf = norm.cdf((np.log(np.array(bounds)) - np.log(0.1 * slowdown)) / 0.5)
+        cells = rng.multinomial(n, np.diff(cdf, prepend=0.0, append=1.0))
+        return dict(zip((*bounds, INF), np.cumsum(cells).tolist(), strict=True))
+
+    def verdict(slowdown: float) -> Verdict:
+        rng = np.random.default_rng(3)
+        config = SequentialConfig(latency_quantiles=(0.99,), latency_tolerance=0.2)
+        cum = {"c": dict.fromkeys((*bounds, INF), 0), "s": dict.fromkeys((*bounds, INF), 0)}
+
+        def snap(key: str) -> CounterSnapshot:
+            b = {le: float(v) for le, v in cum[key].items()}
+            return CounterSnapshot.single(b[INF], 0.0, b)
+
+        for le, v in counts(rng, 100_000, 1.0).items():
+            cum["s"][le] += v
+        state = sequential.initial(config, snap("c"), snap("s"))
+        assert state.latency_pairs == ((0.25, 0.3),)
+        for _ in range(40):
+            for key, n, slow in (("c", 2000, slowdown), ("s", 18000, 1.0)):
+                for le, v in counts(rng, n, slow).items():
+                    cum[key][le] += v
+            state, judgement = sequential.update(config, state, snap("c"), snap("s"))
+            if judgement.verdict is not Verdict.CONTINUE:
+                return judgement.verdict
+        return Verdict.CONTINUE
+
+    assert verdict(1.15) is not Verdict.ROLLBACK  # (no errors at all: never proven safe)
+    assert verdict(1.6) is Verdict.ROLLBACK
 
 
 def test_hypotheses_stay_those_of_release_start() -> None:
@@ -173,7 +234,9 @@ def test_hypotheses_stay_those_of_release_start() -> None:
         ({"latency_thresholds": (0.2,), "latency_quantiles": (0.9,)}, "not both"),
         ({"latency_thresholds": (0.0,)}, "positive"),
         ({"latency_quantiles": (1.0,)}, "quantiles"),
-        ({"critical_error_share": 1.5}, "critical"),
+        ({"critical_error_excess": 1.5}, "critical"),
+        ({"latency_tolerance": -0.1}, "latency tolerance"),
+        ({"noise_floor": -1.0}, "noise_floor"),
         ({"grid_points": 0}, "grid"),
     ],
 )
@@ -206,7 +269,8 @@ def test_batch_decision_matches_the_single_update() -> None:
     state = sequential.initial(CONFIG, release.canary.snapshot(), release.stable.snapshot())
     state, judgement = sequential.update(CONFIG, state, *release.poll())
     grid = state.grid()
-    evidence = np.array([[m.evidence for m in state.metrics]] * 3)
+    one = sequential._state_evidence(state)
+    evidence = sequential.Evidence(*(np.array([a] * 3) for a in one))
     decided = sequential.decide(
         grid,
         evidence,

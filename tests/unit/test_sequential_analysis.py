@@ -1,8 +1,8 @@
 """The sequential judge's glue in the daemon: Prometheus samples to snapshots, polls, verdicts.
 
-Counters are given as the samples the three counter queries return (labels,
-value), so each test runs the same path as the engine: ``snapshot`` ->
-``judge_interval`` -> ``combine``.
+Counters are given as the samples the joined counter query returns (labels,
+value, each tagged with its counter), so each test runs the same path as the
+engine: ``snapshot`` -> ``judge_interval`` -> ``combine``.
 """
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from builders import tagged
 
 from autocanary import sequential_analysis
 from autocanary.alert import Verdict
 from autocanary.analysis import CheckResult, IntervalVerdict
 from autocanary.config import SequentialAnalysisConfig
-from autocanary.judge import CounterSnapshot, Judgement, JudgeState
+from autocanary.judge import CounterSnapshot, Judgement, JudgeState, counts
 from autocanary.judge import Verdict as JudgeVerdict
 from autocanary.sequential_analysis import Sample
 from autocanary.state import RolloutState, dumps, loads
@@ -28,7 +29,7 @@ AT = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 INF = math.inf
 # The guard is off unless a test is about it: these tests are about the e-processes.
 CFG = SequentialAnalysisConfig.model_validate(
-    {"latencyThresholds": ["250ms"], "criticalErrorShare": None}
+    {"latencyThresholds": ["250ms"], "latencyTolerance": "0%", "noiseFloor": 0}
 )
 POD_A, POD_B = "10.0.0.1:8080", "10.0.0.2:8080"
 
@@ -54,7 +55,8 @@ class Series:
 class Version:
     """One version's instances, turned into the samples the counter queries return."""
 
-    series: dict[str, Series] = field(default_factory=dict)
+    # the pod is up (counters at 0) before the first read: a series first seen later is a baseline
+    series: dict[str, Series] = field(default_factory=lambda: {POD_A: Series()})
 
     def serve(self, requests: int, errors: int, slow: int = 0, instance: str = POD_A) -> None:
         self.series.setdefault(instance, Series()).serve(requests, errors, slow)
@@ -75,7 +77,7 @@ class Version:
         return requests, errors, buckets
 
     def snapshot(self) -> CounterSnapshot:
-        return sequential_analysis.snapshot(*self.samples())
+        return sequential_analysis.snapshot(tagged(*self.samples()))
 
 
 @dataclass
@@ -112,14 +114,25 @@ def threshold_verdict(kind: Verdict) -> IntervalVerdict:
 # ------------------------------------------------------------------ snapshot
 
 
+def test_the_counter_queries_are_joined_into_one() -> None:
+    queries = sequential_analysis.CounterQueries("req", "err", "buck")
+    assert queries.joined() == (
+        'label_replace(req, "autocanary_counter", "requests", "", "") or '
+        'label_replace(err, "autocanary_counter", "errors", "", "") or '
+        'label_replace(buck, "autocanary_counter", "bucket", "", "")'
+    )
+
+
 def test_snapshot_keys_series_by_instance() -> None:
     snap = sequential_analysis.snapshot(
-        [({"instance": POD_A}, 120.0), ({"instance": POD_B}, 80.0)],
-        [({"instance": POD_A}, 3.0), ({"instance": POD_B}, 1.0)],
-        [
-            ({"instance": POD_A, "le": "0.25"}, 100.0),
-            ({"instance": POD_B, "le": "0.25"}, 70.0),
-        ],
+        tagged(
+            [({"instance": POD_A}, 120.0), ({"instance": POD_B}, 80.0)],
+            [({"instance": POD_A}, 3.0), ({"instance": POD_B}, 1.0)],
+            [
+                ({"instance": POD_A, "le": "0.25"}, 100.0),
+                ({"instance": POD_B, "le": "0.25"}, 70.0),
+            ],
+        )
     )
     assert set(snap.series) == {POD_A, POD_B}
     assert (snap.series[POD_A].requests, snap.series[POD_A].errors) == (120.0, 3.0)
@@ -128,22 +141,47 @@ def test_snapshot_keys_series_by_instance() -> None:
     assert snap.series[POD_B].buckets == {0.25: 70.0}
 
 
-def test_an_instance_without_error_series_has_had_no_errors() -> None:
+def test_an_instance_without_error_series_has_its_errors_absent() -> None:
     snap = sequential_analysis.snapshot(
-        [({"instance": POD_A}, 120.0), ({"instance": POD_B}, 80.0)],
-        [({"instance": POD_A}, 3.0)],
-        [],
+        tagged(
+            [({"instance": POD_A}, 120.0), ({"instance": POD_B}, 80.0)],
+            [({"instance": POD_A}, 3.0)],
+            [],
+        )
     )
-    assert snap.series[POD_B].errors == 0.0
+    assert snap.series[POD_B].errors is None  # the judge decides what absent means
     assert snap.series[POD_A].errors == 3.0
-    # A version without any error series: every instance at 0.
-    healthy = sequential_analysis.snapshot([({"instance": POD_A}, 5.0)], [], [])
-    assert healthy.series[POD_A].errors == 0.0
+
+
+def test_two_targets_behind_one_service_stay_two_series() -> None:
+    """An HA pair scraped as two targets that share the Service's instance label."""
+    svc = "web.default.svc:8080"
+    snap = sequential_analysis.snapshot(
+        tagged(
+            [({"instance": svc, "pod": "a"}, 1000.0), ({"instance": svc, "pod": "b"}, 900.0)],
+            [({"instance": svc, "pod": "a"}, 10.0), ({"instance": svc, "pod": "b"}, 9.0)],
+            [
+                ({"instance": svc, "pod": "a", "le": "+Inf"}, 1000.0),
+                ({"instance": svc, "pod": "b", "le": "+Inf"}, 900.0),
+            ],
+        )
+    )
+    assert len(snap.series) == 2
+    # one of them missing from a poll: the other's increase is all that counts
+    after = sequential_analysis.snapshot(
+        tagged(
+            [({"instance": svc, "pod": "a"}, 1100.0)],
+            [({"instance": svc, "pod": "a"}, 11.0)],
+            [({"instance": svc, "pod": "a", "le": "+Inf"}, 1100.0)],
+        )
+    )
+    first = counts.reconcile({}, {}, snap, ())
+    got = counts.reconcile(first.counters, first.start_times, after, ())
+    assert got.increase.tolist() == [100, 1, 100]
 
 
 def test_buckets_are_parsed_by_le_including_inf() -> None:
-    requests, errors, buckets = Version({POD_A: Series(50, 2, 40)}).samples()
-    snap = sequential_analysis.snapshot(requests, errors, buckets)
+    snap = Version({POD_A: Series(50, 2, 40)}).snapshot()
     assert snap.series[POD_A].buckets == {0.1: 0.0, 0.25: 40.0, INF: 50.0}
     # In the judge's field layout: requests, errors, observations (+Inf), fast at 0.25s.
     assert snap.vectors((0.25,)) == {POD_A: (50, 2, 50, 40)}
@@ -152,16 +190,18 @@ def test_buckets_are_parsed_by_le_including_inf() -> None:
 def test_instances_are_not_mixed_and_a_missing_instance_label_is_one_series() -> None:
     # A query aggregated to one series (no instance label) is one series keyed "".
     snap = sequential_analysis.snapshot(
-        [({}, 10.0)], [({}, 1.0)], [({"le": "+Inf"}, 10.0), ({"le": "0.25"}, 9.0)]
+        tagged([({}, 10.0)], [({}, 1.0)], [({"le": "+Inf"}, 10.0), ({"le": "0.25"}, 9.0)])
     )
     assert snap.vectors((0.25,)) == {"": (10, 1, 10, 9)}
     # Errors and buckets of another instance never land on this one.
     other = sequential_analysis.snapshot(
-        [({"instance": POD_A}, 10.0)],
-        [({"instance": POD_B}, 4.0)],
-        [({"instance": POD_B, "le": "+Inf"}, 7.0)],
+        tagged(
+            [({"instance": POD_A}, 10.0)],
+            [({"instance": POD_B}, 4.0)],
+            [({"instance": POD_B, "le": "+Inf"}, 7.0)],
+        )
     )
-    assert other.series[POD_A].errors == 0.0
+    assert other.series[POD_A].errors is None
     assert other.series[POD_A].buckets == {}
 
 
@@ -197,6 +237,7 @@ def test_skip_moves_the_baseline_without_evidence() -> None:
     """A step's warm-up skipped by its baseline counts exactly as if it never happened."""
     with_warmup, without = Pair(), Pair()
     for traffic in (with_warmup, without):
+        traffic.canary.series[POD_B] = Series()  # step 2's pod, up before step 1's first read
         traffic.serve((100, 1, 5), (900, 9, 45))
     first = poll(None, with_warmup.now(), (Version().snapshot(), Version().snapshot()))
     assert first == poll(None, without.now(), (Version().snapshot(), Version().snapshot()))
@@ -445,11 +486,11 @@ def test_harm_proven_reads_the_judgement() -> None:
 
 
 def test_the_critical_guard_is_harm_too() -> None:
-    cfg = SequentialAnalysisConfig.model_validate({"criticalErrorShare": "20%"})
+    cfg = SequentialAnalysisConfig.model_validate({"criticalErrorExcess": "20%"})
     traffic = Pair()
     baseline = traffic.now()
-    # 25 errors in 100: over the share with enough errors, whatever the stable does.
-    traffic.serve((100, 25, 0), (100, 20, 0))
+    # 25 errors in 100 against the stable's 2 in 100: over it by more than 20 points.
+    traffic.serve((100, 25, 0), (100, 2, 0))
     state, judgement = poll(None, traffic.now(), baseline, cfg)
     assert judgement.critical
     combined = sequential_analysis.combine(threshold_verdict("pass"), judgement, state)

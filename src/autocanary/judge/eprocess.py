@@ -284,3 +284,85 @@ def mantel_haenszel_terms(table: IntArray) -> FloatArray:
     num = np.where(total > 0, x * (m - y) / safe_total, 0.0)
     den = np.where(total > 0, y * (n - x) / safe_total, 0.0)
     return np.stack([num, den], axis=-1)
+
+
+def information(table: IntArray) -> FloatArray:
+    """Approximate Fisher information about the log odds ratio in each row ``(n, x, m, y)``.
+
+    The inverse of Woolf's variance with 0.5 added to each cell; 0 where a row
+    carries no information (no events, or a version without requests). It only
+    sets how much a poll is tempered, so its approximation costs power, never
+    validity.
+    """
+    c = np.asarray(table, dtype=np.float64)
+    n, x, m, y = (c[..., i] for i in range(4))
+    variance = 1 / (x + 0.5) + 1 / (n - x + 0.5) + 1 / (y + 0.5) + 1 / (m - y + 0.5)
+    informative = (n > 0) & (m > 0) & (x + y > 0) & (x + y < n + m)
+    out: FloatArray = np.where(informative, 1 / variance, 0.0)
+    return out
+
+
+def log_odds_ratio(table: IntArray) -> FloatArray:
+    """The per-row log odds ratio estimate canary vs stable (0.5 added to each cell)."""
+    c = np.asarray(table, dtype=np.float64)
+    n, x, m, y = (c[..., i] for i in range(4))
+    out: FloatArray = np.log((x + 0.5) * (m - y + 0.5)) - np.log((n - x + 0.5) * (y + 0.5))
+    return out
+
+
+def noise_variance(sums: FloatArray) -> FloatArray:
+    """DerSimonian-Laird estimate of the between-poll variance of the log odds ratio.
+
+    ``sums[..., :]`` = (K, sum w, sum w^2, sum w t, sum w t^2) over the K
+    informative polls so far, ``w`` the information and ``t`` the estimate.
+    Zero until two polls are in and whenever Cochran's Q is below its
+    expectation under no noise.
+    """
+    k, s0, s2w, s1, sq = (np.asarray(sums, dtype=np.float64)[..., i] for i in range(5))
+    safe_s0 = np.where(s0 > 0, s0, 1.0)
+    q = sq - s1 * s1 / safe_s0
+    scale = s0 - s2w / safe_s0
+    tau2 = (q - (k - 1)) / np.where(scale > 0, scale, 1.0)
+    out: FloatArray = np.where((k >= 2) & (scale > 0), np.maximum(tau2, 0.0), 0.0)
+    return out
+
+
+def noise_sums(sums: FloatArray, table: IntArray) -> FloatArray:
+    """The running sums of :func:`noise_variance` with one more poll's rows added."""
+    w = information(table)
+    t = log_odds_ratio(table)
+    used = w > 0
+    add = np.stack(
+        [
+            used.astype(np.float64),
+            w,
+            w * w,
+            np.where(used, w * t, 0.0),
+            np.where(used, w * t * t, 0.0),
+        ],
+        axis=-1,
+    )
+    out: FloatArray = np.asarray(sums, dtype=np.float64) + add
+    return out
+
+
+def change_point_step(
+    grid: Grid, change: FloatArray, increment: FloatArray, log_prior: float
+) -> FloatArray:
+    """One poll of the change-point mixture: ``log R_j`` per harm alternative.
+
+    ``R_j(t) = (R_j(t-1) + pi_t) * L_t(psi0 e**u_j) / L_t(psi0)``: the mixture over
+    start times ``s`` (weight ``pi_s``) of likelihood ratios taken from ``s`` on.
+    Each term is a nonnegative supermartingale under ``psi <= psi0`` from its
+    start, so the mixture is one too, however much evidence of safety came
+    before a regression began.
+    """
+    i0 = grid.harm_index
+    alternatives = increment[..., i0 + 1 : i0 + grid.points + 1]
+    out: FloatArray = np.logaddexp(change, log_prior) + alternatives
+    return out
+
+
+def change_log_evalue(grid: Grid, change: FloatArray) -> FloatArray:
+    """Log of the change-point e-process from ``log R_j`` (weights as the harm mixture)."""
+    return _logsumexp(change + grid.log_weights, axis=-1)

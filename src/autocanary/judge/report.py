@@ -61,8 +61,9 @@ class Judgement:
     reason: str
     metrics: tuple[MetricEvidence, ...]
     poll: PollCounts
-    confidence: float  # coverage of the reported confidence sequences, 1 - alpha
+    confidence: float  # simultaneous coverage of the reported confidence sequences, 1 - alpha
     critical: bool = False  # the non-statistical guard tripped
+    skipped: tuple[str, ...] = ()  # series whose read was incomplete or inconsistent this poll
 
 
 def number(value: float) -> str:
@@ -77,7 +78,7 @@ def number(value: float) -> str:
 
 
 def _interval(m: MetricEvidence, confidence: float) -> str:
-    return f"{confidence:.0%} CS {number(m.ci_low)}-{number(m.ci_high)}"
+    return f"{confidence:.0%} simultaneous CS {number(m.ci_low)}-{number(m.ci_high)}"
 
 
 def _what(m: MetricEvidence) -> str:
@@ -95,11 +96,14 @@ def harm_reason(m: MetricEvidence, confidence: float) -> str:
     )
 
 
-def critical_reason(requests: int, errors: int, share: float) -> str:
+def critical_reason(
+    requests: int, errors: int, stable_requests: int, stable_errors: int, excess: float
+) -> str:
     """Why the critical guard tripped."""
+    stable = stable_errors / stable_requests if stable_requests else 0.0
     return (
         f"errors: critical guard, canary error share {errors / requests:.1%} "
-        f"({errors} of {requests}) over {share:.0%}"
+        f"({errors} of {requests}) over the stable's {stable:.1%} by more than {excess:.0%}"
     )
 
 

@@ -1,28 +1,36 @@
 """The sequential, anytime-valid canary judge: configuration, decision rule, and one poll's update.
 
-Method: STATISTICS.md. Per metric (errors, then each latency threshold) a harm
-e-process tests ``H0+: psi <= psi0`` and a safety e-process ``H0-: psi >= psi1``,
-psi the canary-vs-stable odds ratio of an event. With M metrics:
+Method: STATISTICS.md and the README's "How the sequential judge decides".
+Per metric (errors, then each latency bucket pair) a harm e-process tests
+``H0+: psi <= psi0`` and a safety e-process ``H0-: psi >= psi1``, psi the
+canary-vs-stable odds ratio of an event. With M metrics:
 
-- ROLLBACK as soon as some harm e-value reaches ``M/alpha`` (or the optional
-  critical guard trips: canary error share over a limit with enough errors);
-- PROMOTE once every metric's safety e-value has reached ``M/beta`` at some
-  poll (the caller still applies warm-up and minimum holds);
+- ROLLBACK as soon as some metric's harm e-value reaches ``M/alpha`` (or the
+  optional critical guard trips: the canary's error share exceeds the
+  stable's by a margin, with enough errors). The harm e-value is a fixed
+  mixture of the e-process from release start (weight 0.8) and a change-point
+  mixture over later start polls (0.2), so evidence of safety gathered before
+  a regression begins does not delay catching it.
+- PROMOTE once every metric's safety e-value has reached ``1/beta`` at some
+  poll (a false promotion needs the safety e-process of a harmful metric to
+  cross, so no split over metrics is needed); the caller still applies
+  warm-up and minimum holds.
 - CONTINUE otherwise; at its deadline the caller applies the inconclusive policy.
 
-By Ville's inequality a false rollback has probability <= alpha and a false
-promotion <= beta however often the judge is polled.
+Each poll's log-likelihood ratio is tempered by ``1 / (1 + tau^2 I)``, I the
+poll's information about the log odds ratio and tau^2 the between-poll noise
+variance: the larger of the configured floor and a DerSimonian-Laird estimate
+from the polls before (predictable, so any value keeps the e-processes
+supermartingales under the model; it restores them approximately when the
+canary's rate wanders from poll to poll around a harmless mean).
 
-Latency thresholds use the plain odds ratio of exceeding the same bucket
-boundary on both versions, tested against the same psi0/psi1 as errors. It
-works with any bucket layout; note the tolerance is then on the odds of being
-slow, which is stricter than the same percentage on latency itself (for a
-lognormal with sigma 0.5, odds ratio 1.2 above the p90 is about a 5% slowdown).
+Latency is tested as a slowdown: the canary's share above ``b_c`` against the
+stable's share above ``b_s``, with ``b_c >= (1 + latencyTolerance) b_s``
+(:func:`counts.pick_pairs`), under odds ratio ``<= 1``.
 
-The hypotheses (psi0, psi1, grid, thresholds) are fixed when a release starts
-and kept in the state: choosing them after seeing data would void the
-guarantee, so a config change applies to the next release. alpha, beta and the
-critical guard are read from the config at every poll.
+alpha, beta, the hypotheses, grid, bucket pairs and noise floor are fixed
+when a release starts and kept in the state: choosing them after seeing data
+would void the guarantee, so a config change applies to the next release.
 
 ``advance`` and ``decide`` work on batches; ``update`` calls them with a batch
 of one, and the benchmark with thousands of simulated runs.
@@ -31,6 +39,7 @@ of one, and the benchmark with thousands of simulated runs.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
@@ -52,24 +61,30 @@ _VERDICTS = {CONTINUE: Verdict.CONTINUE, ROLLBACK: Verdict.ROLLBACK, PROMOTE: Ve
 # e-values are reported as floats that JSON can carry; beyond this they are "huge" anyway.
 _MAX_LOG_EVALUE = math.log(1e300)
 
+# Weight of the e-process from release start in the harm e-value; the rest goes to
+# the change-point mixture (prior 1/(t(t+1)) over the poll t where harm begins).
+MAIN_WEIGHT = 0.8
+
 
 @dataclass(frozen=True)
 class SequentialConfig:
-    """Settings of the sequential judge (defaults from STATISTICS.md).
+    """Settings of the sequential judge (defaults from STATISTICS.md, tuned by bench/detection.py).
 
-    Latency thresholds are bucket boundaries in seconds, either given
-    (``latency_thresholds``) or picked at release start as the boundaries
-    nearest the stable's ``latency_quantiles``; not both.
+    Latency is tested at bucket pairs (see :func:`counts.pick_pairs`): from the
+    stable's boundaries given in ``latency_thresholds``, or from those nearest
+    the stable's ``latency_quantiles`` at release start; not both.
     """
 
     alpha: float = 0.05  # bound on false rollbacks, split over metrics
-    beta: float = 0.05  # bound on false promotions, split over metrics
-    tolerance: float = 0.2  # psi0 = 1 + tolerance: odds ratios up to this are harmless
-    safe_ratio: float = 1.5  # psi1: safety means proven below this odds ratio
+    beta: float = 0.05  # bound on false promotions
+    tolerance: float = 0.2  # errors: psi0 = 1 + tolerance, odds ratios up to it are harmless
+    safe_ratio: float = 1.5  # errors: safety means proven below this odds ratio
+    latency_tolerance: float = 0.2  # latency: a slowdown up to this factor is harmless
     latency_thresholds: tuple[float, ...] = ()
     latency_quantiles: tuple[float, ...] = ()
-    critical_error_share: float | None = 0.2  # None disables the critical guard
+    critical_error_excess: float | None = None  # None disables the critical guard
     critical_min_errors: int = 20
+    noise_floor: float = 0.1  # least per-poll sd of the log odds ratio assumed
     grid_points: int = 80
     grid_max: float = 2.5  # largest log odds ratio step of the mixture
     prior_sd: float = 0.7  # sd of the Gaussian mixture weights on that step
@@ -79,9 +94,11 @@ class SequentialConfig:
             raise ValueError(f"alpha and beta must be in (0, 1), got {self.alpha}, {self.beta}")
         if not self.tolerance >= 0:
             raise ValueError(f"tolerance must be >= 0, got {self.tolerance}")
-        if not self.safe_ratio >= self.psi0:
+        if not self.latency_tolerance >= 0:
+            raise ValueError(f"latency tolerance must be >= 0, got {self.latency_tolerance}")
+        if not self.safe_ratio > self.psi0:
             raise ValueError(
-                f"safe_ratio must be >= 1 + tolerance ({self.psi0}), got {self.safe_ratio}"
+                f"safe_ratio must be above 1 + tolerance ({self.psi0}), got {self.safe_ratio}"
             )
         if self.latency_thresholds and self.latency_quantiles:
             raise ValueError("give latency thresholds or latency quantiles, not both")
@@ -91,19 +108,37 @@ class SequentialConfig:
             )
         if any(not 0 < q < 1 for q in self.latency_quantiles):
             raise ValueError(f"latency quantiles must be in (0, 1): {self.latency_quantiles}")
-        share = self.critical_error_share
-        if share is not None and not 0 < share < 1:
-            raise ValueError(f"critical_error_share must be in (0, 1), got {share}")
+        excess = self.critical_error_excess
+        if excess is not None and not 0 < excess < 1:
+            raise ValueError(f"critical_error_excess must be in (0, 1), got {excess}")
+        if not (self.noise_floor >= 0 and math.isfinite(self.noise_floor)):
+            raise ValueError(f"noise_floor must be >= 0, got {self.noise_floor}")
         self.grid()  # validates the grid settings
 
     @property
     def psi0(self) -> float:
-        """The tolerated odds ratio."""
+        """The tolerated error odds ratio."""
         return 1.0 + self.tolerance
 
     def grid(self) -> Grid:
-        """The evidence grid for these settings."""
+        """The evidence grid of the error metric."""
         return Grid(self.psi0, self.safe_ratio, self.grid_points, self.grid_max, self.prior_sd)
+
+    def latency_grid(self) -> Grid:
+        """The evidence grid of a latency metric (the bucket pair carries the tolerance)."""
+        ratio = self.safe_ratio / self.psi0
+        return Grid(1.0, ratio, self.grid_points, self.grid_max, self.prior_sd)
+
+
+class Evidence(NamedTuple):
+    """Batched evidence per metric: log-likelihood ratios, change-point statistic, noise sums.
+
+    Shapes ``(..., M, size)``, ``(..., M, points)`` and ``(..., M, 5)``.
+    """
+
+    loglik: FloatArray
+    change: FloatArray
+    noise: FloatArray
 
 
 class Decisions(NamedTuple):
@@ -115,127 +150,209 @@ class Decisions(NamedTuple):
     safe: BoolArray  # (..., M) safety proven now or before
 
 
-def advance(grid: Grid, evidence: FloatArray, table: IntArray) -> FloatArray:
-    """Evidence ``(..., M, grid.size)`` after one poll's counts ``(..., M, 4)``."""
-    return evidence + eprocess.loglik_increment(grid, table)
+def empty_evidence(grids: Sequence[Grid], batch: tuple[int, ...] = ()) -> Evidence:
+    """Evidence before the first poll."""
+    metrics = len(grids)
+    return Evidence(
+        np.zeros((*batch, metrics, grids[0].size)),
+        np.full((*batch, metrics, grids[0].points), -np.inf),
+        np.zeros((*batch, metrics, 5)),
+    )
 
 
-def critical_guard(
-    canary_requests: IntArray, canary_errors: IntArray, share: float | None, min_errors: int
-) -> BoolArray:
-    """The non-statistical guard: enough canary errors and too large a share of them."""
-    errors = np.asarray(canary_errors)
-    if share is None:
-        return np.zeros(errors.shape, dtype=bool)
-    return (errors >= min_errors) & (errors > share * np.asarray(canary_requests))
+def advance(
+    grids: Sequence[Grid], evidence: Evidence, table: IntArray, poll: int, noise_floor: float
+) -> Evidence:
+    """Evidence after poll number ``poll`` (1 for the first) with counts ``(..., M, 4)``."""
+    tau2 = np.maximum(eprocess.noise_variance(evidence.noise), noise_floor**2)
+    temper = 1 / (1 + tau2 * eprocess.information(table))
+    increments = np.stack(
+        [eprocess.loglik_increment(g, table[..., i, :]) for i, g in enumerate(grids)], axis=-2
+    )
+    increments = increments * temper[..., None]
+    log_prior = -math.log(poll * (poll + 1))
+    change = np.stack(
+        [
+            eprocess.change_point_step(
+                g, evidence.change[..., i, :], increments[..., i, :], log_prior
+            )
+            for i, g in enumerate(grids)
+        ],
+        axis=-2,
+    )
+    return Evidence(
+        evidence.loglik + increments, change, eprocess.noise_sums(evidence.noise, table)
+    )
+
+
+def critical_guard(totals: IntArray, excess: float | None, min_errors: int) -> BoolArray:
+    """The non-statistical guard on the errors row ``(..., 4)``.
+
+    Trips when the canary's error share exceeds the stable's by more than ``excess``.
+    """
+    t = np.asarray(totals, dtype=np.float64)
+    n, x, m, y = (t[..., i] for i in range(4))
+    if excess is None:
+        return np.zeros(n.shape, dtype=bool)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        canary = np.where(n > 0, x / n, 0.0)
+        stable = np.where(m > 0, y / m, 0.0)
+    return np.asarray((x >= min_errors) & (canary > stable + excess))
 
 
 def decide(
     grid: Grid,
-    evidence: FloatArray,
+    evidence: Evidence,
     safe: BoolArray,
     critical: BoolArray,
     *,
     alpha: float,
     beta: float,
 ) -> Decisions:
-    """The decision rule over a batch, Bonferroni-split over the M metrics."""
-    metrics = evidence.shape[-2]
-    log_harm = eprocess.harm_log_evalue(grid, evidence)
-    log_safety = eprocess.safety_log_evalue(grid, evidence)
+    """The decision rule over a batch: harm Bonferroni-split over the M metrics, safety at beta.
+
+    Every metric's grid has the same shape (only psi0 differs), so one grid's
+    indices and weights serve all.
+    """
+    metrics = evidence.loglik.shape[-2]
+    main = eprocess.harm_log_evalue(grid, evidence.loglik)
+    late = eprocess.change_log_evalue(grid, evidence.change)
+    log_harm = np.logaddexp(main + math.log(MAIN_WEIGHT), late + math.log(1 - MAIN_WEIGHT))
+    log_safety = eprocess.safety_log_evalue(grid, evidence.loglik)
     harmful = np.any(log_harm >= math.log(metrics / alpha), axis=-1) | critical
-    now_safe = np.asarray(safe) | (log_safety >= math.log(metrics / beta))
+    now_safe = np.asarray(safe) | (log_safety >= math.log(1 / beta))
     verdict = np.where(harmful, ROLLBACK, np.where(np.all(now_safe, axis=-1), PROMOTE, CONTINUE))
     return Decisions(verdict.astype(np.int64), log_harm, log_safety, now_safe)
 
 
-def metric_names(thresholds: tuple[float, ...]) -> tuple[str, ...]:
-    """Names of the metrics: errors, then ``latency>{le}s`` per threshold."""
-    return ("errors", *(f"latency>{t:g}s" for t in thresholds))
+def metric_names(pairs: Sequence[tuple[float, float]]) -> tuple[str, ...]:
+    """Names of the metrics: errors, then ``latency>{canary le}s[/{stable le}s]`` per pair."""
+    names = ["errors"]
+    for b_s, b_c in pairs:
+        names.append(f"latency>{b_c:g}s" if b_s == b_c else f"latency>{b_c:g}s/{b_s:g}s")
+    return tuple(names)
+
+
+def pair_indices(state: JudgeState) -> list[tuple[int, int]]:
+    """Each latency pair's (stable, canary) index among the state's bucket fields."""
+    index = {le: i for i, le in enumerate(state.thresholds)}
+    return [(index[b_s], index[b_c]) for b_s, b_c in state.latency_pairs]
 
 
 def initial(
     config: SequentialConfig, canary: CounterSnapshot, stable: CounterSnapshot
 ) -> JudgeState:
-    """The state at release start: hypotheses fixed, no evidence, counters as of now.
+    """The state at release start: settings pinned, no evidence, counters as of now.
 
     A version that has no series yet (a new canary) is an empty snapshot; its
-    series will count in full when they appear.
+    series become baselines when they appear.
     """
-    thresholds = config.latency_thresholds
-    if config.latency_quantiles:
-        thresholds = counts.pick_thresholds(stable.histogram(), config.latency_quantiles)
+    pairs: tuple[tuple[float, float], ...] = ()
+    if config.latency_thresholds or config.latency_quantiles:
+        pairs = counts.pick_pairs(
+            stable.histogram(),
+            config.latency_tolerance,
+            quantiles=config.latency_quantiles,
+            thresholds=config.latency_thresholds,
+        )
+    thresholds = tuple(sorted({le for pair in pairs for le in pair}))
     grid = config.grid()
     zero = tuple(0.0 for _ in range(grid.size))
-    return JudgeState(
+    state = JudgeState(
         psi0=config.psi0,
         psi1=config.safe_ratio,
         grid_points=config.grid_points,
         grid_max=config.grid_max,
         prior_sd=config.prior_sd,
         thresholds=thresholds,
-        metrics=tuple(MetricState(name, zero) for name in metric_names(thresholds)),
-        canary=canary.vectors(thresholds),
-        stable=stable.vectors(thresholds),
+        metrics=tuple(MetricState(name, zero) for name in metric_names(pairs)),
+        alpha=config.alpha,
+        beta=config.beta,
+        latency_pairs=pairs,
+        noise_floor=config.noise_floor,
     )
+    return skip(state, canary, stable)
 
 
 def skip(state: JudgeState, canary: CounterSnapshot, stable: CounterSnapshot) -> JudgeState:
     """Move the counters to now without adding evidence (warm-up after pods become Ready)."""
+    rc = counts.reconcile(state.canary, state.canary_starts, canary, state.thresholds)
+    rs = counts.reconcile(state.stable, state.stable_starts, stable, state.thresholds)
     return replace(
-        state, canary=canary.vectors(state.thresholds), stable=stable.vectors(state.thresholds)
+        state,
+        canary=rc.counters,
+        stable=rs.counters,
+        canary_starts=rc.start_times,
+        stable_starts=rs.start_times,
+    )
+
+
+def _state_evidence(state: JudgeState) -> Evidence:
+    points = state.grid().points
+    return Evidence(
+        np.array([m.evidence for m in state.metrics]),
+        np.array([m.change or (-math.inf,) * points for m in state.metrics]),
+        np.array([m.noise for m in state.metrics]),
     )
 
 
 def update(
     config: SequentialConfig, state: JudgeState, canary: CounterSnapshot, stable: CounterSnapshot
 ) -> tuple[JudgeState, Judgement]:
-    """Add one poll's evidence and decide. Pure: the caller persists the returned state."""
-    grid = state.grid()
-    fields = counts.fields_for(state.thresholds)
-    now_canary = canary.vectors(state.thresholds)
-    now_stable = stable.vectors(state.thresholds)
-    inc_canary = counts.version_increase(state.canary, now_canary, fields)
-    inc_stable = counts.version_increase(state.stable, now_stable, fields)
-    table = counts.metric_table(inc_canary, inc_stable)
+    """Add one poll's evidence and decide. Pure: the caller persists the returned state.
 
-    evidence = advance(grid, np.array([m.evidence for m in state.metrics]), table)
+    Only the critical guard's settings are read from ``config``; everything
+    the guarantee rests on was pinned in ``state`` at release start.
+    """
+    grids = state.grids()
+    rc = counts.reconcile(state.canary, state.canary_starts, canary, state.thresholds)
+    rs = counts.reconcile(state.stable, state.stable_starts, stable, state.thresholds)
+    table = counts.metric_table(rc.increase, rs.increase, pair_indices(state))
+
+    polls = state.polls + 1
+    evidence = advance(grids, _state_evidence(state), table, polls, state.noise_floor)
     mh = np.array([m.mh for m in state.metrics]) + eprocess.mantel_haenszel_terms(table)
     totals = np.array([m.totals for m in state.metrics], dtype=np.int64) + table
-    critical = critical_guard(
-        totals[0, 0], totals[0, 1], config.critical_error_share, config.critical_min_errors
-    )
+    critical = critical_guard(totals[0], config.critical_error_excess, config.critical_min_errors)
     decided = decide(
-        grid,
+        grids[0],
         evidence,
         np.array([m.safe for m in state.metrics]),
         critical,
-        alpha=config.alpha,
-        beta=config.beta,
+        alpha=state.alpha,
+        beta=state.beta,
     )
 
     metrics = tuple(
         MetricState(
             name=old.name,
-            evidence=tuple(float(v) for v in evidence[i]),
+            evidence=tuple(float(v) for v in evidence.loglik[i]),
             safe=bool(decided.safe[i]),
             mh=(float(mh[i, 0]), float(mh[i, 1])),
             totals=(int(totals[i, 0]), int(totals[i, 1]), int(totals[i, 2]), int(totals[i, 3])),
+            change=tuple(float(v) for v in evidence.change[i]),
+            noise=tuple(float(v) for v in evidence.noise[i]),  # type: ignore[arg-type]
         )
         for i, old in enumerate(state.metrics)
     )
     new_state = replace(
-        state, metrics=metrics, canary=now_canary, stable=now_stable, polls=state.polls + 1
+        state,
+        metrics=metrics,
+        canary=rc.counters,
+        stable=rs.counters,
+        canary_starts=rc.start_times,
+        stable_starts=rs.start_times,
+        polls=polls,
     )
-    poll = PollCounts.from_increases(inc_canary.tolist(), inc_stable.tolist())
-    return new_state, _judgement(
-        config, grid, new_state, decided, critical=bool(critical), poll=poll
-    )
+    poll = PollCounts.from_table(table)
+    skipped = tuple(f"canary {k}" for k in rc.skipped) + tuple(f"stable {k}" for k in rs.skipped)
+    judgement = _judgement(config, grids, new_state, decided, critical=bool(critical), poll=poll)
+    return new_state, replace(judgement, skipped=skipped)
 
 
 def _judgement(
     config: SequentialConfig,
-    grid: Grid,
+    grids: Sequence[Grid],
     state: JudgeState,
     decided: Decisions,
     *,
@@ -243,25 +360,27 @@ def _judgement(
     poll: PollCounts,
 ) -> Judgement:
     count = len(state.metrics)
-    confidence = 1 - config.alpha
-    lows, highs = eprocess.confidence_sequence(
-        grid, np.array([m.evidence for m in state.metrics]), config.alpha
-    )
+    # simultaneous over the metrics: each sequence at alpha/M
+    confidence = 1 - state.alpha
+    intervals = [
+        eprocess.confidence_sequence(g, np.array(m.evidence), state.alpha / count)
+        for g, m in zip(grids, state.metrics, strict=True)
+    ]
     evidence = []
     for i, m in enumerate(state.metrics):
         evidence.append(
             MetricEvidence(
                 name=m.name,
                 harm_evalue=math.exp(min(float(decided.log_harm[i]), _MAX_LOG_EVALUE)),
-                harm_threshold=count / config.alpha,
+                harm_threshold=count / state.alpha,
                 safety_evalue=math.exp(min(float(decided.log_safety[i]), _MAX_LOG_EVALUE)),
-                safety_threshold=count / config.beta,
+                safety_threshold=1 / state.beta,
                 safe=m.safe,
                 ratio=_ratio(*m.mh),
-                ci_low=float(lows[i]),
-                ci_high=float(highs[i]),
-                psi0=grid.psi0,
-                psi1=grid.psi1_effective,
+                ci_low=float(intervals[i][0]),
+                ci_high=float(intervals[i][1]),
+                psi0=grids[i].psi0,
+                psi1=grids[i].psi1_effective,
                 canary_requests=m.totals[0],
                 canary_events=m.totals[1],
                 stable_requests=m.totals[2],
@@ -274,9 +393,9 @@ def _judgement(
         harmful = [m for m in metrics if m.harmful]
         reasons = [report.harm_reason(m, confidence) for m in harmful]
         if critical:
-            n, x = state.metrics[0].totals[:2]
-            share = config.critical_error_share or 0.0
-            reasons.insert(0, report.critical_reason(n, x, share))
+            n, x, mm, y = state.metrics[0].totals
+            excess = config.critical_error_excess or 0.0
+            reasons.insert(0, report.critical_reason(n, x, mm, y, excess))
         reason = "; ".join(reasons)
     elif verdict is Verdict.PROMOTE:
         reason = report.promote_reason(metrics, confidence)
