@@ -8,8 +8,10 @@ prints the JSON Schema of :class:`Config` for editor completion.
 
 from __future__ import annotations
 
+import math
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -22,9 +24,11 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    SerializerFunctionWrapHandler,
     ValidationInfo,
     WithJsonSchema,
     field_validator,
+    model_serializer,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
@@ -33,10 +37,12 @@ from pydantic.config import JsonDict
 from autocanary import promql
 from autocanary.judge import SequentialConfig
 from autocanary.latency import LATENCY_BUCKETS
+from autocanary.redact import redact
 from autocanary.units import format_duration, parse_duration, parse_percent
 
-_DURATION_PATTERN = r"^\s*(\d+(\.\d+)?(ms|s|m|h|d))+\s*$"
-_PERCENT_PATTERN = r"^\s*\d+(\.\d+)?\s*%\s*$"
+# [0-9], not \d: \d matches any Unicode digit (full-width ones too).
+_DURATION_PATTERN = r"^\s*([0-9]+(\.[0-9]+)?(ms|s|m|h|d))+\s*$"
+_PERCENT_PATTERN = r"^\s*[0-9]+(\.[0-9]+)?\s*%\s*$"
 _NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
 Duration = Annotated[
@@ -61,6 +67,62 @@ def _fraction(value: object) -> float:
     return fraction
 
 
+def _name_check(kind: str, pattern: str, max_length: int, shape: str) -> Callable[[str], str]:
+    """A validator: ``value`` must be a Kubernetes name of ``kind``, else a readable error."""
+    compiled = re.compile(pattern)
+
+    def check(value: str) -> str:
+        if len(value) > max_length or not compiled.match(value):
+            raise ValueError(
+                f"expected {kind} ({shape}, at most {max_length} characters), got {value!r}"
+            )
+        return value
+
+    return check
+
+
+_LABEL_SHAPE = "lowercase letters, digits and '-', starting and ending with a letter or digit"
+_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+#: A DNS-1123 label: namespaces, and the names autocanary itself gives (rollouts, checks, sinks).
+DnsLabel = Annotated[
+    str,
+    AfterValidator(_name_check("a Kubernetes name", _NAME_PATTERN, 63, _LABEL_SHAPE)),
+    WithJsonSchema({"type": "string", "pattern": _NAME_PATTERN, "maxLength": 63}),
+]
+#: A DNS-1123 subdomain: Deployment and Lease names.
+DnsSubdomain = Annotated[
+    str,
+    AfterValidator(
+        _name_check("a Kubernetes object name", _SUBDOMAIN_PATTERN, 253, f"{_LABEL_SHAPE}, and '.'")
+    ),
+    WithJsonSchema({"type": "string", "pattern": _SUBDOMAIN_PATTERN, "maxLength": 253}),
+]
+_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+
+
+def _label_key(value: str) -> str:
+    # [prefix/]name: the prefix a DNS subdomain, the name at most 63 characters.
+    prefix, _, name = value.rpartition("/")
+    if (
+        len(name) > 63
+        or not _LABEL_NAME.match(name)
+        or (prefix and (len(prefix) > 253 or not re.match(_SUBDOMAIN_PATTERN, prefix)))
+        or (not prefix and "/" in value)
+    ):
+        raise ValueError(
+            "expected a Kubernetes label key ([prefix/]name: the name at most 63 letters, "
+            f"digits, '-', '_' or '.', starting and ending with a letter or digit), got {value!r}"
+        )
+    return value
+
+
+LabelKey = Annotated[
+    str,
+    AfterValidator(_label_key),
+    WithJsonSchema({"type": "string", "examples": ["version", "app.kubernetes.io/version"]}),
+]
+
+
 Fraction = Annotated[
     float,
     BeforeValidator(_fraction),
@@ -79,6 +141,10 @@ class Percentage:
         return f"{self.fraction * 100:g}%"
 
 
+#: Deployment replica counts are int32.
+_MAX_REPLICAS = 2**31 - 1
+
+
 def _step_size(value: object) -> int | Percentage:
     expected = "expected a pod count (1, 2, ...) or a percentage of the total (10%, 50%, 100%)"
     if isinstance(value, Percentage):
@@ -88,6 +154,10 @@ def _step_size(value: object) -> int | Percentage:
     if isinstance(value, int):
         if value < 1:
             raise ValueError(f"{expected}; a step needs at least 1 canary pod, got {value}")
+        if value > _MAX_REPLICAS:
+            raise ValueError(
+                f"expected at most {_MAX_REPLICAS} pods (a Deployment's limit), got {value}"
+            )
         return value
     if isinstance(value, str):
         try:
@@ -107,7 +177,12 @@ StepSize = Annotated[
     WithJsonSchema(
         {
             "anyOf": [
-                {"type": "integer", "minimum": 1, "description": "canary pods"},
+                {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": _MAX_REPLICAS,
+                    "description": "canary pods",
+                },
                 {"type": "string", "pattern": _PERCENT_PATTERN, "description": "share of total"},
             ]
         }
@@ -163,13 +238,14 @@ def _secret_source(value: object) -> SecretSource:
         return value
     if isinstance(value, str) and value.strip():
         if not re.match(r"^https?://", value.strip()):
-            raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+            raise ValueError(f"expected an http:// or https:// URL, got {redact(value)!r}")
         return SecretSource(literal=value.strip())
     if isinstance(value, dict) and len(value) == 1:
         ((key, ref),) = value.items()
         if key in ("env", "file") and isinstance(ref, str) and ref.strip():
             return SecretSource(**{key: ref.strip()})
-    raise ValueError(f"{expected}, got {value!r}")
+    shown = redact(value) if isinstance(value, str) else type(value).__name__
+    raise ValueError(f"{expected}, got {shown!r}")
 
 
 Secret = Annotated[
@@ -220,6 +296,8 @@ class Model(BaseModel):
         alias_generator=to_camel,
         populate_by_name=True,
         frozen=True,
+        # .inf and .nan are valid YAML floats, but no threshold or ratio means them.
+        allow_inf_nan=False,
         json_schema_extra=_readable_defaults,
     )
 
@@ -242,7 +320,7 @@ class PrometheusConfig(Model):
     @classmethod
     def _http_url(cls, value: str) -> str:
         if not re.match(r"^https?://[^/\s]+", value):
-            raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+            raise ValueError(f"expected an http:// or https:// URL, got {redact(value)!r}")
         return value.rstrip("/")
 
 
@@ -264,7 +342,7 @@ AlertKind = Literal[
 class SinkBase(Model):
     """What every alert sink has: a name, which transitions it hears, delivery limits."""
 
-    name: str = Field(pattern=_NAME_PATTERN, description="Unique sink name, used by rollouts")
+    name: DnsLabel = Field(description="Unique sink name, used by rollouts")
     on: list[AlertKind] = Field(
         default_factory=lambda: list[AlertKind](["rolledBack", "paused"]),
         min_length=1,
@@ -327,8 +405,8 @@ class LeaderElectionConfig(Model):
     """Lease-based leader election so several replicas can run and only one acts."""
 
     enabled: bool = True
-    lease_name: str = Field(default="autocanary", pattern=_NAME_PATTERN)
-    namespace: str | None = Field(
+    lease_name: DnsSubdomain = Field(default="autocanary", description="The Lease's name")
+    namespace: DnsLabel | None = Field(
         default=None, description="Lease namespace; default $POD_NAMESPACE, else 'default'"
     )
     lease_duration: Duration = timedelta(seconds=15)
@@ -348,21 +426,38 @@ class DaemonConfig(Model):
     listen: str = Field(
         # All interfaces: in-cluster, kubelet probes and Prometheus reach the pod IP.
         default="0.0.0.0:8080",
-        pattern=r"^[^:\s]*:\d{1,5}$",
-        description="host:port for /metrics, /healthz and /readyz",
+        pattern=r"^[^:\s]*:[0-9]{1,5}$",
+        description="host:port for /metrics, /healthz and /readyz (port 0: any free port)",
     )
-    leader_election: LeaderElectionConfig = Field(default_factory=LeaderElectionConfig)
-    log_format: Literal["auto", "json", "console"] = "auto"
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    leader_election: LeaderElectionConfig = Field(
+        default_factory=LeaderElectionConfig, description="Which replica acts"
+    )
+    log_format: Literal["auto", "json", "console"] = Field(
+        default="auto", description="json, console, or auto (console on a terminal)"
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Least severe log level written"
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _port_in_range(cls, value: str) -> str:
+        port = int(value.rpartition(":")[2])
+        if port > 65535:
+            raise ValueError(f"expected a port from 0 to 65535, got {port} in {value!r}")
+        return value
 
 
 # ---------------------------------------------------------------- analysis
 
 
+_NUMBER = re.compile(r"^\s*-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?\s*$")
+
+
 def _threshold(value: object) -> object:
     # Error rates read better as percentages ("1%") and latencies as durations
     # ("500ms"); both compare as plain numbers (a fraction, seconds).
-    if not isinstance(value, str) or re.match(r"^\s*-?\d+(\.\d+)?([eE]-?\d+)?\s*$", value):
+    if not isinstance(value, str) or _NUMBER.match(value):
         return value
     if value.strip().endswith("%"):
         return parse_percent(value)
@@ -389,6 +484,96 @@ Threshold = Annotated[
 ]
 
 
+#: What a built-in check measures, hence how its thresholds must be written.
+_UNITS: dict[str, Literal["ratio", "duration", "rate"]] = {
+    "error-rate": "ratio",
+    "latency": "duration",
+    "request-rate": "rate",
+}
+
+
+def _written_as(value: object) -> Literal["number", "percent", "duration", "other"]:
+    if isinstance(value, bool):
+        return "other"
+    if isinstance(value, int | float) or (isinstance(value, str) and _NUMBER.match(value)):
+        return "number"
+    if isinstance(value, str) and value.strip().endswith("%"):
+        return "percent"
+    if isinstance(value, str):
+        try:
+            parse_duration(value)
+        except ValueError:
+            return "other"
+        return "duration"
+    return "other"
+
+
+def _over_100_percent(value: object) -> bool:
+    try:
+        return parse_percent(value) > 1
+    except ValueError:
+        return False
+
+
+def unit_problem(template: str | None, value: object) -> str | None:
+    """Why ``value`` cannot be a threshold of the built-in ``template``, or None.
+
+    An error rate is a ratio (``1%``, or a number below 1), a latency a
+    duration (``500ms``), a request rate a number of requests per second.
+    Bare numbers that would mean something absurd (``max: 1`` is an error
+    rate of 100%, ``max: 500`` a latency of 500 s) are refused with the
+    likely intended spelling, as are units of another kind.
+    """
+    unit = _UNITS.get(template or "")
+    written = _written_as(value)
+    if unit is None or written == "other":
+        return None
+    number: float | None = None
+    if written == "number":
+        try:
+            number = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return None
+        if not math.isfinite(number):
+            return None  # refused as not finite, whatever the unit
+    if unit == "ratio":
+        if written == "duration":
+            return f"{template} is a ratio: write a percentage like 1%, not a duration ({value!r})"
+        if written == "percent" and _over_100_percent(value):
+            return f"{template} is a ratio: at most 100%, got {value!r}"
+        if number is not None and number >= 1:
+            return (
+                f"{template} is a ratio between 0 and 1, so {number:g} would mean "
+                f"{number * 100:g}% of requests failing; write {number:g}% for {number:g} "
+                "percent, or 100% if that is really meant"
+            )
+    if unit == "duration":
+        if written == "percent":
+            return f"{template} is a duration: write 500ms or 0.5s, not a percentage ({value!r})"
+        seconds = number if number is not None else parse_duration(value).total_seconds()
+        # histogram_quantile never answers above the largest finite bucket boundary.
+        if seconds > LATENCY_BUCKETS[-1]:
+            hint = f"; a bare number is seconds: did you mean {number:g}ms?" if number else ""
+            return (
+                f"{template} from the built-in histograms never exceeds "
+                f"{LATENCY_BUCKETS[-1]:g}s (their largest bucket), so {value!r} can never "
+                f"be crossed{hint}"
+            )
+    if unit == "rate" and written in ("percent", "duration"):
+        return f"{template} is in requests per second: write a number, not {value!r}"
+    if number is not None and number < 0:
+        return f"{template} cannot be negative, got {number:g}"
+    return None
+
+
+def _in_unit(unit: str, value: float) -> str | float:
+    if unit == "ratio":
+        return f"{value * 100:.12g}%"
+    if unit == "duration":
+        return f"{value * 1000:.12g}ms"
+    return value
+
+
 class RelativeThreshold(Model):
     """Compare the canary with the same query over the stable version."""
 
@@ -405,7 +590,7 @@ class RelativeThreshold(Model):
 class CheckConfig(Model):
     """One analysis check: a query (built-in template or PromQL) and its threshold."""
 
-    name: str = Field(pattern=_NAME_PATTERN)
+    name: DnsLabel = Field(description="Unique within the rollout; names the check in alerts")
     template: promql.TemplateName | None = Field(
         default=None, description="Built-in query: error-rate, latency or request-rate"
     )
@@ -418,9 +603,61 @@ class CheckConfig(Model):
     source: promql.Source | None = Field(
         default=None, description="Traffic source for built-ins; default analysis.source"
     )
-    min: Threshold | None = None
-    max: Threshold | None = None
-    relative: RelativeThreshold | None = None
+    min: Threshold | None = Field(
+        default=None,
+        description="Lowest passing value: a number, a percentage (error rates) "
+        "or a duration (latencies)",
+    )
+    max: Threshold | None = Field(
+        default=None,
+        description="Highest passing value: a number, a percentage (error rates) "
+        "or a duration (latencies)",
+    )
+    relative: RelativeThreshold | None = Field(
+        default=None, description="Compare with the same query over the stable version"
+    )
+
+    @model_serializer(mode="wrap")
+    def _thresholds_in_unit(self, handler: SerializerFunctionWrapHandler) -> Any:
+        # Written back in the check's unit, so a dumped config validates again
+        # (an error rate of 1.0 must read 100%, not the refused bare 1).
+        data = handler(self)
+        unit = _UNITS.get(self.template or "")
+        if unit is None or not isinstance(data, dict):
+            return data
+        for key in ("min", "max"):
+            if isinstance(data.get(key), float):
+                data[key] = _in_unit(unit, data[key])
+        relative = data.get("relative")
+        if isinstance(relative, dict) and isinstance(relative.get("margin"), float):
+            relative["margin"] = _in_unit(unit, relative["margin"])
+        return data
+
+    @field_validator("min", "max", mode="before")
+    @classmethod
+    def _bound_in_unit(cls, value: object, info: ValidationInfo) -> object:
+        problem = unit_problem(info.data.get("template"), value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("relative", mode="before")
+    @classmethod
+    def _margin_in_unit(cls, value: object, info: ValidationInfo) -> object:
+        if isinstance(value, dict) and "margin" in value:
+            problem = unit_problem(info.data.get("template"), value["margin"])
+            if problem:
+                raise ValueError(f"margin: {problem}")
+        return value
+
+    @field_validator("query")
+    @classmethod
+    def _query_syntax(cls, value: str | None) -> str | None:
+        if value is not None:
+            problem = promql.syntax_problem(value)
+            if problem:
+                raise ValueError(problem)
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> CheckConfig:
@@ -620,8 +857,10 @@ class AnalysisConfig(Model):
 class StepConfig(Model):
     """One batch: how many canary pods, and the minimum observation time once Ready."""
 
-    canary: StepSize
-    hold: Duration = timedelta(0)
+    canary: StepSize = Field(description="Canary pods: a count, or a percentage of the total")
+    hold: Duration = Field(
+        default=timedelta(0), description="Minimum time at this step once its pods are Ready"
+    )
 
 
 def _default_steps() -> list[StepConfig]:
@@ -636,18 +875,16 @@ def _default_steps() -> list[StepConfig]:
 class RolloutConfig(Model):
     """One service released by canary: its two Deployments, steps and analysis."""
 
-    name: str = Field(pattern=_NAME_PATTERN, description="Unique rollout name")
-    namespace: str = Field(pattern=_NAME_PATTERN)
-    stable: str = Field(pattern=_NAME_PATTERN, description="The stable Deployment")
-    canary: str | None = Field(
-        default=None,
-        pattern=_NAME_PATTERN,
-        description="The canary Deployment; default <stable>-canary",
+    name: DnsLabel = Field(description="Unique rollout name")
+    namespace: DnsLabel = Field(description="Namespace of both Deployments")
+    stable: DnsSubdomain = Field(description="The stable Deployment")
+    canary: DnsSubdomain | None = Field(
+        default=None, description="The canary Deployment; default <stable>-canary"
     )
-    version_label: str = Field(
+    version_label: LabelKey = Field(
         default="version", description="Pod label naming the version; else the image tag is used"
     )
-    role_labels: list[str] = Field(
+    role_labels: list[LabelKey] = Field(
         default_factory=lambda: ["track"],
         description="Pod labels that only mark stable/canary; ignored when comparing templates "
         "and kept on the stable at promotion",
@@ -659,18 +896,42 @@ class RolloutConfig(Model):
     scale_down_stable: bool = Field(
         default=True, description="Keep the total constant (stable = total - canary); else surge"
     )
-    steps: list[StepConfig] = Field(default_factory=_default_steps, min_length=1)
-    analysis: AnalysisConfig
+    steps: list[StepConfig] = Field(
+        default_factory=_default_steps,
+        min_length=1,
+        description="Batches in order; counts never decrease (pods, or percentages of the total)",
+    )
+    analysis: AnalysisConfig = Field(description="How each interval is judged")
     alerts: list[str] | None = Field(
         default=None, description="Names of the alert sinks for this rollout; default all"
     )
 
-    @field_validator("interval")
+    @field_validator("interval", "progress_deadline")
     @classmethod
-    def _interval_floor(cls, value: timedelta) -> timedelta:
+    def _at_least_a_second(cls, value: timedelta, info: ValidationInfo) -> timedelta:
         if value < timedelta(seconds=1):
-            raise ValueError(f"expected an interval of at least 1s, got {format_duration(value)}")
+            what = "an interval" if info.field_name == "interval" else "a deadline"
+            raise ValueError(f"expected {what} of at least 1s, got {format_duration(value)}")
         return value
+
+    @field_validator("steps")
+    @classmethod
+    def _steps_grow(cls, steps: list[StepConfig]) -> list[StepConfig]:
+        # Counts and percentages are compared only with their own kind: 2 pods
+        # before 10% is fine or not depending on the total, unknown until release.
+        last: dict[type, tuple[int, int | Percentage]] = {}
+        for i, step in enumerate(steps):
+            size = step.canary
+            kind = type(size)
+            if kind in last:
+                j, before = last[kind]
+                if _size_value(size) < _size_value(before):
+                    raise ValueError(
+                        f"steps[{i}] ({size}) is smaller than steps[{j}] ({before}): "
+                        "a canary grows from step to step"
+                    )
+            last[kind] = (i, size)
+        return steps
 
     @property
     def window(self) -> timedelta:
@@ -689,8 +950,30 @@ class RolloutConfig(Model):
     @model_validator(mode="after")
     def _distinct(self) -> RolloutConfig:
         if self.canary_name == self.stable:
-            raise ValueError("'canary' must name a different Deployment than 'stable'")
+            raise ValueError(SAME_DEPLOYMENT)
+        if len(self.canary_name) > 253:
+            raise ValueError(
+                f"the default canary name {self.canary_name!r} is longer than 253 characters; "
+                "set 'canary'"
+            )
+        holds = [step.hold for step in self.steps]
+        if max(holds) > timedelta(0) and self.analysis.warmup > max(holds):
+            raise ValueError(
+                f"analysis.warmup ({format_duration(self.analysis.warmup)}) is longer than "
+                f"every step's hold (longest {format_duration(max(holds))}): no step would "
+                "be judged on the metrics the warm-up is meant to wait for; lengthen the holds "
+                "or shorten the warm-up"
+            )
         return self
+
+
+def _size_value(size: int | Percentage) -> float:
+    return size.fraction if isinstance(size, Percentage) else float(size)
+
+
+#: Messages shared by the model validators and :func:`cross_reference_problems`,
+#: so a problem found by both is reported once.
+SAME_DEPLOYMENT = "'canary' must name a different Deployment than 'stable'"
 
 
 def _known_sinks(rollout: RolloutConfig, info: ValidationInfo) -> RolloutConfig:
@@ -703,26 +986,41 @@ def _known_sinks(rollout: RolloutConfig, info: ValidationInfo) -> RolloutConfig:
     sink_names = {s.name for s in alerts.sinks}
     for name in rollout.alerts or []:
         if name not in sink_names:
-            raise ValueError(
-                f"rollout {rollout.name!r} routes alerts to unknown sink {name!r}; "
-                f"defined sinks: {sorted(sink_names) or 'none'}"
-            )
+            raise ValueError(_unknown_sink(rollout.name, name, sink_names))
     return rollout
+
+
+def _unknown_sink(rollout: object, sink: object, defined: set[str]) -> str:
+    return (
+        f"rollout {rollout!r} routes alerts to unknown sink {sink!r}; "
+        f"defined sinks: {sorted(defined) or 'none'}"
+    )
 
 
 class Config(Model):
     """The whole autocanary configuration."""
 
-    prometheus: PrometheusConfig
-    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
-    daemon: DaemonConfig = Field(default_factory=DaemonConfig)
-    rollouts: list[Annotated[RolloutConfig, AfterValidator(_known_sinks)]] = Field(min_length=1)
+    prometheus: PrometheusConfig = Field(description="Where the analysis queries go")
+    alerts: AlertsConfig = Field(
+        default_factory=AlertsConfig, description="Alert sinks besides Kubernetes Events"
+    )
+    daemon: DaemonConfig = Field(
+        default_factory=DaemonConfig, description="The daemon process: HTTP, logs, leader election"
+    )
+    rollouts: list[Annotated[RolloutConfig, AfterValidator(_known_sinks)]] = Field(
+        min_length=1, description="The services released by canary"
+    )
 
     @field_validator("rollouts")
     @classmethod
     def _unique_rollouts(cls, rollouts: list[RolloutConfig]) -> list[RolloutConfig]:
         _require_unique([r.name for r in rollouts], "rollout name")
         _require_unique([f"{r.namespace}/{r.canary_name}" for r in rollouts], "canary Deployment")
+        roles = _deployment_roles(
+            [(r.name, r.namespace, r.stable, r.canary_name) for r in rollouts]
+        )
+        if roles:
+            raise ValueError(roles[0][1])
         return rollouts
 
     def rollout(self, name: str) -> RolloutConfig:
@@ -736,8 +1034,126 @@ class Config(Model):
 
 
 def _require_unique(names: list[str], what: str) -> None:
-    seen: set[str] = set()
-    for name in names:
+    duplicate = _duplicates(names)
+    if duplicate:
+        raise ValueError(_duplicate(what, names[duplicate[0]]))
+
+
+def _duplicates(names: list[Any]) -> list[int]:
+    """Indexes of the names that appeared before."""
+    seen: set[Any] = set()
+    found = []
+    for i, name in enumerate(names):
         if name in seen:
-            raise ValueError(f"duplicate {what} {name!r}")
+            found.append(i)
         seen.add(name)
+    return found
+
+
+def _duplicate(what: str, name: object) -> str:
+    return f"duplicate {what} {name!r}"
+
+
+def _deployment_roles(rollouts: list[tuple[str, str, str, str]]) -> list[tuple[int, str]]:
+    """(rollout index, message) for each Deployment claimed twice: two rollouts cannot drive it.
+
+    ``rollouts`` are (name, namespace, stable, canary); duplicate canaries are
+    reported on their own, so only a second stable, or a stable that is
+    another rollout's canary, is found here.
+    """
+    owner: dict[tuple[str, str], tuple[str, str]] = {}
+    for name, namespace, _, canary in rollouts:
+        owner.setdefault((namespace, canary), (name, "canary"))
+    found = []
+    for i, (name, namespace, stable, canary) in enumerate(rollouts):
+        if owner[(namespace, canary)][0] != name:
+            continue  # a duplicate canary, reported as such
+        claimed = owner.get((namespace, stable))
+        if claimed is not None and claimed[0] != name:
+            found.append(
+                (
+                    i,
+                    f"Deployment {namespace}/{stable} is the stable of rollout {name!r} and "
+                    f"already the {claimed[1]} of rollout {claimed[0]!r}: one Deployment "
+                    "belongs to one rollout",
+                )
+            )
+        owner.setdefault((namespace, stable), (name, "stable"))
+    return found
+
+
+Loc = tuple[int | str, ...]
+
+
+def cross_reference_problems(data: object) -> list[tuple[Loc, str]]:
+    """Problems between fields, found on the raw data of a whole file: (location, message).
+
+    Pydantic runs a model's own validators only once all its fields are
+    valid, so these (canary equal to stable, an unknown sink, a duplicate
+    name, one Deployment in two rollouts) would otherwise appear only after
+    every other problem is fixed. The loader reports them in the same pass;
+    the models check the same things, with the same messages, for data that
+    does not come from a file.
+    """
+    if not isinstance(data, dict):
+        return []
+    found: list[tuple[Loc, str]] = []
+    sinks = _dicts(_nested(data, "alerts", "sinks"))
+    sink_names = [s.get("name") for _, s in sinks]
+    for k in _duplicates(sink_names):
+        found.append(
+            (("alerts", "sinks", sinks[k][0], "name"), _duplicate("alert sink name", sink_names[k]))
+        )
+    known_sinks = {str(n) for n in sink_names if isinstance(n, str)}
+    rollouts = _dicts(data.get("rollouts"))
+    names = [r.get("name") for _, r in rollouts]
+    for k in _duplicates(names):
+        found.append((("rollouts", rollouts[k][0], "name"), _duplicate("rollout name", names[k])))
+    identities = []
+    for i, rollout in rollouts:
+        stable, canary = rollout.get("stable"), rollout.get("canary")
+        if isinstance(stable, str) and canary == stable:
+            found.append((("rollouts", i, "canary"), SAME_DEPLOYMENT))
+        alerts = rollout.get("alerts")
+        if isinstance(alerts, list) and isinstance(_nested(data, "alerts"), dict | None):
+            for k, sink in enumerate(alerts):
+                if isinstance(sink, str) and sink not in known_sinks:
+                    found.append(
+                        (
+                            ("rollouts", i, "alerts", k),
+                            _unknown_sink(rollout.get("name"), sink, known_sinks),
+                        )
+                    )
+        checks = _dicts(_nested(rollout, "analysis", "checks"))
+        check_names = [c.get("name") for _, c in checks]
+        for k in _duplicates(check_names):
+            found.append(
+                (
+                    ("rollouts", i, "analysis", "checks", checks[k][0], "name"),
+                    _duplicate("check name", check_names[k]),
+                )
+            )
+        namespace = rollout.get("namespace")
+        if all(isinstance(v, str) for v in (rollout.get("name"), namespace, stable)):
+            canary_name = canary if isinstance(canary, str) else f"{stable}-canary"
+            identities.append((i, (str(rollout["name"]), str(namespace), str(stable), canary_name)))
+    canaries = [f"{ns}/{canary}" for _, (_, ns, _, canary) in identities]
+    for k in _duplicates(canaries):
+        found.append((("rollouts", identities[k][0]), _duplicate("canary Deployment", canaries[k])))
+    for k, message in _deployment_roles([identity for _, identity in identities]):
+        found.append((("rollouts", identities[k][0], "stable"), message))
+    return found
+
+
+def _nested(data: object, *keys: str) -> object:
+    for key in keys:
+        if not isinstance(data, dict):
+            return None
+        data = data.get(key)
+    return data
+
+
+def _dicts(items: object) -> list[tuple[int, dict[str, Any]]]:
+    if not isinstance(items, list):
+        return []
+    return [(i, item) for i, item in enumerate(items) if isinstance(item, dict)]

@@ -2,7 +2,15 @@
 
 PyYAML composes the node tree (which knows lines) and constructs plain data;
 pydantic validates the data; each pydantic error's location is then walked
-back through the node tree to the line it came from.
+back through the node tree to the line it came from. Problems between fields
+(:func:`autocanary.config.cross_reference_problems`) are found in the same
+pass.
+
+Hostile input fails fast and small: the text's events are scanned first
+(PyYAML's parser keeps its own stack) so deep nesting is refused before the
+recursive composer sees it, and the node tree's size after expanding aliases
+is counted without expanding it, so an alias bomb ("billion laughs") is
+refused before anything is built from it.
 """
 
 from __future__ import annotations
@@ -17,8 +25,16 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from autocanary.config import Config
+from autocanary.config import Config, cross_reference_problems
 from autocanary.errors import ConfigError, ConfigProblem
+from autocanary.redact import redact
+
+#: A ConfigMap holds at most 1 MiB; a config file is a few kilobytes.
+MAX_BYTES = 1024 * 1024
+#: Nesting levels; a real config has about 8.
+MAX_DEPTH = 64
+#: Values once aliases are expanded; a real config has a few hundred.
+MAX_VALUES = 100_000
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -128,38 +144,140 @@ def _message(error: Any) -> str:
     for prefix in ("Value error, ", "Assertion failed, "):
         message = message.removeprefix(prefix)
     if kind not in ("value_error", "assertion_error") and "input" in error:
-        shown = json.dumps(error["input"], default=str)
-        if len(shown) <= 80:
+        shown = _shown(error["input"])
+        if shown is not None:
             message = f"{message} (got {shown})"
-    return message
+    return redact(message)
+
+
+def _shown(value: object) -> str | None:
+    """A short rendering of a scalar the user wrote; None for anything long or nested.
+
+    Never serialises a container: after alias expansion it may be huge.
+    """
+    if not isinstance(value, str | int | float | bool) and value is not None:
+        return None
+    shown = json.dumps(value, default=str)
+    return redact(shown) if len(shown) <= 80 else None
+
+
+def _check_shape(text: str, source: str) -> None:
+    """Refuse text nested deeper than :data:`MAX_DEPTH`, before the recursive composer runs."""
+    depth = 0
+    for event in yaml.parse(text, Loader=_UniqueKeyLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise ConfigError(
+                    [
+                        ConfigProblem(
+                            source,
+                            event.start_mark.line + 1 if event.start_mark else None,
+                            "",
+                            f"nested more than {MAX_DEPTH} levels deep; a config is about 8",
+                        )
+                    ]
+                )
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+
+
+def _expanded_size(root: yaml.Node, source: str) -> int:
+    """How many values the tree holds once aliases are expanded, counted without expanding.
+
+    An alias is the same node object as its anchor, so each node's size is
+    computed once; a node that contains itself is refused.
+    """
+    sizes: dict[int, int] = {}
+    in_progress: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in in_progress:
+            raise ConfigError(
+                [ConfigProblem(source, node.start_mark.line + 1, "", "an alias refers to itself")]
+            )
+        in_progress.add(key)
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            total += sum(size(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total += sum(size(k) + size(v) for k, v in node.value)
+        in_progress.discard(key)
+        sizes[key] = min(total, MAX_VALUES + 1)
+        return sizes[key]
+
+    return size(root)
 
 
 def parse_config(text: str, source: str = "<config>") -> Config:
     """Validate YAML text as a :class:`Config`; raise :class:`ConfigError` listing every problem."""
+    if len(text) > MAX_BYTES:
+        raise ConfigError(
+            [ConfigProblem(source, None, "", f"larger than {MAX_BYTES} bytes, a ConfigMap's limit")]
+        )
     try:
+        _check_shape(text, source)
         root = yaml.compose(text, Loader=_UniqueKeyLoader)
+        if root is not None and _expanded_size(root, source) > MAX_VALUES:
+            raise ConfigError(
+                [
+                    ConfigProblem(
+                        source,
+                        None,
+                        "",
+                        f"expands to more than {MAX_VALUES} values through aliases (*name); "
+                        "refused as an alias bomb",
+                    )
+                ]
+            )
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 -- a SafeLoader subclass
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark is not None else None
-        raise ConfigError(
-            [ConfigProblem(source, line, "", f"invalid YAML: {e.problem or e.context}")]
-        ) from e
+        what = _one_line(str(e.problem or e.context))
+        raise ConfigError([ConfigProblem(source, line, "", f"invalid YAML: {what}")]) from e
     except yaml.YAMLError as e:
-        raise ConfigError([ConfigProblem(source, None, "", f"invalid YAML: {e}")]) from e
+        raise ConfigError(
+            [ConfigProblem(source, None, "", f"invalid YAML: {_one_line(str(e))}")]
+        ) from e
     if not isinstance(data, dict):
         raise ConfigError(
             [ConfigProblem(source, 1, "", "expected a mapping with 'prometheus' and 'rollouts'")]
         )
+    cross = cross_reference_problems(data)
     try:
-        return Config.model_validate(data)
+        config = Config.model_validate(data)
     except ValidationError as e:
-        problems = []
+        problems = [_located(source, root, loc, message) for loc, message in cross]
         for error in e.errors():
-            line, path = _line_of(root, error["loc"])
-            problems.append(ConfigProblem(source, line, path, _message(error)))
+            message = _message(error)
+            # A model validator may find what the cross-reference pass found
+            # (located more precisely, inside the validator's location): once.
+            if not any(
+                message == found and tuple(loc[: len(error["loc"])]) == tuple(error["loc"])
+                for loc, found in cross
+            ):
+                problems.append(_located(source, root, error["loc"], message))
         problems.sort(key=lambda p: (p.line is None, p.line or 0))
         raise ConfigError(problems) from e
+    if cross:  # the models check the same; a difference is a bug, still reported located
+        raise ConfigError([_located(source, root, loc, message) for loc, message in cross])
+    return config
+
+
+def _located(
+    source: str, root: yaml.Node | None, loc: Sequence[int | str], message: str
+) -> ConfigProblem:
+    line, path = _line_of(root, loc)
+    return ConfigProblem(source, line, path, _one_line(message))
+
+
+def _one_line(text: str) -> str:
+    """Each problem on its own line: messages that span lines are joined."""
+    return " ".join(text.split())
 
 
 def load_config(path: str | Path) -> Config:

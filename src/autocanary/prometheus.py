@@ -25,6 +25,7 @@ from urllib3.util.retry import Retry
 
 from autocanary.config import PrometheusConfig
 from autocanary.errors import PrometheusUnavailable, QueryError
+from autocanary.redact import redact
 from autocanary.units import parse_duration
 
 _STATUS = re.compile(r"HTTP Status Code (\d{3})")
@@ -68,7 +69,8 @@ class PrometheusClient:
 
     def __init__(self, cfg: PrometheusConfig) -> None:
         """Connect lazily to ``cfg.url``; every query uses ``cfg.timeout``."""
-        self.url = cfg.url
+        #: For messages: credentials in the URL (user:password@) are never shown.
+        self.url = redact(cfg.url)
         self._timeout = cfg.timeout.total_seconds()
         self._headers = auth_headers(cfg)
         self._connection = PrometheusConnect(
@@ -160,10 +162,12 @@ class PrometheusClient:
                 f"Prometheus at {self.url} failed: {_prometheus_error(e)}"
             ) from e
         except requests.RequestException as e:
-            raise PrometheusUnavailable(f"cannot reach Prometheus at {self.url}: {e}") from e
+            raise PrometheusUnavailable(
+                f"cannot reach Prometheus at {self.url}: {redact(str(e))}"
+            ) from e
         except ValueError as e:  # a proxy or wrong URL answering something that is not JSON
             raise PrometheusUnavailable(
-                f"Prometheus at {self.url} gave an unreadable answer: {e}"
+                f"Prometheus at {self.url} gave an unreadable answer: {redact(str(e))}"
             ) from e
 
 

@@ -67,6 +67,50 @@ def unknown_variables(template: str) -> set[str]:
     return variables_in(template) - set(VARIABLES)
 
 
+_CLOSING = {")": "(", "]": "[", "}": "{"}
+
+
+def syntax_problem(template: str) -> str | None:
+    """What makes ``template`` unusable as PromQL before any Prometheus sees it, or None.
+
+    Only what is certain without a parser: an empty query, unbalanced
+    brackets or an unterminated string (placeholders count as values).
+    ``validate --check-queries`` asks a real Prometheus for the rest.
+    """
+    text = _PLACEHOLDER.sub("0", template)
+    if not text.strip():
+        return "the query is empty"
+    open_: list[tuple[str, int]] = []
+    quote: str | None = None
+    start = i = 0
+    while i < len(text):
+        char = text[i]
+        if quote is not None:
+            if char == "\\" and quote != "`":
+                i += 1
+            elif char == quote:
+                quote = None
+        elif char in "\"'`":
+            quote = char
+            start = i
+        elif char == "#":
+            end = text.find("\n", i)
+            i = len(text) if end < 0 else end
+        elif char in "([{":
+            open_.append((char, i))
+        elif char in _CLOSING:
+            if not open_ or open_[-1][0] != _CLOSING[char]:
+                return f"unbalanced {char!r} at character {i + 1} of the query"
+            open_.pop()
+        i += 1
+    if quote is not None:
+        return f"unterminated string starting at character {start + 1} of the query"
+    if open_:
+        char, at = open_[-1]
+        return f"unclosed {char!r} at character {at + 1} of the query"
+    return None
+
+
 def escape_label_value(value: str) -> str:
     """Escape a value for use inside a double-quoted PromQL label matcher."""
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

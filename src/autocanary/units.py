@@ -10,7 +10,7 @@ import math
 import re
 from datetime import timedelta
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION_FORMS = "a duration like 500ms, 30s, 2m or 1h30m"
 # A century: far beyond any sensible hold or timeout, and far enough below
@@ -64,7 +64,8 @@ def format_duration(delta: timedelta) -> str:
     return "".join(parts)
 
 
-_PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
+# [0-9], not \d: \d matches any Unicode digit, and float() reads full-width "10" as 10.
+_PERCENT = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*%\s*$")
 
 
 def parse_percent(value: object) -> float:

@@ -30,7 +30,7 @@ INF = float("inf")
 
 
 def check(**fields: Any) -> CheckConfig:
-    data: dict[str, Any] = {"name": "c", "template": "error-rate"}
+    data: dict[str, Any] = {"name": "c", "template": "request-rate"}
     data.update(fields)
     return CheckConfig.model_validate(data)
 
@@ -441,7 +441,7 @@ def test_fail_outranks_inconclusive_outranks_pass() -> None:
 
 
 def test_nan_is_never_a_pass() -> None:
-    analysis, planned = setup([{"name": "e", "template": "error-rate", "min": 0, "max": 1}])
+    analysis, planned = setup([{"name": "e", "template": "error-rate", "min": 0, "max": "100%"}])
     verdict = judge_interval(analysis, planned, outcomes_for(planned, {"e": value(NAN)}), AT)
     assert verdict.verdict == "inconclusive"
     assert verdict.checks[0].value is not None

@@ -75,7 +75,7 @@ rollouts:
           quantile: 0.95
           source: probe
           max: 500ms
-          relative: {tolerance: 20%, direction: higher-is-worse, margin: 0.05}
+          relative: {tolerance: 20%, direction: higher-is-worse, margin: 50ms}
         - name: throughput
           query: sum(rate(http_requests_total{version="{{ version }}"}[{{ interval }}]))
           min: 1
@@ -318,8 +318,8 @@ def test_problem_str_has_file_line_path_and_message() -> None:
         (
             "    stable: web\n",
             "    stable: web\n    canary: web\n",
-            "- name: web",
-            "rollouts[0]",
+            "canary: web",
+            "rollouts[0].canary",
             "'canary' must name a different Deployment than 'stable'",
         ),
         (
@@ -327,7 +327,7 @@ def test_problem_str_has_file_line_path_and_message() -> None:
             "stable: Web_1",
             "stable:",
             "rollouts[0].stable",
-            "String should match pattern",
+            "expected a Kubernetes object name (lowercase letters, digits and '-'",
         ),
         (
             "    stable: web\n",
@@ -479,8 +479,8 @@ def test_unknown_sink_in_rollout_alerts_is_located_at_the_rollout() -> None:
         MINIMAL, "    stable: web\n", "    stable: web\n    alerts: [ops, pager]\n"
     )
     problem = only_problem(text)
-    assert problem.path == "rollouts[0]"
-    assert problem.line == line_of(text, "- name: web")
+    assert problem.path == "rollouts[0].alerts[1]"
+    assert problem.line == line_of(text, "alerts: [ops, pager]")
     assert problem.message == (
         "rollout 'web' routes alerts to unknown sink 'pager'; defined sinks: ['ops']"
     )
@@ -531,7 +531,7 @@ def test_unknown_sink_type_is_reported_at_the_sink() -> None:
 def test_duplicate_sink_names() -> None:
     text = SINKS + "    - name: ops\n      type: slack\n      url: http://hooks\n" + MINIMAL
     problem = only_problem(text)
-    assert (problem.path, problem.line) == ("alerts", 1)
+    assert (problem.path, problem.line) == ("alerts.sinks[1].name", line_of(text, "- name: ops", 2))
     assert problem.message == "duplicate alert sink name 'ops'"
 
 
@@ -557,12 +557,15 @@ def test_secret_sources_resolve_when_used(tmp_path: Path, monkeypatch: pytest.Mo
 def test_duplicate_rollout_names_and_canaries() -> None:
     rollouts = MINIMAL.split("rollouts:\n", 1)[1]
     text = MINIMAL + rollouts
-    problem = only_problem(text)
-    assert (problem.path, problem.line) == ("rollouts", line_of(text, "rollouts:"))
-    assert problem.message == "duplicate rollout name 'web'"
+    second = line_of(text, "- name: web", 2)
+    # The same rollout twice: its name and its canary are both taken, at the second one.
+    assert [(p.path, p.line, p.message) for p in problems_of(text)] == [
+        ("rollouts[1].name", second, "duplicate rollout name 'web'"),
+        ("rollouts[1]", second, "duplicate canary Deployment 'shop/web-canary'"),
+    ]
     renamed = MINIMAL + rollouts.replace("- name: web", "- name: web2")
     problem = only_problem(renamed)
-    assert problem.path == "rollouts"
+    assert (problem.path, problem.line) == ("rollouts[1]", second)
     assert problem.message == "duplicate canary Deployment 'shop/web-canary'"
 
 
@@ -577,21 +580,82 @@ def test_leader_election_timings_must_be_ordered() -> None:
 
 
 @pytest.mark.parametrize(
-    ("written", "value"),
+    ("template", "written", "value"),
     [
-        ("500ms", 0.5),
-        ("1.5s", 1.5),
-        ("2m", 120.0),
-        ("1%", 0.01),
-        ("0.25", 0.25),
-        ("'0.25'", 0.25),
-        ("1e-3", 0.001),
-        ("3", 3.0),
+        ("error-rate", "1%", 0.01),
+        ("error-rate", "100%", 1.0),
+        ("error-rate", "0.25", 0.25),
+        ("error-rate", "'0.25'", 0.25),
+        ("error-rate", "1e-3", 0.001),
+        ("latency", "500ms", 0.5),
+        ("latency", "1.5s", 1.5),
+        ("latency", "10s", 10.0),
+        ("latency", "0", 0.0),
+        ("latency", "0.25", 0.25),
+        ("request-rate", "3", 3.0),
+        ("request-rate", "2.5", 2.5),
     ],
 )
-def test_thresholds_as_numbers_percentages_and_durations(written: str, value: float) -> None:
-    text = with_change(MINIMAL, "max: 1%", f"max: {written}")
+def test_thresholds_in_the_unit_of_their_check(template: str, written: str, value: float) -> None:
+    text = with_change(
+        MINIMAL,
+        "template: error-rate\n          max: 1%",
+        f"template: {template}\n          max: {written}",
+    )
     assert parse_config(text).rollouts[0].analysis.checks[0].max == pytest.approx(value)
+
+
+@pytest.mark.parametrize(
+    ("template", "written", "message"),
+    [
+        (
+            "error-rate",
+            "1",
+            "error-rate is a ratio between 0 and 1, so 1 would mean 100% of requests failing; "
+            "write 1% for 1 percent, or 100% if that is really meant",
+        ),
+        ("error-rate", "5", "so 5 would mean 500% of requests failing; write 5% for 5 percent"),
+        (
+            "error-rate",
+            "500ms",
+            "error-rate is a ratio: write a percentage like 1%, not a duration ('500ms')",
+        ),
+        ("error-rate", "150%", "error-rate is a ratio: at most 100%, got '150%'"),
+        ("error-rate", "-0.1", "error-rate cannot be negative, got -0.1"),
+        ("latency", "500", "did you mean 500ms?"),
+        (
+            "latency",
+            "15s",
+            "latency from the built-in histograms never exceeds 10s (their largest bucket), "
+            "so '15s' can never be crossed",
+        ),
+        ("latency", "5%", "latency is a duration: write 500ms or 0.5s, not a percentage ('5%')"),
+        ("request-rate", "5%", "request-rate is in requests per second: write a number, not '5%'"),
+        ("request-rate", "2m", "request-rate is in requests per second: write a number, not '2m'"),
+        ("error-rate", ".inf", "Input should be a finite number"),
+        ("latency", "-.inf", "Input should be a finite number"),
+        (
+            "error-rate",
+            "fast",
+            "expected a number, a percentage (1%) or a duration (500ms), got 'fast'",
+        ),
+        ("error-rate", "'\uff11%'", "expected a percentage like 10% or 2.5%, got '\uff11%'"),
+    ],
+)
+def test_thresholds_that_cannot_mean_what_they_say(
+    template: str, written: str, message: str
+) -> None:
+    text = with_change(
+        MINIMAL,
+        "template: error-rate\n          max: 1%",
+        f"template: {template}\n          max: {written}",
+    )
+    problem = only_problem(text)
+    assert (problem.path, problem.line) == (
+        "rollouts[0].analysis.checks[0].max",
+        line_of(text, "max:"),
+    )
+    assert message in problem.message
 
 
 def test_latency_check_with_duration_thresholds_and_relative() -> None:
@@ -644,6 +708,7 @@ def test_several_problems_are_all_reported_in_line_order() -> None:
         (line_of(text, "canary: 0%"), "rollouts[0].steps[0].canary"),
         (line_of(text, "- name: errors"), "rollouts[0].analysis.checks[0]"),
         (line_of(text, "namespace: Shop"), "rollouts[1].namespace"),
+        (line_of(text, "alerts: [pager]"), "rollouts[1].alerts[0]"),
     ]
     assert "did you mean 'timeout'?" in problems[1].message
     assert str(problems[0]).startswith(f"autocanary.yaml:{problems[0].line}: prometheus.url: ")
@@ -654,7 +719,7 @@ def test_cross_reference_problems_come_with_field_problems() -> None:
         MINIMAL, "    stable: web\n", "    stable: web\n    alerts: [pager]\n"
     )
     text = with_change(text, "url: http://prometheus:9090", "url: nope")
-    assert [p.path for p in problems_of(text)] == ["prometheus.url", "rollouts[0]"]
+    assert [p.path for p in problems_of(text)] == ["prometheus.url", "rollouts[0].alerts[0]"]
 
 
 def test_duplicate_yaml_keys_are_errors_with_the_line() -> None:

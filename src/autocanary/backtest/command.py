@@ -18,6 +18,7 @@ from autocanary.backtest.windows import load_releases, make_release
 from autocanary.config import PrometheusConfig
 from autocanary.config_loader import load_config
 from autocanary.prometheus import PrometheusClient
+from autocanary.redact import redact
 
 _SINGLE = ("start", "end", "canary_version", "stable_version")
 _FLAGS = {
@@ -86,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
                 now=now,
                 set_specs=args.set,
                 replicas=args.replicas,
-                prometheus=prometheus.url,
+                prometheus=redact(prometheus.url),
             )
     finally:
         client.close()

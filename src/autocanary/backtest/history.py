@@ -18,6 +18,7 @@ import httpx
 from autocanary.config import PrometheusConfig
 from autocanary.errors import PrometheusUnavailable
 from autocanary.prometheus import PrometheusClient, Sample, auth_headers
+from autocanary.redact import redact
 
 _PROM_DURATION = re.compile(r"^(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 _UNITS = (365 * 86400, 7 * 86400, 86400, 3600, 60, 1)
@@ -45,7 +46,8 @@ class PrometheusHistory:
 
     def __init__(self, cfg: PrometheusConfig) -> None:
         """Prepare clients for ``cfg.url`` with its timeout and bearer token."""
-        self.url = cfg.url
+        #: For messages: credentials in the URL (user:password@) are never shown.
+        self.url = redact(cfg.url)
         self._queries = PrometheusClient(cfg)
         self._http = httpx.Client(
             base_url=cfg.url, headers=auth_headers(cfg), timeout=cfg.timeout.total_seconds()
@@ -71,7 +73,9 @@ class PrometheusHistory:
         try:
             return self._http.get(path, params=params)
         except httpx.HTTPError as e:
-            raise PrometheusUnavailable(f"cannot reach Prometheus at {self.url}: {e}") from e
+            raise PrometheusUnavailable(
+                f"cannot reach Prometheus at {self.url}: {redact(str(e))}"
+            ) from e
 
     def vector(self, promql: str, at: datetime) -> list[Sample]:
         """Evaluate ``promql`` at ``at``: each series' labels and value."""
