@@ -71,6 +71,7 @@ class PrometheusClient:
         """Connect lazily to ``cfg.url``; every query uses ``cfg.timeout``."""
         #: For messages: credentials in the URL (user:password@) are never shown.
         self.url = redact(cfg.url)
+        self._base_url = cfg.url
         self._timeout = cfg.timeout.total_seconds()
         self._headers = auth_headers(cfg)
         self._connection = PrometheusConnect(
@@ -121,7 +122,7 @@ class PrometheusClient:
     def _active_targets(self) -> list[dict[str, Any]]:
         try:
             response = requests.get(
-                f"{self.url}/api/v1/targets",
+                f"{self._base_url}/api/v1/targets",
                 params={"state": "active"},
                 headers=self._headers,
                 timeout=self._timeout,
@@ -129,10 +130,12 @@ class PrometheusClient:
             response.raise_for_status()
             targets = response.json()["data"]["activeTargets"]
         except requests.RequestException as e:
-            raise PrometheusUnavailable(f"cannot read the targets of {self.url}: {e}") from e
+            raise PrometheusUnavailable(
+                f"cannot read the targets of {self.url}: {redact(str(e))}"
+            ) from e
         except (ValueError, KeyError, TypeError) as e:
             raise PrometheusUnavailable(
-                f"Prometheus at {self.url} gave an unreadable targets answer: {e}"
+                f"Prometheus at {self.url} gave an unreadable targets answer: {redact(str(e))}"
             ) from e
         return [t for t in targets if isinstance(t, dict)] if isinstance(targets, list) else []
 

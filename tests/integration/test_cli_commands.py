@@ -16,8 +16,8 @@ from autocanary.kube import KubeClient
 from autocanary_testbed.controlplane import ControlPlane
 from autocanary_testbed.monitoring import PrometheusServer, ScrapeTarget
 from autocanary_testbed.procs import free_port
-from autocanary_testbed.waiting import wait_until
 from autocanary_testbed.stack import app_deployment
+from autocanary_testbed.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
