@@ -13,8 +13,8 @@ dependencies as ``docker build`` would, but from the local wheelhouse that
 ``hack/setup.sh`` fills (``PIP_NO_INDEX``/``PIP_FIND_LINKS``): tests talk to
 nothing beyond 127.0.0.1. Then the virtualenv must hold
 exactly the pins of deploy/constraints.txt, no pip or build tools (the final
-stage copies it whole), and the ``autocanary`` it installed must run the
-image's commands.
+stage copies it whole), the wheel no test-bed module, and the ``autocanary``
+it installed must run the image's commands.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -89,6 +90,13 @@ def test_builder_stage_installs_autocanary_with_exactly_the_pinned_dependencies(
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     for run in runs:
         _run(["/bin/sh", "-c", run.args], cwd=build, env=env)
+
+    # The wheel holds the product only: the test bed (testbed/) is development code.
+    (wheel,) = (build / "dist").glob("autocanary-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        shipped = archive.namelist()
+    assert any(n.startswith("autocanary/daemon") for n in shipped), shipped
+    assert [n for n in shipped if "testbed" in n] == []
 
     # Exactly the pins: nothing unpinned slipped in, no stale pin left behind.
     listing = _run(
