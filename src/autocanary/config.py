@@ -893,6 +893,12 @@ class RolloutConfig(Model):
     progress_deadline: Duration = Field(
         default=timedelta(minutes=10), description="Time for a step's pods to become Ready"
     )
+    max_restarts: int | None = Field(
+        default=3,
+        ge=0,
+        description="A canary pod whose containers restarted more often fails the step at once "
+        "(null: no limit); CrashLoopBackOff and image pull errors always do",
+    )
     scale_down_stable: bool = Field(
         default=True, description="Keep the total constant (stable = total - canary); else surge"
     )

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from autocanary import pods as pod_math
 from autocanary import sequential_analysis
 from autocanary import steps as step_math
 from autocanary.alert import CheckSummary
@@ -73,6 +74,7 @@ class Observation:
     canary_version: str
     role_labels: frozenset[str]  # labels the stable keeps at promotion
     command: str | None = None  # the raw command annotation, if any
+    canary_pods: tuple[pod_math.PodView, ...] = ()  # read while a release progresses
 
 
 @dataclass(frozen=True)
@@ -463,6 +465,17 @@ def _decide_progressing(
         return _promote(t, state, "promotion requested by command")
     if command == "pause":
         return _pause(state, f"paused by command at {_step_label(rollout, state)}")
+    # Pods of this release only: a superseded release's pods are on their way out.
+    failing = pod_math.failure(
+        [p for p in obs.canary_pods if p.version == state.canary_version], rollout.max_restarts
+    )
+    if failing is not None:
+        message = f"{failing}, at {_step_label(rollout, state)}"
+        pod_failed = Transition("CanaryPodFailed", message, None, warning=True)
+        decision = _roll_back(t, state, message, extra=(pod_failed,))
+        if command is not None:
+            return _ignore_command(decision, command, "the canary's pods are failing")
+        return decision
 
     if state.stage == "analysing":
         decision = _analysing(t, state, verdict)
@@ -474,6 +487,7 @@ def _decide_progressing(
                 stage="analysing",
                 ready_at=now,
                 not_ready_since=None,
+                not_ready_seconds=0.0,
                 last_analysis_at=None,
                 step_passes=0,
                 message=f"analysing {_step_label(rollout, state)}",
@@ -579,17 +593,23 @@ def _analysing(t: _Tick, state: RolloutState, verdict: IntervalVerdict | None) -
     want = _pods(rollout, state)[state.step]
     if not _canary_ready(obs.canary, want, state.canary_generation):
         since = state.not_ready_since or now
-        if now - since > rollout.progress_deadline:
+        # Every spell of the step counts: pods flapping Ready/not Ready do not reset it.
+        not_ready = timedelta(seconds=state.not_ready_seconds) + (now - since)
+        if not_ready > rollout.progress_deadline:
             return _deadline_rollback(
                 t,
                 state,
-                f"canary pods did not get Ready again at {_step_label(rollout, state)} "
-                f"({obs.canary.ready}/{want} ready)",
+                f"canary pods not Ready for {format_duration(not_ready)} in all at "
+                f"{_step_label(rollout, state)} ({obs.canary.ready}/{want} ready now)",
             )
         new = dataclasses.replace(state, not_ready_since=since)
         return Decision(new, desired_for(rollout, new, obs), requeue_after=POLL)
 
-    state = dataclasses.replace(state, not_ready_since=None)
+    if state.not_ready_since is not None:
+        spell = (now - state.not_ready_since).total_seconds()
+        state = dataclasses.replace(
+            state, not_ready_since=None, not_ready_seconds=state.not_ready_seconds + spell
+        )
     transitions: tuple[Transition, ...] = ()
     if verdict is not None:
         judged = _judge(t, state, verdict)
@@ -700,6 +720,7 @@ def _decide_paused(t: _Tick, state: RolloutState, command: str | None) -> Decisi
             step_started_at=now,
             ready_at=None,
             not_ready_since=None,
+            not_ready_seconds=0.0,
             last_analysis_at=None,
             step_passes=0,
             inconclusive=0,

@@ -12,6 +12,7 @@ of effects, so a crash at any point is repaired by the next tick:
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from autocanary.alert import Alert
 from autocanary.config import RolloutConfig
 from autocanary.errors import (
     AutocanaryError,
+    KubernetesForbidden,
     PrometheusUnavailable,
     QueryError,
     StateConflict,
@@ -33,6 +35,7 @@ from autocanary.errors import (
 from autocanary.kube import DeploymentRecord, KubeClient
 from autocanary.metrics import DaemonMetrics
 from autocanary.notify import Notifier
+from autocanary.pods import PodView
 from autocanary.prometheus import PrometheusClient
 from autocanary.state import COMMAND_ANNOTATION, STATE_ANNOTATION, RolloutState
 from autocanary.units import format_duration
@@ -182,6 +185,18 @@ class RolloutEngine:
                 f"it starts the rollout over from idle with the Deployments as they are: "
                 f"kubectl annotate deployment -n {r.namespace} {r.canary_name} {STATE_ANNOTATION}-"
             ) from e
+        if current.phase == "progressing":
+            # The kubelet says a crash loop or a pull error long before a deadline would.
+            try:
+                found = self.kube.list_pods(r.namespace, canary.selector)
+            except KubernetesForbidden as e:
+                # Without the pods the release still goes on; only the deadline catches a
+                # crash loop then. Said on every tick, so the missing grant gets noticed.
+                self._log.warning("cannot read the canary's pods", error=str(e))
+                found = []
+            obs = dataclasses.replace(
+                obs, canary_pods=tuple(PodView.from_json(p, r.version_label) for p in found)
+            )
         return canary, stable, obs, current
 
     def tick(self) -> TickResult:

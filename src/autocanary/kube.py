@@ -332,6 +332,20 @@ class KubeClient:
         # resourceVersion orders creation; timestamps only have whole seconds.
         return sorted(items, key=lambda e: int(e["metadata"]["resourceVersion"]))
 
+    # ---- Pods ------------------------------------------------------------------------------
+
+    def list_pods(self, namespace: str, selector: dict[str, str]) -> list[JSON]:
+        """The pods matching a Deployment's ``matchLabels`` selector, as JSON."""
+        labels = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
+        data = self._json(
+            f"list pods {labels} in {namespace}",
+            self._core.list_namespaced_pod,
+            namespace,
+            label_selector=labels,
+        )
+        items: list[JSON] = data.get("items", [])
+        return items
+
     # ---- Leases ----------------------------------------------------------------------------
 
     def read_lease(self, namespace: str, name: str) -> JSON | None:

@@ -60,6 +60,7 @@ class RolloutState:
     step_started_at: datetime | None = None
     ready_at: datetime | None = None
     not_ready_since: datetime | None = None
+    not_ready_seconds: float = 0.0  # earlier spells of this step's canary not Ready, in all
     last_analysis_at: datetime | None = None
     step_passes: int = 0
     failures: int = 0
@@ -135,6 +136,9 @@ def _check_types(data: dict[str, Any]) -> None:
     for name in _DICT_FIELDS:
         if not isinstance(data.get(name), dict | None):
             raise StateCorrupt(f"{name}: expected an object or null, got {data[name]!r}")
+    seconds = data.get("not_ready_seconds", 0.0)
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
+        raise StateCorrupt(f"not_ready_seconds: expected a non-negative number, got {seconds!r}")
     if data.get("stage", "waitingReady") not in get_args(Stage):
         raise StateCorrupt(f"state annotation has unknown stage {data['stage']!r}")
     if not isinstance(data.get("verdicts", []), list):

@@ -6,11 +6,15 @@ matching a label selector, the pod runner starts one ``testpage`` process on
 ``fieldRef``s: pod name, namespace, labels, pod IP), and reports the live ones
 as endpoints, the way an endpoints controller feeds kube-proxy.
 
-Like a kubelet it reports failure back: a pod whose image it cannot run, or
-whose process exits or never serves ``/healthz``, gets its ``Ready`` condition
-set to False, so the Deployment sees an un-Ready pod (as with a crash-looping
-container). A pod being deleted leaves the endpoints first and is then stopped
-with SIGTERM, so in-flight requests finish.
+Like a kubelet it reports failure back, in the pod's status: a pod whose
+image it cannot run waits with ``ErrImagePull``, then ``ImagePullBackOff``; a
+process that exits is restarted after a growing back-off, its container
+waiting in ``CrashLoopBackOff`` meanwhile with ``restartCount`` and the last
+exit code (``lastState.terminated``); a process that never serves
+``/healthz`` is not Ready. Each time the ``Ready`` condition goes False, so
+the Deployment sees an un-Ready pod; a restarted process that serves again
+makes the pod Ready again. A pod being deleted leaves the endpoints first and
+is then stopped with SIGTERM, so in-flight requests finish.
 """
 
 from __future__ import annotations
@@ -38,6 +42,12 @@ log = structlog.get_logger(__name__)
 #: Image names (last path segment, without tag) the runner knows how to run.
 RUNNABLE_IMAGES = frozenset({"testpage", "autocanary"})
 _START_TIMEOUT_S = 20.0
+#: Restart back-off after the n-th exit: 1s, 2s, 4s, ... up to 8s (a kubelet: 10s up to 5m;
+#: shorter here so tests see restarts grow within seconds).
+_BACKOFF_FIRST_S = 1.0
+_BACKOFF_MAX_S = 8.0
+#: A kubelet reports ErrImagePull first, then ImagePullBackOff once it backs off.
+_PULL_BACKOFF_AFTER_S = 2.0
 _API_TIMEOUT = (5.0, 10.0)
 _LABEL_REF = re.compile(r"^metadata\.labels\['([^']+)'\]$")
 
@@ -60,6 +70,24 @@ class _PodProcess:
     labels: dict[str, str]
     started: float
     live: bool = False
+
+
+@dataclass
+class _Crashes:
+    """A pod whose process exited: how often, how it last ended, when to start it again."""
+
+    restarts: int
+    exit_code: int
+    retry_at: float
+
+
+@dataclass
+class _Failure:
+    """A pod the runner does not run (or no longer): why, and since when (monotonic)."""
+
+    reason: str
+    message: str
+    since: float
 
 
 def runnable(image: str) -> bool:
@@ -97,6 +125,11 @@ def pod_env(pod: Mapping[str, Any]) -> dict[str, str]:
     return env
 
 
+def _container_name(pod: Mapping[str, Any]) -> str:
+    containers = (pod.get("spec") or {}).get("containers") or [{}]
+    return str(containers[0].get("name", "app"))
+
+
 def _is_ready(pod: Mapping[str, Any]) -> bool:
     return any(
         c.get("type") == "Ready" and c.get("status") == "True"
@@ -125,7 +158,8 @@ class PodRunner:
         self._on_endpoints = on_endpoints
         self._poll_s = poll_s
         self._procs: dict[str, _PodProcess] = {}  # by pod UID
-        self._failed: set[str] = set()  # pod UIDs reported not Ready
+        self._failed: dict[str, _Failure] = {}  # pods reported not Ready for good, by UID
+        self._crashes: dict[str, _Crashes] = {}  # pods whose process exited, by UID
         self._published: list[Endpoint] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -204,20 +238,37 @@ class PodRunner:
             if (pod.get("status") or {}).get("phase") != "Running":
                 continue
             seen.add(uid)
-            if uid in self._failed:
-                if _is_ready(pod):
-                    # Reported not Ready, yet Ready again: say it again, as a kubelet would.
-                    self._fail(pod, "NotRunning", "the pod runner is not running this pod")
+            failed = self._failed.get(uid)
+            if failed is not None:
+                self._still_failed(pod, failed)
                 continue
             proc = self._procs.get(uid)
+            crashes = self._crashes.get(uid)
+            if proc is None and crashes is not None and time.monotonic() < crashes.retry_at:
+                continue  # backing off
             if proc is None:
                 self._launch(pod)
             else:
                 self._check(pod, proc)
         for uid in [u for u in self._procs if u not in seen]:
             self._retire(uid)
-        self._failed &= seen | {p["metadata"]["uid"] for p in pods}
+        known = seen | {p["metadata"]["uid"] for p in pods}
+        self._failed = {u: f for u, f in self._failed.items() if u in known}
+        self._crashes = {u: c for u, c in self._crashes.items() if u in known}
         self._publish(pods)
+
+    def _still_failed(self, pod: Mapping[str, Any], failed: _Failure) -> None:
+        """Keep a failed pod's status as a kubelet would: not Ready, pulls backing off."""
+        if failed.reason == "ErrImagePull" and (
+            time.monotonic() - failed.since >= _PULL_BACKOFF_AFTER_S
+        ):
+            failed.reason = "ImagePullBackOff"
+            failed.message = f"Back-off pulling image: {failed.message}"
+            self._report(pod, failed.reason, failed.message, waiting=failed.reason)
+        elif _is_ready(pod):
+            # Reported not Ready, yet Ready again: say it again, as a kubelet would.
+            waiting = failed.reason if "Image" in failed.reason else None
+            self._report(pod, failed.reason, failed.message, waiting=waiting)
 
     def _list_pods(self) -> list[dict[str, Any]]:
         response: Any = self._core.list_namespaced_pod(
@@ -234,7 +285,9 @@ class PodRunner:
         containers = pod["spec"].get("containers") or [{}]
         image = str(containers[0].get("image", ""))
         if not runnable(image):
-            self._fail(pod, "ImageNotRunnable", f"the pod runner cannot run image {image!r}")
+            message = f"the pod runner cannot run image {image!r}"
+            self._failed[meta["uid"]] = _Failure("ErrImagePull", message, time.monotonic())
+            self._report(pod, "ErrImagePull", message, waiting="ErrImagePull")
             return
         port = free_port()
         name = f"pod-{meta['name']}"
@@ -263,25 +316,43 @@ class PodRunner:
         log.info("pod process started", pod=meta["name"], port=port, pid=process.pid)
 
     def _check(self, pod: Mapping[str, Any], proc: _PodProcess) -> None:
+        uid = pod["metadata"]["uid"]
         if not proc.process.is_running():
             with self._lock:
-                self._procs.pop(pod["metadata"]["uid"], None)
-            self._fail(
+                self._procs.pop(uid, None)
+            code = proc.process.returncode
+            before = self._crashes.get(uid)
+            restarts = before.restarts + 1 if before is not None else 1
+            backoff = min(_BACKOFF_FIRST_S * 2 ** (restarts - 1), _BACKOFF_MAX_S)
+            self._crashes[uid] = _Crashes(
+                restarts, code if code is not None else -1, time.monotonic() + backoff
+            )
+            container = _container_name(pod)
+            self._report(
                 pod,
-                "ProcessExited",
-                f"testpage exited with status {proc.process.returncode}: "
-                f"{proc.process.log_tail(5)}",
+                "ContainersNotReady",
+                f"testpage exited with status {code}: {proc.process.log_tail(5)}",
+                waiting="CrashLoopBackOff",
+                waiting_message=(
+                    f"back-off {backoff:g}s restarting failed container={container} "
+                    f"pod={pod['metadata']['name']}"
+                ),
             )
             return
         if not proc.live:
             if http_ok(f"http://127.0.0.1:{proc.port}/healthz"):
                 proc.live = True
                 log.info("pod process live", pod=proc.pod, port=proc.port)
+                if uid in self._crashes:
+                    # Restarted and serving again: Ready again, its restarts still counted.
+                    self._report(pod, "", "", ready=True)
             elif time.monotonic() - proc.started > _START_TIMEOUT_S:
                 with self._lock:
-                    self._procs.pop(pod["metadata"]["uid"], None)
+                    self._procs.pop(uid, None)
                 proc.process.stop()
-                self._fail(pod, "NeverHealthy", f"/healthz not answering after {_START_TIMEOUT_S}s")
+                message = f"/healthz not answering after {_START_TIMEOUT_S}s"
+                self._failed[uid] = _Failure("NeverHealthy", message, time.monotonic())
+                self._report(pod, "NeverHealthy", message)
 
     def _retire(self, uid: str) -> None:
         with self._lock:
@@ -293,12 +364,51 @@ class PodRunner:
         stopper.start()
         self._stoppers = [t for t in self._stoppers if t.is_alive()] + [stopper]
 
-    def _fail(self, pod: Mapping[str, Any], reason: str, message: str) -> None:
+    def _report(
+        self,
+        pod: Mapping[str, Any],
+        reason: str,
+        message: str,
+        *,
+        ready: bool = False,
+        waiting: str | None = None,
+        waiting_message: str | None = None,
+    ) -> None:
+        """Write the pod's Ready conditions and its container's status, as a kubelet would."""
         meta = pod["metadata"]
-        self._failed.add(meta["uid"])
-        log.warning("pod not ready", pod=meta["name"], reason=reason, message=message)
+        uid = meta["uid"]
+        if ready:
+            log.info("pod ready again", pod=meta["name"])
+        else:
+            log.warning("pod not ready", pod=meta["name"], reason=reason, message=message)
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        condition = {"status": "False", "reason": reason, "message": message[:500]}
+        condition: dict[str, str] = {"status": "True" if ready else "False"}
+        if not ready:
+            condition.update(reason=reason, message=message[:500])
+        crashes = self._crashes.get(uid)
+        container: dict[str, Any] = {
+            "name": _container_name(pod),
+            "image": str(((pod.get("spec") or {}).get("containers") or [{}])[0].get("image", "")),
+            "imageID": "",
+            "ready": ready,
+            "restartCount": crashes.restarts if crashes is not None else 0,
+            "started": ready,
+        }
+        if waiting is not None:
+            container["state"] = {
+                "waiting": {"reason": waiting, "message": (waiting_message or message)[:500]}
+            }
+        else:
+            container["state"] = {"running": {"startedAt": now}}
+        if crashes is not None:
+            container["lastState"] = {
+                "terminated": {
+                    "exitCode": crashes.exit_code,
+                    "reason": "Error",
+                    "startedAt": now,
+                    "finishedAt": now,
+                }
+            }
         try:
             self._core.patch_namespaced_pod_status(
                 meta["name"],
@@ -308,14 +418,15 @@ class PodRunner:
                         "conditions": [
                             {"type": "Ready", "lastTransitionTime": now, **condition},
                             {"type": "ContainersReady", "lastTransitionTime": now, **condition},
-                        ]
+                        ],
+                        "containerStatuses": [container],
                     }
                 },
                 _request_timeout=_API_TIMEOUT,
             )
         except ApiException as e:
             if e.status != 404:
-                log.warning("could not mark pod not ready", pod=meta["name"], error=str(e))
+                log.warning("could not report the pod's status", pod=meta["name"], error=str(e))
 
     def _publish(self, pods: Iterable[Mapping[str, Any]] | None) -> None:
         ready_uids: set[str] | None = None

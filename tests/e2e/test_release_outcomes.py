@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from datetime import timedelta
+
 import pytest
 from e2e_helpers import StackFactory, our_reasons, stable_container, stable_labels, webhook_alerts
 
@@ -95,11 +98,12 @@ def test_latency_regression_alone_is_rolled_back_on_latency(stack_factory: Stack
     assert "latency-p95" in alert["message"]
 
 
-def test_canary_that_never_gets_ready_is_rolled_back_at_the_deadline(
+def test_canary_whose_image_cannot_be_pulled_is_rolled_back_on_the_pull_error(
     stack_factory: StackFactory,
 ) -> None:
-    stack = stack_factory(progress_deadline="12s")
-    # An image the pod runner cannot run: its pod never becomes Ready (as with ImagePullBackOff).
+    # progressDeadline 10m: only the pod's own status can end this release soon.
+    stack = stack_factory(progress_deadline="10m")
+    # An image the pod runner cannot run: it reports ErrImagePull, as a kubelet would.
     stack.release("v2", image="registry.example/unknown-image:v2")
 
     final = stack.wait_for(
@@ -107,14 +111,45 @@ def test_canary_that_never_gets_ready_is_rolled_back_at_the_deadline(
     )
 
     assert final.phase == "rolledBack", final.message
-    assert "progressDeadline" in final.message
+    assert final.finished_at is not None and final.started_at is not None
+    assert final.finished_at - final.started_at < timedelta(minutes=2), "not at the deadline"
+    assert "canary pod testpage-canary-" in final.message
+    assert re.search(r"container testpage (ErrImagePull|ImagePullBackOff)", final.message)
+    assert "unknown-image" in final.message, "the kubelet's message, about the image"
     reasons = our_reasons(stack)
-    assert "ProgressDeadlineExceeded" in reasons
-    assert reasons.index("ProgressDeadlineExceeded") < reasons.index("RolledBack")
+    assert "ProgressDeadlineExceeded" not in reasons
+    assert reasons.index("CanaryPodFailed") < reasons.index("RolledBack")
     assert stack.replicas() == (3, 0)
-    assert webhook_alerts(stack, "rolledBack") or stack.receiver.wait_for(
-        lambda b: b.get("kind") == "rolledBack", 10, "/oncall"
+    alert = stack.receiver.wait_for(lambda b: b.get("kind") == "rolledBack", 10, "/oncall")
+    assert "canary pod testpage-canary-" in alert["message"]
+
+
+def test_canary_whose_process_exits_at_start_is_rolled_back_on_crash_loop(
+    stack_factory: StackFactory,
+) -> None:
+    stack = stack_factory(progress_deadline="10m")
+    # testpage refuses an invalid fault setting at start (exit status 2), every time.
+    stack.release("v2", env={"FAULT_LATENCY": "forever"})
+
+    final = stack.wait_for(
+        lambda s: s.canary_version == "v2" and s.phase in ("succeeded", "rolledBack"), 90, "settled"
     )
+
+    assert final.phase == "rolledBack", final.message
+    assert final.finished_at is not None and final.started_at is not None
+    took = final.finished_at - final.started_at
+    assert took < timedelta(minutes=2), "well before progressDeadline 10m"
+    assert re.search(
+        r"canary pod testpage-canary-\S+: container testpage CrashLoopBackOff "
+        r"\(restarted \d+ times; last exit code 2",
+        final.message,
+    ), final.message
+    reasons = our_reasons(stack)
+    assert "CanaryPodFailed" in reasons
+    assert "ProgressDeadlineExceeded" not in reasons
+    assert stack.replicas() == (3, 0)
+    alert = stack.receiver.wait_for(lambda b: b.get("kind") == "rolledBack", 10, "/oncall")
+    assert "CrashLoopBackOff" in alert["message"]
 
 
 def test_prometheus_down_mid_release_never_advances_and_pauses(stack_factory: StackFactory) -> None:

@@ -242,6 +242,9 @@ def test_daemon_service_account_can_do_everything_the_daemon_does(
             kube.write_state(canary, state_codec.dumps(state), consume_command=False)
 
         # ... an Event recorded, and the promotion: the stable gets the canary's template.
+        # ... its pods read (crash loops, pull errors, restarts) ...
+        canary_pods = kube.list_pods(app_namespace, written.selector)
+        assert all(p["metadata"]["labels"]["track"] == "canary" for p in canary_pods)
         kube.record_event(written, "ReleaseDetected", "v2 on the canary", warning=False)
         events = client.CoreV1Api(kube_api).list_namespaced_event(
             app_namespace,
@@ -349,7 +352,13 @@ def test_daemon_service_account_can_do_nothing_else(
             "list ConfigMaps": lambda: core.list_namespaced_config_map(
                 namespace, _request_timeout=_T
             ),
-            "list Pods": lambda: core.list_namespaced_pod(app_namespace, _request_timeout=_T),
+            "list Pods elsewhere": lambda: core.list_namespaced_pod(elsewhere, _request_timeout=_T),
+            "delete Pods": lambda: core.delete_collection_namespaced_pod(
+                app_namespace, _request_timeout=_T
+            ),
+            "read pod logs": lambda: core.read_namespaced_pod_log(
+                "any", app_namespace, _request_timeout=_T
+            ),
             "list Events": lambda: core.list_namespaced_event(app_namespace, _request_timeout=_T),
             "list Nodes": lambda: core.list_node(_request_timeout=_T),
             "list Namespaces": lambda: core.list_namespace(_request_timeout=_T),
@@ -371,7 +380,9 @@ def test_daemon_service_account_can_do_nothing_else(
         names = {rollout.stable, rollout.canary_name}
         assert rules_in(sa, app_namespace) == {
             ("apps", "deployments", verb, name) for verb in ("get", "patch") for name in names
-        } | {("", "events", "create", "*")}
+        } | {("", "events", "create", "*")} | {
+            ("", "pods", verb, "*") for verb in ("get", "list", "watch")
+        }
         lease = config.daemon.leader_election.lease_name
         assert rules_in(sa, namespace) == {
             ("coordination.k8s.io", "leases", "create", "*"),

@@ -31,6 +31,7 @@ from autocanary.decision import (
     analysis_due,
     decide,
 )
+from autocanary.pods import PodView
 from autocanary.revision import revision_of, version_of
 from autocanary.sequential_analysis import Sample
 from autocanary.state import RolloutState
@@ -212,6 +213,7 @@ class FakeCluster:
     broken: set[str] = field(default_factory=set)  # revisions whose pods never get Ready
     stuck: set[str] = field(default_factory=set)  # revisions the stable never finishes
     command: str | None = None
+    canary_pods: tuple[PodView, ...] = ()  # as the kubelet reports them
 
     @classmethod
     def create(
@@ -251,6 +253,7 @@ class FakeCluster:
             canary_version=version_of(self.canary.template, "version"),
             role_labels=ROLE_LABELS,
             command=self.command,
+            canary_pods=self.canary_pods,
         )
 
     def apply(self, desired: Desired) -> None:

@@ -40,6 +40,7 @@ from autocanary.decision import (
     desired_for,
     next_analysis_at,
 )
+from autocanary.pods import ContainerView, PodView
 from autocanary.revision import promoted_template, revision_of
 from autocanary.state import Phase, RolloutState, dumps, loads
 
@@ -213,7 +214,9 @@ def test_canary_losing_readiness_while_analysing_rolls_back_after_the_deadline()
     record = driver.run_until(phase_is("rollingBack"))
     assert record.now - lost.now == timedelta(minutes=5, seconds=10)
     assert reasons_of(record) == ["ProgressDeadlineExceeded", "RolledBack"]
-    assert "did not get Ready again" in record.decision.transitions[0].message
+    assert "canary pods not Ready for 5m10s in all at step 1/1" in (
+        record.decision.transitions[0].message
+    )
 
 
 def test_canary_recovering_before_the_deadline_clears_the_clock() -> None:
@@ -228,6 +231,94 @@ def test_canary_recovering_before_the_deadline_clears_the_clock() -> None:
     driver.run(2)
     assert driver.state.not_ready_since is None
     assert driver.state.phase == "progressing"
+
+
+def test_canary_flapping_between_ready_and_not_does_not_reset_the_deadline() -> None:
+    driver = analysing(started(steps=[{"canary": 1, "hold": "1h"}]))  # progressDeadline 5m
+    revision = driver.cluster.canary_revision
+    start = driver.now
+    for _ in range(100):
+        # 40s not Ready, 20s Ready, over and over: never 5m at a stretch.
+        driver.cluster.broken.add(revision)
+        driver.cluster.canary.set_template({})
+        driver.cluster.canary.set_template(pod_template(V2, track="canary"))
+        driver.run(4)
+        if driver.state.phase != "progressing":
+            break
+        driver.cluster.broken.discard(revision)
+        driver.run(2)
+    assert driver.state.phase in ("rollingBack", "rolledBack")
+    assert "ProgressDeadlineExceeded" in driver.reasons()
+    # 5m of not Ready in 40s spells: the 8th spell, about 7.5 minutes after the first.
+    assert driver.now - start < timedelta(minutes=9)
+
+
+def crashing_pod(version: str = "2.0", **container: Any) -> PodView:
+    fields: dict[str, Any] = {"name": "app", "restarts": 3, "waiting_reason": "CrashLoopBackOff"}
+    fields.update(container)
+    return PodView("web-canary-7d9f-abcde", {}, version, False, (ContainerView(**fields),))
+
+
+@pytest.mark.parametrize(
+    ("container", "says"),
+    [
+        (
+            {"waiting_reason": "CrashLoopBackOff", "restarts": 2, "last_exit_code": 3},
+            "container app CrashLoopBackOff (restarted 2 times; last exit code 3)",
+        ),
+        (
+            {"waiting_reason": "ImagePullBackOff", "restarts": 0, "waiting_message": "no such"},
+            "container app ImagePullBackOff (no such)",
+        ),
+        ({"waiting_reason": "ErrImagePull", "restarts": 0}, "container app ErrImagePull"),
+    ],
+)
+def test_a_canary_pod_that_cannot_run_rolls_back_at_once(
+    container: dict[str, Any], says: str
+) -> None:
+    driver = started()  # progressDeadline 5m
+    driver.cluster.broken.add(driver.cluster.canary_revision)
+    driver.run(2)
+    assert driver.state.stage == "waitingReady"
+    driver.cluster.canary_pods = (crashing_pod(**container),)
+    record = driver.tick()
+    assert record.decision.state.phase == "rollingBack"
+    assert record.now - T0 < timedelta(minutes=1)
+    pod_failed, rolled_back = record.decision.transitions
+    assert (pod_failed.reason, pod_failed.kind, pod_failed.warning) == (
+        "CanaryPodFailed",
+        None,
+        True,
+    )
+    assert pod_failed.message.startswith(f"canary pod web-canary-7d9f-abcde: {says}")
+    assert pod_failed.message.endswith("at step 1/3 (1 canary pods)")
+    assert (rolled_back.reason, rolled_back.kind) == ("RolledBack", "rolledBack")
+    assert rolled_back.message == pod_failed.message
+    assert record.decision.desired == Desired(canary_replicas=0, stable_replicas=4)
+
+
+def test_restarts_beyond_max_restarts_roll_back_while_analysing() -> None:
+    driver = analysing(started(steps=[{"canary": 1, "hold": "1h"}], maxRestarts=2))
+    running = {"waiting_reason": None, "ready": True}
+    driver.cluster.canary_pods = (crashing_pod(restarts=2, **running),)
+    driver.run(3)
+    assert driver.state.phase == "progressing", "2 restarts are within maxRestarts 2"
+    driver.cluster.canary_pods = (crashing_pod(restarts=3, last_exit_code=137, **running),)
+    record = driver.tick()
+    assert reasons_of(record) == ["CanaryPodFailed", "RolledBack"]
+    assert (
+        "canary pod web-canary-7d9f-abcde: restarted 3 times (maxRestarts 2); "
+        "container app ready (restarted 3 times; last exit code 137)"
+    ) in record.decision.transitions[0].message
+
+
+def test_pods_of_another_version_or_being_deleted_are_not_judged() -> None:
+    driver = analysing(started(steps=[{"canary": 1, "hold": "1h"}]))
+    gone = dataclasses.replace(crashing_pod(), deleting=True)
+    driver.cluster.canary_pods = (crashing_pod(version="1.5"), gone)
+    driver.run(3)
+    assert driver.state.phase == "progressing"
+    assert "CanaryPodFailed" not in driver.reasons()
 
 
 # ------------------------------------------------------------------ analysis timing

@@ -29,6 +29,7 @@ def full_state() -> RolloutState:
         step_started_at=T,
         ready_at=T + timedelta(seconds=20),
         not_ready_since=None,
+        not_ready_seconds=42.5,
         last_analysis_at=T + timedelta(minutes=1),
         step_passes=2,
         failures=1,
