@@ -33,8 +33,3 @@ def stable_labels(stack: CanaryStack) -> dict[str, str]:
         "labels"
     ]
     return labels
-
-
-def webhook_alerts(stack: CanaryStack, kind: str) -> list[dict[str, Any]]:
-    """Webhook alerts of one kind received so far."""
-    return [b for b in stack.receiver.bodies("/oncall") if b.get("kind") == kind]

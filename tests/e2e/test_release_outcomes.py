@@ -6,7 +6,7 @@ import re
 from datetime import timedelta
 
 import pytest
-from e2e_helpers import StackFactory, our_reasons, stable_container, stable_labels, webhook_alerts
+from e2e_helpers import StackFactory, our_reasons, stable_container, stable_labels
 
 from autocanary_testbed.waiting import wait_until
 
@@ -111,7 +111,8 @@ def test_canary_whose_image_cannot_be_pulled_is_rolled_back_on_the_pull_error(
     )
 
     assert final.phase == "rolledBack", final.message
-    assert final.finished_at is not None and final.started_at is not None
+    assert final.finished_at is not None
+    assert final.started_at is not None
     assert final.finished_at - final.started_at < timedelta(minutes=2), "not at the deadline"
     assert "canary pod testpage-canary-" in final.message
     assert re.search(r"container testpage (ErrImagePull|ImagePullBackOff)", final.message)
@@ -136,7 +137,8 @@ def test_canary_whose_process_exits_at_start_is_rolled_back_on_crash_loop(
     )
 
     assert final.phase == "rolledBack", final.message
-    assert final.finished_at is not None and final.started_at is not None
+    assert final.finished_at is not None
+    assert final.started_at is not None
     took = final.finished_at - final.started_at
     assert took < timedelta(minutes=2), "well before progressDeadline 10m"
     assert re.search(
