@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -127,10 +128,69 @@ def lookback(rollout: RolloutConfig, since: datetime | None, at: datetime) -> ti
     return timedelta(seconds=math.ceil(wanted.total_seconds()))
 
 
+@dataclass(frozen=True)
+class Pods:
+    """One side's pods at an analysis: names and pod-template-hash values."""
+
+    names: tuple[str, ...] = ()
+    template_hashes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PodSets:
+    """The pods of the canary and the stable Deployment, read from the API at an analysis.
+
+    They tie series to a side when the app source names a ``podLabel``, and
+    fill ``{{ pods }}`` and ``{{ pod_template_hashes }}``.
+    """
+
+    canary: Pods = Pods()
+    stable: Pods = Pods()
+
+
+def metrics_of(rollout: RolloutConfig, source: promql.Source | None = None) -> promql.Metrics:
+    """The metrics of a traffic source (default the rollout's), with its version matcher."""
+    source = source or rollout.analysis.source
+    if source != "app":
+        return promql.BUILTIN_METRICS[source]
+    app = rollout.analysis.app
+    assert app is not None  # the config validator guarantees it
+    label = series_version_label(rollout)
+    if label is None:
+        version = f'{app.pod_label}=~"{{{{ pods }}}}"'
+    else:
+        version = f'{label}="{{{{ version }}}}"'
+    return promql.Metrics(app.requests, app.duration, app.status_label, app.error_status, version)
+
+
+def series_version_label(rollout: RolloutConfig) -> str | None:
+    """The label of the rollout's series that holds the version; None when pods tie them.
+
+    By default the rollout's ``versionLabel`` as Prometheus names a pod label it
+    carries over: ``app.kubernetes.io/version`` becomes ``app_kubernetes_io_version``.
+    """
+    app = rollout.analysis.app
+    if rollout.analysis.source != "app" or app is None:
+        return "version"
+    if app.pod_label is not None:
+        return None
+    return app.version_label or re.sub(r"[^a-zA-Z0-9_]", "_", rollout.version_label)
+
+
+def uses_pods(rollout: RolloutConfig) -> bool:
+    """Whether an analysis of ``rollout`` needs the pods of both Deployments."""
+    analysis = rollout.analysis
+    if analysis.app is not None and analysis.app.pod_label is not None:
+        return True
+    templates = [c.query for c in analysis.checks if c.query is not None]
+    templates.append(analysis.effective_selector)
+    return any(promql.variables_in(t) & {"pods", "pod_template_hashes"} for t in templates)
+
+
 def requests_series(rollout: RolloutConfig) -> str:
     """The rollout's request-counter series, every version (to read the scrape interval of)."""
     variables = template_variables(rollout, "", "")
-    return promql.render(promql.requests_series(rollout.analysis.source), variables)
+    return promql.render(promql.requests_series(metrics_of(rollout)), variables)
 
 
 def template_variables(
@@ -153,14 +213,22 @@ def template_variables(
         "interval": format_duration(rollout.interval),
         "window": format_duration(window or rollout.window),
     }
-    base["selector"] = promql.render(
-        rollout.analysis.effective_selector, {**base, "version": "", "quantile": "", "selector": ""}
-    )
+    blank = {"version": "", "quantile": "", "selector": "", "pods": "", "pod_template_hashes": ""}
+    base["selector"] = promql.render(rollout.analysis.effective_selector, {**base, **blank})
     return base
 
 
-def _render(template: str, variables: Mapping[str, str], version: str, quantile: str) -> str:
-    return promql.render(template, {**variables, "version": version, "quantile": quantile})
+def side_variables(
+    variables: Mapping[str, str], version: str, pods: Pods, quantile: str = ""
+) -> dict[str, str]:
+    """``variables`` completed for one side: its version and pods (and a check's quantile)."""
+    return {
+        **variables,
+        "version": version,
+        "quantile": quantile,
+        "pods": promql.names_regex(pods.names),
+        "pod_template_hashes": promql.names_regex(pods.template_hashes),
+    }
 
 
 def plan(
@@ -168,37 +236,44 @@ def plan(
     canary_version: str,
     stable_version: str,
     window: timedelta | None = None,
+    pods: PodSets | None = None,
 ) -> AnalysisPlan:
     """Render every query an interval of ``rollout`` needs, looking back ``window``."""
     analysis = rollout.analysis
+    pods = pods or PodSets()
     variables = template_variables(rollout, canary_version, stable_version, window)
+
+    def canary(template: str, quantile: str = "") -> str:
+        return promql.render(
+            template, side_variables(variables, canary_version, pods.canary, quantile)
+        )
+
+    def stable(template: str, quantile: str = "") -> str:
+        return promql.render(
+            template, side_variables(variables, stable_version, pods.stable, quantile)
+        )
+
     planned = []
     for check in analysis.checks:
         if check.query is not None:
             template = check.query
         else:
             assert check.template is not None  # the config validator guarantees one of the two
-            template = promql.builtin_query(check.template, check.source or analysis.source)
+            template = promql.builtin_query(check.template, metrics_of(rollout, check.source))
         quantile = f"{check.effective_quantile:g}"
         planned.append(
             PlannedCheck(
                 check=check,
-                canary_query=_render(template, variables, canary_version, quantile),
-                stable_query=(
-                    _render(template, variables, stable_version, quantile)
-                    if check.relative is not None
-                    else None
-                ),
+                canary_query=canary(template, quantile),
+                stable_query=stable(template, quantile) if check.relative is not None else None,
             )
         )
-    requests = promql.request_count_query(analysis.source)
+    requests = promql.request_count_query(metrics_of(rollout))
     any_relative = any(c.relative is not None for c in analysis.checks)
     return AnalysisPlan(
         checks=tuple(planned),
-        canary_requests_query=_render(requests, variables, canary_version, ""),
-        stable_requests_query=(
-            _render(requests, variables, stable_version, "") if any_relative else None
-        ),
+        canary_requests_query=canary(requests),
+        stable_requests_query=stable(requests) if any_relative else None,
     )
 
 

@@ -778,11 +778,76 @@ class SequentialAnalysisConfig(Model):
         }
 
 
+_METRIC_PATTERN = r"^[a-zA-Z_:][a-zA-Z0-9_:]*$"
+_LABEL_PATTERN = r"^[a-zA-Z_][a-zA-Z0-9_]*$"
+
+
+class AppMetricsConfig(Model):
+    """The application's own metrics, as its Prometheus instrumentation library names them.
+
+    A request counter with a label holding the status code or class, and a
+    request-duration histogram. A series is tied to the canary or the stable
+    by a label Prometheus carries from the pod (``versionLabel``, e.g. via a
+    PodMonitor's ``podTargetLabels``), or by the pod it was scraped from
+    (``podLabel``: the daemon lists each Deployment's pods at every analysis).
+    """
+
+    requests: str = Field(
+        pattern=_METRIC_PATTERN, description="The request counter, e.g. http_requests_total"
+    )
+    status_label: str = Field(
+        default="code",
+        pattern=_LABEL_PATTERN,
+        description="The counter's label holding the status code (500) or class (5xx)",
+    )
+    error_status: str = Field(
+        default="5..",
+        min_length=1,
+        description="Regex of statusLabel values that are errors; 5.. matches 500 and 5xx",
+    )
+    duration: str = Field(
+        pattern=_METRIC_PATTERN,
+        description="The request-duration histogram, without _bucket, "
+        "e.g. http_request_duration_seconds",
+    )
+    version_label: str | None = Field(
+        default=None,
+        pattern=_LABEL_PATTERN,
+        description="Series label holding the version; default the rollout's versionLabel "
+        "(with - and . as _, as Prometheus relabels pod labels)",
+    )
+    pod_label: str | None = Field(
+        default=None,
+        pattern=_LABEL_PATTERN,
+        description="Or: series label holding the pod name (e.g. pod); the daemon matches "
+        "it against each Deployment's pods, read at every analysis",
+    )
+
+    @field_validator("error_status")
+    @classmethod
+    def _regex(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as e:
+            raise ValueError(f"not a regular expression: {e}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _one_tie(self) -> AppMetricsConfig:
+        if self.version_label is not None and self.pod_label is not None:
+            raise ValueError("tie series to a version by 'versionLabel' or by 'podLabel', not both")
+        return self
+
+
 class AnalysisConfig(Model):
     """How each interval is judged: threshold checks, the sequential judge, or both."""
 
     source: promql.Source = Field(
-        default="probe", description="Where request counts come from: probe or testpage metrics"
+        default="probe",
+        description="Where request counts come from: probe, testpage or app (analysis.app)",
+    )
+    app: AppMetricsConfig | None = Field(
+        default=None, description="The app's own metrics, for source: app"
     )
     selector: str | None = Field(
         default=None,
@@ -822,7 +887,14 @@ class AnalysisConfig(Model):
                 "analysis needs at least one check, or 'sequential: {}' for the sequential judge"
             )
         _require_unique([c.name for c in self.checks], "check name")
-        if self.sequential is not None:
+        sources = {self.source} | {c.source for c in self.checks if c.source is not None}
+        if "app" in sources and self.app is None:
+            raise ValueError(
+                "source 'app' needs 'app': the request counter, its status label and the "
+                "duration histogram, e.g. {requests: http_requests_total, statusLabel: status, "
+                "duration: http_request_duration_seconds}"
+            )
+        if self.sequential is not None and self.source != "app":
             # The built-in sources share one bucket layout; a threshold must be a boundary.
             off = [t for t in self.sequential.latency_thresholds if t not in LATENCY_BUCKETS]
             if off:

@@ -212,7 +212,8 @@ class RolloutEngine:
         now = self.clock()
         verdict = None
         if decision.analysis_due(r, current, obs, now):
-            verdict = self._analyse(current, now, log)
+            pods = self._pod_sets(canary, stable) if analysis.uses_pods(r) else None
+            verdict = self._analyse(current, now, log, pods)
         outcome = decision.decide(r, current, obs, now, verdict)
         new = outcome.state
 
@@ -252,8 +253,25 @@ class RolloutEngine:
 
     # ---- analysis --------------------------------------------------------------------------
 
+    def _pod_sets(self, canary: DeploymentRecord, stable: DeploymentRecord) -> analysis.PodSets:
+        """Both Deployments' pods now, those being deleted too (they served in the window)."""
+
+        def side(record: DeploymentRecord) -> analysis.Pods:
+            pods = [
+                PodView.from_json(p, self.rollout.version_label)
+                for p in self.kube.list_pods(self.rollout.namespace, record.selector)
+            ]
+            hashes = {p.labels.get("pod-template-hash", "") for p in pods} - {""}
+            return analysis.Pods(tuple(sorted(p.name for p in pods)), tuple(sorted(hashes)))
+
+        return analysis.PodSets(canary=side(canary), stable=side(stable))
+
     def _analyse(
-        self, current: RolloutState, now: datetime, log: structlog.typing.FilteringBoundLogger
+        self,
+        current: RolloutState,
+        now: datetime,
+        log: structlog.typing.FilteringBoundLogger,
+        pods: analysis.PodSets | None,
     ) -> analysis.IntervalVerdict:
         r = self.effective_rollout()
 
@@ -262,7 +280,9 @@ class RolloutEngine:
             self.metrics.query_errors.labels(r.name, what, reason).inc()
             log.warning("query failed", query=what, error=str(error))
 
-        verdict = interval.evaluate(self.prometheus, r, current, now, on_error=failed).verdict
+        verdict = interval.evaluate(
+            self.prometheus, r, current, now, on_error=failed, pods=pods
+        ).verdict
         for result in verdict.checks:
             self.metrics.check_results.labels(r.name, result.name, result.verdict).inc()
             if result.value is not None:

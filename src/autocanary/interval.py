@@ -57,16 +57,21 @@ def plan_queries(plan: analysis.AnalysisPlan) -> dict[str, str]:
 
 
 def read_counters(
-    source: QuerySource, rollout: RolloutConfig, state: RolloutState, at: datetime
+    source: QuerySource,
+    rollout: RolloutConfig,
+    state: RolloutState,
+    at: datetime,
+    pods: analysis.PodSets | None = None,
 ) -> tuple[CounterSnapshot, CounterSnapshot]:
     """(canary, stable) raw counters at ``at``, for the sequential judge.
 
     One query per version, both evaluated at the same instant ``at``.
     """
+    pods = pods or analysis.PodSets()
     snapshots = []
-    for version in (state.canary_version, state.stable_version):
+    for version, side in ((state.canary_version, pods.canary), (state.stable_version, pods.stable)):
         queries = sequential_analysis.counter_queries(
-            rollout, version, state.canary_version, state.stable_version
+            rollout, version, state.canary_version, state.stable_version, side
         )
         snapshots.append(sequential_analysis.snapshot(source.query_vector(queries.joined(), at)))
     return snapshots[0], snapshots[1]
@@ -80,18 +85,20 @@ def evaluate(
     *,
     tolerated: tuple[type[AutocanaryError], ...] = (QueryError, PrometheusUnavailable),
     on_error: ErrorHook | None = None,
+    pods: analysis.PodSets | None = None,
 ) -> Evaluation:
     """Judge the interval ending at ``at`` for the release ``state`` describes.
 
     Errors of the ``tolerated`` types make their query's outcome (and so the
     interval) inconclusive; others propagate (``backtest`` stops on an
-    unreachable Prometheus rather than make verdicts up).
+    unreachable Prometheus rather than make verdicts up). ``pods`` are both
+    sides' pods now, for sources that tie series to pods.
     """
     since = state.last_analysis_at
     if since is None and state.ready_at is not None:
         since = state.ready_at + rollout.analysis.warmup
     window = analysis.lookback(rollout, since, at)
-    plan = analysis.plan(rollout, state.canary_version, state.stable_version, window)
+    plan = analysis.plan(rollout, state.canary_version, state.stable_version, window, pods)
     outcomes: dict[str, tuple[str, analysis.QueryOutcome]] = {}
     for query, what in plan_queries(plan).items():
         try:
@@ -106,7 +113,7 @@ def evaluate(
     )
     if rollout.analysis.sequential is not None:
         verdict = _sequential(
-            source, rollout, state, at, verdict, tolerated=tolerated, on_error=on_error
+            source, rollout, state, at, verdict, tolerated=tolerated, on_error=on_error, pods=pods
         )
     return Evaluation(verdict, outcomes)
 
@@ -120,16 +127,21 @@ def _sequential(
     *,
     tolerated: tuple[type[AutocanaryError], ...],
     on_error: ErrorHook | None,
+    pods: analysis.PodSets | None,
 ) -> analysis.IntervalVerdict:
-    """Add the sequential judge's poll at ``at`` to the interval's verdict."""
+    """Add the sequential judge's poll at ``at`` to the interval's verdict.
+
+    The warm-up baseline is read with today's pods: those are the pods whose
+    counters the judge follows (a pod that came later starts from zero).
+    """
     assert rollout.analysis.sequential is not None
     try:
         baseline = None
         if state.last_analysis_at is None and state.ready_at is not None:
             # A step's first poll: start (or move) the evidence after its warm-up.
             warmed = state.ready_at + rollout.analysis.warmup
-            baseline = read_counters(source, rollout, state, warmed)
-        latest = read_counters(source, rollout, state, at)
+            baseline = read_counters(source, rollout, state, warmed, pods)
+        latest = read_counters(source, rollout, state, at, pods)
         evidence, judgement = sequential_analysis.judge_interval(
             rollout.analysis.sequential, state.judge, baseline, latest
         )

@@ -3,17 +3,20 @@
 Templates are plain strings with ``{{ name }}`` placeholders. Values that land
 inside label matchers are escaped, so a version like ``v1"2`` cannot break
 out of its quotes. Built-in templates cover the metrics of autocanary's own
-probe and test app, so a minimal config needs no PromQL at all.
+probe and test app, and an app's own request counter and duration histogram
+(:class:`Metrics`), so a minimal config needs no PromQL at all.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 TemplateName = Literal["error-rate", "latency", "request-rate"]
-Source = Literal["probe", "testpage"]
+Source = Literal["probe", "testpage", "app"]
+BuiltinSource = Literal["probe", "testpage"]
 
 #: Variables a query template may use, with what each holds.
 VARIABLES: Mapping[str, str] = {
@@ -24,6 +27,9 @@ VARIABLES: Mapping[str, str] = {
     "version": "the version being measured (canary, or stable for the relative comparison)",
     "canary_version": "the canary's version",
     "stable_version": "the stable's version",
+    "pods": "a regex matching the names of the measured side's pods (canary or stable), "
+    'as read from the API at this analysis: pod=~"{{ pods }}"',
+    "pod_template_hashes": "a regex matching the measured side's pod-template-hash values",
     "interval": "the analysis interval as a PromQL duration, e.g. 30s",
     "window": "how far back this analysis looks, as a PromQL duration (analysis.window, "
     "at least the time since the previous analysis); use it in range selectors: [{{ window }}]",
@@ -34,27 +40,55 @@ VARIABLES: Mapping[str, str] = {
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 
 #: Default label matchers per traffic source: the probe labels its series by
-#: target (one target per rollout, named after it); the test app's series get
-#: the namespace label from the scrape configuration.
+#: target (one target per rollout, named after it); the apps' series get the
+#: namespace label from the scrape configuration (Kubernetes service discovery).
 DEFAULT_SELECTORS: Mapping[Source, str] = {
     "probe": 'target="{{ rollout }}"',
     "testpage": 'namespace="{{ namespace }}"',
-}
-
-_METRICS: Mapping[Source, tuple[str, str, str]] = {
-    # requests counter (with any matcher it needs), duration histogram, error codes.
-    # testpage counts /healthz and /metrics too; only "/" is the application's traffic.
-    "probe": ("probe_requests_total", "probe_request_duration_seconds", "5..|error"),
-    "testpage": ('testpage_requests_total{path="/", ', "testpage_request_duration_seconds", "5.."),
+    "app": 'namespace="{{ namespace }}"',
 }
 
 
-def _requests(source: Source, matchers: str) -> str:
-    """The requests counter with ``matchers``, merged with the source's own ones."""
-    metric = _METRICS[source][0]
-    if metric.endswith(", "):
-        return f"{metric}{matchers}}}"
-    return f"{metric}{{{matchers}}}"
+@dataclass(frozen=True)
+class Metrics:
+    """A traffic source's request counter and duration histogram, and how to read them."""
+
+    requests: str  # the counter, e.g. http_requests_total
+    duration: str  # the histogram's name, without _bucket
+    status_label: str  # the counter's label holding the status code or class
+    errors: str  # regex of status_label values that are errors
+    version: str  # label matchers tying a series to the side measured (a template)
+    matchers: str = ""  # extra matchers on the counter only
+
+    def counter(self, matchers: str) -> str:
+        """The request counter with ``matchers`` (after the source's own)."""
+        own = f"{self.matchers}, " if self.matchers else ""
+        return f"{self.requests}{{{own}{matchers}}}"
+
+
+#: The probe's and the test app's metrics: testpage counts /healthz and /metrics
+#: too; only "/" is the application's traffic.
+BUILTIN_METRICS: Mapping[BuiltinSource, Metrics] = {
+    "probe": Metrics(
+        "probe_requests_total",
+        "probe_request_duration_seconds",
+        "code",
+        "5..|error",
+        'version="{{ version }}"',
+    ),
+    "testpage": Metrics(
+        "testpage_requests_total",
+        "testpage_request_duration_seconds",
+        "code",
+        "5..",
+        'version="{{ version }}"',
+        'path="/"',
+    ),
+}
+
+
+def _metrics(source: Metrics | BuiltinSource) -> Metrics:
+    return source if isinstance(source, Metrics) else BUILTIN_METRICS[source]
 
 
 def variables_in(template: str) -> set[str]:
@@ -131,50 +165,57 @@ def render(template: str, variables: Mapping[str, str]) -> str:
     return _PLACEHOLDER.sub(substitute, template)
 
 
-def builtin_query(name: TemplateName, source: Source) -> str:
-    """The PromQL template of a built-in check, over the given traffic source."""
-    _, duration, error_codes = _METRICS[source]
-    version = '{{ selector }}, version="{{ version }}"'
+def names_regex(names: Sequence[str]) -> str:
+    """A regex matching exactly these names (pod names, hashes), for ``=~"..."``."""
+    # Kubernetes names hold only [a-z0-9.-]; "." is the one regex character among them.
+    return "|".join(sorted(n.replace(".", "[.]") for n in names))
+
+
+def builtin_query(name: TemplateName, source: Metrics | BuiltinSource) -> str:
+    """The PromQL template of a built-in check, over the given traffic source's metrics."""
+    m = _metrics(source)
+    version = f"{{{{ selector }}}}, {m.version}"
     window = "[{{ window }}]"
     if name == "error-rate":
-        errors = _requests(source, f'{version}, code=~"{error_codes}"')
+        errors = m.counter(f'{version}, {m.status_label}=~"{m.errors}"')
         # `or vector(0)`: a healthy version has no error series at all, which
         # must read as 0 errors, not as missing data.
         return (
             f"(sum(increase({errors}{window})) or vector(0))"
-            f" / sum(increase({_requests(source, version)}{window}))"
+            f" / sum(increase({m.counter(version)}{window}))"
         )
     if name == "latency":
         return (
             "histogram_quantile({{ quantile }}, sum by (le) "
-            f"(rate({duration}_bucket{{{version}}}{window})))"
+            f"(rate({m.duration}_bucket{{{version}}}{window})))"
         )
-    return f"sum(rate({_requests(source, version)}{window}))"
+    return f"sum(rate({m.counter(version)}{window}))"
 
 
-def requests_series(source: Source) -> str:
+def requests_series(source: Metrics | BuiltinSource) -> str:
     """Template selecting every series of the source's request counter under the selector."""
-    return _requests(source, "{{ selector }}")
+    return _metrics(source).counter("{{ selector }}")
 
 
-def request_count_query(source: Source) -> str:
+def request_count_query(source: Metrics | BuiltinSource) -> str:
     """Template counting a version's requests over the window (for ``minRequests``)."""
-    requests = _requests(source, '{{ selector }}, version="{{ version }}"')
+    m = _metrics(source)
+    requests = m.counter(f"{{{{ selector }}}}, {m.version}")
     return f"sum(increase({requests}[{{{{ window }}}}]))"
 
 
-def counter_queries(source: Source) -> tuple[str, str, str]:
+def counter_queries(source: Metrics | BuiltinSource) -> tuple[str, str, str]:
     """Templates reading a version's raw cumulative counters per instance, for the judge.
 
     (requests, errors, histogram buckets by ``le``); raw counters, not rates,
     because the judge differences them itself and needs exact integers.
     """
-    _, duration, error_codes = _METRICS[source]
-    version = '{{ selector }}, version="{{ version }}"'
-    errors = _requests(source, f'{version}, code=~"{error_codes}"')
+    m = _metrics(source)
+    version = f"{{{{ selector }}}}, {m.version}"
+    errors = m.counter(f'{version}, {m.status_label}=~"{m.errors}"')
     # by instance and pod: two targets behind one address (an HA pair) stay two series
     return (
-        f"sum by (instance, pod) ({_requests(source, version)})",
+        f"sum by (instance, pod) ({m.counter(version)})",
         f"sum by (instance, pod) ({errors})",
-        f"sum by (instance, pod, le) ({duration}_bucket{{{version}}})",
+        f"sum by (instance, pod, le) ({m.duration}_bucket{{{version}}})",
     )

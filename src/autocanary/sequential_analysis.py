@@ -23,7 +23,14 @@ from typing import Any
 
 from autocanary import promql
 from autocanary.alert import Verdict
-from autocanary.analysis import CheckResult, IntervalVerdict, template_variables
+from autocanary.analysis import (
+    CheckResult,
+    IntervalVerdict,
+    Pods,
+    metrics_of,
+    side_variables,
+    template_variables,
+)
 from autocanary.config import RolloutConfig, SequentialAnalysisConfig
 from autocanary.judge import (
     CounterSnapshot,
@@ -71,15 +78,17 @@ class CounterQueries:
 
 
 def counter_queries(
-    rollout: RolloutConfig, version: str, canary_version: str, stable_version: str
+    rollout: RolloutConfig,
+    version: str,
+    canary_version: str,
+    stable_version: str,
+    pods: Pods | None = None,
 ) -> CounterQueries:
-    """Render the counter queries for ``version`` of ``rollout``."""
-    variables = {
-        **template_variables(rollout, canary_version, stable_version),
-        "version": version,
-        "quantile": "",
-    }
-    requests, errors, buckets = promql.counter_queries(rollout.analysis.source)
+    """Render the counter queries for ``version`` of ``rollout`` (whose pods are ``pods``)."""
+    variables = side_variables(
+        template_variables(rollout, canary_version, stable_version), version, pods or Pods()
+    )
+    requests, errors, buckets = promql.counter_queries(metrics_of(rollout))
     return CounterQueries(
         promql.render(requests, variables),
         promql.render(errors, variables),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -11,6 +12,8 @@ from builders import make_rollout
 
 from autocanary.analysis import (
     AnalysisPlan,
+    Pods,
+    PodSets,
     QueryOutcome,
     default_window,
     describe_threshold,
@@ -20,6 +23,7 @@ from autocanary.analysis import (
     plan,
     requests_series,
     template_variables,
+    uses_pods,
     window_problem,
 )
 from autocanary.config import AnalysisConfig, CheckConfig
@@ -446,3 +450,97 @@ def test_nan_is_never_a_pass() -> None:
     assert verdict.verdict == "inconclusive"
     assert verdict.checks[0].value is not None
     assert math.isnan(verdict.checks[0].value)
+
+
+# ------------------------------------------------------------------ the app source
+
+APP = {
+    "requests": "http_requests_total",
+    "statusLabel": "status",
+    "duration": "http_request_duration_seconds",
+}
+
+
+def test_the_app_source_reads_the_apps_counter_status_label_and_histogram() -> None:
+    rollout = make_rollout(
+        versionLabel="app.kubernetes.io/version",
+        analysis={
+            "source": "app",
+            "app": APP,
+            "checks": [
+                {"name": "errors", "template": "error-rate", "max": "1%"},
+                {"name": "p95", "template": "latency", "quantile": 0.95, "max": "300ms"},
+            ],
+        },
+    )
+    errors, p95 = plan(rollout, "2.0", "1.0").checks
+    series = 'namespace="shop", app_kubernetes_io_version="2.0"'
+    assert errors.canary_query == (
+        f'(sum(increase(http_requests_total{{{series}, status=~"5.."}}[30s])) or vector(0))'
+        f" / sum(increase(http_requests_total{{{series}}}[30s]))"
+    )
+    assert p95.canary_query == (
+        "histogram_quantile(0.95, sum by (le) "
+        f"(rate(http_request_duration_seconds_bucket{{{series}}}[30s])))"
+    )
+    assert requests_series(rollout) == 'http_requests_total{namespace="shop"}'
+
+
+def test_the_app_source_can_tie_series_to_each_sides_pods() -> None:
+    rollout = make_rollout(
+        analysis={
+            "source": "app",
+            "app": {**APP, "podLabel": "pod", "errorStatus": "5..|429"},
+            "checks": [
+                {"name": "errors", "template": "error-rate", "relative": {"tolerance": "20%"}}
+            ],
+        }
+    )
+    assert uses_pods(rollout)
+    pods = PodSets(
+        canary=Pods(("web-canary-7d-b", "web-canary-7d-a"), ("7d",)),
+        stable=Pods(("web-5c.x",), ("5c",)),
+    )
+    planned = plan(rollout, "2.0", "1.0", pods=pods)
+    (errors,) = planned.checks
+    assert 'pod=~"web-canary-7d-a|web-canary-7d-b", status=~"5..|429"' in errors.canary_query
+    assert errors.stable_query is not None
+    assert 'pod=~"web-5c[.]x"' in errors.stable_query
+    assert planned.canary_requests_query == (
+        'sum(increase(http_requests_total{namespace="shop", '
+        'pod=~"web-canary-7d-a|web-canary-7d-b"}[30s]))'
+    )
+    # No pods read (yet): the regex matches no series, so there is no data, never all of it.
+    assert 'pod=~""' in plan(rollout, "2.0", "1.0").canary_requests_query
+
+
+def test_custom_queries_may_use_the_pods_and_their_template_hashes() -> None:
+    query = 'sum(rate(x{pod=~"{{ pods }}", h=~"{{ pod_template_hashes }}"}[{{ window }}]))'
+    rollout = make_rollout(analysis={"checks": [{"name": "own", "query": query, "max": 1}]})
+    assert uses_pods(rollout)
+    assert not uses_pods(make_rollout())
+    pods = PodSets(canary=Pods(("a", "b"), ("h1",)))
+    (own,) = plan(rollout, "2.0", "1.0", pods=pods).checks
+    assert own.canary_query == 'sum(rate(x{pod=~"a|b", h=~"h1"}[30s]))'
+
+
+@pytest.mark.parametrize(
+    ("analysis", "message"),
+    [
+        ({"source": "app"}, "source 'app' needs 'app'"),
+        (
+            {"checks": [{"name": "e", "template": "error-rate", "source": "app", "max": 1}]},
+            "source 'app' needs 'app'",
+        ),
+        (
+            {"source": "app", "app": {**APP, "versionLabel": "v", "podLabel": "pod"}},
+            "by 'versionLabel' or by 'podLabel', not both",
+        ),
+        ({"source": "app", "app": {**APP, "errorStatus": "5(("}}, "not a regular expression"),
+        ({"source": "app", "app": {**APP, "requests": "http-requests"}}, "should match pattern"),
+        ({"source": "app", "app": {"requests": "x"}}, "duration"),
+    ],
+)
+def test_app_source_config_errors(analysis: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        make_rollout(analysis=analysis)

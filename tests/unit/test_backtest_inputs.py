@@ -141,7 +141,9 @@ def test_the_request_counter_of_each_source_under_the_rollouts_selector() -> Non
     probe = make_rollout()
     testpage = make_rollout(analysis={"source": "testpage"})
     assert preflight.requests_metric(probe) == 'probe_requests_total{target="web"}'
-    assert preflight.requests_metric(testpage) == 'testpage_requests_total{namespace="shop"}'
+    assert preflight.requests_metric(testpage) == (
+        'testpage_requests_total{path="/", namespace="shop"}'
+    )
     r = Release("v2", NOW - timedelta(hours=1), NOW, "v2", "v1")
     assert preflight.versions_query(probe, r) == (
         'count by (version) (last_over_time(probe_requests_total{target="web"}[1h]))'

@@ -40,6 +40,7 @@ def test_every_yaml_config_in_the_readme_is_valid() -> None:
         cfg.LeaderElectionConfig,
         cfg.RolloutConfig,
         cfg.AnalysisConfig,
+        cfg.AppMetricsConfig,
         cfg.CheckConfig,
         cfg.RelativeThreshold,
         cfg.SequentialAnalysisConfig,

@@ -8,20 +8,21 @@ query it ran and what to change.
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from typing import Protocol
 
-from autocanary import promql
-from autocanary.analysis import template_variables
-from autocanary.backtest.errors import NoDataError, RetentionError, UnknownVersionError
+from autocanary import analysis
+from autocanary.backtest.errors import (
+    BacktestInputError,
+    NoDataError,
+    RetentionError,
+    UnknownVersionError,
+)
 from autocanary.backtest.history import Retention
 from autocanary.backtest.report import Release
 from autocanary.config import RolloutConfig
 from autocanary.prometheus import Sample
 from autocanary.units import format_duration
-
-_METRIC = re.compile(r"increase\(([a-zA-Z_:][a-zA-Z0-9_:]*)\{")
 
 
 class History(Protocol):
@@ -40,18 +41,20 @@ class History(Protocol):
 
 def requests_metric(rollout: RolloutConfig) -> str:
     """The source's request counter under the rollout's selector, e.g. ``m{target="shop"}``."""
-    template = promql.request_count_query(rollout.analysis.source)
-    match = _METRIC.search(template)
-    if match is None:  # pragma: no cover - pinned by a unit test for every source
-        raise AssertionError(f"cannot find the request counter in {template!r}")
-    selector = template_variables(rollout, "", "")["selector"]
-    return f"{match.group(1)}{{{selector}}}"
+    return analysis.requests_series(rollout)
 
 
 def versions_query(rollout: RolloutConfig, release: Release) -> str:
     """Counts the traffic series per version over the whole window (evaluated at its end)."""
+    label = analysis.series_version_label(rollout)
+    if label is None:
+        raise BacktestInputError(
+            f"rollout {rollout.name!r} ties series to versions by analysis.app.podLabel: "
+            "which pods ran which version in the past is not kept, so it cannot be replayed; "
+            "carry the version label onto the series (podTargetLabels) to backtest it"
+        )
     window = format_duration(release.end - release.start)
-    return f"count by (version) (last_over_time({requests_metric(rollout)}[{window}]))"
+    return f"count by ({label}) (last_over_time({requests_metric(rollout)}[{window}]))"
 
 
 def _time(at: datetime) -> str:
@@ -78,7 +81,8 @@ def check_versions(history: History, rollout: RolloutConfig, release: Release) -
     :class:`UnknownVersionError` when there is none, or not for both versions."""
     query = versions_query(rollout, release)
     series = history.vector(query, release.end)
-    versions = sorted(labels.get("version", "") for labels, _ in series)
+    label = analysis.series_version_label(rollout) or "version"
+    versions = sorted(labels.get(label, "") for labels, _ in series)
     span = f"between {_time(release.start)} and {_time(release.end)}"
     if not versions:
         raise NoDataError(
