@@ -11,7 +11,6 @@ consumes on its next tick (GitOps-safe: nothing else in the spec changes);
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -23,7 +22,7 @@ from typing import Any
 from autocanary import revision
 from autocanary import state as state_codec
 from autocanary.config import Config, RolloutConfig
-from autocanary.config_loader import load_config, locate
+from autocanary.config_loader import load_config
 from autocanary.errors import AutocanaryError, ConfigError, ConfigProblem
 from autocanary.units import parse_duration
 
@@ -147,47 +146,18 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _check_queries(path: str, config: Config, url: str | None) -> list[ConfigProblem]:
-    """Run every check's queries once, with the stable's version on both sides."""
-    from autocanary import analysis
-    from autocanary.errors import PrometheusUnavailable, QueryError
+    """Run every query the daemon will run, for the versions Prometheus has now."""
     from autocanary.prometheus import PrometheusClient
+    from autocanary.query_check import check_queries
 
     prometheus_cfg = config.prometheus
     if url:
         prometheus_cfg = prometheus_cfg.model_copy(update={"url": url.rstrip("/")})
     client = PrometheusClient(prometheus_cfg)
-    problems = []
     try:
-        for i, rollout in enumerate(config.rollouts):
-            try:
-                scrape = client.scrape_interval(analysis.requests_series(rollout))
-            except PrometheusUnavailable as e:
-                return [ConfigProblem(path, None, "prometheus.url", str(e))]
-            except QueryError as e:
-                where = locate(path, ("rollouts", i, "analysis"))
-                problems.append(dataclasses.replace(where, message=str(e)))
-                scrape = None
-            problem = analysis.window_problem(rollout, scrape)
-            if problem is not None:
-                where = locate(path, ("rollouts", i, "analysis", "window"))
-                problems.append(dataclasses.replace(where, message=problem))
-            window = rollout.analysis.window or analysis.default_window(rollout.interval, scrape)
-            plan = analysis.plan(rollout, "validate", "validate", window)
-            for j, planned in enumerate(plan.checks):
-                queries = [planned.canary_query]
-                if planned.stable_query is not None:
-                    queries.append(planned.stable_query)
-                for query in queries:
-                    try:
-                        client.query_value(query)
-                    except QueryError as e:
-                        where = locate(path, ("rollouts", i, "analysis", "checks", j))
-                        problems.append(dataclasses.replace(where, message=str(e)))
-                    except PrometheusUnavailable as e:
-                        return [ConfigProblem(path, None, "prometheus.url", str(e))]
+        return check_queries(path, config, client)
     finally:
         client.close()
-    return problems
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:

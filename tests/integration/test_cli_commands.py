@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client
-from prometheus_client import CollectorRegistry, Counter, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
 from autocanary.kube import KubeClient
 from autocanary_testbed.controlplane import ControlPlane
@@ -51,15 +52,43 @@ rollouts:
 """
 
 
+@pytest.fixture
+def probe_exporter() -> Iterator[str]:
+    """A /metrics endpoint with the probe's series for rollout 'web', version v1."""
+    registry = CollectorRegistry()
+    requests = Counter(
+        "probe_requests", "probe requests", ["target", "version", "code"], registry=registry
+    )
+    requests.labels("web", "v1", "200").inc(5)
+    duration = Histogram(
+        "probe_request_duration_seconds", "latency", ["target", "version"], registry=registry
+    )
+    duration.labels("web", "v1").observe(0.01)
+    port = free_port()
+    server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
 def test_validate_checks_the_queries_on_a_real_prometheus(
-    tmp_path: Path, prometheus_factory: Any
+    tmp_path: Path, prometheus_factory: Any, probe_exporter: str
 ) -> None:
-    prometheus: PrometheusServer = prometheus_factory([])
+    prometheus: PrometheusServer = prometheus_factory([ScrapeTarget("web", probe_exporter)])
+    prometheus.wait_for_target_up("web", timeout=60)
     good = tmp_path / "good.yaml"
     good.write_text(config_text(prometheus.url, "shop", 'sum(up{job="{{ rollout }}"})'))
     bad = tmp_path / "bad.yaml"
     bad.write_text(config_text(prometheus.url, "shop", "sum(rate(up[{{ interval }}])"))
 
+    wait_until(
+        lambda: cli("validate", str(good), "--check-queries").returncode == 0,
+        timeout=60,
+        what="the probe's series in Prometheus",
+    )
     ok = cli("validate", str(good), "--check-queries")
     assert ok.returncode == 0, ok.stderr
     assert f"{good} and its queries: valid" in ok.stdout
@@ -81,45 +110,33 @@ def test_validate_checks_the_queries_on_a_real_prometheus(
 
 
 def test_validate_says_when_a_configured_window_is_too_short_for_the_scrape(
-    tmp_path: Path, prometheus_factory: Any
+    tmp_path: Path, prometheus_factory: Any, probe_exporter: str
 ) -> None:
-    registry = CollectorRegistry()
-    requests = Counter(
-        "probe_requests", "probe requests", ["target", "version", "code"], registry=registry
+    prometheus: PrometheusServer = prometheus_factory(
+        [ScrapeTarget("probe", probe_exporter)], scrape_interval="2s"
     )
-    requests.labels("web", "v1", "200").inc(5)
-    port = free_port()
-    server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
-    try:
-        prometheus: PrometheusServer = prometheus_factory(
-            [ScrapeTarget("probe", f"127.0.0.1:{port}")], scrape_interval="2s"
+    prometheus.wait_for_target_up("probe", timeout=60)
+    config = tmp_path / "short.yaml"
+    config.write_text(
+        config_text(prometheus.url, "shop", "vector(1)").replace(
+            "    analysis:\n", "    analysis:\n      window: 5s\n"
         )
-        prometheus.wait_for_target_up("probe", timeout=60)
-        config = tmp_path / "short.yaml"
-        config.write_text(
-            config_text(prometheus.url, "shop", "vector(1)").replace(
-                "    analysis:\n", "    analysis:\n      window: 5s\n"
-            )
-        )
-        wait_until(
-            lambda: "holds fewer than 4" in cli("validate", str(config), "--check-queries").stderr,
-            timeout=60,
-            what="the probe's series scraped",
-        )
-        short = cli("validate", str(config), "--check-queries")
-        assert short.returncode == 1
-        assert (
-            f"{config}:8: rollouts[0].analysis.window: analysis.window 5s holds fewer than 4 "
-            "scrapes of the rollout's series (Prometheus scrapes them every 2s)"
-        ) in short.stderr
-        assert "use at least 8s" in short.stderr
-        config.write_text(config.read_text().replace("window: 5s", "window: 8s"))
-        enough = cli("validate", str(config), "--check-queries")
-        assert "analysis.window" not in enough.stderr
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+    )
+    wait_until(
+        lambda: "holds fewer than 4" in cli("validate", str(config), "--check-queries").stderr,
+        timeout=60,
+        what="the probe's series scraped",
+    )
+    short = cli("validate", str(config), "--check-queries")
+    assert short.returncode == 1
+    assert (
+        f"{config}:8: rollouts[0].analysis.window: analysis.window 5s holds fewer than 4 "
+        "scrapes of the rollout's series (Prometheus scrapes them every 2s)"
+    ) in short.stderr
+    assert "use at least 8s" in short.stderr
+    config.write_text(config.read_text().replace("window: 5s", "window: 8s"))
+    enough = cli("validate", str(config), "--check-queries")
+    assert enough.returncode == 0, enough.stderr
 
 
 def test_release_creates_a_missing_canary_then_updates_it_keeping_its_role(

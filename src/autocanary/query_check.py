@@ -1,0 +1,192 @@
+"""``validate --check-queries``: run every query the daemon will run, on the versions present.
+
+For each rollout: the window against the scrape interval, then the versions
+(or, with ``analysis.app.podLabel``, the pods) that the rollout's request
+counter shows in Prometheus now, then every query an analysis runs (checks,
+``minRequests``, the sequential judge's counters) for each version found. A
+query Prometheus rejects, one that returns no series, or several where one
+number is expected, is a problem located at the config line it comes from.
+A selector matching nothing is reported once, at the source, since every
+query would then be empty.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Protocol
+
+from autocanary import analysis, interval, sequential_analysis
+from autocanary.config import Config, RolloutConfig
+from autocanary.config_loader import locate
+from autocanary.errors import ConfigProblem, PrometheusUnavailable, QueryError
+
+Locator = Callable[[Sequence[int | str], str], ConfigProblem]
+
+
+class Prometheus(interval.QuerySource, Protocol):
+    """What the check reads: :class:`autocanary.prometheus.PrometheusClient`."""
+
+    def scrape_interval(self, series: str) -> timedelta | None:
+        """How often ``series`` is scraped, or None without samples."""
+        ...
+
+
+def check_queries(path: str | Path, config: Config, prometheus: Prometheus) -> list[ConfigProblem]:
+    """Every problem the config's queries have against ``prometheus``, located in ``path``.
+
+    An unreachable Prometheus is a single problem at ``prometheus.url``.
+    """
+
+    def at(loc: Sequence[int | str], message: str) -> ConfigProblem:
+        return dataclasses.replace(locate(path, loc), message=message)
+
+    problems: list[ConfigProblem] = []
+    try:
+        for i, rollout in enumerate(config.rollouts):
+            problems.extend(_check_rollout(rollout, prometheus, _prefixed(at, i)))
+    except PrometheusUnavailable as e:
+        return [ConfigProblem(str(path), None, "prometheus.url", str(e))]
+    return problems
+
+
+def _prefixed(at: Locator, i: int) -> Locator:
+    return lambda loc, message: at(("rollouts", i, *loc), message)
+
+
+def _source_loc(rollout: RolloutConfig) -> tuple[str, ...]:
+    """Where the rollout's traffic series are configured."""
+    a = rollout.analysis
+    if a.selector is not None:
+        return ("analysis", "selector")
+    if a.source == "app":
+        return ("analysis", "app", "requests")
+    return ("analysis", "source")
+
+
+def _check_rollout(
+    rollout: RolloutConfig, prometheus: Prometheus, at: Locator
+) -> list[ConfigProblem]:
+    problems = []
+    series = analysis.requests_series(rollout)
+    try:
+        scrape = prometheus.scrape_interval(series)
+    except QueryError as e:
+        return [at(_source_loc(rollout), str(e))]
+    window_problem = analysis.window_problem(rollout, scrape)
+    if window_problem is not None:
+        problems.append(at(("analysis", "window"), window_problem))
+    window = rollout.analysis.window or analysis.default_window(rollout.interval, scrape)
+
+    sides = _sides(rollout, prometheus, series, at)
+    if isinstance(sides, ConfigProblem):
+        return [*problems, sides]
+    # One problem per query and kind, naming every version it concerns (the query shown
+    # is the first version's).
+    found: dict[tuple[tuple[int | str, ...], str], tuple[str, list[str]]] = {}
+    for version, pods in sides:
+        for loc, kind, message in _check_version(rollout, prometheus, version, pods, window):
+            found.setdefault((loc, kind), (message, []))[1].append(version)
+    for (loc, _), (message, versions) in found.items():
+        named = ", ".join(repr(v) for v in versions) if versions != [""] else "(the pods found)"
+        problems.append(at(loc, message.replace("{versions}", named)))
+    return problems
+
+
+def _sides(
+    rollout: RolloutConfig, prometheus: Prometheus, series: str, at: Locator
+) -> list[tuple[str, analysis.Pods]] | ConfigProblem:
+    """The versions (each with no pods), or the pods (as one side), present in Prometheus."""
+    label = analysis.series_version_label(rollout)
+    app = rollout.analysis.app
+    by = label if label is not None else (app.pod_label if app is not None else None)
+    assert by is not None  # without a version label, the app source names a pod label
+    query = f"count by ({by}) ({series})"
+    values = sorted({labels.get(by, "") for labels, _ in prometheus.query_vector(query)})
+    if not values:
+        return at(
+            _source_loc(rollout),
+            f"no series of {series} in Prometheus: check the metric name and the selector "
+            f"(query {query} returned nothing)",
+        )
+    if "" in values:
+        where: tuple[str, ...] = (
+            "analysis",
+            "app",
+            "podLabel" if label is None else "versionLabel",
+        )
+        if label is not None and (app is None or app.version_label is None):
+            where = ("versionLabel",)
+        labels_seen = sorted(
+            {k for labels, _ in prometheus.query_vector(f"topk(1, {series})") for k in labels}
+        )
+        return at(
+            where,
+            f"series of {series} have no label {by!r}, so they cannot be told apart by "
+            f"version (labels there: {', '.join(labels_seen)})",
+        )
+    if label is None:
+        return [("", analysis.Pods(tuple(values)))]
+    return [(v, analysis.Pods()) for v in values]
+
+
+def _check_version(
+    rollout: RolloutConfig,
+    prometheus: Prometheus,
+    version: str,
+    pods: analysis.Pods,
+    window: timedelta,
+) -> list[tuple[tuple[int | str, ...], str, str]]:
+    """(location, kind, message) of each query failing for ``version``; {versions} in messages.
+
+    The kind (what the query is for and how it failed) is the same for every version.
+    """
+    sides = analysis.PodSets(canary=pods, stable=pods)
+    plan = analysis.plan(rollout, version, version, window, sides)
+    locations: dict[str, tuple[int | str, ...]] = {
+        plan.canary_requests_query: ("analysis", "minRequests")
+    }
+    for j, planned in enumerate(plan.checks):
+        locations.setdefault(planned.canary_query, ("analysis", "checks", j))
+        if planned.stable_query is not None:
+            locations.setdefault(planned.stable_query, ("analysis", "checks", j))
+    problems = []
+    for query, purpose in interval.plan_queries(plan).items():
+        what = purpose.removesuffix(" (canary)")  # one version on both sides here
+        try:
+            value = prometheus.query_value(query)
+        except QueryError as e:
+            problems.append(
+                (locations[query], f"{what}: error", f"{what}, version {{versions}}: {e}")
+            )
+            continue
+        if value is None:
+            problems.append(
+                (
+                    locations[query],
+                    f"{what}: none",
+                    f"{what} returned no series for version {{versions}}: {query}",
+                )
+            )
+    if rollout.analysis.sequential is not None:
+        queries = sequential_analysis.counter_queries(rollout, version, version, version, pods)
+        for what, query in (("requests", queries.requests), ("buckets", queries.buckets)):
+            try:
+                samples = prometheus.query_vector(query)
+            except QueryError as e:
+                problems.append(
+                    (("analysis", "sequential"), f"{what}: error", f"judge's {what}: {e}")
+                )
+                continue
+            if not samples:
+                problems.append(
+                    (
+                        ("analysis", "sequential"),
+                        f"{what}: none",
+                        f"the sequential judge's {what} counters returned no series for "
+                        f"version {{versions}}: {query}",
+                    )
+                )
+    return problems
