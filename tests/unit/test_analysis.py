@@ -529,7 +529,7 @@ def test_custom_queries_may_use_the_pods_and_their_template_hashes() -> None:
     [
         ({"source": "app"}, "source 'app' needs 'app'"),
         (
-            {"checks": [{"name": "e", "template": "error-rate", "source": "app", "max": 1}]},
+            {"checks": [{"name": "e", "template": "error-rate", "source": "app", "max": "1%"}]},
             "source 'app' needs 'app'",
         ),
         (
