@@ -321,6 +321,7 @@ class PodRunner:
             with self._lock:
                 self._procs.pop(uid, None)
             code = proc.process.returncode
+            proc.process.stop()  # reaps it (it has exited)
             before = self._crashes.get(uid)
             restarts = before.restarts + 1 if before is not None else 1
             backoff = min(_BACKOFF_FIRST_S * 2 ** (restarts - 1), _BACKOFF_MAX_S)
