@@ -1,11 +1,18 @@
-"""The ``autocanary`` command line.
+"""The ``autocanary`` command line (also ``kubectl autocanary``, as a kubectl plugin).
 
 ``run`` starts the daemon; ``validate`` and ``schema`` help write configs;
 ``status`` shows every rollout; ``release`` ships a new image to the canary;
 ``promote|abort|retry|pause|resume`` set the command annotation the daemon
 consumes on its next tick (GitOps-safe: nothing else in the spec changes);
 ``testpage`` and ``probe`` run the rehearsal app and the load probe;
-``backtest`` replays a rollout's analysis over past Prometheus data.
+``backtest`` replays a rollout's analysis over past Prometheus data;
+``completion`` prints a shell completion script.
+
+Cluster commands follow kubectl's conventions: ``--kubeconfig``,
+``--context``, ``-n/--namespace``; without ``-c`` they read the daemon's own
+config from its ConfigMap in the cluster. Every failure is one line (or one
+line per config problem) on stderr and a non-zero exit status: 1 for errors,
+2 for bad arguments, 130 on Ctrl-C; never a traceback.
 """
 
 from __future__ import annotations
@@ -16,35 +23,87 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from autocanary import revision
 from autocanary import state as state_codec
 from autocanary.config import Config, RolloutConfig
-from autocanary.config_loader import load_config
+from autocanary.config_loader import load_config, parse_config
 from autocanary.errors import AutocanaryError, ConfigError, ConfigProblem
 from autocanary.units import parse_duration
 
-DEFAULT_CONFIG = os.environ.get("AUTOCANARY_CONFIG", "autocanary.yaml")
+#: The config file when -c is not given: $AUTOCANARY_CONFIG, else this file if it exists.
+LOCAL_CONFIG = "autocanary.yaml"
+#: Where the CLI looks for the daemon's config when there is no local file.
+DAEMON_NAMESPACE = "autocanary"
 _PASSTHROUGH = {"testpage": "autocanary.testpage", "probe": "autocanary.probe"}
+#: Exit status for a bug: an exception no code path expected (sysexits' EX_SOFTWARE).
+EXIT_BUG = 70
 
 
-def _parser() -> argparse.ArgumentParser:
+def version() -> str:
+    """The installed autocanary's version."""
+    try:
+        return metadata.version("autocanary")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _duration_argument(value: str) -> float:
+    """An argparse type: a duration like 2s or 500ms, in seconds, at least 100ms."""
+    try:
+        seconds = parse_duration(value).total_seconds()
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if seconds < 0.1:
+        raise argparse.ArgumentTypeError(f"expected at least 100ms, got {value!r}")
+    return seconds
+
+
+def _parser(prog: str = "autocanary") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="autocanary",
+        prog=prog,
         description="Metrics-driven canary releases for Kubernetes Deployments.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    def with_cluster(
+        p: argparse.ArgumentParser, *, config_file: bool = True
+    ) -> argparse.ArgumentParser:
+        if config_file:
+            p.add_argument(
+                "-c",
+                "--config",
+                help="config file (env AUTOCANARY_CONFIG; default ./autocanary.yaml if it "
+                "exists, else the daemon's ConfigMap in the cluster)",
+            )
+            p.add_argument(
+                "--daemon-namespace",
+                default=os.environ.get("AUTOCANARY_NAMESPACE", DAEMON_NAMESPACE),
+                help="namespace of the daemon whose config is read when there is no config "
+                "file (env AUTOCANARY_NAMESPACE; default autocanary)",
+            )
         p.add_argument(
-            "-c", "--config", default=DEFAULT_CONFIG, help="config file (env AUTOCANARY_CONFIG)"
+            "--kubeconfig",
+            help="kubeconfig file (default: in a pod, its ServiceAccount; "
+            "else $KUBECONFIG or ~/.kube/config)",
         )
-        p.add_argument("--kubeconfig", help="kubeconfig file; default in-cluster or ~/.kube/config")
+        p.add_argument("--context", help="kubeconfig context to use (default: its current one)")
         return p
 
-    run = with_config(sub.add_parser("run", help="run the daemon"))
+    def with_namespace(p: argparse.ArgumentParser) -> None:
+        p.add_argument("-n", "--namespace", help="only rollouts in this namespace (as kubectl -n)")
+
+    run = with_cluster(sub.add_parser("run", help="run the daemon"), config_file=False)
+    run.add_argument(
+        "-c",
+        "--config",
+        default=os.environ.get("AUTOCANARY_CONFIG", LOCAL_CONFIG),
+        help="config file (env AUTOCANARY_CONFIG)",
+    )
     run.add_argument("--identity", help="name in Leases and Events (default: pod name or host-pid)")
 
     validate = sub.add_parser("validate", help="check a config file; exit 1 listing every problem")
@@ -58,13 +117,27 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("schema", help="print the config's JSON Schema")
 
-    status = with_config(sub.add_parser("status", help="show the rollouts"))
+    status = with_cluster(sub.add_parser("status", help="show the rollouts"))
+    with_namespace(status)
     status.add_argument("rollout", nargs="?", help="only this rollout")
-    status.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
-    status.add_argument("--every", default="2s", help="refresh period with --watch")
-    status.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    status.add_argument("-w", "--watch", action="store_true", help="refresh until Ctrl-C")
+    status.add_argument(
+        "--every",
+        type=_duration_argument,
+        default=2.0,
+        metavar="DURATION",
+        help="refresh period with --watch (default 2s)",
+    )
+    status.add_argument(
+        "-o",
+        "--output",
+        choices=["table", "json"],
+        default="table",
+        help="json: an array; with --watch one JSON object per rollout per line (NDJSON)",
+    )
 
-    release = with_config(sub.add_parser("release", help="ship an image to the canary"))
+    release = with_cluster(sub.add_parser("release", help="ship an image to the canary"))
+    with_namespace(release)
     release.add_argument("rollout")
     release.add_argument("--image", required=True)
     release.add_argument("--container", help="container to change (default: the first)")
@@ -84,36 +157,60 @@ def _parser() -> argparse.ArgumentParser:
         ("pause", "stop advancing; keep the current split"),
         ("resume", "continue a paused release"),
     ):
-        manual = with_config(sub.add_parser(command, help=text))
+        manual = with_cluster(sub.add_parser(command, help=text))
+        with_namespace(manual)
         manual.add_argument("rollout")
 
     _backtest_arguments(sub.add_parser("backtest", help="replay a rollout's analysis over history"))
+    completion = sub.add_parser("completion", help="print a shell completion script")
+    completion.add_argument("shell", choices=["bash", "zsh"])
     for name in _PASSTHROUGH:
         sub.add_parser(name, help=f"run the {name} (see autocanary {name} --help)", add_help=False)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str = "autocanary") -> int:
     """Entry point of the ``autocanary`` console script."""
     args_list = list(sys.argv[1:] if argv is None else argv)
-    if args_list and args_list[0] in _PASSTHROUGH:
-        import importlib
-
-        module = importlib.import_module(_PASSTHROUGH[args_list[0]])
-        code: int = module.main(args_list[1:])
-        return code
-    args = _parser().parse_args(args_list)
     try:
+        if args_list and args_list[0] in _PASSTHROUGH:
+            import importlib
+
+            module = importlib.import_module(_PASSTHROUGH[args_list[0]])
+            code: int = module.main(args_list[1:])
+            return code
+        args = _parser(prog).parse_args(args_list)
+        args.prog = prog
         return int(_COMMANDS[args.command](args))
     except ConfigError as e:
         for problem in e.problems:
             print(problem, file=sys.stderr)
         return 1
     except AutocanaryError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(str(e))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`status -o json | head`): nothing left to say.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except Exception as e:  # noqa: BLE001 -- the last line of defence: a bug, said in one line
+        print(
+            f"error: unexpected {type(e).__name__}: {_one_line(str(e))} "
+            "(a bug in autocanary; please report it with the command that caused it)",
+            file=sys.stderr,
+        )
+        return EXIT_BUG
+
+
+def kubectl_main() -> int:
+    """Entry point of ``kubectl-autocanary``: kubectl runs it for ``kubectl autocanary ...``."""
+    return main(prog="kubectl autocanary")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 # ---- commands ------------------------------------------------------------------------------
@@ -127,7 +224,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     logs.configure(config.daemon.log_level, config.daemon.log_format)
     identity = args.identity or default_identity()
-    kube = KubeClient(load_api_client(args.kubeconfig), identity=identity)
+    kube = KubeClient(load_api_client(args.kubeconfig, args.context), identity=identity)
     return Daemon(Path(args.config), config, kube, identity=identity).run()
 
 
@@ -171,20 +268,50 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 def _kube(args: argparse.Namespace) -> Any:
     from autocanary.kube import KubeClient, load_api_client
 
-    return KubeClient(load_api_client(args.kubeconfig), identity="autocanary-cli")
+    return KubeClient(load_api_client(args.kubeconfig, args.context), identity="autocanary-cli")
 
 
-def _rollout(args: argparse.Namespace) -> tuple[Config, RolloutConfig]:
-    config = load_config(args.config)
-    try:
-        return config, config.rollout(args.rollout)
-    except KeyError as e:
-        raise AutocanaryError(str(e.args[0])) from None
+def _cluster_config(args: argparse.Namespace) -> tuple[Config, Any]:
+    """The config (a local file, else the daemon's ConfigMap) and a client for the cluster.
+
+    A local file is read first, so its problems show without a cluster.
+    """
+    path = args.config or os.environ.get("AUTOCANARY_CONFIG")
+    if not path and Path(LOCAL_CONFIG).is_file():
+        path = LOCAL_CONFIG
+    if path:
+        config = load_config(path)
+        return config, _kube(args)
+    kube = _kube(args)
+    text, source = kube.daemon_config(args.daemon_namespace)
+    return parse_config(text, source), kube
+
+
+def _selected(config: Config, args: argparse.Namespace) -> list[RolloutConfig]:
+    """The rollouts a command applies to: ``args.rollout`` if given, within ``--namespace``."""
+    rollouts = [r for r in config.rollouts if not args.namespace or r.namespace == args.namespace]
+    scope = f" in namespace {args.namespace}" if args.namespace else ""
+    if getattr(args, "rollout", None):
+        named = [r for r in rollouts if r.name == args.rollout]
+        if not named:
+            known = ", ".join(r.name for r in rollouts) or "none"
+            raise AutocanaryError(
+                f"no rollout {args.rollout!r}{scope} in the config; known: {known}"
+            )
+        return named
+    if not rollouts:
+        raise AutocanaryError(f"no rollouts{scope} in the config")
+    return rollouts
+
+
+def _rollout(args: argparse.Namespace) -> tuple[RolloutConfig, Any]:
+    config, kube = _cluster_config(args)
+    return _selected(config, args)[0], kube
 
 
 def _cmd_manual(args: argparse.Namespace) -> int:
-    _, rollout = _rollout(args)
-    _kube(args).set_command(rollout.namespace, rollout.canary_name, args.command)
+    rollout, kube = _rollout(args)
+    kube.set_command(rollout.namespace, rollout.canary_name, args.command)
     print(
         f"{args.command} requested for rollout {rollout.name} "
         f"({rollout.namespace}/{rollout.canary_name}); the daemon acts on its next tick"
@@ -195,8 +322,8 @@ def _cmd_manual(args: argparse.Namespace) -> int:
 def _cmd_release(args: argparse.Namespace) -> int:
     from autocanary.errors import ResourceNotFound
 
-    _, rollout = _rollout(args)
-    kube = _kube(args)
+    env = _parse_env(args.env)
+    rollout, kube = _rollout(args)
     stable = kube.read_deployment(rollout.namespace, rollout.stable)
     template = release_template(
         stable.template,
@@ -204,7 +331,7 @@ def _cmd_release(args: argparse.Namespace) -> int:
         container=args.container,
         version_label=rollout.version_label,
         version=args.version_value,
-        env=_parse_env(args.env),
+        env=env,
     )
     try:
         canary = kube.read_deployment(rollout.namespace, rollout.canary_name)
@@ -303,21 +430,23 @@ def canary_deployment(
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
-    rollouts = [config.rollout(args.rollout)] if args.rollout else config.rollouts
-    kube = _kube(args)
-    every = parse_duration(args.every).total_seconds()
+    config, kube = _cluster_config(args)
+    rollouts = _selected(config, args)
     while True:
         rows = [rollout_status(kube, r) for r in rollouts]
-        if args.output == "json":
+        if args.output == "json" and args.watch:
+            for row in rows:  # NDJSON: a consumer reads one object per line as it comes
+                print(json.dumps(row, default=str), flush=True)
+        elif args.output == "json":
             print(json.dumps(rows, indent=2, default=str))
         else:
             if args.watch:
                 print("\033[2J\033[H", end="")
-            print(format_status(rows))
+            print(format_status(rows), flush=True)
         if not args.watch:
-            return 0
-        time.sleep(every)
+            # A rollout that could not be read is an error, for scripts as for people.
+            return 1 if any(row["phase"] == "error" for row in rows) else 0
+        time.sleep(args.every)
 
 
 def rollout_status(kube: Any, rollout: RolloutConfig) -> dict[str, Any]:
@@ -343,13 +472,13 @@ def rollout_status(kube: Any, rollout: RolloutConfig) -> dict[str, Any]:
         revision=st.revision,
         failures=st.failures,
         inconclusive=st.inconclusive,
-        last_verdict=(
+        lastVerdict=(
             {"at": last.at.isoformat(), "verdict": last.verdict, "checks": last.checks}
             if last
             else None
         ),
         message=st.message,
-        command_pending=canary.annotations.get(state_codec.COMMAND_ANNOTATION),
+        commandPending=canary.annotations.get(state_codec.COMMAND_ANNOTATION),
     )
     return row
 
@@ -377,7 +506,7 @@ def format_status(rows: Sequence[dict[str, Any]]) -> str:
                 row["message"],
             )
         )
-        verdict = row.get("last_verdict")
+        verdict = row.get("lastVerdict")
         if verdict:
             details[i + 1] = [
                 f"    {name}: {c['verdict']} value={_fmt(c.get('value'))} "
@@ -404,7 +533,12 @@ def _backtest_arguments(p: argparse.ArgumentParser) -> None:
         "decisions; pods Ready at once) and prints the timeline and decision. See the "
         "README, 'Tuning thresholds with backtest'."
     )
-    p.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="config file")
+    p.add_argument(
+        "-c",
+        "--config",
+        default=os.environ.get("AUTOCANARY_CONFIG", LOCAL_CONFIG),
+        help="config file",
+    )
     p.add_argument("--rollout", help="rollout to replay (default: the only one)")
     p.add_argument("--from", dest="start", metavar="T1", help="release start: ISO 8601, now-2h")
     p.add_argument("--to", dest="end", metavar="T2", help="window end (no tick after it)")
@@ -437,7 +571,73 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
     return command.run(args)
 
 
+def _cmd_completion(args: argparse.Namespace) -> int:
+    print(completion_script(args.shell, _parser(args.prog)))
+    return 0
+
+
+def completion_script(shell: str, parser: argparse.ArgumentParser) -> str:
+    """A bash (or zsh, through bashcompinit) completion script for ``parser``'s commands.
+
+    Completes command names, each command's options, the choices of options
+    that have them, and files after ``-c``/``--kubeconfig``.
+    """
+    commands: dict[str, list[str]] = {}
+    choices: dict[str, list[str]] = {}
+    for action in parser._subparsers._group_actions if parser._subparsers else []:
+        for name, sub in (getattr(action, "choices", None) or {}).items():
+            options: list[str] = []
+            for sub_action in sub._actions:
+                options.extend(o for o in sub_action.option_strings if o.startswith("--"))
+                if sub_action.choices:
+                    # Keyed by command and the word before: an option's values, or a
+                    # positional's right after the command (completion's shells).
+                    for before in sub_action.option_strings or [name]:
+                        choices[f"{name}:{before}"] = [str(c) for c in sub_action.choices]
+            commands[name] = sorted(set(options))
+    cases = "\n".join(
+        f'        {name}) opts="{" ".join(options)}" ;;'
+        for name, options in sorted(commands.items())
+    )
+    choice_cases = "\n".join(
+        f'        {option}) COMPREPLY=($(compgen -W "{" ".join(values)}" -- "$cur")); return ;;'
+        for option, values in sorted(choices.items())
+    )
+    script = f"""# autocanary {shell} completion: source it, e.g.
+#   source <(autocanary completion {shell})
+_autocanary() {{
+    local cur=${{COMP_WORDS[COMP_CWORD]}} prev=${{COMP_WORDS[COMP_CWORD-1]}} cmd="" opts="" i
+    for ((i = 1; i < COMP_CWORD; i++)); do
+        case ${{COMP_WORDS[i]}} in
+            -*) ;;
+            autocanary) ;;
+            *) cmd=${{COMP_WORDS[i]}}; break ;;
+        esac
+    done
+    case $prev in
+        -c|--config|--kubeconfig|--releases|--plot) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+    esac
+    case $cmd:$prev in
+{choice_cases}
+    esac
+    if [ -z "$cmd" ]; then
+        COMPREPLY=($(compgen -W "{" ".join(sorted(commands))} --version --help" -- "$cur"))
+        return
+    fi
+    case $cmd in
+{cases}
+    esac
+    COMPREPLY=($(compgen -W "$opts --help" -- "$cur"))
+}}
+complete -F _autocanary autocanary kubectl-autocanary
+"""
+    if shell == "zsh":
+        script = "autoload -U +X bashcompinit && bashcompinit\n" + script
+    return script
+
+
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "completion": _cmd_completion,
     "backtest": _cmd_backtest,
     "run": _cmd_run,
     "validate": _cmd_validate,

@@ -30,7 +30,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from autocanary.config import Config, RolloutConfig
 from autocanary.config_loader import load_config
 from autocanary.engine import RolloutEngine
-from autocanary.errors import AutocanaryError, ConfigError
+from autocanary.errors import AutocanaryError, ConfigError, StartupError
 from autocanary.kube import KubeClient
 from autocanary.leader import LeaderElector
 from autocanary.metrics import DaemonMetrics
@@ -290,7 +290,12 @@ class Daemon:
     def _start_http(self) -> None:
         host, _, port = self.config.daemon.listen.rpartition(":")
         handler = _handler_for(self)
-        self._http = ThreadingHTTPServer((host or "0.0.0.0", int(port)), handler)  # noqa: S104
+        try:
+            self._http = ThreadingHTTPServer((host or "0.0.0.0", int(port)), handler)  # noqa: S104
+        except OSError as e:  # taken, not an address of this host, or a privileged port
+            raise StartupError(
+                f"cannot listen on {self.config.daemon.listen} (daemon.listen): {e.strerror or e}"
+            ) from e
         self._http.daemon_threads = True
         threading.Thread(target=self._http.serve_forever, name="http", daemon=True).start()
 

@@ -6,6 +6,8 @@ the boundary (``raise ... from e``) so the engine reacts on the type alone::
 
     AutocanaryError
     ├── ConfigError                 bad configuration; carries every problem found
+    ├── KubeconfigError             no usable kubeconfig (missing, malformed, unknown context)
+    ├── StartupError                the daemon cannot start (e.g. its port is taken)
     ├── TransientError              worth retrying next tick (network, 5xx, 429, timeouts)
     │   ├── KubernetesUnavailable
     │   ├── PrometheusUnavailable
@@ -49,6 +51,14 @@ class ConfigError(AutocanaryError):
     def __init__(self, problems: list[ConfigProblem]) -> None:
         self.problems = problems
         super().__init__("\n".join(str(p) for p in problems))
+
+
+class KubeconfigError(AutocanaryError):
+    """No usable way to reach the cluster: a missing or malformed kubeconfig, an unknown context."""
+
+
+class StartupError(AutocanaryError):
+    """The daemon cannot start serving, e.g. its listen address is taken."""
 
 
 class TransientError(AutocanaryError):

@@ -9,18 +9,22 @@ error types (see :mod:`autocanary.errors`), chained with ``from``.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import urllib3
+import yaml
 from kubernetes import client, config
 from kubernetes.client import ApiException
 
 from autocanary.errors import (
     InvalidResource,
+    KubeconfigError,
     KubernetesForbidden,
     KubernetesUnavailable,
     ResourceNotFound,
@@ -134,26 +138,85 @@ def _calling(what: str) -> Iterator[None]:
         yield
     except ApiException as e:
         raise _translate(e, what) from e
+    except urllib3.exceptions.MaxRetryError as e:
+        # The pool's wrapper names the URL and "max retries"; the reason is what matters.
+        reason = str(e.reason).rpartition("connection: ")[2] or str(e.reason)
+        raise KubernetesUnavailable(
+            f"{what}: cannot reach the API server at {e.pool.scheme}://{e.pool.host}:"
+            f"{e.pool.port}: {reason}"
+        ) from e
     except (urllib3.exceptions.HTTPError, OSError) as e:
         raise KubernetesUnavailable(f"{what}: cannot reach the API server: {e}") from e
 
 
-def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
-    """An ApiClient from a kubeconfig file, else in-cluster config, else ``~/.kube/config``."""
-    loaded: client.ApiClient
-    if kubeconfig:
-        loaded = config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
-    else:
+def load_api_client(kubeconfig: str | None = None, context: str | None = None) -> client.ApiClient:
+    """An ApiClient from a kubeconfig file, else in-cluster config, else ``$KUBECONFIG``.
+
+    ``context`` picks a kubeconfig context (as ``kubectl --context``). A
+    missing, unreadable or malformed kubeconfig, or an unknown context, is a
+    :class:`KubeconfigError` saying which file and what to do.
+    """
+    loaded: client.ApiClient | None = None
+    if not kubeconfig and not context:
         try:
             config.load_incluster_config()  # type: ignore[no-untyped-call]
             loaded = client.ApiClient()
         except config.ConfigException:
-            loaded = config.new_client_from_config()  # type: ignore[no-untyped-call]
+            pass  # not in a pod: the kubeconfig, as kubectl does
+    if loaded is None:
+        loaded = _client_from_kubeconfig(kubeconfig, context)
     # urllib3 would otherwise retry 3 times, making every call to a hung API server
     # cost 4x its timeout; a failed call is retried by the next tick instead. The
     # REST client is already built, so its pool manager's default is the one to set.
     loaded.rest_client.pool_manager.connection_pool_kw["retries"] = 0
     return loaded
+
+
+def _client_from_kubeconfig(kubeconfig: str | None, context: str | None) -> client.ApiClient:
+    files = kubeconfig or os.environ.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")
+    # KUBECONFIG may list several files; the first one that exists is used, as by kubectl.
+    paths = [p for p in files.split(os.pathsep) if p]
+    existing = [p for p in paths if Path(p).is_file()]
+    if not existing:
+        where = (
+            "--kubeconfig" if kubeconfig else ("KUBECONFIG" if "KUBECONFIG" in os.environ else "")
+        )
+        named = f" ({where})" if where else ""
+        raise KubeconfigError(
+            f"no kubeconfig: {', '.join(paths)}{named} does not exist and this is not a pod "
+            "in a cluster; pass --kubeconfig FILE or set KUBECONFIG"
+        )
+    path = existing[0]
+    try:
+        loaded: client.ApiClient = config.new_client_from_config(  # type: ignore[no-untyped-call]
+            config_file=path, context=context
+        )
+    except config.ConfigException as e:
+        if context and "contexts list" in str(e):
+            raise KubeconfigError(f"kubeconfig {path} has no context {context!r}") from e
+        raise KubeconfigError(f"kubeconfig {path}: {_one_line(str(e))}") from e
+    except yaml.YAMLError as e:
+        raise KubeconfigError(f"kubeconfig {path} is not valid YAML: {_one_line(str(e))}") from e
+    except OSError as e:
+        raise KubeconfigError(f"kubeconfig {path}: {e.strerror}: {e.filename}") from e
+    except (TypeError, AttributeError, KeyError, ValueError) as e:
+        # The client library walks the file's structure without checking it.
+        raise KubeconfigError(
+            f"kubeconfig {path} is malformed ({type(e).__name__}: {_one_line(str(e))}); "
+            "check it with 'kubectl config view'"
+        ) from e
+    return loaded
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+#: Label on the canary Deployment mirroring its rollout's phase, for
+#: ``kubectl get deploy -L autocanary.io/phase``.
+PHASE_LABEL = "autocanary.io/phase"
+#: Labels of the daemon's Deployment, by which the CLI finds its config.
+DAEMON_SELECTOR = "app.kubernetes.io/name=autocanary,app.kubernetes.io/component=daemon"
 
 
 class KubeClient:
@@ -242,11 +305,14 @@ class KubeClient:
         if consume_command:
             annotations[COMMAND_ANNOTATION] = None
         current = deployment
+        phase = json.loads(state_json).get("phase")
         for _ in range(_STATUS_RETRIES):
             patch: JSON = {
                 "metadata": {
                     "resourceVersion": current.resource_version,
                     "annotations": annotations,
+                    # Mirrored for kubectl users; the annotation stays the truth.
+                    "labels": {PHASE_LABEL: phase if isinstance(phase, str) else None},
                 }
             }
             if replicas is not None:
@@ -283,6 +349,45 @@ class KubeClient:
             field_manager=FIELD_MANAGER,
         )
         return DeploymentRecord.from_json(obj)
+
+    def daemon_config(self, namespace: str) -> tuple[str, str]:
+        """The config the daemon in ``namespace`` runs: (YAML text, where it was found).
+
+        The daemon's Deployment (labels :data:`DAEMON_SELECTOR`) names the
+        ConfigMap it mounts; that one is read, so an older generated ConfigMap
+        left behind by kustomize is never taken for the live one.
+        """
+        what = f"find the autocanary daemon in namespace {namespace}"
+        listed = self._json(
+            what,
+            self._apps.list_namespaced_deployment,
+            namespace,
+            label_selector=DAEMON_SELECTOR,
+        )
+        names = [
+            volume["configMap"]["name"]
+            for item in listed.get("items") or []
+            for volume in (
+                item.get("spec", {}).get("template", {}).get("spec", {}).get("volumes") or []
+            )
+            if (volume.get("configMap") or {}).get("name")
+        ]
+        if not names:
+            raise ResourceNotFound(
+                f"{what}: no Deployment labelled {DAEMON_SELECTOR} mounting a ConfigMap there; "
+                "pass -c CONFIG, or --daemon-namespace where the daemon runs"
+            )
+        config_map = self._json(
+            f"read ConfigMap {namespace}/{names[0]}",
+            self._core.read_namespaced_config_map,
+            names[0],
+            namespace,
+        )
+        data = config_map.get("data") or {}
+        key = "config.yaml" if "config.yaml" in data else next(iter(data), None)
+        if key is None:
+            raise InvalidResource(f"ConfigMap {namespace}/{names[0]} holds no config")
+        return str(data[key]), f"configmap/{names[0]} ({namespace}) {key}"
 
     # ---- Events ----------------------------------------------------------------------------
 

@@ -183,4 +183,4 @@ def test_release_creates_a_missing_canary_then_updates_it_keeping_its_role(
 
     unknown = cli("release", "nope", "--image", "x:1", *common)
     assert unknown.returncode == 1
-    assert "no rollout 'nope' in the config; known: ['web']" in unknown.stderr
+    assert "error: no rollout 'nope' in the config; known: web" in unknown.stderr
