@@ -1035,7 +1035,9 @@ class RolloutConfig(Model):
                 "set 'canary'"
             )
         holds = [step.hold for step in self.steps]
-        if max(holds) > timedelta(0) and self.analysis.warmup > max(holds):
+        # Only a warm-up the user wrote: the default is sized for the default holds.
+        written = "warmup" in self.analysis.model_fields_set
+        if written and max(holds) > timedelta(0) and self.analysis.warmup > max(holds):
             raise ValueError(
                 f"analysis.warmup ({format_duration(self.analysis.warmup)}) is longer than "
                 f"every step's hold (longest {format_duration(max(holds))}): no step would "
