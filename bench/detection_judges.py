@@ -2,13 +2,21 @@
 
 - ``sequential``: autocanary's own judge, the very code the daemon runs
   (``counts.counter_increase``/``metric_table``, ``sequential.advance``/
-  ``critical_guard``/``decide``); the benchmark only batches the runs.
-- ``flagger``: Flagger's built-in checks every minute (request success rate
-  >= 99% and p99 <= 500 ms over the last minute); ``threshold`` failed checks
-  roll back, ``iterations`` passed checks promote.
-- ``argo``: an Argo Rollouts AnalysisRun measuring every minute over a
-  5-minute window (success >= 99%, p99 <= 500 ms), failing when failures
-  exceed ``failureLimit`` and succeeding after ``count`` measurements.
+  ``critical_guard``/``decide``); the benchmark only batches the runs. Scrape
+  gaps go through the daemon's rules (an absent version keeps its remembered
+  counters; an absent error series skips the version's poll once it had errors).
+- ``sprt``: Wald's SPRT of the true odds ratio against psi0 on the errors (or
+  the most harmful latency pair), knowing the truth: the optimal test for that
+  one alternative, at the plain alpha and beta, run on the same counters.
+- ``flagger-cal``: Flagger's built-in checks every minute (request success
+  rate and p99 over the last minute); ``threshold`` failed checks roll back,
+  ``iterations`` passed checks promote; both limits calibrated per traffic
+  rate so that identical releases are rolled back at the judge's alpha.
+- ``argo-doc``: Argo Rollouts' documented background-analysis example verbatim:
+  success rate from ``irate`` (the last poll's requests) every 5 minutes,
+  ``successCondition: result[0] >= 0.95``, ``failureLimit: 3``; the rollout's
+  steps (4 x 10 minutes) promote at minute 40. ``argo-cal``: the same with
+  its threshold calibrated like Flagger's.
 - ``kayenta``: Kayenta's NetflixACAJudge in spirit: per-minute error rate and
   p99 of canary and stable, a Mann-Whitney classification at 98% confidence
   (High when the Hodges-Lehmann interval's lower end exceeds a quarter of the
@@ -23,16 +31,20 @@ decision time in minutes.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import NDArray
 from scipy.special import ndtri
+from scipy.stats import nchypergeom_fisher
 
 from autocanary.judge import counts, sequential
 from autocanary.judge.sequential import SequentialConfig
 from detection_sim import BUCKETS, FloatArray, IntArray, Traffic
 
 UNDECIDED, ROLLBACK, PROMOTE = 0, sequential.ROLLBACK, sequential.PROMOTE
+BoolArray = NDArray[np.bool_]
 
 
 @dataclass
@@ -41,6 +53,20 @@ class Outcome:
 
     verdict: IntArray
     minutes: FloatArray
+
+
+def _read(
+    previous: IntArray, current: IntArray, absent: BoolArray, errors_absent: BoolArray
+) -> tuple[IntArray, IntArray]:
+    """One poll of both versions through the daemon's rules: (increase, counters to remember)."""
+    skip = absent | (errors_absent & (previous[..., counts.ERRORS] > 0))
+    read = current.copy()
+    # an error series not seen with errors yet reads as 0 (the probe creates it lazily)
+    read[..., counts.ERRORS] = np.where(errors_absent, 0, current[..., counts.ERRORS])
+    increase = counts.counter_increase(previous, read)
+    increase = np.where(skip[..., None], 0, increase)
+    remembered = np.where(skip[..., None], previous, np.maximum(previous, read))
+    return increase, remembered
 
 
 def run_sequential(
@@ -64,9 +90,12 @@ def run_sequential(
     previous = np.zeros_like(traffic.ticks[:, 0])
     polls = 0
     for tick in range(ticks):
-        current = traffic.ticks[:, tick]
-        increase = counts.counter_increase(previous, current)
-        previous = current
+        increase, previous = _read(
+            previous,
+            traffic.ticks[:, tick],
+            traffic.absent[:, tick],
+            traffic.errors_absent[:, tick],
+        )
         if (tick + 1) * traffic.poll_s <= warmup_s:
             continue  # the daemon's warm-up: counters move on, no evidence
         active = np.flatnonzero(verdict == UNDECIDED)
@@ -95,6 +124,49 @@ def run_sequential(
         now = np.where(held, UNDECIDED, decided.verdict)
         verdict[active] = now
         minutes[active[now != UNDECIDED]] = (tick + 1) * traffic.poll_s / 60
+    return Outcome(verdict, minutes)
+
+
+def run_sprt(
+    traffic: Traffic,
+    metric: int,
+    psi_true: float,
+    psi_null: float,
+    alpha: float,
+    beta: float,
+    warmup_s: int = 0,
+) -> Outcome:
+    """Wald's SPRT of ``psi_true`` against ``psi_null`` on one metric, polled like the judge.
+
+    It skips the same warm-up, so its times count from release start as the judge's do.
+    """
+    upper, lower = math.log((1 - beta) / alpha), math.log(beta / (1 - alpha))
+    runs, ticks = traffic.ticks.shape[:2]
+    llr = np.zeros(runs)
+    verdict = np.zeros(runs, dtype=np.int64)
+    minutes = np.full(runs, np.nan)
+    previous = np.zeros_like(traffic.ticks[:, 0])
+    for tick in range(ticks):
+        current = traffic.ticks[:, tick]
+        increase = current - previous
+        previous = current
+        if (tick + 1) * traffic.poll_s <= warmup_s:
+            continue
+        table = counts.metric_table(increase[:, 0], increase[:, 1], traffic.pair_fields)[:, metric]
+        n, x, m, y = table.T
+        e = x + y
+        informative = (n > 0) & (m > 0) & (e > 0)
+        with np.errstate(all="ignore"):
+            step = nchypergeom_fisher.logpmf(x, n + m, n, e, psi_true) - nchypergeom_fisher.logpmf(
+                x, n + m, n, e, psi_null
+            )
+        open_ = verdict == UNDECIDED
+        llr += np.where(informative & open_, np.nan_to_num(step), 0.0)
+        rollback = open_ & (llr >= upper)
+        promote = open_ & (llr <= lower)
+        verdict[rollback] = ROLLBACK
+        verdict[promote] = PROMOTE
+        minutes[rollback | promote] = (tick + 1) * traffic.poll_s / 60
     return Outcome(verdict, minutes)
 
 
@@ -144,35 +216,74 @@ def run_flagger(
     return Outcome(outcome.verdict, outcome.minutes + skip_minutes)
 
 
-def run_argo(
+def run_argo_doc(
     traffic: Traffic,
-    min_success: float = 0.99,
-    max_p99: float = 0.5,
+    min_success: float = 0.95,
+    interval: int = 5,
     failure_limit: int = 3,
-    count: int = 10,
-    window: int = 5,
+    promote_at: int = 40,
     skip_minutes: int = 0,
 ) -> Outcome:
-    """Argo-style AnalysisRun: a measurement per minute over a sliding window.
+    """Argo Rollouts' documented background analysis (see the module doc).
 
-    ``skip_minutes`` is Argo's ``initialDelay``: measuring starts after it.
+    ``irate`` over a 5m range reads the last two samples: the success rate of the
+    poll before each measurement. No data (NaN) fails ``successCondition``.
+    Measurements at minutes ``skip + interval``, ``skip + 2 interval``, ...; the
+    ``failure_limit + 1``-th failure rolls back, otherwise the steps promote.
     """
-    req = _window_sum(traffic.minute_requests[:, skip_minutes:, 0], window)
-    err = _window_sum(traffic.minute_errors[:, skip_minutes:, 0], window)
-    cells = _window_sum(traffic.minute_cells[:, skip_minutes:, 0], window)
+    per_minute = 60 // traffic.poll_s
+    req = traffic.poll_requests[..., 0]
+    err = traffic.poll_errors[..., 0]
+    runs = req.shape[0]
+    verdict = np.zeros(runs, dtype=np.int64)
+    when = np.full(runs, np.nan)
+    failures = np.zeros(runs, dtype=np.int64)
+    for minute in range(skip_minutes + interval, promote_at + skip_minutes + 1, interval):
+        tick = minute * per_minute - 1
+        with np.errstate(invalid="ignore", divide="ignore"):
+            success = 1 - err[:, tick] / req[:, tick]
+        failures += ~(success >= min_success)
+        open_ = verdict == UNDECIDED
+        rollback = open_ & (failures > failure_limit)
+        verdict[rollback] = ROLLBACK
+        when[rollback] = minute
+    promote = verdict == UNDECIDED
+    verdict[promote] = PROMOTE
+    when[promote] = promote_at + skip_minutes
+    return Outcome(verdict, when)
+
+
+def argo_doc_success(traffic: Traffic, interval: int = 5, promote_at: int = 40) -> FloatArray:
+    """The success rates ``run_argo_doc`` measures, for calibrating its threshold."""
+    per_minute = 60 // traffic.poll_s
+    ticks = [m * per_minute - 1 for m in range(interval, promote_at + 1, interval)]
     with np.errstate(invalid="ignore", divide="ignore"):
-        success = 1 - err / req
-    p99 = histogram_quantile(0.99, cells)
-    passed = _fixed_checks(success, p99, min_success, max_p99)
-    outcome = _count_checks(passed, fail_at=failure_limit + 1, pass_at=count, promote_on_count=True)
-    return Outcome(outcome.verdict, outcome.minutes + skip_minutes)
+        out: FloatArray = 1 - traffic.poll_errors[:, ticks, 0] / traffic.poll_requests[:, ticks, 0]
+    return out
 
 
-def _window_sum(per_minute: IntArray, window: int) -> IntArray:
-    cum = np.cumsum(per_minute, axis=1)
-    shifted = np.zeros_like(cum)
-    shifted[:, window:] = cum[:, :-window]
-    return cum - shifted
+def flagger_checks(traffic: Traffic) -> tuple[FloatArray, FloatArray]:
+    """Per-minute canary success rate and p99 as Flagger's checks see them."""
+    req = traffic.minute_requests[:, :, 0]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        success = 1 - traffic.minute_errors[:, :, 0] / req
+    return success, histogram_quantile(0.99, traffic.minute_cells[:, :, 0])
+
+
+def calibrate(false_rollbacks: Callable[[float], float], target: float) -> float:
+    """The strictest level q in [0, 0.5] whose false-rollback rate is at most ``target``.
+
+    ``false_rollbacks(q)`` is the anchor's rollback rate on identical releases
+    with thresholds at the q-quantiles of what it measures; it falls as q does.
+    """
+    low, high = 0.0, 0.5
+    for _ in range(14):
+        mid = (low + high) / 2
+        if false_rollbacks(mid) <= target:
+            low = mid
+        else:
+            high = mid
+    return low
 
 
 def _count_checks(passed: IntArray, fail_at: int, pass_at: int, promote_on_count: bool) -> Outcome:

@@ -6,8 +6,11 @@ the versions by the canary weight. Every request fails with its version's
 error probability (on the log-odds scale both versions share per-minute noise;
 a scenario may add canary-only noise) and lands in a histogram bucket drawn
 from a lognormal latency (median 100 ms, sigma 0.5, shared per-minute shift)
-with the project's own bucket boundaries. The judges see only counters, as
-they would from Prometheus.
+with the project's own bucket boundaries; a scenario may add canary-only
+per-minute latency noise. A scenario may also lose scrapes: each poll, each
+version's counters are absent with probability ``gap``, and its error series
+alone (once it exists) with the same probability. The judges see only
+counters, as they would from Prometheus.
 """
 
 from __future__ import annotations
@@ -57,17 +60,16 @@ class Scenario:
     stable_slowdown: Curve = field(default=_const(1.0))
     tail_share: float = 0.0  # share of canary requests TAIL_FACTOR times slower
     canary_noise_sd: float = 0.0  # canary-only per-minute log-odds noise (mean rate kept)
+    canary_latency_sd: float = 0.0  # canary-only per-minute log-latency noise (mean 0)
+    gap: float = 0.0  # chance per poll and version that a scrape is missing
+    boundary: bool = False  # at the edge of the harm null: rolling back is an error
 
 
 TAIL_FACTOR = 4.0
 
 
-def _incident(value: float, normal: float) -> Curve:
-    return lambda t: value if 4 <= t < 9 else normal
-
-
-def _onset(t: float) -> float:
-    return 0.05 if t >= 10 else BASE_ERRORS
+def _onset(at: float) -> Curve:
+    return lambda t: 0.05 if t >= at else BASE_ERRORS
 
 
 def _cold(t: float) -> float:
@@ -83,26 +85,29 @@ SCENARIOS: dict[str, Scenario] = {
     for s in (
         Scenario("A/A", bad=False, stationary=True),
         Scenario(
-            "benign psi=1.1",
+            "boundary: error odds x1.2",
             bad=False,
             stationary=True,
-            canary_errors=_const(_odds(BASE_ERRORS, 1.1)),
+            boundary=True,
+            canary_errors=_const(_odds(BASE_ERRORS, 1.2)),
         ),
-        Scenario("errors 1->1.5%", bad=True, stationary=True, canary_errors=_const(0.015)),
-        Scenario("errors 1->2%", bad=True, stationary=True, canary_errors=_const(0.02)),
-        Scenario("errors 1->5%", bad=True, stationary=True, canary_errors=_const(0.05)),
-        Scenario("errors 1->50%", bad=True, stationary=True, canary_errors=_const(0.5)),
-        Scenario("latency x1.2", bad=True, stationary=True, canary_slowdown=_const(1.2)),
-        Scenario("tail-only slowdown", bad=True, stationary=True, tail_share=0.02),
-        Scenario("late onset (5% at 10m)", bad=True, stationary=False, canary_errors=_onset),
         Scenario(
-            "shared incident",
+            "boundary: latency x1.2",
+            bad=False,
+            stationary=True,
+            boundary=True,
+            canary_slowdown=_const(1.2),
+        ),
+        Scenario("canary-only latency noise", bad=False, stationary=False, canary_latency_sd=0.1),
+        Scenario("canary-only error noise", bad=False, stationary=False, canary_noise_sd=0.3),
+        Scenario("canary-only error noise x2", bad=False, stationary=False, canary_noise_sd=0.6),
+        Scenario("scrape gaps 3%", bad=False, stationary=False, gap=0.03),
+        Scenario(
+            "shared incident 25%",
             bad=False,
             stationary=False,
-            canary_errors=_incident(0.2, BASE_ERRORS),
-            stable_errors=_incident(0.2, BASE_ERRORS),
-            canary_slowdown=_incident(2.0, 1.0),
-            stable_slowdown=_incident(2.0, 1.0),
+            canary_errors=_const(0.25),
+            stable_errors=_const(0.25),
         ),
         Scenario(
             "canary cold start",
@@ -111,7 +116,19 @@ SCENARIOS: dict[str, Scenario] = {
             canary_errors=_cold_errors,
             canary_slowdown=_cold,
         ),
-        Scenario("canary-only noise", bad=False, stationary=False, canary_noise_sd=0.6),
+        Scenario("errors 1->2%", bad=True, stationary=True, canary_errors=_const(0.02)),
+        Scenario("errors 1->5%", bad=True, stationary=True, canary_errors=_const(0.05)),
+        Scenario("errors 1->50%", bad=True, stationary=True, canary_errors=_const(0.5)),
+        Scenario("latency x1.5", bad=True, stationary=True, canary_slowdown=_const(1.5)),
+        Scenario("tail-only slowdown", bad=True, stationary=True, tail_share=0.02),
+        Scenario(
+            "errors 1->5%, scrape gaps 3%",
+            bad=True,
+            stationary=True,
+            canary_errors=_const(0.05),
+            gap=0.03,
+        ),
+        Scenario("late onset (5% at 30m)", bad=True, stationary=False, canary_errors=_onset(30)),
     )
 }
 
@@ -163,6 +180,10 @@ class Traffic:
     minute_cells: IntArray  # (runs, minutes, 2, cells)
     excess: FloatArray  # (runs, ticks)
     excess_rate_full: float  # expected bad requests per second with all traffic on the canary
+    absent: NDArray[np.bool_]  # (runs, ticks, 2) the version's counters missing from the poll
+    errors_absent: NDArray[np.bool_]  # (runs, ticks, 2) its error series alone missing
+    poll_requests: IntArray  # (runs, ticks, 2) requests per poll (Argo's irate window)
+    poll_errors: IntArray  # (runs, ticks, 2)
 
     @property
     def pair_fields(self) -> list[tuple[int, int]]:
@@ -190,6 +211,10 @@ def simulate(
     shared_lat = rng.normal(0.0, SHARED_LATENCY_SD, (runs, minutes))
     sd = scenario.canary_noise_sd
     canary_noise = rng.normal(-(sd**2) / 2, sd, (runs, minutes)) if sd else np.zeros((runs, 1))
+    lat_sd = scenario.canary_latency_sd
+    canary_lat = rng.normal(0.0, lat_sd, (runs, minutes)) if lat_sd else np.zeros((runs, 1))
+    absent = rng.random((runs, ticks, 2)) < scenario.gap
+    errors_absent = rng.random((runs, ticks, 2)) < scenario.gap
     bucket_index = [int(np.searchsorted(BUCKETS, t)) for t in thresholds]
     p99_bucket = int(np.searchsorted(BUCKETS, thresholds[-1], side="right"))
     fields = 3 + len(thresholds)
@@ -200,6 +225,8 @@ def simulate(
     minute_errors = np.zeros((runs, minutes, 2), dtype=np.int64)
     minute_cells = np.zeros((runs, minutes, 2, cells), dtype=np.int64)
     excess = np.zeros((runs, ticks))
+    poll_requests = np.zeros((runs, ticks, 2), dtype=np.int64)
+    poll_errors = np.zeros((runs, ticks, 2), dtype=np.int64)
     for tick in range(ticks):
         t = (tick + 0.5) * poll_s / 60
         minute = tick * poll_s // 60
@@ -212,8 +239,12 @@ def simulate(
             expit(logit(scenario.stable_errors(t)) + shared_err[:, minute]),
         )
         log_median = math.log(MEDIAN_S) + shared_lat[:, minute]
+        canary_shift = canary_lat[:, minute if lat_sd else 0]
         cell_p = (
-            latency_cells(log_median + math.log(scenario.canary_slowdown(t)), scenario.tail_share),
+            latency_cells(
+                log_median + canary_shift + math.log(scenario.canary_slowdown(t)),
+                scenario.tail_share,
+            ),
             latency_cells(log_median + math.log(scenario.stable_slowdown(t))),
         )
         for v in (0, 1):
@@ -229,6 +260,10 @@ def simulate(
             minute_errors[:, minute, v] += errors
             minute_cells[:, minute, v] += hist
         out_ticks[:, tick] = cum
+        poll_requests[:, tick] = np.stack(counts, -1)
+        poll_errors[:, tick] = out_ticks[:, tick, :, 1] - (
+            out_ticks[:, tick - 1, :, 1] if tick else 0
+        )
         excess[:, tick] = counts[0] * _excess_share(scenario, t, p99_bucket)
     full = rate * _excess_share(scenario, HORIZON_MIN, p99_bucket)
     return Traffic(
@@ -241,6 +276,10 @@ def simulate(
         minute_cells,
         excess,
         full,
+        absent,
+        errors_absent & (out_ticks[..., 1] > 0),
+        poll_requests,
+        poll_errors,
     )
 
 

@@ -746,7 +746,7 @@ class SequentialAnalysisConfig(Model):
         default=20, ge=1, description="...once the canary has at least this many errors"
     )
     noise_floor: float = Field(
-        default=0.1,
+        default=0.2,
         ge=0,
         le=5,
         description="Least poll-to-poll noise (sd of the log odds ratio) the judge allows for",

@@ -177,7 +177,7 @@ def results(judgement: Judgement) -> tuple[CheckResult, ...]:
         threshold = (
             f"odds ratio <= {number(m.psi0)}x: harm e {number(m.harm_evalue)}/"
             f"{number(m.harm_threshold)}, safety e {number(m.safety_evalue)}/"
-            f"{number(m.safety_threshold)}, {judgement.confidence:.0%} CS "
+            f"{number(m.safety_threshold)}, {judgement.confidence:.0%} simultaneous CS "
             f"{number(m.ci_low)}-{number(m.ci_high)}"
         )
         # With no events on the stable yet the point estimate is infinite; the

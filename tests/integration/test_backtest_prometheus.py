@@ -67,6 +67,7 @@ rollouts:
       - {canary: 50%, hold: 2m}
       - {canary: 100%, hold: 2m}
     analysis:
+      warmup: 0s             # the demo's history has no cold starts
       minRequests: 20
       failureLimit: 1
       checks:

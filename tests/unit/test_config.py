@@ -887,6 +887,26 @@ def test_sequential_thresholds_must_be_bucket_boundaries() -> None:
     assert "not bucket boundaries" in only_problem(text).message
 
 
+@pytest.mark.parametrize(
+    ("setting", "field", "message"),
+    [
+        ("latencyTolerance: 10", "latencyTolerance", "percentage"),
+        ("noiseFloor: -0.1", "noiseFloor", "greater than or equal to 0"),
+        ("criticalErrorExcess: 2", "criticalErrorExcess", "percentage"),
+    ],
+)
+def test_sequential_judge_settings_are_located(setting: str, field: str, message: str) -> None:
+    text = with_change(
+        MINIMAL,
+        MINIMAL[MINIMAL.index("    analysis:") :],
+        f"    analysis:\n      sequential:\n        {setting}\n",
+    )
+    problem = only_problem(text)
+    assert problem.path == f"rollouts[0].analysis.sequential.{field}"
+    assert message in problem.message
+    assert problem.line == line_of(text, setting)
+
+
 def test_a_config_that_is_not_utf8_is_a_problem_not_a_crash(tmp_path: Path) -> None:
     path = tmp_path / "latin1.yaml"
     path.write_bytes(MINIMAL.encode() + b"# caf\xe9\n")

@@ -12,7 +12,7 @@ import importlib
 import math
 import sys
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 
 import numpy as np
 import pytest
@@ -72,7 +72,29 @@ def test_sprt_limits_reproduce_the_method_notes(bench: dict[str, ModuleType]) ->
         assert got == pytest.approx(want, rel=0.06)
     assert (
         limits.sprt_minutes(
-            sim.SCENARIOS["late onset (5% at 10m)"], 50, weight, (), 1.2, 1.5, 0.05, 0.05
+            sim.SCENARIOS["late onset (5% at 30m)"], 50, weight, (), 1.2, 1.5, 0.05, 0.05
         )
         is None
     )
+
+
+def test_argos_documented_example_as_the_benchmark_runs_it(bench: dict[str, ModuleType]) -> None:
+    judges = bench["judges"]
+    ticks = 60 * 2  # 30 s polls for an hour
+    requests = np.full((2, ticks, 2), 100)
+    errors = np.zeros((2, ticks, 2), dtype=np.int64)
+    # run 0: the poll before every measurement has 10% errors; run 1: always 1%
+    errors[0, 9::10, 0] = 10
+    errors[1, :, 0] = 1
+    traffic = SimpleNamespace(poll_s=30, poll_requests=requests, poll_errors=errors)
+    out = judges.run_argo_doc(traffic)
+    # measurements at minutes 5, 10, ...: the 4th failure (failureLimit 3) at minute 20
+    assert list(out.verdict) == [judges.ROLLBACK, judges.PROMOTE]
+    assert list(out.minutes) == [20, 40]
+
+
+def test_calibration_finds_the_strictest_level_within_the_target(
+    bench: dict[str, ModuleType],
+) -> None:
+    judges = bench["judges"]
+    assert judges.calibrate(lambda q: 2 * q, 0.05) == pytest.approx(0.025, abs=1e-4)

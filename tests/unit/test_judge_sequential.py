@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 
 from autocanary.errors import StateCorrupt
-from autocanary.judge import CounterSnapshot, JudgeState, SequentialConfig, Verdict, sequential
+from autocanary.judge import (
+    CounterSnapshot,
+    JudgeState,
+    SequentialConfig,
+    Verdict,
+    eprocess,
+    sequential,
+)
 from autocanary.judge.report import Judgement
 
 INF = math.inf
@@ -283,3 +290,54 @@ def test_batch_decision_matches_the_single_update() -> None:
         int(decided.verdict[0])
     ] == {"continue": 0, "rollback": 1, "promote": 2}[judgement.verdict]
     assert math.exp(decided.log_harm[2, 0]) == pytest.approx(judgement.metrics[0].harm_evalue)
+
+
+def test_alpha_and_beta_are_those_of_release_start() -> None:
+    release = Release(canary_errors=0.01)
+    state = sequential.initial(CONFIG, release.canary.snapshot(), release.stable.snapshot())
+    looser = SequentialConfig(alpha=0.5, beta=0.5, latency_thresholds=(0.25,))
+    state, judgement = sequential.update(looser, state, *release.poll())
+    assert (state.alpha, state.beta) == (0.05, 0.05)
+    assert judgement.metrics[0].harm_threshold == pytest.approx(40.0)
+    assert judgement.metrics[0].safety_threshold == pytest.approx(20.0)
+
+
+def test_a_regression_after_safety_was_proven_is_caught_by_the_change_point_mixture() -> None:
+    """Evidence of safety from before a regression must not hold its detection back."""
+    release = Release(canary_errors=0.01, per_poll=6000, seed=8)
+    state = sequential.initial(CONFIG, release.canary.snapshot(), release.stable.snapshot())
+    for _ in range(40):  # 40 good polls: lots of evidence that psi is about 1
+        state, judgement = sequential.update(CONFIG, state, *release.poll())
+        assert judgement.verdict is not Verdict.ROLLBACK
+    release.canary_errors = 0.05
+    late = 0
+    while judgement.verdict is not Verdict.ROLLBACK and late < 10:
+        state, judgement = sequential.update(CONFIG, state, *release.poll())
+        late += 1
+    assert judgement.verdict is Verdict.ROLLBACK
+    # the e-process from release start alone is still far from the threshold
+    evidence = np.array([m.evidence for m in state.metrics])
+    main = eprocess.harm_log_evalue(state.grid(), evidence)[0]
+    assert main < math.log(2 / CONFIG.alpha)
+    assert late <= 4
+
+
+def test_the_noise_estimate_finds_the_between_poll_variance() -> None:
+    rng = np.random.default_rng(4)
+    polls, tau = 400, 0.5
+    information = rng.uniform(5, 50, polls)
+    estimates = rng.normal(0.0, np.sqrt(1 / information + tau**2))
+    sums = np.array(
+        [
+            polls,
+            information.sum(),
+            (information**2).sum(),
+            (information * estimates).sum(),
+            (information * estimates**2).sum(),
+        ]
+    )
+    assert eprocess.noise_variance(sums) == pytest.approx(tau**2, rel=0.25)
+    # no noise beyond the sampling error: (about) zero, never negative
+    quiet = rng.normal(0.0, np.sqrt(1 / information))
+    sums[3:] = (information * quiet).sum(), (information * quiet**2).sum()
+    assert 0.0 <= eprocess.noise_variance(sums) < 0.02

@@ -399,7 +399,7 @@ def test_results_name_each_metric_and_map_its_evidence_to_a_verdict() -> None:
     assert value > 1.2  # the odds ratio: far beyond the tolerance
     threshold = harm["sequential:errors"].threshold
     assert threshold.startswith("odds ratio <= 1.2x: harm e ")
-    assert "95% CS " in threshold
+    assert "95% simultaneous CS " in threshold
 
     safe = sequential_analysis.results(_safe()[1])
     assert [(r.name, r.verdict) for r in safe] == [

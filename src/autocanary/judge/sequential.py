@@ -84,7 +84,7 @@ class SequentialConfig:
     latency_quantiles: tuple[float, ...] = ()
     critical_error_excess: float | None = None  # None disables the critical guard
     critical_min_errors: int = 20
-    noise_floor: float = 0.1  # least per-poll sd of the log odds ratio assumed
+    noise_floor: float = 0.2  # least per-poll sd of the log odds ratio (bench/detection_noise.py)
     grid_points: int = 80
     grid_max: float = 2.5  # largest log odds ratio step of the mixture
     prior_sd: float = 0.7  # sd of the Gaussian mixture weights on that step
