@@ -140,7 +140,8 @@ def judged(
         steps=steps or TWO_STEPS,
         analysis={
             "warmup": "20s",
-            "sequential": {**(sequential or {})},
+            # exact shares every poll: no poll-to-poll noise to allow for
+            "sequential": {"noiseFloor": 0, **(sequential or {})},
             **analysis,
         },
     )
