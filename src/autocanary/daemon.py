@@ -27,6 +27,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from autocanary import startup
 from autocanary.config import Config, RolloutConfig
 from autocanary.config_loader import load_config
 from autocanary.engine import RolloutEngine
@@ -83,8 +84,10 @@ class Daemon:
         )
         self._elector: LeaderElector | None = None
         election = config.daemon.leader_election
+        self._lease_namespace: str | None = None
         if election.enabled:
             namespace = election.namespace or os.environ.get("POD_NAMESPACE") or "default"
+            self._lease_namespace = namespace
             self._elector = LeaderElector(
                 kube,
                 election,
@@ -100,6 +103,7 @@ class Daemon:
         """Serve until SIGTERM/SIGINT; return the process exit code."""
         self._install_signals()
         self._start_http()
+        self._check_requirements(self.config)
         if self._elector is not None:
             self._elector.start()
         else:
@@ -266,9 +270,39 @@ class Daemon:
             threading.Thread(target=old_notifier.close, kwargs={"timeout": 30}, daemon=True).start()
         self.config = new
         self._install_jobs(new)
+        self._check_requirements(new)
         self.metrics.config_reloads.labels("applied").inc()
         log.info("config reloaded", rollouts=[r.name for r in new.rollouts])
         return True
+
+    def _check_requirements(self, config: Config) -> None:
+        """Say (logs, metric) what ``config`` needs and lacks; in the background, refuse nothing."""
+
+        def work() -> None:
+            missing = startup.check(
+                config, self.kube, self._prometheus, lease_namespace=self._lease_namespace
+            )
+            self.metrics.requirement_missing.clear()
+            for item in missing:
+                self.metrics.requirement_missing.labels(
+                    item.requirement, item.rollout, item.subject
+                ).set(1)
+                log.error(
+                    "missing requirement",
+                    requirement=item.requirement,
+                    rollout=item.rollout or None,
+                    subject=item.subject,
+                    error=item.message,
+                )
+            if missing:
+                log.error(
+                    "start-up checks: requirements missing; healthy rollouts run anyway",
+                    missing=len(missing),
+                )
+            else:
+                log.info("start-up checks passed", rollouts=[r.name for r in config.rollouts])
+
+        threading.Thread(target=work, name="startup-checks", daemon=True).start()
 
     # ---- HTTP: /metrics, /healthz, /readyz ---------------------------------------------------
 

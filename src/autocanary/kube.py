@@ -30,6 +30,7 @@ from autocanary.errors import (
     ResourceNotFound,
     StateConflict,
 )
+from autocanary.startup import Access
 from autocanary.state import COMMAND_ANNOTATION, STATE_ANNOTATION
 
 JSON = dict[str, Any]
@@ -229,6 +230,7 @@ class KubeClient:
         self._apps = client.AppsV1Api(api_client)
         self._core = client.CoreV1Api(api_client)
         self._coordination = client.CoordinationV1Api(api_client)
+        self._authorization = client.AuthorizationV1Api(api_client)
 
     def _json(self, what: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> JSON:
         with _calling(what):
@@ -436,6 +438,30 @@ class KubeClient:
         items: list[JSON] = data.get("items", [])
         # resourceVersion orders creation; timestamps only have whole seconds.
         return sorted(items, key=lambda e: int(e["metadata"]["resourceVersion"]))
+
+    # ---- RBAC ------------------------------------------------------------------------------
+
+    def can_i(self, access: Access) -> bool:
+        """Whether this process may do ``access`` (SelfSubjectAccessReview, kubectl auth can-i)."""
+        body = {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SelfSubjectAccessReview",
+            "spec": {
+                "resourceAttributes": {
+                    "verb": access.verb,
+                    "resource": access.resource,
+                    "group": access.group,
+                    "namespace": access.namespace,
+                    **({"name": access.name} if access.name else {}),
+                }
+            },
+        }
+        review = self._json(
+            f"review access {access}",
+            self._authorization.create_self_subject_access_review,
+            body,
+        )
+        return bool((review.get("status") or {}).get("allowed"))
 
     # ---- Pods ------------------------------------------------------------------------------
 

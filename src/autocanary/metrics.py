@@ -85,6 +85,13 @@ class DaemonMetrics:
         self.config_reloads = Counter(
             "autocanary_config_reloads", "Config reloads by outcome", ["outcome"], registry=r
         )
+        self.requirement_missing = Gauge(
+            "autocanary_requirement_missing",
+            "1 for each requirement found missing at start-up or reload (alert secret, "
+            "Prometheus, RBAC)",
+            ["requirement", "rollout", "subject"],
+            registry=r,
+        )
         self.sequential_evalue = Gauge(
             "autocanary_sequential_evalue",
             "Sequential judge e-value per metric and hypothesis (harm, safety)",

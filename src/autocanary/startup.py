@@ -1,0 +1,154 @@
+"""What the daemon checks at start-up (and on each reload): does it have what it will need?
+
+A missing alert secret used to show at the first rollback, a forbidden verb at
+the first promotion. Each requirement is checked once, up front, and every one
+missing is said loudly (an error log line each) and exported as the gauge
+``autocanary_requirement_missing{requirement, rollout, subject}``. Nothing is
+refused: the healthy rollouts run as usual, and a rollout whose requirement is
+missing fails its ticks with the same message.
+
+- **alert secrets**: every sink's URL can be read (environment variable or
+  file); the value is read, never shown.
+- **Prometheus**: it answers a trivial query.
+- **RBAC**: a SelfSubjectAccessReview for each verb the daemon uses (get and
+  patch on both Deployments of each rollout, list pods and create events in
+  its namespace, the leader-election Lease). Allowed to every authenticated
+  user, so no extra permission is needed to ask.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from autocanary.config import Config
+from autocanary.errors import AutocanaryError
+
+
+@dataclass(frozen=True)
+class Missing:
+    """One requirement not met: what, for which rollout ('' for the daemon), and why."""
+
+    requirement: str  # alertSecret, prometheus, rbac
+    rollout: str
+    subject: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Access:
+    """One API permission: ``verb`` on ``resource`` (of ``group``) in ``namespace``."""
+
+    verb: str
+    resource: str
+    group: str
+    namespace: str
+    name: str = ""
+
+    def __str__(self) -> str:
+        kind = f"{self.resource}.{self.group}" if self.group else self.resource
+        named = f"/{self.name}" if self.name else ""
+        return f"{self.verb} {kind} {self.namespace}{named}"
+
+
+class AccessReviewer(Protocol):
+    """What the checks need from the Kubernetes adapter."""
+
+    def can_i(self, access: Access) -> bool:
+        """Whether this process may do ``access``."""
+        ...
+
+
+class Querier(Protocol):
+    """What the checks need from the Prometheus adapter."""
+
+    url: str
+
+    def query_value(self, promql: str) -> float | None:
+        """One number, or None."""
+        ...
+
+
+def needed_access(config: Config, lease_namespace: str | None) -> list[tuple[str, Access]]:
+    """(rollout, permission) for everything the daemon does in the cluster."""
+    needed: list[tuple[str, Access]] = []
+    for rollout in config.rollouts:
+        for name in (rollout.stable, rollout.canary_name):
+            for verb in ("get", "patch"):
+                needed.append(
+                    (rollout.name, Access(verb, "deployments", "apps", rollout.namespace, name))
+                )
+        needed.append((rollout.name, Access("list", "pods", "", rollout.namespace)))
+        needed.append((rollout.name, Access("create", "events", "", rollout.namespace)))
+    election = config.daemon.leader_election
+    if election.enabled and lease_namespace is not None:
+        group = "coordination.k8s.io"
+        needed.append(("", Access("create", "leases", group, lease_namespace)))
+        for verb in ("get", "update"):
+            needed.append(("", Access(verb, "leases", group, lease_namespace, election.lease_name)))
+    return needed
+
+
+def check(
+    config: Config,
+    kube: AccessReviewer,
+    prometheus: Querier,
+    *,
+    lease_namespace: str | None,
+) -> list[Missing]:
+    """Every requirement of ``config`` that is not met now."""
+    return [
+        *_alert_secrets(config),
+        *_prometheus(prometheus),
+        *_rbac(needed_access(config, lease_namespace), kube),
+    ]
+
+
+def _alert_secrets(config: Config) -> Iterable[Missing]:
+    used = {
+        name
+        for r in config.rollouts
+        for name in (r.alerts or [s.name for s in config.alerts.sinks])
+    }
+    for sink in config.alerts.sinks:
+        try:
+            sink.url.resolve()
+        except ValueError as e:
+            routed = "" if sink.name in used else " (no rollout routes to it)"
+            yield Missing(
+                "alertSecret",
+                "",
+                sink.name,
+                f"alert sink {sink.name!r} has no URL: {e}{routed}; its alerts will be dropped",
+            )
+
+
+def _prometheus(prometheus: Querier) -> Iterable[Missing]:
+    try:
+        prometheus.query_value("vector(1)")
+    except AutocanaryError as e:
+        yield Missing(
+            "prometheus",
+            "",
+            prometheus.url,
+            f"{e}; every analysis will be inconclusive until it answers",
+        )
+
+
+def _rbac(needed: list[tuple[str, Access]], kube: AccessReviewer) -> Iterable[Missing]:
+    for rollout, access in needed:
+        try:
+            allowed = kube.can_i(access)
+        except AutocanaryError as e:
+            yield Missing("rbac", rollout, str(access), f"cannot check RBAC ({access}): {e}")
+            return  # the API server is not answering: one line, not one per verb
+        if not allowed:
+            whose = f"rollout {rollout!r}" if rollout else "leader election"
+            yield Missing(
+                "rbac",
+                rollout,
+                str(access),
+                f"forbidden: {access} (needed by {whose}); grant it in the daemon's Role "
+                "(deploy/rbac.yaml)",
+            )
