@@ -215,6 +215,10 @@ def combine(verdict: IntervalVerdict, judgement: Judgement, state: JudgeState) -
     else:
         outcome = verdict.verdict
         reason = f"{verdict.reason}; sequential judge: {judgement.reason}"
+    if judgement.skipped:
+        # incomplete or inconsistent reads are not counted; say so, they may be a scrape problem
+        skipped = ", ".join(judgement.skipped)
+        reason += f" (not counted this poll, read incomplete or inconsistent: {skipped})"
     return dataclasses.replace(
         verdict,
         verdict=outcome,

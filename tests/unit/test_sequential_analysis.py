@@ -496,3 +496,23 @@ def test_the_critical_guard_is_harm_too() -> None:
     combined = sequential_analysis.combine(threshold_verdict("pass"), judgement, state)
     assert combined.verdict == "fail"
     assert "critical guard" in combined.reason
+
+
+def test_an_inconsistent_read_is_skipped_and_named_in_the_reason() -> None:
+    traffic = Pair()
+    baseline = traffic.now()
+    traffic.serve((100, 2, 0), (900, 9, 0))
+    state, _ = poll(None, traffic.now(), baseline)
+    traffic.serve((100, 1, 0), (900, 9, 0))
+    canary, stable = traffic.now()
+    # the canary's error series missing once it has had errors: not read as 0 errors
+    gap = CounterSnapshot({k: replace(s, errors=None) for k, s in canary.series.items()})
+    state, judgement = poll(state.to_dict(), (gap, stable))
+    assert judgement.skipped == (f"canary {POD_A}",)
+    assert judgement.poll.canary_requests == 0  # nothing of the canary counted this poll
+    combined = sequential_analysis.combine(threshold_verdict("pass"), judgement, state)
+    assert f"read incomplete or inconsistent: canary {POD_A}" in combined.reason
+    # back next poll: both polls' canary traffic counted once
+    _, judgement = poll(state.to_dict(), traffic.now())
+    assert judgement.poll.canary_requests == 100
+    assert judgement.metrics[0].canary_requests == 200
