@@ -286,6 +286,13 @@ def _readable_defaults(schema: JsonDict, model: type[Any]) -> None:
         prop = properties.get(info.alias or name)
         if isinstance(info.default, timedelta) and isinstance(prop, dict):
             prop["default"] = format_duration(info.default)
+        # A percentage (Fraction) is a string like 20% in the schema, as in configs.
+        elif (
+            isinstance(info.default, float)
+            and isinstance(prop, dict)
+            and prop.get("pattern") == _PERCENT_PATTERN
+        ):
+            prop["default"] = f"{info.default * 100:g}%"
 
 
 class Model(BaseModel):
@@ -352,25 +359,30 @@ class SinkBase(Model):
     retries: int = Field(default=3, ge=0, le=10, description="Retries after a failed attempt")
 
 
+_URL_DESCRIPTION = (
+    "The URL: a string, {env: VARIABLE} or {file: /path}; read when sending, never logged"
+)
+
+
 class WebhookSink(SinkBase):
     """POSTs the documented JSON alert payload to a URL."""
 
-    type: Literal["webhook"]
-    url: Secret
+    type: Literal["webhook"] = Field(description="webhook: the documented JSON payload")
+    url: Secret = Field(description=_URL_DESCRIPTION)
 
 
 class SlackSink(SinkBase):
     """POSTs a Slack incoming-webhook message."""
 
-    type: Literal["slack"]
-    url: Secret
+    type: Literal["slack"] = Field(description="slack: an incoming-webhook message")
+    url: Secret = Field(description=_URL_DESCRIPTION)
 
 
 class AlertmanagerSink(SinkBase):
     """POSTs alerts to Alertmanager's v2 API (labels rollout, namespace, reason, severity)."""
 
-    type: Literal["alertmanager"]
-    url: Secret
+    type: Literal["alertmanager"] = Field(description="alertmanager: its v2 API")
+    url: Secret = Field(description=_URL_DESCRIPTION)
     labels: dict[str, str] = Field(default_factory=dict, description="Extra labels on every alert")
 
     @field_validator("labels")
@@ -390,7 +402,9 @@ Sink = Annotated[WebhookSink | SlackSink | AlertmanagerSink, Field(discriminator
 class AlertsConfig(Model):
     """Alert sinks. Kubernetes Events are always written besides these."""
 
-    sinks: list[Sink] = Field(default_factory=list)
+    sinks: list[Sink] = Field(
+        default_factory=list, description="Where alerts go: webhook, slack, alertmanager"
+    )
 
     @model_validator(mode="after")
     def _unique_names(self) -> AlertsConfig:
@@ -404,14 +418,21 @@ class AlertsConfig(Model):
 class LeaderElectionConfig(Model):
     """Lease-based leader election so several replicas can run and only one acts."""
 
-    enabled: bool = True
+    enabled: bool = Field(default=True, description="Hold a Lease; only the holder acts")
     lease_name: DnsSubdomain = Field(default="autocanary", description="The Lease's name")
     namespace: DnsLabel | None = Field(
         default=None, description="Lease namespace; default $POD_NAMESPACE, else 'default'"
     )
-    lease_duration: Duration = timedelta(seconds=15)
-    renew_deadline: Duration = timedelta(seconds=10)
-    retry_period: Duration = timedelta(seconds=2)
+    lease_duration: Duration = Field(
+        default=timedelta(seconds=15), description="A silent leader's Lease is free after this"
+    )
+    renew_deadline: Duration = Field(
+        default=timedelta(seconds=10),
+        description="A leader that could not renew for this long stops acting",
+    )
+    retry_period: Duration = Field(
+        default=timedelta(seconds=2), description="How often to try to take or renew the Lease"
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> LeaderElectionConfig:
@@ -578,7 +599,11 @@ class RelativeThreshold(Model):
     """Compare the canary with the same query over the stable version."""
 
     tolerance: Fraction = Field(description="Allowed worsening relative to stable, e.g. 20%")
-    direction: Literal["higher-is-worse", "lower-is-worse"] = "higher-is-worse"
+    direction: Literal["higher-is-worse", "lower-is-worse"] = Field(
+        default="higher-is-worse",
+        description="higher-is-worse: canary <= stable x (1 + tolerance) + margin; "
+        "lower-is-worse: canary >= stable x (1 - tolerance) - margin",
+    )
     margin: Threshold = Field(
         default=0.0,
         ge=0,
@@ -708,7 +733,7 @@ BucketBoundary = Annotated[
 
 
 class SequentialAnalysisConfig(Model):
-    """The sequential, anytime-valid comparison of canary against stable (see STATISTICS).
+    """The sequential, anytime-valid comparison of canary against stable (docs/STATISTICS.md).
 
     Errors and latency (share of requests slower than each threshold) are
     tested as odds ratios canary vs stable: rollback as soon as harm is proven
@@ -872,7 +897,9 @@ class AnalysisConfig(Model):
     inconclusive_limit: int = Field(
         default=3, ge=0, description="Consecutive inconclusive intervals tolerated"
     )
-    inconclusive_policy: Literal["pause", "rollback"] = "pause"
+    inconclusive_policy: Literal["pause", "rollback"] = Field(
+        default="pause", description="Past inconclusiveLimit: pause or rollback, alerted either way"
+    )
     checks: list[CheckConfig] = Field(
         default_factory=list, description="Threshold checks (hard guards with sequential)"
     )

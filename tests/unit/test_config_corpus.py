@@ -8,11 +8,14 @@ hostile files (alias bombs, deep nesting) that must fail fast and small.
 
 from __future__ import annotations
 
+import re
 import resource
 import time
+from typing import Any
 
 import pytest
 
+from autocanary.config import Config
 from autocanary.config_loader import MAX_DEPTH, parse_config
 from autocanary.errors import ConfigError, ConfigProblem
 
@@ -357,3 +360,57 @@ def test_redact_hides_credentials_of_every_url_in_a_message() -> None:
 
     text = "cannot reach http://u:p@h:9/x nor https://token@x.y/ (see http://h/a@b)"
     assert redact(text) == "cannot reach http://***@h:9/x nor https://***@x.y/ (see http://h/a@b)"
+
+
+def _schema_accepts(schema: dict[str, Any], value: object, defs: dict[str, Any]) -> bool:
+    """A small JSON Schema check: the keywords the config's schema uses."""
+    if "$ref" in schema:
+        return _schema_accepts(defs[schema["$ref"].rsplit("/", 1)[1]], value, defs)
+    if "anyOf" in schema:
+        return any(_schema_accepts(option, value, defs) for option in schema["anyOf"])
+    kind = schema.get("type")
+    checks = {
+        "string": isinstance(value, str),
+        "number": isinstance(value, int | float) and not isinstance(value, bool),
+        "integer": isinstance(value, int) and not isinstance(value, bool),
+        "boolean": isinstance(value, bool),
+        "null": value is None,
+        "array": isinstance(value, list),
+        "object": isinstance(value, dict),
+    }
+    if kind is not None and not checks[kind]:
+        return False
+    if "enum" in schema and value not in schema["enum"]:
+        return False
+    if isinstance(value, str) and "pattern" in schema:
+        return re.search(schema["pattern"], value) is not None
+    return True
+
+
+def _properties() -> list[tuple[str, str, dict[str, Any]]]:
+    schema = Config.model_json_schema(by_alias=True)
+    models = {"Config": schema, **schema["$defs"]}
+    return [
+        (model, name, prop)
+        for model, body in models.items()
+        for name, prop in body.get("properties", {}).items()
+    ]
+
+
+def test_every_schema_property_is_described() -> None:
+    undescribed = [
+        f"{model}.{name}" for model, name, prop in _properties() if not prop.get("description")
+    ]
+    assert not undescribed
+
+
+def test_every_schema_default_is_valid_for_its_own_type() -> None:
+    defs = Config.model_json_schema(by_alias=True)["$defs"]
+    invalid = [
+        f"{model}.{name} = {prop['default']!r}"
+        for model, name, prop in _properties()
+        if "default" in prop and not _schema_accepts(prop, prop["default"], defs)
+    ]
+    assert not invalid
+    # The checker is not vacuous: a fraction default written as a float would fail.
+    assert not _schema_accepts({"type": "string", "pattern": "%$"}, 0.2, defs)

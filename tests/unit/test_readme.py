@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -94,3 +95,15 @@ def test_every_documented_metric_is_exported() -> None:
     assert documented
     for name in documented:
         assert name.removesuffix("_total") in exported, name
+
+
+def test_every_shown_command_line_parses_as_written() -> None:
+    # As a shell would split it: an unquoted value with a space becomes two arguments.
+    lines = re.findall(r"^\$ (autocanary .*)$", README, flags=re.M)
+    assert lines, "the README shows example command lines"
+    for line in lines:
+        argv = [word for word in shlex.split(line)[1:] if word != "..."]
+        try:
+            _parser().parse_args(argv)
+        except SystemExit as e:
+            raise AssertionError(f"the README's command line does not parse: {line}") from e
