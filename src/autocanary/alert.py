@@ -53,6 +53,9 @@ class Alert:
     message: str
     at: datetime
     checks: tuple[CheckSummary, ...] = field(default=())
+    #: Unique per release and transition; the same alert sent again (after a
+    #: crash, say) carries the same id, so receivers can drop the repeat.
+    id: str = ""
 
     @property
     def severity(self) -> Severity:

@@ -418,9 +418,21 @@ def _aggregate(
     failed = [r for r in results if r.verdict == "fail"]
     unsure = [r for r in results if r.verdict == "inconclusive"]
     if failed:
-        reason = "; ".join(f"{r.name}: {r.reason}" for r in failed)
-        return IntervalVerdict("fail", at, tuple(results), canary_requests, reason)
+        return IntervalVerdict("fail", at, tuple(results), canary_requests, _reasons(failed))
     if unsure:
-        reason = "; ".join(f"{r.name}: {r.reason}" for r in unsure)
-        return IntervalVerdict("inconclusive", at, tuple(results), canary_requests, reason)
+        return IntervalVerdict(
+            "inconclusive", at, tuple(results), canary_requests, _reasons(unsure)
+        )
     return IntervalVerdict("pass", at, tuple(results), canary_requests, "all checks passed")
+
+
+def _reasons(results: Sequence[CheckResult]) -> str:
+    """The results' reasons, each said once: checks failing alike are named together.
+
+    A Prometheus that cannot be reached fails every query the same way; one
+    sentence says so, instead of the same error once per check.
+    """
+    names: dict[str, list[str]] = {}
+    for r in results:
+        names.setdefault(r.reason, []).append(r.name)
+    return "; ".join(f"{', '.join(checks)}: {reason}" for reason, checks in names.items())

@@ -44,6 +44,10 @@ log = structlog.get_logger("autocanary.daemon")
 CONFIG_POLL_SECONDS = 2.0
 #: The main loop must beat this often for /healthz to stay green.
 HEARTBEAT_LIMIT_SECONDS = 30.0
+#: A tick running longer than this (or three of its rollout's intervals, if
+#: longer) turns /healthz red: every call it makes has a deadline, so a tick
+#: this slow is stuck, and a restart is the way out.
+TICK_LIMIT_SECONDS = 120.0
 
 
 def default_identity() -> str:
@@ -74,6 +78,7 @@ class Daemon:
         self._heartbeat = time.monotonic()
         self._config_mtime = _mtime(config_path)
         self._engines: dict[str, RolloutEngine] = {}
+        self._ticking: dict[str, float] = {}  # rollout -> monotonic start of its running tick
         self._lock = threading.Lock()
         self._prometheus = PrometheusClient(config.prometheus)
         self._notifier = Notifier(config.alerts.sinks, metrics=self.metrics)
@@ -119,6 +124,7 @@ class Daemon:
         )
         while not self._stop.is_set():
             self._heartbeat = time.monotonic()
+            self._watch_ticks()
             if self._reload.is_set() or self._config_changed():
                 self._reload.clear()
                 self.reload()
@@ -198,6 +204,8 @@ class Daemon:
         if engine is None:
             return
         rollout = engine.rollout
+        with self._lock:
+            self._ticking[name] = time.monotonic()
         try:
             result = engine.tick()
         except AutocanaryError as e:
@@ -218,7 +226,40 @@ class Daemon:
                 "tick crashed", rollout=name, namespace=rollout.namespace, **engine.log_context
             )
             return
+        finally:
+            with self._lock:
+                self._ticking.pop(name, None)
+            self.metrics.tick_running.labels(name).set(0)
         self._requeue(rollout, result.requeue_after)
+
+    def _tick_limit(self, name: str) -> float:
+        engine = self._engines.get(name)
+        interval = engine.rollout.interval.total_seconds() if engine is not None else 0.0
+        return max(TICK_LIMIT_SECONDS, 3 * interval)
+
+    def stuck_ticks(self) -> dict[str, float]:
+        """Rollouts whose running tick has passed its limit, with its age in seconds."""
+        now = time.monotonic()
+        with self._lock:
+            return {
+                name: now - since
+                for name, since in self._ticking.items()
+                if now - since > self._tick_limit(name)
+            }
+
+    def _watch_ticks(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            running = dict(self._ticking)
+        for name, since in running.items():
+            self.metrics.tick_running.labels(name).set(now - since)
+        for name, age in self.stuck_ticks().items():
+            log.error(
+                "tick stuck; /healthz reports it",
+                rollout=name,
+                running_s=round(age, 1),
+                limit_s=self._tick_limit(name),
+            )
 
     def _requeue(self, rollout: RolloutConfig, after: timedelta | None) -> None:
         if after is None or after >= rollout.interval or self._stop.is_set():
@@ -307,9 +348,22 @@ class Daemon:
     # ---- HTTP: /metrics, /healthz, /readyz ---------------------------------------------------
 
     def healthy(self) -> bool:
-        """Alive: the main loop beats and the scheduler runs."""
+        """Alive: the main loop beats, the scheduler runs and no tick is stuck."""
         beating = time.monotonic() - self._heartbeat < HEARTBEAT_LIMIT_SECONDS
-        return beating and self._scheduler.running
+        return beating and self._scheduler.running and not self.stuck_ticks()
+
+    def health_report(self) -> tuple[bool, str]:
+        """/healthz's answer: healthy or not, and in words why not."""
+        problems = []
+        if time.monotonic() - self._heartbeat >= HEARTBEAT_LIMIT_SECONDS:
+            problems.append("the main loop stopped beating")
+        if not self._scheduler.running:
+            problems.append("the scheduler is not running")
+        problems += [
+            f"rollout {name}: tick running for {age:.0f}s"
+            for name, age in self.stuck_ticks().items()
+        ]
+        return not problems, "; ".join(problems)
 
     def ready(self) -> bool:
         """Ready: healthy, and the Kubernetes API answered recently (when electing a leader)."""
@@ -343,7 +397,7 @@ class Daemon:
 def _handler_for(daemon: Daemon) -> type[BaseHTTPRequestHandler]:
     routes: dict[str, Callable[[], tuple[int, bytes, str]]] = {
         "/metrics": lambda: (200, generate_latest(daemon.metrics.registry), CONTENT_TYPE_LATEST),
-        "/healthz": lambda: _probe(daemon.healthy()),
+        "/healthz": lambda: _probe(*daemon.health_report()),
         "/readyz": lambda: _probe(daemon.ready()),
     }
 
@@ -363,8 +417,10 @@ def _handler_for(daemon: Daemon) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def _probe(ok: bool) -> tuple[int, bytes, str]:
-    return (200, b"ok\n", "text/plain") if ok else (503, b"not ready\n", "text/plain")
+def _probe(ok: bool, why: str = "") -> tuple[int, bytes, str]:
+    if ok:
+        return 200, b"ok\n", "text/plain"
+    return 503, f"not ready{': ' + why if why else ''}\n".encode(), "text/plain"
 
 
 def _mtime(path: Path) -> float | None:

@@ -340,8 +340,19 @@ def _pause(state: RolloutState, message: str) -> Decision:
     return Decision(new, Desired(), (Transition("Paused", message, "paused", warning=True),))
 
 
+#: Characters of an ignored command quoted back in its Event and log line.
+_COMMAND_SHOWN = 64
+
+
 def _ignore_command(decision: Decision, command: str, why: str) -> Decision:
-    note = Transition("CommandIgnored", f"command {command!r} ignored: {why}", None, warning=True)
+    # The annotation is free text: a 200,000-character value must not become a
+    # 200,000-character Event and log line.
+    shown = (
+        repr(command)
+        if len(command) <= _COMMAND_SHOWN
+        else f"{command[:_COMMAND_SHOWN]!r}... ({len(command)} characters)"
+    )
+    note = Transition("CommandIgnored", f"command {shown} ignored: {why}", None, warning=True)
     return dataclasses.replace(
         decision, transitions=(*decision.transitions, note), consume_command=True
     )

@@ -4,15 +4,25 @@
 between ticks: the state comes from the canary's annotation each time. Order
 of effects, so a crash at any point is repaired by the next tick:
 
-1. write the new state (guarded by resourceVersion; a conflict aborts the tick),
-2. bring the Deployments to the desired template and replica counts (stable
-   first, so capacity never dips while the canary shrinks),
-3. record Events and send alerts.
+1. write the new state, with the transitions it causes as pending notices, in
+   one write guarded by resourceVersion (a conflict aborts the tick);
+2. keep the release's essentials (total, phase, the stable's original
+   template) on the stable Deployment too, before the stable is ever scaled
+   down, so a canary deleted or a state removed mid-release never shrinks it;
+3. bring the Deployments to the desired template and replica counts (stable
+   first, so capacity never dips while the canary shrinks);
+4. tell what is pending, most urgent first: an Event per notice (named after
+   it, so a second attempt finds the first) and its alerts; then clear what
+   was told. Whatever a crash interrupts is told by the next tick, so every
+   transition is announced at least once, and Events exactly once.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import os
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,25 +32,60 @@ import structlog
 
 from autocanary import analysis, decision, interval, revision
 from autocanary import state as state_codec
-from autocanary.alert import Alert
-from autocanary.config import RolloutConfig
+from autocanary.alert import SEVERITY, Alert, CheckSummary
+from autocanary.config import AlertKind, RolloutConfig
 from autocanary.errors import (
     AutocanaryError,
     KubernetesForbidden,
+    PermanentError,
     PrometheusUnavailable,
     QueryError,
+    ResourceNotFound,
     StateConflict,
     StateCorrupt,
+    TransientError,
 )
-from autocanary.kube import DeploymentRecord, KubeClient
+from autocanary.kube import FIELD_MANAGER, DeploymentRecord, KubeClient
 from autocanary.metrics import DaemonMetrics
 from autocanary.notify import Notifier
 from autocanary.pods import PodView
-from autocanary.prometheus import PrometheusClient
-from autocanary.state import COMMAND_ANNOTATION, STATE_ANNOTATION, RolloutState
+from autocanary.prometheus import PrometheusClient, Sample
+from autocanary.state import (
+    COMMAND_ANNOTATION,
+    RELEASE_ANNOTATION,
+    STATE_ANNOTATION,
+    Notice,
+    RolloutState,
+)
 from autocanary.units import format_duration
 
 Clock = Callable[[], datetime]
+Log = structlog.typing.FilteringBoundLogger
+
+#: How long a notice's alerts are tried (again, tick after tick) before giving up.
+NOTICE_TTL = timedelta(hours=1)
+#: How soon to tick again while notices wait for their sinks.
+NOTICE_POLL = timedelta(seconds=2)
+#: Share of the interval an analysis may spend on queries: a Prometheus that
+#: hangs must leave time for commands and deadlines in the same interval.
+ANALYSIS_BUDGET = 0.5
+_RANK = {"critical": 0, "warning": 1, "info": 2}
+#: Test-only fault injection, never set in production: Event reasons, comma
+#: separated. A daemon started with it kills itself (SIGKILL) right after the
+#: state write that records a transition with one of these reasons, before
+#: acting or telling anything: end-to-end tests crash it at the worst instant,
+#: deterministically. Unset (always, outside tests), it does nothing.
+KILL_AFTER_WRITE_ENV = "AUTOCANARY_TEST_KILL_AFTER_WRITE"
+
+
+def _kill_point(transitions: tuple[decision.Transition, ...]) -> None:
+    wanted = os.environ.get(KILL_AFTER_WRITE_ENV)
+    if not wanted:
+        return
+    reasons = {r.strip() for r in wanted.split(",")}
+    if any(t.reason in reasons for t in transitions):
+        os.kill(os.getpid(), signal.SIGKILL)
+
 
 #: While the scrape interval of a rollout's series is unknown (no series yet,
 #: Prometheus down), ask again this often.
@@ -76,6 +121,36 @@ def _view(record: DeploymentRecord) -> decision.DeploymentView:
     )
 
 
+def _severity(notice: Notice) -> str:
+    return SEVERITY.get(notice.kind, "info") if notice.kind else "info"  # type: ignore[call-overload]
+
+
+class _Budgeted:
+    """The Prometheus client with one wall-clock budget shared by an interval's queries."""
+
+    def __init__(self, client: PrometheusClient, seconds: float) -> None:
+        self._client = client
+        self._seconds = seconds
+        self._deadline = time.monotonic() + seconds
+
+    def _left(self) -> float:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise PrometheusUnavailable(
+                f"not run: this interval's queries used up their {self._seconds:g}s "
+                f"(Prometheus at {self._client.url} is slow to answer)"
+            )
+        return left
+
+    def query_value(self, promql: str, at: datetime | None = None) -> float | None:
+        """As :meth:`PrometheusClient.query_value`, within what is left of the budget."""
+        return self._client.query_value(promql, at, timeout=self._left())
+
+    def query_vector(self, promql: str, at: datetime | None = None) -> list[Sample]:
+        """As :meth:`PrometheusClient.query_vector`, within what is left of the budget."""
+        return self._client.query_vector(promql, at, timeout=self._left())
+
+
 class RolloutEngine:
     """Drives one configured rollout, one tick at a time."""
 
@@ -108,6 +183,8 @@ class RolloutEngine:
         # increase that alert rules see, not a series appearing at 1.
         metrics.rollbacks.labels(rollout.name, rollout.namespace)
         metrics.promotions.labels(rollout.name, rollout.namespace)
+
+    # ---- the analysis window ---------------------------------------------------------------
 
     def scrape_interval(self) -> timedelta | None:
         """How often Prometheus scrapes the rollout's series, once known (asked once a minute).
@@ -156,15 +233,14 @@ class RolloutEngine:
         window = analysis.default_window(r.interval, scrape)
         return r.model_copy(update={"analysis": r.analysis.model_copy(update={"window": window})})
 
-    def observe(
-        self,
-    ) -> tuple[DeploymentRecord, DeploymentRecord, decision.Observation, RolloutState]:
-        """Read both Deployments and the persisted state."""
+    # ---- reading ---------------------------------------------------------------------------
+
+    def _observation(
+        self, canary: DeploymentRecord, stable: DeploymentRecord
+    ) -> decision.Observation:
         r = self.rollout
-        canary = self.kube.read_deployment(r.namespace, r.canary_name)
-        stable = self.kube.read_deployment(r.namespace, r.stable)
         roles = revision.role_labels(r.role_labels, stable.selector, canary.selector)
-        obs = decision.Observation(
+        return decision.Observation(
             stable=_view(stable),
             canary=_view(canary),
             stable_revision=revision.revision_of(stable.template, roles),
@@ -174,51 +250,114 @@ class RolloutEngine:
             role_labels=frozenset(roles),
             command=canary.annotations.get(COMMAND_ANNOTATION),
         )
+
+    def _corrupt_message(self, error: StateCorrupt, record: RolloutState | None) -> str:
+        r = self.rollout
+        where = f"{r.namespace}/{r.canary_name}"
+        if record is not None and record.phase in state_codec.ACTIVE_PHASES:
+            removing = (
+                f"removing it restarts release {record.canary_version} at step 1 with its "
+                f"total of {record.total} replicas (kept on the stable Deployment)"
+            )
+        else:
+            removing = "removing it starts the rollout over from idle"
+        return (
+            f"rollout {r.name}: the {STATE_ANNOTATION} annotation on Deployment {where} "
+            f"cannot be read ({error}). Nothing is done until it is fixed or removed; "
+            f"{removing}: kubectl annotate deployment -n {r.namespace} {r.canary_name} "
+            f"{STATE_ANNOTATION}-"
+        )
+
+    def _record_of(self, stable: DeploymentRecord, log: Log) -> RolloutState | None:
+        raw = stable.annotations.get(RELEASE_ANNOTATION)
+        if not raw:
+            return None
+        try:
+            return state_codec.loads(raw)
+        except StateCorrupt as e:
+            # Only a fallback: the canary's state is the authority while it is there.
+            log.warning(
+                "the stable's release record cannot be read; it will be rewritten",
+                annotation=RELEASE_ANNOTATION,
+                error=str(e),
+            )
+            return None
+
+    def observe(
+        self,
+    ) -> tuple[DeploymentRecord, DeploymentRecord, decision.Observation, RolloutState]:
+        """Read both Deployments and the persisted state."""
+        r = self.rollout
+        canary = self.kube.read_deployment(r.namespace, r.canary_name)
+        stable = self.kube.read_deployment(r.namespace, r.stable)
+        obs = self._observation(canary, stable)
         raw_state = canary.annotations.get(STATE_ANNOTATION)
         try:
             current = state_codec.loads(raw_state) if raw_state else RolloutState()
         except StateCorrupt as e:
-            where = f"{r.namespace}/{r.canary_name}"
-            raise StateCorrupt(
-                f"rollout {r.name}: the {STATE_ANNOTATION} annotation on Deployment {where} "
-                f"cannot be read ({e}). Nothing is done until it is fixed or removed; removing "
-                f"it starts the rollout over from idle with the Deployments as they are: "
-                f"kubectl annotate deployment -n {r.namespace} {r.canary_name} {STATE_ANNOTATION}-"
-            ) from e
-        if current.phase == "progressing":
-            # The kubelet says a crash loop or a pull error long before a deadline would.
-            try:
-                found = self.kube.list_pods(r.namespace, canary.selector)
-            except KubernetesForbidden as e:
-                # Without the pods the release still goes on; only the deadline catches a
-                # crash loop then. Said on every tick, so the missing grant gets noticed.
-                self._log.warning("cannot read the canary's pods", error=str(e))
-                found = []
-            obs = dataclasses.replace(
-                obs, canary_pods=tuple(PodView.from_json(p, r.version_label) for p in found)
-            )
+            raise StateCorrupt(self._corrupt_message(e, self._record_of(stable, self._log))) from e
+        obs = self._with_pods(obs, canary, current)
         return canary, stable, obs, current
+
+    def _with_pods(
+        self,
+        obs: decision.Observation,
+        canary: DeploymentRecord,
+        current: RolloutState,
+    ) -> decision.Observation:
+        """``obs`` with the canary's pods while a release progresses."""
+        if current.phase != "progressing":
+            return obs
+        r = self.rollout
+        # The kubelet says a crash loop or a pull error long before a deadline would.
+        try:
+            found = self.kube.list_pods(r.namespace, canary.selector)
+        except KubernetesForbidden as e:
+            # Without the pods the release still goes on; only the deadline catches a
+            # crash loop then. Said on every tick, so the missing grant gets noticed.
+            self._log.warning("cannot read the canary's pods", error=str(e))
+            found = []
+        return dataclasses.replace(
+            obs, canary_pods=tuple(PodView.from_json(p, r.version_label) for p in found)
+        )
+
+    # ---- the tick --------------------------------------------------------------------------
 
     def tick(self) -> TickResult:
         """Read, decide, act and tell, once. Raises autocanary errors for the caller to count."""
         started = time.monotonic()
         r = self.effective_rollout()
-        canary, stable, obs, current = self.observe()
+        read = self._read(started)
+        if isinstance(read, TickResult):
+            return read
+        canary, stable, record = read
+        obs = self._observation(canary, stable)
+        raw = canary.annotations.get(STATE_ANNOTATION)
+        now = self.clock()
+        current, recovered = self._current(canary, stable, record, obs, now)
+        obs = self._with_pods(obs, canary, current)
+
         self.log_context = {
             "revision": current.revision or obs.canary_revision,
             "step": current.step + 1 if current.phase in state_codec.ACTIVE_PHASES else None,
         }
         log = self._log.bind(**self.log_context)
-        now = self.clock()
         verdict = None
-        if decision.analysis_due(r, current, obs, now):
+        # A pending command is decided first: a slow Prometheus must not delay an abort.
+        if not (obs.command or "").strip() and decision.analysis_due(r, current, obs, now):
             pods = self._pod_sets(canary, stable) if analysis.uses_pods(r) else None
             verdict = self._analyse(current, now, log, pods)
         outcome = decision.decide(r, current, obs, now, verdict)
-        new = outcome.state
+        told = [
+            *((t, outcome.state) for t in recovered),
+            *((t, current) for t in self._superseded(current, outcome, obs)),
+            *((t, outcome.state) for t in outcome.transitions),
+        ]
+        transitions = tuple(t for t, _ in told)
+        new = self._with_notices(current, outcome.state, told, now)
 
         new_json = state_codec.dumps(new)
-        if new_json != canary.annotations.get(STATE_ANNOTATION) or outcome.consume_command:
+        if new_json != raw or outcome.consume_command:
             try:
                 canary = self.kube.write_state(
                     canary, new_json, consume_command=outcome.consume_command
@@ -226,15 +365,25 @@ class RolloutEngine:
             except StateConflict:
                 log.info("state changed meanwhile; deciding again on the next tick")
                 return TickResult(current.phase, timedelta(seconds=1), (), current)
+            _kill_point(transitions)
+        for transition in transitions:
+            log.info(
+                "transition",
+                reason=transition.reason,
+                message=transition.message,
+                kind=transition.kind,
+            )
 
         self.log_context = {
             "revision": new.revision or obs.canary_revision,
             "step": new.step + 1 if new.phase in state_codec.ACTIVE_PHASES else None,
         }
         log = log.bind(**self.log_context)
-        self._actuate(outcome.desired, canary, stable, log)
-        for transition in outcome.transitions:
-            self._tell(transition, new, canary, log)
+        stable, record = self._keep_record(stable, record, new)
+        canary, stable = self._actuate(outcome.desired, canary, stable, new, log)
+        new = self._tell_pending(new, canary, stable, log)
+        if record is not None and record.pending:
+            self._write_record_pending(stable, record, canary, log)
         self._export(new, obs)
         elapsed = time.monotonic() - started
         self.metrics.tick_duration.labels(r.name).observe(elapsed)
@@ -245,11 +394,387 @@ class RolloutEngine:
             canary_replicas=obs.canary.replicas,
             stable_replicas=obs.stable.replicas,
             verdict=verdict.verdict if verdict else None,
-            transitions=[t.reason for t in outcome.transitions] or None,
+            transitions=[t.reason for t in transitions] or None,
+            pending=len(new.pending) or None,
             message=new.message,
             duration_ms=round(elapsed * 1000, 1),
         )
-        return TickResult(new.phase, outcome.requeue_after, outcome.transitions, new)
+        requeue = outcome.requeue_after
+        if new.pending:
+            requeue = min(requeue, NOTICE_POLL) if requeue is not None else NOTICE_POLL
+        return TickResult(new.phase, requeue, transitions, new)
+
+    def _read(
+        self, started: float
+    ) -> tuple[DeploymentRecord, DeploymentRecord, RolloutState | None] | TickResult:
+        """Both Deployments and the stable's release record; a result if the canary is gone."""
+        r = self.rollout
+        try:
+            canary = self.kube.read_deployment(r.namespace, r.canary_name)
+        except ResourceNotFound as missing:
+            try:
+                stable = self.kube.read_deployment(r.namespace, r.stable)
+            except ResourceNotFound:
+                raise missing from None
+            return self._canary_missing(stable, self._record_of(stable, self._log), started)
+        stable = self.kube.read_deployment(r.namespace, r.stable)
+        return canary, stable, self._record_of(stable, self._log)
+
+    def _current(
+        self,
+        canary: DeploymentRecord,
+        stable: DeploymentRecord,
+        record: RolloutState | None,
+        obs: decision.Observation,
+        now: datetime,
+    ) -> tuple[RolloutState, tuple[decision.Transition, ...]]:
+        """The state to decide on, recovered from the stable's record if the canary lost it."""
+        raw = canary.annotations.get(STATE_ANNOTATION)
+        try:
+            current = state_codec.loads(raw) if raw else RolloutState()
+        except StateCorrupt as e:
+            self._state_corrupt(canary, stable, record, obs, raw=raw or "", error=e)
+            raise StateCorrupt(self._corrupt_message(e, record)) from e
+        if not raw and record is not None and record.phase in state_codec.ACTIVE_PHASES:
+            return self._recover(record, canary, now)
+        return current, ()
+
+    # ---- notices ---------------------------------------------------------------------------
+
+    def _notice(
+        self,
+        state: RolloutState,
+        seq: int,
+        transition: decision.Transition,
+        now: datetime,
+        *,
+        target: state_codec.NoticeTarget = "canary",
+        revision_: str | None = None,
+        source: str = "c",
+    ) -> Notice:
+        r = self.rollout
+        rev = revision_ if revision_ is not None else state.revision
+        sinks = self.notifier.route(transition.kind, r.alerts) if transition.kind else []
+        # The canary's state and the stable's record count their notices apart:
+        # "c" and "s" keep their ids (and so their Event names) from meeting.
+        return Notice(
+            id=f"{r.name}.{rev[:12] or 'none'}.{int(now.timestamp() * 1000)}.{source}{seq}",
+            reason=transition.reason,
+            message=transition.message,
+            kind=transition.kind,
+            warning=transition.warning,
+            at=now,
+            revision=rev,
+            canary_version=state.canary_version,
+            stable_version=state.stable_version,
+            step=state.step + 1 if state.total else None,
+            sinks=tuple(sinks),
+            target=target,
+            checks=tuple(dataclasses.asdict(c) for c in transition.checks),
+        )
+
+    def _with_notices(
+        self,
+        current: RolloutState,
+        new: RolloutState,
+        told: list[tuple[decision.Transition, RolloutState]],
+        now: datetime,
+    ) -> RolloutState:
+        """``new`` with the notices still pending from ``current`` and one per transition.
+
+        Each transition comes with the state of the release it is about.
+        """
+        notices = [
+            self._notice(about, current.notices + i + 1, t, now)
+            for i, (t, about) in enumerate(told)
+        ]
+        pending = self._bounded((*current.pending, *notices))
+        return dataclasses.replace(new, pending=pending, notices=current.notices + len(notices))
+
+    def _bounded(self, pending: tuple[Notice, ...]) -> tuple[Notice, ...]:
+        kept = list(pending)
+        while len(kept) > state_codec.MAX_PENDING:
+            lesser = [n for n in kept if _severity(n) != "critical"]
+            dropped = lesser[0] if lesser else kept[0]
+            kept.remove(dropped)
+            self._log.error(
+                "too many untold transitions; dropping one",
+                reason=dropped.reason,
+                notice=dropped.id,
+                limit=state_codec.MAX_PENDING,
+            )
+        return tuple(kept)
+
+    def _alert(self, notice: Notice) -> Alert:
+        r = self.rollout
+        return Alert(
+            kind=notice.kind,  # type: ignore[arg-type]  # validated when the notice was made
+            reason=notice.reason,
+            rollout=r.name,
+            namespace=r.namespace,
+            revision=notice.revision,
+            canary_version=notice.canary_version,
+            stable_version=notice.stable_version,
+            step=notice.step,
+            total_steps=len(r.steps),
+            message=notice.message,
+            at=notice.at,
+            checks=tuple(CheckSummary(**c) for c in notice.checks),
+            id=notice.id,
+        )
+
+    def _record(self, notice: Notice, about: DeploymentRecord | None, log: Log) -> Notice:
+        """Record the notice's Event (once: it is named after the notice)."""
+        if not notice.event:
+            return notice
+        if about is None:
+            return dataclasses.replace(notice, event=False)
+        try:
+            created = self.kube.record_event(
+                about, notice.reason, notice.message, warning=notice.warning, key=notice.id
+            )
+        except TransientError as e:
+            log.warning("could not record Event; trying again", reason=notice.reason, error=str(e))
+            return notice
+        except PermanentError as e:
+            log.error("cannot record Event; giving up", reason=notice.reason, error=str(e))
+            created = True
+        if created:
+            # Counted where the Event is created, so a repeat after a crash is not.
+            self._count(notice)
+        return dataclasses.replace(notice, event=False)
+
+    def _send(self, notice: Notice, log: Log) -> Notice:
+        """Send the notice's alerts to the sinks that have not taken it yet."""
+        if not notice.sinks or notice.kind is None:
+            return notice
+        if self.clock() - notice.at > NOTICE_TTL:
+            log.error(
+                "alert given up: its sinks did not take it in time",
+                reason=notice.reason,
+                sinks=list(notice.sinks),
+                notice=notice.id,
+            )
+            return dataclasses.replace(notice, sinks=())
+        states = self.notifier.deliver(self._alert(notice), notice.sinks)
+        left = tuple(s for s in notice.sinks if states.get(s) not in ("ok", "rejected"))
+        return dataclasses.replace(notice, sinks=left)
+
+    def _count(self, notice: Notice) -> None:
+        r = self.rollout
+        ended = notice.reason in ("RolledBack", "Promoted", "CanaryDeleted")
+        if ended and notice.kind == "rolledBack":
+            self.metrics.rollbacks.labels(r.name, r.namespace).inc()
+        elif ended and notice.kind == "promoted":
+            self.metrics.promotions.labels(r.name, r.namespace).inc()
+
+    def _tell_all(
+        self,
+        pending: tuple[Notice, ...],
+        canary: DeploymentRecord | None,
+        stable: DeploymentRecord,
+        log: Log,
+    ) -> tuple[Notice, ...]:
+        # Events in the order things happened (kubectl describe reads as a story);
+        # alerts most urgent first, so a rollback never queues behind lesser news.
+        told = [self._record(n, canary if n.target == "canary" else stable, log) for n in pending]
+        for i in sorted(range(len(told)), key=lambda i: (_RANK[_severity(told[i])], i)):
+            told[i] = self._send(told[i], log)
+        return tuple(n for n in told if not n.done)
+
+    def _tell_pending(
+        self, new: RolloutState, canary: DeploymentRecord, stable: DeploymentRecord, log: Log
+    ) -> RolloutState:
+        """Tell the canary state's pending notices; write what is left of them."""
+        if not new.pending:
+            return new
+        left = self._tell_all(new.pending, canary, stable, log)
+        if left == new.pending:
+            return new
+        told = dataclasses.replace(new, pending=left)
+        try:
+            self.kube.write_state(canary, state_codec.dumps(told), consume_command=False)
+        except (StateConflict, TransientError) as e:
+            # Told again next tick: Events are found by name, alerts carry their id.
+            log.info("could not clear told notices; they are told again next tick", error=str(e))
+            return new
+        return told
+
+    # ---- the stable's release record -------------------------------------------------------
+
+    def _keep_record(
+        self, stable: DeploymentRecord, record: RolloutState | None, new: RolloutState
+    ) -> tuple[DeploymentRecord, RolloutState | None]:
+        """Keep the release's essentials on the stable in step with the canary's state."""
+        if record is None and new.phase == "idle":
+            return stable, None
+        wanted = state_codec.essentials(new, record)
+        if record is not None and state_codec.dumps(wanted) == state_codec.dumps(record):
+            return stable, record
+        stable = self.kube.write_state(
+            stable, state_codec.dumps(wanted), consume_command=False, annotation=RELEASE_ANNOTATION
+        )
+        return stable, wanted
+
+    def _recover(
+        self, record: RolloutState, canary: DeploymentRecord, now: datetime
+    ) -> tuple[RolloutState, tuple[decision.Transition, ...]]:
+        """A release's state rebuilt from the stable's record, when the canary's is gone.
+
+        The release's total is kept (the stable may be scaled down right now);
+        a progressing release starts its steps over, since how far it got and
+        what was judged are lost.
+        """
+        phase = record.phase
+        state = dataclasses.replace(
+            record,
+            phase=phase,
+            step=0,
+            stage="waitingReady",
+            step_started_at=now,
+            canary_generation=canary.generation,
+            pending=(),
+            notices=0,
+            corrupt_seen="",
+            message=f"state recovered from the stable's {RELEASE_ANNOTATION}",
+        )
+        message = (
+            f"the {STATE_ANNOTATION} annotation of a {phase} release ({record.canary_version}, "
+            f"revision {record.revision}) is gone; recovered its total of {record.total} "
+            f"replicas from the stable's {RELEASE_ANNOTATION}"
+            + ("; its steps start over" if phase == "progressing" else "")
+        )
+        return state, (decision.Transition("StateRecovered", message, None, warning=True),)
+
+    def _canary_missing(
+        self, stable: DeploymentRecord, record: RolloutState | None, started: float
+    ) -> TickResult:
+        """The canary Deployment does not exist: restore the stable if a release was under way."""
+        r = self.rollout
+        log = self._log.bind(revision=record.revision if record else None, step=None)
+        missing = ResourceNotFound(
+            f"rollout {r.name}: the canary Deployment {r.namespace}/{r.canary_name} does not exist"
+        )
+        if record is None or record.phase not in state_codec.ACTIVE_PHASES:
+            if record is not None and record.pending:
+                self._write_record_pending(stable, record, None, log)
+            raise missing
+        now = self.clock()
+        original = record.stable_template
+        changed = original is not None and stable.template != original
+        promoted = record.phase == "promoting" and changed
+        if promoted:
+            kind: AlertKind = "promoted"
+            outcome = (
+                f"the stable keeps the release's template (the promotion had begun) and is "
+                f"scaled back to its {record.total} replicas"
+            )
+        else:
+            kind = "rolledBack"
+            outcome = f"the stable is scaled back to its {record.total} replicas" + (
+                " and gets its original template back" if changed else ""
+            )
+        message = (
+            f"the canary Deployment {r.canary_name} was deleted during the {record.phase} "
+            f"release of {record.canary_version} (revision {record.revision}); {outcome}"
+        )
+        transition = decision.Transition("CanaryDeleted", message, kind, warning=True)
+        notice = self._notice(
+            record, record.notices + 1, transition, now, target="stable", source="s"
+        )
+        ended = dataclasses.replace(
+            record,
+            phase="succeeded" if promoted else "rolledBack",
+            finished_at=now,
+            rolled_back_revision=record.rolled_back_revision if promoted else record.revision,
+            pending=self._bounded((*record.pending, notice)),
+            notices=record.notices + 1,
+        )
+        log.warning("canary deleted mid-release", message=message, kind=kind)
+        # The record and the stable's replicas in one write: capacity comes back at once.
+        stable = self.kube.write_state(
+            stable,
+            state_codec.dumps(ended),
+            consume_command=False,
+            replicas=record.total,
+            annotation=RELEASE_ANNOTATION,
+        )
+        if changed and not promoted and original is not None:
+            stable = self.kube.replace_template(r.namespace, r.stable, original)
+        self._write_record_pending(stable, ended, None, log)
+        self._export(ended, None)
+        self.metrics.tick_duration.labels(r.name).observe(time.monotonic() - started)
+        return TickResult(ended.phase, None, (transition,), ended)
+
+    def _write_record_pending(
+        self,
+        stable: DeploymentRecord,
+        record: RolloutState,
+        canary: DeploymentRecord | None,
+        log: Log,
+    ) -> None:
+        """Tell the stable record's pending notices and write what is left of them."""
+        left = self._tell_all(record.pending, canary, stable, log)
+        if left == record.pending:
+            return
+        try:
+            self.kube.write_state(
+                stable,
+                state_codec.dumps(dataclasses.replace(record, pending=left)),
+                consume_command=False,
+                annotation=RELEASE_ANNOTATION,
+            )
+        except (StateConflict, TransientError) as e:
+            log.info("could not clear told notices; they are told again next tick", error=str(e))
+
+    def _state_corrupt(
+        self,
+        canary: DeploymentRecord,
+        stable: DeploymentRecord,
+        record: RolloutState | None,
+        obs: decision.Observation,
+        *,
+        raw: str,
+        error: StateCorrupt,
+    ) -> None:
+        """Tell people (once per corrupt value) that the rollout is stuck on its state."""
+        log = self._log.bind(revision=obs.canary_revision, step=None)
+        digest = hashlib.sha256(raw.encode("utf-8", "replace")).hexdigest()[:16]
+        base = record if record is not None else RolloutState()
+        if base.corrupt_seen != digest:
+            message = self._corrupt_message(error, record)
+            transition = decision.Transition("StateCorrupt", message, "paused", warning=True)
+            about = dataclasses.replace(
+                base,
+                canary_version=base.canary_version or obs.canary_version,
+                stable_version=base.stable_version or obs.stable_version,
+            )
+            notice = self._notice(
+                about,
+                base.notices + 1,
+                transition,
+                self.clock(),
+                revision_=obs.canary_revision,
+                source="s",
+            )
+            base = dataclasses.replace(
+                base,
+                corrupt_seen=digest,
+                pending=self._bounded((*base.pending, notice)),
+                notices=base.notices + 1,
+            )
+            try:
+                stable = self.kube.write_state(
+                    stable,
+                    state_codec.dumps(base),
+                    consume_command=False,
+                    annotation=RELEASE_ANNOTATION,
+                )
+            except (StateConflict, TransientError) as e:
+                log.info("could not record the corrupt state's notice", error=str(e))
+                return
+        if base.pending:
+            self._write_record_pending(stable, base, canary, log)
 
     # ---- analysis --------------------------------------------------------------------------
 
@@ -270,7 +795,7 @@ class RolloutEngine:
         self,
         current: RolloutState,
         now: datetime,
-        log: structlog.typing.FilteringBoundLogger,
+        log: Log,
         pods: analysis.PodSets | None,
     ) -> analysis.IntervalVerdict:
         r = self.effective_rollout()
@@ -280,9 +805,8 @@ class RolloutEngine:
             self.metrics.query_errors.labels(r.name, what, reason).inc()
             log.warning("query failed", query=what, error=str(error))
 
-        verdict = interval.evaluate(
-            self.prometheus, r, current, now, on_error=failed, pods=pods
-        ).verdict
+        budget = _Budgeted(self.prometheus, r.interval.total_seconds() * ANALYSIS_BUDGET)
+        verdict = interval.evaluate(budget, r, current, now, on_error=failed, pods=pods).verdict
         for result in verdict.checks:
             self.metrics.check_results.labels(r.name, result.name, result.verdict).inc()
             if result.value is not None:
@@ -305,73 +829,103 @@ class RolloutEngine:
 
     # ---- effects ---------------------------------------------------------------------------
 
+    def _superseded(
+        self, current: RolloutState, outcome: decision.Decision, obs: decision.Observation
+    ) -> tuple[decision.Transition, ...]:
+        """Say what became of a release that a new canary revision replaced while promoting."""
+        new = outcome.state
+        if current.phase != "promoting" or new.revision == current.revision:
+            return ()
+        if obs.stable_revision == current.revision:
+            message = (
+                f"promoted {current.canary_version} (revision {current.revision}) to the stable "
+                f"Deployment {obs.stable.name}; its promotion was superseded by revision "
+                f"{new.revision}, which starts from it"
+            )
+            return (decision.Transition("Promoted", message, "promoted"),)
+        message = (
+            f"the promotion of {current.canary_version} (revision {current.revision}) was "
+            f"superseded by revision {new.revision} before the stable took its template"
+        )
+        return (decision.Transition("Superseded", message, None, warning=True),)
+
     def _actuate(
         self,
         desired: decision.Desired,
         canary: DeploymentRecord,
         stable: DeploymentRecord,
-        log: structlog.typing.FilteringBoundLogger,
-    ) -> None:
+        state: RolloutState,
+        log: Log,
+    ) -> tuple[DeploymentRecord, DeploymentRecord]:
         r = self.rollout
         if desired.stable_template is not None:
             log.info("replacing the stable pod template", deployment=r.stable)
             stable = self.kube.replace_template(r.namespace, r.stable, desired.stable_template)
         # The stable first: when the canary shrinks (a rollback), capacity never dips.
-        for record, want in ((stable, desired.stable_replicas), (canary, desired.canary_replicas)):
-            if want is not None and want != record.replicas:
-                log.info("scaling", deployment=record.name, replicas=want, was=record.replicas)
-                self.kube.scale(r.namespace, record.name, want)
-
-    def _tell(
-        self,
-        transition: decision.Transition,
-        new: RolloutState,
-        canary: DeploymentRecord,
-        log: structlog.typing.FilteringBoundLogger,
-    ) -> None:
-        r = self.rollout
-        log.info(
-            "transition",
-            reason=transition.reason,
-            message=transition.message,
-            kind=transition.kind,
-        )
-        if transition.reason == "RolledBack":
-            self.metrics.rollbacks.labels(r.name, r.namespace).inc()
-        elif transition.reason == "Promoted":
-            self.metrics.promotions.labels(r.name, r.namespace).inc()
-        try:
-            self.kube.record_event(
-                canary, transition.reason, transition.message, warning=transition.warning
+        wanted = ((stable, desired.stable_replicas), (canary, desired.canary_replicas))
+        for record, want in wanted:
+            if want is None or want == record.replicas:
+                continue
+            log.info("scaling", deployment=record.name, replicas=want, was=record.replicas)
+            overridden = self._overridden(
+                record, state, untouched=state.total if record is stable else 0
             )
-        except Exception as e:  # noqa: BLE001 -- an Event that cannot be written must not stop the alert
-            log.warning("could not record Event", reason=transition.reason, error=str(e))
-        if transition.kind is None:
-            return
-        self.notifier.notify(
-            Alert(
-                kind=transition.kind,
-                reason=transition.reason,
-                rollout=r.name,
-                namespace=r.namespace,
-                revision=new.revision,
-                canary_version=new.canary_version,
-                stable_version=new.stable_version,
-                step=new.step + 1 if new.total else None,
-                total_steps=len(r.steps),
-                message=transition.message,
-                at=self.clock(),
-                checks=transition.checks,
-            ),
-            r.alerts,
-        )
+            scaled = self.kube.scale(r.namespace, record.name, want)
+            if overridden:
+                self._note_override(scaled, record, want, state, log)
+            if record is stable:
+                stable = scaled
+            else:
+                canary = scaled
+        return canary, stable
 
-    def _export(self, new: RolloutState, obs: decision.Observation) -> None:
+    def _overridden(self, record: DeploymentRecord, state: RolloutState, *, untouched: int) -> bool:
+        """Whether someone else set these replicas during the release (not the daemon).
+
+        The API says who owns spec.replicas (and, except through the scale
+        subresource, since when). Before the daemon first scales a Deployment
+        in a release, another owner is expected, with the value the release
+        started from (``untouched``): that is not an override.
+        """
+        if state.phase not in state_codec.ACTIVE_PHASES or not record.replicas_manager:
+            return False
+        if record.replicas_manager == FIELD_MANAGER:
+            return False
+        set_at, started_at = record.replicas_set_at, state.started_at
+        if set_at is not None and started_at is not None and set_at <= started_at:
+            return False
+        return record.replicas != untouched
+
+    def _note_override(
+        self,
+        about: DeploymentRecord,
+        before: DeploymentRecord,
+        want: int,
+        state: RolloutState,
+        log: Log,
+    ) -> None:
+        message = (
+            f"{before.replicas_manager} set {before.name} to {before.replicas} replicas during "
+            f"the release of {state.canary_version}; autocanary owns the scale until the release "
+            f"ends and set it back to {want}. Pause the release (autocanary pause) to hold it."
+        )
+        log.warning(
+            "replicas set by someone else reverted", deployment=before.name, message=message
+        )
+        try:
+            self.kube.record_event(about, "ReplicasOverridden", message, warning=True)
+        except AutocanaryError as e:
+            log.warning("could not record Event", reason="ReplicasOverridden", error=str(e))
+
+    def _export(self, new: RolloutState, obs: decision.Observation | None) -> None:
         r = self.rollout
         self.metrics.set_phase(r.name, r.namespace, new.phase)
         self.metrics.step.labels(r.name).set(
             new.step + 1 if new.phase in state_codec.ACTIVE_PHASES else 0
         )
+        if obs is None:
+            self.metrics.canary_weight.labels(r.name, r.namespace).set(0.0)
+            return
         ready = obs.canary.ready + obs.stable.ready
         self.metrics.canary_weight.labels(r.name, r.namespace).set(
             obs.canary.ready / ready if ready else 0.0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ import yaml
 from kubernetes import client, config
 from kubernetes.client import ApiException
 
+from autocanary.deadline import DeadlineExceeded, DeadlineRunner
 from autocanary.errors import (
     InvalidResource,
     KubeconfigError,
@@ -31,13 +33,16 @@ from autocanary.errors import (
     StateConflict,
 )
 from autocanary.startup import Access
-from autocanary.state import COMMAND_ANNOTATION, STATE_ANNOTATION
+from autocanary.state import COMMAND_ANNOTATION, RELEASE_ANNOTATION, STATE_ANNOTATION
 
 JSON = dict[str, Any]
 _T = TypeVar("_T")
 
-#: (connect, read) seconds for every API call; a hung API server must not hang a tick.
+#: (connect, read) seconds for each socket operation of an API call.
 TIMEOUT = (5.0, 15.0)
+#: Wall-clock seconds for a whole API call: an API server (or proxy) trickling its
+#: answer resets the per-read timeout with every byte, and must not hang a tick.
+CALL_DEADLINE = 20.0
 FIELD_MANAGER = "autocanary"
 _MAX_EVENT_MESSAGE = 1024
 #: Attempts at a state write whose resourceVersion went stale through status updates only.
@@ -63,6 +68,9 @@ class DeploymentRecord:
     current: int
     observed_generation: int
     raw: JSON
+    #: Who last set spec.replicas (managedFields' manager) and when, if the API says.
+    replicas_manager: str = ""
+    replicas_set_at: datetime | None = None
 
     @property
     def observed(self) -> bool:
@@ -91,9 +99,32 @@ class DeploymentRecord:
                 current=int(status.get("replicas", 0)),
                 observed_generation=int(status.get("observedGeneration", 0)),
                 raw=obj,
+                **_replicas_owner(meta.get("managedFields") or []),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise InvalidResource(f"not a usable Deployment object (missing {e})") from e
+
+
+def _replicas_owner(managed: list[JSON]) -> dict[str, Any]:
+    """Who last wrote spec.replicas (server-side field ownership), and when if it says.
+
+    Writes through the scale subresource (``kubectl scale``) carry no time; if
+    several entries own the field, the untimed or latest one set the value.
+    """
+    owners: list[tuple[datetime, str, datetime | None]] = []
+    for entry in managed:
+        fields_v1 = entry.get("fieldsV1") or {}
+        if "f:replicas" not in (fields_v1.get("f:spec") or {}):
+            continue
+        try:
+            at = datetime.fromisoformat(str(entry["time"]).replace("Z", "+00:00"))
+        except (KeyError, ValueError):
+            at = None
+        owners.append((at or datetime.max.replace(tzinfo=UTC), str(entry.get("manager") or ""), at))
+    if not owners:
+        return {}
+    _, manager, at = max(owners)
+    return {"replicas_manager": manager, "replicas_set_at": at}
 
 
 def _decided_on(record: DeploymentRecord) -> tuple[object, ...]:
@@ -101,6 +132,7 @@ def _decided_on(record: DeploymentRecord) -> tuple[object, ...]:
     spec = record.raw.get("spec") or {}
     return (
         record.annotations.get(STATE_ANNOTATION),
+        record.annotations.get(RELEASE_ANNOTATION),
         record.annotations.get(COMMAND_ANNOTATION),
         spec.get("replicas"),
         spec.get("template"),
@@ -148,6 +180,8 @@ def _calling(what: str) -> Iterator[None]:
         ) from e
     except (urllib3.exceptions.HTTPError, OSError) as e:
         raise KubernetesUnavailable(f"{what}: cannot reach the API server: {e}") from e
+    except DeadlineExceeded as e:
+        raise KubernetesUnavailable(f"{what}: the API server timed out: {e}") from e
 
 
 def load_api_client(kubeconfig: str | None = None, context: str | None = None) -> client.ApiClient:
@@ -220,23 +254,43 @@ PHASE_LABEL = "autocanary.io/phase"
 DAEMON_SELECTOR = "app.kubernetes.io/name=autocanary,app.kubernetes.io/component=daemon"
 
 
+def event_name(deployment: str, key: str) -> str:
+    """The Event name for a notice ``key`` about ``deployment``: a valid, stable object name."""
+    safe = re.sub(r"[^a-z0-9.-]+", "-", key.lower()).strip(".-")
+    return f"{deployment}.{safe}"[:253].rstrip(".-")
+
+
 class KubeClient:
     """Deployments, Events and Leases, as the daemon and CLI need them."""
 
-    def __init__(self, api_client: client.ApiClient, *, identity: str = "autocanary") -> None:
-        """Wrap an ApiClient; ``identity`` names this process in Events and Leases."""
+    def __init__(
+        self,
+        api_client: client.ApiClient,
+        *,
+        identity: str = "autocanary",
+        deadline: float = CALL_DEADLINE,
+    ) -> None:
+        """Wrap an ApiClient; ``identity`` names this process in Events and Leases.
+
+        ``deadline`` bounds each call in wall-clock seconds (see :data:`CALL_DEADLINE`).
+        """
         self.api_client = api_client
         self.identity = identity
+        self.deadline = deadline
+        self._runner = DeadlineRunner("kube")
         self._apps = client.AppsV1Api(api_client)
         self._core = client.CoreV1Api(api_client)
         self._coordination = client.CoordinationV1Api(api_client)
         self._authorization = client.AuthorizationV1Api(api_client)
 
     def _json(self, what: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> JSON:
-        with _calling(what):
+        def whole_call() -> JSON:
             response = call(*args, _preload_content=False, _request_timeout=TIMEOUT, **kwargs)
             data: JSON = json.loads(response.data)
             return data
+
+        with _calling(what):
+            return self._runner.call(whole_call, self.deadline)
 
     # ---- Deployments -----------------------------------------------------------------------
 
@@ -292,6 +346,7 @@ class KubeClient:
         *,
         consume_command: bool,
         replicas: int | None = None,
+        annotation: str = STATE_ANNOTATION,
     ) -> DeploymentRecord:
         """Write the state annotation, failing if another writer changed what was decided on.
 
@@ -302,8 +357,10 @@ class KubeClient:
         command, or the spec changed (another replica, the CLI, a new release)
         it fails with :class:`StateConflict` and the tick decides again. The
         canary's replica count can ride along in the same atomic patch.
+        ``annotation`` names another annotation to write the same way (the
+        stable's release record).
         """
-        annotations: dict[str, str | None] = {STATE_ANNOTATION: state_json}
+        annotations: dict[str, str | None] = {annotation: state_json}
         if consume_command:
             annotations[COMMAND_ANNOTATION] = None
         current = deployment
@@ -394,14 +451,30 @@ class KubeClient:
     # ---- Events ----------------------------------------------------------------------------
 
     def record_event(
-        self, deployment: DeploymentRecord, reason: str, message: str, *, warning: bool
-    ) -> None:
-        """Write a core/v1 Event about a Deployment (``kubectl describe`` shows it)."""
+        self,
+        deployment: DeploymentRecord,
+        reason: str,
+        message: str,
+        *,
+        warning: bool,
+        key: str | None = None,
+    ) -> bool:
+        """Write a core/v1 Event about a Deployment (``kubectl describe`` shows it).
+
+        With ``key`` the Event gets a name derived from it, so recording the same
+        key twice (a retry after a crash) finds the first one: returns False
+        then, True when this call created the Event.
+        """
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        metadata = (
+            {"name": event_name(deployment.name, key), "namespace": deployment.namespace}
+            if key is not None
+            else {"generateName": f"{deployment.name}.", "namespace": deployment.namespace}
+        )
         body = {
             "apiVersion": "v1",
             "kind": "Event",
-            "metadata": {"generateName": f"{deployment.name}.", "namespace": deployment.namespace},
+            "metadata": metadata,
             "involvedObject": {
                 "apiVersion": "apps/v1",
                 "kind": "Deployment",
@@ -420,12 +493,18 @@ class KubeClient:
             "lastTimestamp": now,
             "count": 1,
         }
-        self._json(
-            f"record Event {reason} on {deployment.namespace}/{deployment.name}",
-            self._core.create_namespaced_event,
-            deployment.namespace,
-            body,
-        )
+        try:
+            self._json(
+                f"record Event {reason} on {deployment.namespace}/{deployment.name}",
+                self._core.create_namespaced_event,
+                deployment.namespace,
+                body,
+            )
+        except StateConflict:
+            if key is None:
+                raise
+            return False  # 409 AlreadyExists: recorded before
+        return True
 
     def list_events(self, namespace: str, name: str) -> list[JSON]:
         """Events about one object, oldest first."""

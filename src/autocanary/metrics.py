@@ -61,6 +61,12 @@ class DaemonMetrics:
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=r,
         )
+        self.tick_running = Gauge(
+            "autocanary_tick_running_seconds",
+            "How long the rollout's current tick has been running; 0 between ticks",
+            ["rollout"],
+            registry=r,
+        )
         self.tick_errors = Counter(
             "autocanary_tick_errors",
             "Ticks that failed, by error type",

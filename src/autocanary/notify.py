@@ -39,18 +39,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Literal, Self
 
 import httpx
 import structlog
 
 from autocanary.alert import Alert
-from autocanary.config import AlertmanagerSink, Sink, SlackSink, WebhookSink
+from autocanary.config import AlertKind, AlertmanagerSink, Sink, SlackSink, WebhookSink
+from autocanary.deadline import DeadlineExceeded, DeadlineRunner
 from autocanary.metrics import DaemonMetrics
 from autocanary.notify_payloads import alertmanager_payload, slack_payload, webhook_payload
 
 __all__ = [
     "Backoff",
+    "DeliveryState",
     "Notifier",
     "alertmanager_payload",
     "parse_retry_after",
@@ -61,6 +63,11 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 Outcome = Literal["ok", "failed", "dropped"]
+#: Where an alert sent with a key stands at one sink: waiting or being sent
+#: (``queued``), delivered (``ok``), refused for good (``rejected``: a 4xx, a
+#: missing secret), or worth sending again (``failed`` after its retries,
+#: ``dropped`` from a full queue).
+DeliveryState = Literal["queued", "ok", "rejected", "failed", "dropped"]
 
 _ALERTMANAGER_PATH = "/api/v2/alerts"
 _RETRYABLE_STATUS = frozenset({408, 429})
@@ -171,6 +178,30 @@ class Notifier:
             if alert.kind in worker.sink.on and (wanted is None or name in wanted):
                 worker.submit(alert)
 
+    def route(self, kind: AlertKind, sink_names: Sequence[str] | None = None) -> list[str]:
+        """The sinks an alert of ``kind`` goes to, among ``sink_names`` (None: every sink)."""
+        wanted = None if sink_names is None else set(sink_names)
+        return [
+            name
+            for name, worker in self._workers.items()
+            if kind in worker.sink.on and (wanted is None or name in wanted)
+        ]
+
+    def deliver(self, alert: Alert, sink_names: Sequence[str]) -> dict[str, DeliveryState]:
+        """Send ``alert`` to the named sinks unless already queued or done there (by its ``id``).
+
+        Returns each sink's state for the key. Callers keep a sink pending until
+        it says ``ok`` or ``rejected`` and call again (for instance on their
+        next tick): an alert that ``failed`` or was ``dropped`` is sent again,
+        one that is on its way is not. A sink that is not configured (any more)
+        answers ``rejected``.
+        """
+        states: dict[str, DeliveryState] = {}
+        for name in sink_names:
+            worker = self._workers.get(name)
+            states[name] = "rejected" if worker is None else worker.submit(alert, alert.id or None)
+        return states
+
     def flush(self, timeout: float) -> bool:
         """Wait until every queued alert was delivered or given up; False on timeout."""
         deadline = time.monotonic() + timeout
@@ -202,6 +233,29 @@ class Notifier:
         self.close()
 
 
+_RANK: dict[str, int] = {"critical": 0, "warning": 1, "info": 2}
+#: Delivery states kept per sink for alerts sent with a key (see :meth:`Notifier.deliver`).
+_REMEMBERED = 1000
+
+
+@dataclass
+class _Item:
+    """A queued alert: its key (if any), attempts made, and when it may be tried next."""
+
+    alert: Alert
+    key: str | None
+    seq: int
+    attempts: int = 0
+    not_before: float = 0.0
+    status: int | None = None
+    error: str | None = None
+
+    def order(self) -> tuple[int, int]:
+        # Critical first, then oldest first: a rollback never waits behind
+        # retries of an earlier, lesser alert.
+        return (_RANK[self.alert.severity], self.seq)
+
+
 class _SinkWorker:
     """One sink's queue and the thread that delivers from it."""
 
@@ -218,12 +272,12 @@ class _SinkWorker:
         self._backoff = backoff
         self._metrics = metrics
         self._queue_size = queue_size
-        self._queue: collections.deque[Alert] = collections.deque()
+        self._queue: list[_Item] = []
+        self._seq = 0
+        self._states: collections.OrderedDict[str, DeliveryState] = collections.OrderedDict()
         self._cond = threading.Condition()
         self._busy = False
         self._stopping = False
-        # Set at shutdown so a backoff wait ends at once instead of delaying exit.
-        self._stop = threading.Event()
         # Jitter only spreads retries out; it needs no cryptographic quality.
         self._random = random.Random()  # noqa: S311
         self._http = httpx.Client(
@@ -231,43 +285,73 @@ class _SinkWorker:
             timeout=sink.timeout.total_seconds(),
             headers={"User-Agent": _USER_AGENT},
         )
+        self._runner = DeadlineRunner(f"notify-{sink.name}", max_stuck=4)
         self._log = log.bind(sink=sink.name, sink_type=sink.type)
         self._thread = threading.Thread(
             target=self._run, name=f"autocanary-notify-{sink.name}", daemon=True
         )
         self._thread.start()
 
-    def submit(self, alert: Alert) -> None:
-        """Queue ``alert``; when the queue is full, drop the oldest non-critical alert."""
+    def state_of(self, key: str) -> DeliveryState | None:
+        """Where the alert sent with ``key`` stands, or None if this worker never saw it."""
         with self._cond:
+            return self._states.get(key)
+
+    def submit(self, alert: Alert, key: str | None = None) -> DeliveryState:
+        """Queue ``alert``; when the queue is full, drop the oldest non-critical alert.
+
+        With ``key``, an alert already queued, being sent or delivered is not
+        queued again; one that failed or was dropped is.
+        """
+        with self._cond:
+            known = self._states.get(key) if key is not None else None
+            if known in ("queued", "ok", "rejected"):
+                return known
             if self._stopping:
-                dropped: Alert | None = alert
+                dropped: _Item | None = _Item(alert, key, self._seq)
             else:
-                dropped = self._make_room(alert) if len(self._queue) >= self._queue_size else None
-                if dropped is not alert:
-                    self._queue.append(alert)
+                self._seq += 1
+                item = _Item(alert, key, self._seq)
+                dropped = self._make_room(item) if len(self._queue) >= self._queue_size else None
+                if dropped is not item:
+                    self._queue.append(item)
+                    self._remember(key, "queued")
                     self._cond.notify_all()
+            if dropped is not None:
+                self._remember(dropped.key, "dropped")
         if dropped is not None:
             self._count("dropped")
             self._log.warning(
                 "alert dropped",
                 why="notifier closed" if self._stopping else "queue full",
-                kind=dropped.kind,
-                rollout=dropped.rollout,
-                namespace=dropped.namespace,
+                kind=dropped.alert.kind,
+                rollout=dropped.alert.rollout,
+                namespace=dropped.alert.namespace,
             )
+        return "dropped" if dropped is not None and dropped.key == key else "queued"
 
-    def _make_room(self, incoming: Alert) -> Alert:
+    def _remember(self, key: str | None, state: DeliveryState) -> None:
+        # Called with the lock held.
+        if key is None:
+            return
+        self._states[key] = state
+        self._states.move_to_end(key)
+        while len(self._states) > _REMEMBERED:
+            self._states.popitem(last=False)
+
+    def _make_room(self, incoming: _Item) -> _Item:
         # Called with the lock held and the queue full. Critical alerts
         # (rollbacks) are the last to go: the oldest non-critical queued alert
         # goes first, then a non-critical newcomer, then the oldest critical one.
-        for queued in self._queue:
-            if queued.severity != "critical":
+        for queued in sorted(self._queue, key=lambda i: i.seq):
+            if queued.alert.severity != "critical":
                 self._queue.remove(queued)
                 return queued
-        if incoming.severity != "critical":
+        if incoming.alert.severity != "critical":
             return incoming
-        return self._queue.popleft()
+        oldest = min(self._queue, key=lambda i: i.seq)
+        self._queue.remove(oldest)
+        return oldest
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until the queue is empty and no delivery is in progress; False on timeout."""
@@ -281,7 +365,6 @@ class _SinkWorker:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        self._stop.set()
 
     def join(self, timeout: float) -> bool:
         """Wait for the thread to exit; True if it did."""
@@ -291,9 +374,9 @@ class _SinkWorker:
     def _run(self) -> None:
         _redacting.active = True
         try:
-            while (alert := self._next()) is not None:
+            while (item := self._next()) is not None:
                 try:
-                    self._deliver(alert)
+                    self._attempt_item(item)
                 finally:
                     with self._cond:
                         self._busy = False
@@ -301,78 +384,119 @@ class _SinkWorker:
         finally:
             self._http.close()
             with self._cond:
-                abandoned, self._queue = list(self._queue), collections.deque()
+                abandoned, self._queue = sorted(self._queue, key=lambda i: i.seq), []
+                for item in abandoned:
+                    self._remember(item.key, "failed" if item.attempts else "dropped")
                 self._cond.notify_all()
-            for alert in abandoned:
-                self._count("dropped")
-                self._log.warning(
-                    "alert dropped", why="notifier closed", kind=alert.kind, rollout=alert.rollout
-                )
+            for item in abandoned:
+                if item.attempts:
+                    self._count("failed")
+                    self._log.error(
+                        "alert delivery failed",
+                        kind=item.alert.kind,
+                        rollout=item.alert.rollout,
+                        attempts=item.attempts,
+                        status=item.status,
+                        error=item.error,
+                        why="shutting down",
+                    )
+                else:
+                    self._count("dropped")
+                    self._log.warning(
+                        "alert dropped",
+                        why="notifier closed",
+                        kind=item.alert.kind,
+                        rollout=item.alert.rollout,
+                    )
 
-    def _next(self) -> Alert | None:
+    def _next(self) -> _Item | None:
+        """The most urgent item that may be tried now; waits for one (None when stopping)."""
         with self._cond:
-            self._cond.wait_for(lambda: self._queue or self._stopping)
-            if self._stopping:
-                return None
-            self._busy = True
-            return self._queue.popleft()
+            while not self._stopping:
+                now = time.monotonic()
+                ready = [i for i in self._queue if i.not_before <= now]
+                if ready:
+                    item = min(ready, key=_Item.order)
+                    self._queue.remove(item)
+                    self._busy = True
+                    return item
+                waits = [i.not_before - now for i in self._queue]
+                self._cond.wait(timeout=min(waits) if waits else None)
+            return None
 
-    def _deliver(self, alert: Alert) -> None:
+    def _attempt_item(self, item: _Item) -> None:
+        """One attempt at ``item``: delivered, given up, or queued again for a retry."""
+        alert = item.alert
         log = self._log.bind(kind=alert.kind, rollout=alert.rollout, namespace=alert.namespace)
+        item.attempts += 1
         try:
             url = self.sink.url.resolve()
         except ValueError as e:
-            self._count("failed")
+            self._finish(item, "rejected")
             # No traceback: rendered with locals, it would show the secret.
             log.error("alert sink URL unavailable", source=self.sink.url.describe(), error=str(e))
             return
         try:
-            result = self._post(_endpoint(self.sink, url), _payload(self.sink, alert), log)
+            status, error, retry_after = self._attempt(
+                _endpoint(self.sink, url), _payload(self.sink, alert)
+            )
         except Exception as e:  # noqa: BLE001 - a bug in one delivery must not kill the worker
-            self._count("failed")
+            self._finish(item, "rejected")
             # No traceback: rendered with locals, it would show the URL.
             log.error("alert delivery crashed", error_type=type(e).__name__, error=str(e))
             return
-        if result.delivered:
-            self._count("ok")
-            log.info("alert delivered", attempts=result.attempts, status=result.status)
-        else:
-            self._count("failed")
+        item.status, item.error = status, error
+        if status is not None and 200 <= status < 300:
+            self._finish(item, "ok")
+            log.info("alert delivered", attempts=item.attempts, status=status)
+            return
+        retryable = status is None or status in _RETRYABLE_STATUS or status >= 500
+        if not retryable or item.attempts > self.sink.retries:
+            why = "not retryable" if not retryable else "retries exhausted"
+            self._finish(item, "rejected" if not retryable else "failed")
             log.error(
                 "alert delivery failed",
-                attempts=result.attempts,
-                status=result.status,
-                error=result.error,
-                why=result.why,
-            )
-
-    def _post(self, url: str, body: object, log: Any) -> _Result:
-        """POST ``body`` to ``url``, retrying what may pass (see the module docstring)."""
-        attempts = self.sink.retries + 1
-        for attempt in range(1, attempts + 1):
-            status, error, retry_after = self._attempt(url, body)
-            if status is not None and 200 <= status < 300:
-                return _Result(True, attempt, status, None, "delivered")
-            if status is not None and status not in _RETRYABLE_STATUS and status < 500:
-                return _Result(False, attempt, status, error, "not retryable")
-            if attempt == attempts:
-                break
-            delay = self._backoff.delay(attempt, self._random.random(), retry_after)
-            log.warning(
-                "alert delivery attempt failed, retrying",
-                attempt=attempt,
+                attempts=item.attempts,
                 status=status,
                 error=error,
-                delay_s=round(delay, 3),
+                why=why,
             )
-            if self._stop.wait(delay):
-                return _Result(False, attempt, status, error, "shutting down")
-        return _Result(False, attempts, status, error, "retries exhausted")
+            return
+        delay = self._backoff.delay(item.attempts, self._random.random(), retry_after)
+        log.warning(
+            "alert delivery attempt failed, retrying",
+            attempt=item.attempts,
+            status=status,
+            error=error,
+            delay_s=round(delay, 3),
+        )
+        with self._cond:
+            # Back in the queue, not slept on: a more urgent alert goes meanwhile.
+            item.not_before = time.monotonic() + delay
+            self._queue.append(item)
+            self._cond.notify_all()
+
+    def _finish(self, item: _Item, state: DeliveryState) -> None:
+        with self._cond:
+            self._remember(item.key, state)
+        self._count("ok" if state == "ok" else "failed")
 
     def _attempt(self, url: str, body: object) -> tuple[int | None, str | None, float | None]:
-        """One POST: (status, None, Retry-After seconds) or (None, error, None)."""
+        """One POST: (status, None, Retry-After seconds) or (None, error, None).
+
+        The sink's ``timeout`` bounds the whole attempt in wall-clock time, not
+        only each read: a receiver trickling its answer must not hold the queue.
+        """
+        seconds = self.sink.timeout.total_seconds()
+
+        def post() -> httpx.Response:
+            _redacting.active = True
+            return self._http.post(url, json=body)
+
         try:
-            response = self._http.post(url, json=body)
+            response = self._runner.call(post, seconds)
+        except DeadlineExceeded as e:
+            return None, f"DeadlineExceeded: {e}", None
         except (httpx.TransportError, httpx.InvalidURL) as e:
             return None, _error_text(e, url), None
         retry_after = parse_retry_after(response.headers.get("Retry-After"), datetime.now(UTC))

@@ -9,6 +9,7 @@ Webhook payload, version 1
 
     {
       "version": 1,
+      "id": "web-canary.5f7c9d2a.1746100800.7",
       "kind": "rolledBack",
       "reason": "RolledBack",
       "severity": "critical",
@@ -27,6 +28,9 @@ Webhook payload, version 1
       ]
     }
 
+- ``id``: unique per release and transition. Delivery is at least once (an
+  alert is sent again when the daemon cannot know it arrived, e.g. after a
+  crash), so a receiver that must act once drops an ``id`` it has seen.
 - ``kind``: the transition, one of ``releaseDetected``, ``stepAdvanced``,
   ``analysisFailed``, ``inconclusive``, ``paused``, ``resumed``,
   ``progressDeadlineExceeded``, ``rolledBack``, ``promoted``.
@@ -59,8 +63,9 @@ A list of one v2 API postable alert (``POST /api/v2/alerts``):
   ``rollout``, ``namespace``, ``reason``, ``severity``, plus the sink's extra
   labels, which cannot replace these five so routes on them stay reliable;
 - annotations ``summary``, ``description`` (the message and every check that
-  did not pass), ``kind``, ``revision``, ``canaryVersion``, ``stableVersion``
-  and ``step`` (``2/4``, absent outside the steps);
+  did not pass), ``kind``, ``revision``, ``canaryVersion``, ``stableVersion``,
+  ``step`` (``2/4``, absent outside the steps) and ``id`` (as in the webhook;
+  an alert sent twice has the same labels, which Alertmanager merges);
 - ``startsAt`` the transition time and ``endsAt`` a lifetime later, by severity
   (:data:`ALERTMANAGER_LIFETIME`). autocanary sends a transition once and never
   resolves it, and Alertmanager resolves an alert without ``endsAt`` after its
@@ -110,6 +115,7 @@ def webhook_payload(alert: Alert) -> dict[str, Any]:
     """The documented webhook JSON (version 1, see the module docstring) for ``alert``."""
     return {
         "version": WEBHOOK_PAYLOAD_VERSION,
+        "id": alert.id,
         "kind": alert.kind,
         "reason": alert.reason,
         "severity": alert.severity,
@@ -200,6 +206,8 @@ def alertmanager_payload(alert: Alert, extra_labels: Mapping[str, str]) -> list[
         "canaryVersion": alert.canary_version,
         "stableVersion": alert.stable_version,
     }
+    if alert.id:
+        annotations["id"] = alert.id
     step = _step_text(alert)
     if step is not None:
         annotations["step"] = step

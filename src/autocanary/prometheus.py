@@ -24,11 +24,31 @@ from prometheus_api_client.exceptions import PrometheusApiClientException
 from urllib3.util.retry import Retry
 
 from autocanary.config import PrometheusConfig
+from autocanary.deadline import DeadlineExceeded, DeadlineRunner
 from autocanary.errors import PrometheusUnavailable, QueryError
 from autocanary.redact import redact
 from autocanary.units import parse_duration
 
 _STATUS = re.compile(r"HTTP Status Code (\d{3})")
+_ERRNO = re.compile(r"\[Errno -?\d+\] ([^'\")]+)")
+
+
+def _transport_error(e: requests.RequestException) -> str:
+    """What went wrong on the wire, in a few words.
+
+    requests's own message quotes the whole request URL, URL-encoded query
+    included (hundreds of characters that say nothing to a person reading
+    a paused release's reason).
+    """
+    if isinstance(e, requests.Timeout):
+        return "timed out"
+    text = str(e)
+    errno = _ERRNO.search(text)
+    if errno is not None:
+        return errno.group(1).strip().lower()
+    if "RemoteDisconnected" in text or "Connection aborted" in text:
+        return "the connection was closed without an answer"
+    return type(e).__name__
 
 
 def _prometheus_error(e: PrometheusApiClientException) -> str:
@@ -68,12 +88,13 @@ class PrometheusClient:
     """Instant queries that must answer with one number, or nothing."""
 
     def __init__(self, cfg: PrometheusConfig) -> None:
-        """Connect lazily to ``cfg.url``; every query uses ``cfg.timeout``."""
+        """Connect lazily to ``cfg.url``; every query has ``cfg.timeout`` of wall-clock time."""
         #: For messages: credentials in the URL (user:password@) are never shown.
         self.url = redact(cfg.url)
         self._base_url = cfg.url
         self._timeout = cfg.timeout.total_seconds()
         self._headers = auth_headers(cfg)
+        self._runner = DeadlineRunner("prometheus")
         self._connection = PrometheusConnect(
             url=cfg.url,
             headers=self._headers or None,
@@ -85,17 +106,22 @@ class PrometheusClient:
         """Release the HTTP session."""
         self._connection.close()
 
-    def query_vector(self, promql: str, at: datetime | None = None) -> list[Sample]:
+    def query_vector(
+        self, promql: str, at: datetime | None = None, *, timeout: float | None = None
+    ) -> list[Sample]:
         """Evaluate ``promql`` at ``at``: every series' labels and value."""
-        return _samples(self._query(promql, at), promql)
+        return _samples(self._query(promql, at, timeout), promql)
 
-    def query_value(self, promql: str, at: datetime | None = None) -> float | None:
+    def query_value(
+        self, promql: str, at: datetime | None = None, *, timeout: float | None = None
+    ) -> float | None:
         """Evaluate ``promql`` at ``at`` (default now): one number, or None for an empty result.
 
         A result with several series is a :class:`QueryError`: a check must
-        aggregate (``sum(...)``) to one value per version.
+        aggregate (``sum(...)``) to one value per version. ``timeout`` (seconds
+        of wall-clock time) may shorten the configured one, never lengthen it.
         """
-        return _single_value(self._query(promql, at), promql)
+        return _single_value(self._query(promql, at, timeout), promql)
 
     def scrape_interval(self, series: str) -> timedelta | None:
         """How often Prometheus scrapes ``series`` (a selector), or None if it has no samples.
@@ -120,7 +146,7 @@ class PrometheusClient:
         return self._sample_spacing(series)
 
     def _active_targets(self) -> list[dict[str, Any]]:
-        try:
+        def read() -> Any:
             response = requests.get(
                 f"{self._base_url}/api/v1/targets",
                 params={"state": "active"},
@@ -128,10 +154,15 @@ class PrometheusClient:
                 timeout=self._timeout,
             )
             response.raise_for_status()
-            targets = response.json()["data"]["activeTargets"]
+            return response.json()["data"]["activeTargets"]
+
+        try:
+            targets = self._runner.call(read, self._timeout)
+        except DeadlineExceeded as e:
+            raise PrometheusUnavailable(f"Prometheus at {self.url} timed out: {e}") from e
         except requests.RequestException as e:
             raise PrometheusUnavailable(
-                f"cannot read the targets of {self.url}: {redact(str(e))}"
+                f"cannot read the targets of {self.url}: {_transport_error(e)}"
             ) from e
         except (ValueError, KeyError, TypeError) as e:
             raise PrometheusUnavailable(
@@ -149,12 +180,24 @@ class PrometheusClient:
             return None
         return timedelta(seconds=round(statistics.median(gaps), 3))
 
-    def _query(self, promql: str, at: datetime | None) -> Any:
+    def _query(self, promql: str, at: datetime | None, timeout: float | None = None) -> Any:
         params: dict[str, Any] = {}
         if at is not None:
             params["time"] = f"{at.timestamp():.3f}"
+        seconds = self._timeout if timeout is None else min(timeout, self._timeout)
         try:
-            return self._connection.custom_query(promql, params=params, timeout=self._timeout)
+            # Prometheus also stops evaluating after `timeout`; the runner bounds the
+            # wire (a proxy that trickles its answer resets every per-read timeout).
+            return self._runner.call(
+                lambda: self._connection.custom_query(
+                    promql,
+                    params={**params, "timeout": f"{max(1, int(seconds * 1000))}ms"},
+                    timeout=seconds,
+                ),
+                seconds,
+            )
+        except DeadlineExceeded as e:
+            raise PrometheusUnavailable(f"Prometheus at {self.url} timed out: {e}") from e
         except PrometheusApiClientException as e:
             status = _STATUS.search(str(e))
             if status and status.group(1) in ("400", "422"):
@@ -166,7 +209,7 @@ class PrometheusClient:
             ) from e
         except requests.RequestException as e:
             raise PrometheusUnavailable(
-                f"cannot reach Prometheus at {self.url}: {redact(str(e))}"
+                f"cannot reach Prometheus at {self.url}: {_transport_error(e)}"
             ) from e
         except ValueError as e:  # a proxy or wrong URL answering something that is not JSON
             raise PrometheusUnavailable(

@@ -12,6 +12,7 @@ Environment (an empty value counts as unset):
 - ``FAULT_LATENCY``: latency added to ``GET /``: ``200ms``, or ``200ms±50ms``
   (ASCII: ``200ms+-50ms``) for a uniform spread between 150ms and 250ms.
 - ``FAULT_AFTER``: healthy for this long after start, then the faults apply (``30s``).
+- ``FAULT_FOR``: the faults apply for this long, then stop (``20s``; default: for good).
 - ``FAULT_SEED``: an integer seeding the fault draws, for runs that repeat exactly.
 
 An invalid value stops the start with exit status 2 and a message naming the
@@ -80,6 +81,7 @@ class Faults:
     spread_s: float = 0.0
     after_s: float = 0.0
     seed: int | None = None
+    for_s: float | None = None  # None: the faults never stop
 
     def delay(self, rng: random.Random) -> float:
         """Latency to add to one answer, in seconds: uniform in latency ± spread, never < 0."""
@@ -154,9 +156,10 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
     latency_s, spread_s = read("FAULT_LATENCY", parse_latency, (0.0, 0.0))
     after_s = read("FAULT_AFTER", _parse_after, 0.0)
     seed = read("FAULT_SEED", _parse_seed, None)
+    for_s = read("FAULT_FOR", _parse_after, None)
     if problems:
         raise ConfigError(problems)
-    return Settings(version, pod_ip, Faults(error_rate, latency_s, spread_s, after_s, seed))
+    return Settings(version, pod_ip, Faults(error_rate, latency_s, spread_s, after_s, seed, for_s))
 
 
 def _parse_version(text: str) -> str:
@@ -236,7 +239,10 @@ class EchoApp:
     def draw_faults(self) -> tuple[float, bool]:
         """For one ``GET /``: seconds of latency to add and whether to answer 500."""
         faults = self.settings.faults
-        if self._clock() - self._started < faults.after_s:
+        elapsed = self._clock() - self._started
+        if elapsed < faults.after_s or (
+            faults.for_s is not None and elapsed >= faults.after_s + faults.for_s
+        ):
             return 0.0, False
         fail = faults.error_rate > 0.0 and self._rng.random() < faults.error_rate
         return faults.delay(self._rng), fail
@@ -323,7 +329,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Version echo app with injectable faults.",
         epilog=(
             "environment: VERSION, POD_IP, FAULT_ERROR_RATE (0.2 or 20%), "
-            "FAULT_LATENCY (200ms or 200ms±50ms), FAULT_AFTER (30s), FAULT_SEED (integer)"
+            "FAULT_LATENCY (200ms or 200ms±50ms), FAULT_AFTER (30s), FAULT_FOR (20s), "
+            "FAULT_SEED (integer)"
         ),
     )
     parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default: all)")  # noqa: S104

@@ -544,3 +544,24 @@ def test_custom_queries_may_use_the_pods_and_their_template_hashes() -> None:
 def test_app_source_config_errors(analysis: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
         make_rollout(analysis=analysis)
+
+
+def test_checks_failing_alike_are_named_together_in_one_reason() -> None:
+    error = "cannot reach Prometheus at http://127.0.0.1:9/: connection refused"
+    rollout = make_rollout(
+        analysis={
+            "checks": [
+                {"name": "errors", "template": "error-rate", "max": "1%"},
+                {"name": "p95", "template": "latency", "quantile": 0.95, "max": "250ms"},
+            ]
+        }
+    )
+    plan_ = plan(rollout, "v2", "v1")
+    outcomes = {
+        q: QueryOutcome(error=error)
+        for q in (plan_.canary_requests_query, *(c.canary_query for c in plan_.checks))
+    }
+    verdict = judge_interval(rollout.analysis, plan_, outcomes, AT)
+    assert verdict.verdict == "inconclusive"
+    assert verdict.reason.startswith("errors, p95: ")
+    assert verdict.reason.count(error) == 1, verdict.reason

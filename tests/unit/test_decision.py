@@ -697,6 +697,15 @@ def test_unknown_command_is_ignored_and_consumed() -> None:
     assert "unknown command; use one of promote, abort, retry, pause, resume" in note.message
 
 
+def test_a_huge_unknown_command_is_quoted_only_in_part() -> None:
+    driver, state, obs = reach("progressing")
+    command = "x" * 200_000
+    decision = decide(driver.rollout, state, dataclasses.replace(obs, command=command), T0)
+    (note,) = decision.transitions
+    assert note.message.startswith(f"command {'x' * 64!r}... (200000 characters) ignored")
+    assert len(note.message) < 300
+
+
 def test_commands_are_trimmed_and_blank_is_no_command() -> None:
     driver, state, obs = reach("progressing")
     decision = decide(driver.rollout, state, dataclasses.replace(obs, command=" pause\n"), T0)

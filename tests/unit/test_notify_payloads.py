@@ -45,6 +45,7 @@ ROLLED_BACK = Alert(
             reason="no data",
         ),
     ),
+    id="checkout.5f7c9d2a.3.1746100800250",
 )
 
 PROMOTED = replace(ROLLED_BACK, kind="promoted", reason="Promoted", step=None, checks=())
@@ -53,6 +54,7 @@ PROMOTED = replace(ROLLED_BACK, kind="promoted", reason="Promoted", step=None, c
 def test_webhook_payload_is_the_documented_version_1_shape() -> None:
     assert webhook_payload(ROLLED_BACK) == {
         "version": 1,
+        "id": "checkout.5f7c9d2a.3.1746100800250",
         "kind": "rolledBack",
         "reason": "RolledBack",
         "severity": "critical",
@@ -201,6 +203,7 @@ def test_alertmanager_payload_labels_annotations_and_times() -> None:
         ),
         "kind": "rolledBack",
         "revision": "5f7c9d2a",
+        "id": "checkout.5f7c9d2a.3.1746100800250",
         "canaryVersion": "v2",
         "stableVersion": "v1",
         "step": "2/4",

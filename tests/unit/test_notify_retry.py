@@ -469,3 +469,78 @@ def test_rejects_duplicate_sinks_and_an_empty_queue(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         Notifier(sinks, **kw)
+
+
+# ---- at least once, by id; the most urgent first; a wall-clock bound per attempt ------------
+
+
+def test_deliver_sends_an_id_once_while_queued_or_done_and_again_after_a_failure(
+    run: Callable[..., tuple[Notifier, Server, DaemonMetrics]],
+) -> None:
+    notifier, server, _ = run(
+        [webhook("a", retries=0), webhook("b", retries=0, on=["promoted"])],
+        [httpx.Response(503)],
+    )
+    alert = replace(ALERT, id="checkout.5f7c9d2a.1.1")
+    assert notifier.route("rolledBack") == ["a"]
+    assert notifier.deliver(alert, ["a"]) == {"a": "queued"}
+    assert notifier.flush(FLUSH_S)
+    # Its one attempt failed: the next call (the engine's next tick) sends it again.
+    assert notifier.deliver(alert, ["a", "gone"]) == {"a": "queued", "gone": "rejected"}
+    assert notifier.flush(FLUSH_S)
+    assert notifier.deliver(alert, ["a"]) == {"a": "ok"}
+    assert notifier.flush(FLUSH_S)
+
+    bodies = [json.loads(r.content) for r in server.requests]
+    assert [b["id"] for b in bodies] == ["checkout.5f7c9d2a.1.1"] * 2
+
+
+def test_a_rollback_goes_before_retries_of_lesser_alerts() -> None:
+    # The lesser alert fails twice and waits a (long) second between attempts; the
+    # rollback queued meanwhile must not wait behind those retries.
+    seen: list[str] = []
+    failures = {"step 2": 2}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        message = json.loads(request.content)["message"]
+        seen.append(message)
+        if failures.get(message, 0) > 0:
+            failures[message] -= 1
+            return httpx.Response(503)
+        return httpx.Response(200)
+
+    with Notifier(
+        [webhook("a", retries=2, on=["rolledBack", "stepAdvanced"])],
+        transport=httpx.MockTransport(handler),
+        backoff=Backoff(initial=1.0, maximum=1.0),
+    ) as notifier:
+        lesser = replace(
+            ALERT, kind="stepAdvanced", reason="StepAdvanced", message="step 2", id="s"
+        )
+        notifier.deliver(lesser, ["a"])
+        eventually(lambda: len(seen) == 1)
+        notifier.deliver(replace(ALERT, message="rolled back", id="r"), ["a"])
+        assert notifier.flush(FLUSH_S)
+
+    assert seen == ["step 2", "rolled back", "step 2", "step 2"]
+
+
+def test_an_answer_trickling_past_the_timeout_is_a_failed_attempt(logs: Events) -> None:
+    release = threading.Event()
+
+    def trickle(request: httpx.Request) -> httpx.Response:
+        # Stands for a receiver sending a byte now and then: no read ever times out.
+        release.wait(FLUSH_S)
+        return httpx.Response(200)
+
+    sink = webhook("a", retries=0).model_copy(update={"timeout": timedelta(milliseconds=200)})
+    metrics = DaemonMetrics()
+    with Notifier([sink], metrics=metrics, transport=httpx.MockTransport(trickle)) as notifier:
+        started = time.monotonic()
+        notifier.deliver(replace(ALERT, id="x"), ["a"])
+        eventually(lambda: deliveries(metrics, "a", "failed") == 1)
+        waited = time.monotonic() - started
+        release.set()
+    (failed,) = events_named(logs, "alert delivery failed")
+    assert failed["error"] == "DeadlineExceeded: no complete answer within 0.2s"
+    assert waited < FLUSH_S

@@ -298,7 +298,9 @@ def _run(restart_at: int | None) -> tuple[list[Judgement], JudgeState]:
         persisted = state.to_dict()
         if k == restart_at:
             # The daemon dies: the evidence survives only in the state annotation.
-            annotation = dumps(RolloutState(phase="progressing", judge=persisted))
+            annotation = dumps(
+                RolloutState(phase="progressing", revision="r", total=3, judge=persisted)
+            )
             persisted = loads(annotation).judge
     assert state is not None
     return judgements, state

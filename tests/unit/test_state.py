@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -10,7 +11,16 @@ import pytest
 from builders import pod_template
 
 from autocanary.errors import StateCorrupt
-from autocanary.state import MAX_VERDICTS, SCHEMA_VERSION, RolloutState, VerdictRecord, dumps, loads
+from autocanary.state import (
+    MAX_VERDICTS,
+    SCHEMA_VERSION,
+    Notice,
+    RolloutState,
+    VerdictRecord,
+    dumps,
+    essentials,
+    loads,
+)
 
 T = datetime(2025, 3, 1, 12, 0, 30, 123456, tzinfo=UTC)
 
@@ -98,6 +108,40 @@ def test_with_verdict_keeps_the_most_recent() -> None:
     assert [v.step for v in state.verdicts] == list(range(3, MAX_VERDICTS + 3))
 
 
+NOTICE = Notice(
+    id="web.abc123def456.1.1740830430123",
+    reason="RolledBack",
+    message="error-rate: 0.1 is above the maximum 0.02",
+    kind="rolledBack",
+    warning=True,
+    at=T,
+    revision="abc123def456",
+    canary_version="2.0",
+    stable_version="1.0",
+    step=3,
+    sinks=("oncall", "alertmanager"),
+    checks=({"name": "error-rate", "verdict": "fail", "value": 0.1, "threshold": "<= 0.02"},),
+)
+NOTICE_JSON = json.loads(dumps(RolloutState(pending=(NOTICE,))))["pending"][0]
+
+
+def test_pending_notices_round_trip_and_are_done_when_told() -> None:
+    state = dataclasses.replace(full_state(), pending=(NOTICE,), notices=7)
+    assert loads(dumps(state)) == state
+    assert not NOTICE.done
+    assert dataclasses.replace(NOTICE, event=False, sinks=()).done
+
+
+def test_essentials_keep_what_restores_capacity_and_the_records_own_notices() -> None:
+    record = RolloutState(pending=(NOTICE,), notices=4, corrupt_seen="d1")
+    kept = essentials(full_state(), record)
+    assert (kept.phase, kept.total, kept.revision) == ("progressing", 10, "abc123def456")
+    assert kept.stable_template == pod_template()
+    assert (kept.pending, kept.notices, kept.corrupt_seen) == ((NOTICE,), 4, "d1")
+    assert (kept.step, kept.verdicts, kept.judge) == (0, (), None)
+    assert loads(dumps(kept)) == kept
+
+
 def corrupt(**changes: Any) -> str:
     data = json.loads(dumps(full_state()))
     data.update(changes)
@@ -127,11 +171,33 @@ def corrupt(**changes: Any) -> str:
         (corrupt(revision=5), r"revision: expected a string"),
         (corrupt(stable_template=[1]), r"stable_template: expected an object or null"),
         (corrupt(verdicts=5), r"verdicts: expected a list"),
-        (corrupt(verdicts=["pass"]), r"malformed"),
-        (corrupt(verdicts=[{"step": 0, "verdict": "pass"}]), r"malformed: 'at'"),
-        (corrupt(verdicts=[{"at": None, "step": 0, "verdict": "pass"}]), r"verdicts.at"),
-        (corrupt(verdicts=[{"at": "noon", "step": 0, "verdict": "pass"}]), r"verdicts.at"),
-        (corrupt(verdicts=[{"at": T.isoformat(), "step": "x", "verdict": "p"}]), r"malformed"),
+        (corrupt(verdicts=["pass"]), r"verdicts\[0\]: expected an object, got 'pass'"),
+        (corrupt(verdicts=[{"step": 0, "verdict": "pass"}]), r"verdicts\[0\].at: expected an ISO"),
+        (corrupt(verdicts=[{"at": None, "step": 0, "verdict": "pass"}]), r"verdicts\[0\].at"),
+        (corrupt(verdicts=[{"at": "noon", "step": 0, "verdict": "pass"}]), r"verdicts\[0\].at"),
+        (
+            corrupt(verdicts=[{"at": T.isoformat(), "step": "x", "verdict": "p"}]),
+            r"verdicts\[0\].step: expected int, got 'x'",
+        ),
+        # Values a hand edit leaves that once crashed a tick with a traceback.
+        (corrupt(canary_generation="x"), r"canary_generation: expected a non-negative integer"),
+        (corrupt(total=0), r"total: a progressing release needs at least 1 replica, got 0"),
+        (corrupt(revision=""), r"revision: a progressing release needs its canary revision"),
+        (corrupt(judge=[]), r"judge: expected an object or null"),
+        (corrupt(notices=-3), r"notices: expected a non-negative integer"),
+        (corrupt(pending={}), r"pending: expected a list"),
+        (corrupt(pending=[1]), r"pending\[0\]: expected an object, got 1"),
+        (corrupt(pending=[{"reason": "RolledBack"}]), r"pending\[0\].id: expected str, got None"),
+        (
+            corrupt(pending=[{**NOTICE_JSON, "sinks": "oncall"}]),
+            r"pending\[0\].sinks: expected list",
+        ),
+        (
+            corrupt(pending=[{**NOTICE_JSON, "target": "ingress"}]),
+            r"pending\[0\].target: expected canary or stable",
+        ),
+        (corrupt(pending=[{**NOTICE_JSON, "colour": 1}]), r"unknown fields \['colour'\]"),
+        ('{"schema": 1, "verdicts": [' * 2000, r"not JSON"),
     ],
 )
 def test_corrupt_annotations_raise_state_corrupt(text: str, message: str) -> None:

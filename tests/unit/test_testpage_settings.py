@@ -127,6 +127,20 @@ def test_faults_apply_only_after_the_onset_delay() -> None:
     assert page.draw_faults() == (0.2, True)
 
 
+def test_faults_stop_after_their_duration() -> None:
+    clock = FakeClock()
+    faults = Faults(error_rate=1.0, after_s=10.0, for_s=20.0)
+    page = EchoApp(Settings("v2", None, faults), CollectorRegistry(), clock=clock)
+    assert page.draw_faults() == (0.0, False)
+    clock.now += 10.0
+    assert page.draw_faults() == (0.0, True)
+    clock.now += 19.9
+    assert page.draw_faults() == (0.0, True)
+    clock.now += 0.1
+    assert page.draw_faults() == (0.0, False)
+    assert settings_from_env({"FAULT_FOR": "20s"}).faults.for_s == 20.0
+
+
 def test_error_rate_draws_are_reproducible_with_a_seed_and_near_the_rate() -> None:
     faults = Faults(error_rate=0.2, seed=42)
 
