@@ -336,10 +336,20 @@ class CanaryStack:
         self.config_path.write_text(yaml.safe_dump(dict(config or self.config()), sort_keys=False))
         return self.config_path
 
-    def start_daemon(self, name: str = "daemon-a") -> ManagedProcess:
-        """Start ``autocanary run`` as a subprocess; return once it serves /healthz."""
+    def start_daemon(
+        self,
+        name: str = "daemon-a",
+        *,
+        env: Mapping[str, str] | None = None,
+        config: Mapping[str, Any] | None = None,
+    ) -> ManagedProcess:
+        """Start ``autocanary run`` as a subprocess; return once it serves /healthz.
+
+        ``env`` is added to its environment (e.g. a test-only fault hook);
+        ``config`` replaces this stack's config (see :meth:`config`).
+        """
         port = free_port()
-        config = self.config()
+        config = dict(config or self.config())
         config["daemon"] = {**config["daemon"], "listen": f"127.0.0.1:{port}"}
         path = self.workdir / f"{name}.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -358,6 +368,7 @@ class CanaryStack:
                 name,
             ],
             log_dir=self.workdir / "logs",
+            env=env,
         )
         self.daemons[name] = process
         self.daemon_ports[name] = port

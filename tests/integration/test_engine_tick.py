@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import json
+import re
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,7 +26,7 @@ from prometheus_client import generate_latest
 from autocanary import state as state_codec
 from autocanary.config import PrometheusConfig, RolloutConfig, WebhookSink
 from autocanary.engine import RolloutEngine, TickResult
-from autocanary.errors import StateCorrupt
+from autocanary.errors import ResourceNotFound, StateCorrupt
 from autocanary.kube import DeploymentRecord, KubeClient
 from autocanary.metrics import DaemonMetrics
 from autocanary.notify import Backoff, Notifier
@@ -73,13 +75,22 @@ class Clock:
         self.now += delta
 
 
+class Killed(BaseException):
+    """Stands for SIGKILL: nothing after it runs (no ``except Exception`` catches it)."""
+
+
 class InterleavingKube(KubeClient):
-    """A KubeClient that lets a test run another writer right before the next state write."""
+    """A KubeClient that lets a test run another writer right before the next state write.
+
+    It also notes every state decision written (phase and stage, in order), and
+    can "kill" the tick right after the write that records a given transition.
+    """
 
     def __init__(self, api: client.ApiClient) -> None:
         super().__init__(api, identity="itest-engine")
         self.before_write: Callable[[], None] | None = None
-        self.writes = 0
+        self.kill_after: str | None = None  # an Event reason
+        self.decisions: list[tuple[str, str]] = []
 
     def write_state(
         self,
@@ -88,14 +99,29 @@ class InterleavingKube(KubeClient):
         *,
         consume_command: bool,
         replicas: int | None = None,
+        annotation: str = STATE_ANNOTATION,
     ) -> DeploymentRecord:
         hook, self.before_write = self.before_write, None
         if hook is not None:
             hook()
-        self.writes += 1
-        return super().write_state(
-            deployment, state_json, consume_command=consume_command, replicas=replicas
+        written = state_codec.loads(state_json)
+        if annotation == STATE_ANNOTATION:
+            decided = (written.phase, written.stage)
+            if not self.decisions or self.decisions[-1] != decided:
+                self.decisions.append(decided)
+        record = super().write_state(
+            deployment,
+            state_json,
+            consume_command=consume_command,
+            replicas=replicas,
+            annotation=annotation,
         )
+        if self.kill_after is not None and any(
+            n.reason == self.kill_after and n.event for n in written.pending
+        ):
+            self.kill_after = None
+            raise Killed
+        return record
 
 
 @dataclasses.dataclass
@@ -418,7 +444,13 @@ def test_a_concurrent_writer_aborts_the_tick_and_the_next_tick_consumes_the_comm
     assert "paused by command" in state.message
     assert rig.replicas() == (3, 1)
     assert rig.reasons() == [*events_before, "Paused"]
-    assert rig.kube.writes == 4  # idle, release, the one that conflicted, pause
+    # Decided: idle, the release, the start of analysing that conflicted, then pause.
+    assert rig.kube.decisions == [
+        ("idle", "waitingReady"),
+        ("progressing", "waitingReady"),
+        ("progressing", "analysing"),
+        ("paused", "waitingReady"),
+    ]
 
 
 def test_a_command_set_before_the_tick_read_is_consumed_with_the_state(rig: Rig) -> None:
@@ -443,6 +475,7 @@ def test_a_corrupt_state_annotation_raises_state_corrupt_telling_how_to_recover(
 ) -> None:
     start_release(rig)
     replicas = rig.replicas()
+    assert replicas == (2, 1)
     reasons = rig.reasons()
     rig.admin.patch_deployment(
         rig.namespace,
@@ -451,8 +484,9 @@ def test_a_corrupt_state_annotation_raises_state_corrupt_telling_how_to_recover(
         "hand edit",
     )
 
-    with pytest.raises(StateCorrupt) as caught:
-        rig.tick()
+    for _ in range(2):
+        with pytest.raises(StateCorrupt) as caught:
+            rig.tick()
 
     message = str(caught.value)
     assert "not JSON" in message  # what is wrong
@@ -461,16 +495,203 @@ def test_a_corrupt_state_annotation_raises_state_corrupt_telling_how_to_recover(
     assert f"kubectl annotate deployment -n {rig.namespace} {CANARY} {STATE_ANNOTATION}-" in (
         message
     )  # and how to recover
+    assert "restarts release v2 at step 1 with its total of 3 replicas" in message
     assert rig.replicas() == replicas  # nothing was done on a state it could not read
-    assert rig.reasons() == reasons
+    # People are told, once however many ticks find it so: an Event and an alert.
+    assert rig.reasons() == [*reasons, "StateCorrupt"]
+    corrupt = [b for b in rig.receiver.bodies("/oncall") if b["reason"] == "StateCorrupt"]
+    rig.notifier.flush(30)
+    corrupt = [b for b in rig.receiver.bodies("/oncall") if b["reason"] == "StateCorrupt"]
+    assert len(corrupt) == 1
+    assert corrupt[0]["kind"] == "paused"
+    assert "not JSON" in corrupt[0]["message"]
 
-    # Following the advice: the rollout starts over from idle, with the cluster as it is.
+    # Following the advice: the release starts over with its total, never shrinking.
     rig.admin.patch_deployment(
         rig.namespace, CANARY, {"metadata": {"annotations": {STATE_ANNOTATION: None}}}, "remove"
     )
     again = rig.tick()
     assert again.phase == "progressing"
-    assert [t.reason for t in again.transitions] == ["ReleaseDetected"]
+    assert [t.reason for t in again.transitions] == ["StateRecovered"]
+    state = rig.state()
+    assert (state.total, state.step, state.canary_version) == (3, 0, "v2")
+    # Step 1's canary pod is Ready already: stable 2 + canary 1 is the whole total
+    # (a new release from the stable's replicas would have counted 2 only).
+    assert rig.replicas() == (2, 1)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "says"),
+    [
+        ("canary_generation", "x", "canary_generation: expected a non-negative integer"),
+        ("total", 0, "total: a progressing release needs at least 1 replica, got 0"),
+        ("verdicts", [{"at": "noon"}], "verdicts[0].at: expected an ISO timestamp"),
+    ],
+)
+def test_every_corrupt_value_is_a_message_an_event_and_an_alert_never_a_crash(
+    rig: Rig, field: str, value: object, says: str
+) -> None:
+    start_release(rig)
+    data = json.loads(rig.deployment(CANARY).annotations[STATE_ANNOTATION])
+    data[field] = value
+    rig.admin.patch_deployment(
+        rig.namespace,
+        CANARY,
+        {"metadata": {"annotations": {STATE_ANNOTATION: json.dumps(data)}}},
+        "hand edit",
+    )
+    with pytest.raises(StateCorrupt, match=re.escape(says)):
+        rig.tick()
+    assert rig.reasons()[-1] == "StateCorrupt"
+    assert "paused" in rig.alert_kinds()
+    assert rig.replicas() == (2, 1)
+
+
+def test_a_crash_right_after_a_transition_is_written_loses_no_event_or_alert(
+    rig: Rig, empty_prometheus: PrometheusClient
+) -> None:
+    start_release(rig)
+    rig.admin.set_command(rig.namespace, CANARY, "abort")
+    rig.kube.kill_after = "RolledBack"
+    with pytest.raises(Killed):
+        rig.tick()
+    # Written, and nothing else: the canary still has its pod, nobody has been told.
+    assert rig.state().phase == "rollingBack"
+    assert rig.replicas() == (2, 1)
+    assert "RolledBack" not in rig.reasons()
+    assert "rolledBack" not in rig.alert_kinds()
+
+    # The next daemon (a new process: new notifier, new metrics) finishes the job.
+    metrics = DaemonMetrics()
+    sink = rig.notifier.route("rolledBack")
+    assert sink == ["oncall"]
+    with Notifier(
+        [
+            WebhookSink.model_validate(
+                {
+                    "name": "oncall",
+                    "type": "webhook",
+                    "url": f"{rig.receiver.url}/oncall",
+                    "on": ALL_KINDS,
+                }
+            )
+        ],
+        metrics=metrics,
+    ) as notifier:
+        engine = RolloutEngine(
+            rig.engine.rollout,
+            kube=KubeClient(rig.kube.api_client, identity="itest-next"),
+            prometheus=empty_prometheus,
+            notifier=notifier,
+            metrics=metrics,
+            clock=rig.clock,
+        )
+        rig.settle()
+        engine.tick()
+        assert rig.replicas() == (3, 0)
+        notifier.flush(30)
+        rig.settle()
+        engine.tick()  # clears what was told
+        # Said twice now: the Event exists once, and the alert is not sent again.
+        engine.tick()
+        notifier.flush(30)
+        text = generate_latest(metrics.registry).decode()
+
+    assert rig.reasons().count("RolledBack") == 1
+    rolled_back = [b for b in rig.receiver.bodies("/oncall") if b["kind"] == "rolledBack"]
+    assert len(rolled_back) == 1
+    assert rolled_back[0]["id"].startswith("web.")
+    assert rig.state().pending == ()
+    assert f'autocanary_rollbacks_total{{namespace="{rig.namespace}",rollout="web"}} 1.0' in text
+
+
+def stable_reasons(rig: Rig) -> list[str]:
+    return [
+        e["reason"]
+        for e in rig.admin.list_events(rig.namespace, STABLE)
+        if (e.get("source") or {}).get("component") == "autocanary"
+    ]
+
+
+def test_a_canary_deleted_mid_release_gives_the_stable_its_total_back_at_once(rig: Rig) -> None:
+    start_release(rig)
+    assert rig.replicas() == (2, 1)
+    template = rig.deployment(CANARY).template
+    client.AppsV1Api(rig.kube.api_client).delete_namespaced_deployment(CANARY, rig.namespace)
+
+    def gone() -> bool:
+        try:
+            rig.deployment(CANARY)
+        except ResourceNotFound:
+            return True
+        return False
+
+    wait_until(
+        gone,
+        timeout=WAIT_S,
+        what="the canary gone",
+    )
+
+    result = rig.engine.tick()
+
+    assert result.phase == "rolledBack"
+    assert rig.deployment(STABLE).replicas == 3
+    assert stable_reasons(rig) == ["CanaryDeleted"]
+    (event,) = [
+        e for e in rig.admin.list_events(rig.namespace, STABLE) if e["reason"] == "CanaryDeleted"
+    ]
+    assert event["type"] == "Warning"
+    assert "scaled back to its 3 replicas" in event["message"]
+    rig.notifier.flush(30)
+    (alert,) = [b for b in rig.receiver.bodies("/oncall") if b["reason"] == "CanaryDeleted"]
+    assert alert["kind"] == "rolledBack"
+    assert "rollbacks_total" in rig.metrics_text()
+    # Ticks while it stays gone neither shrink nor repeat anything.
+    with pytest.raises(ResourceNotFound):
+        rig.engine.tick()
+    assert stable_reasons(rig) == ["CanaryDeleted"]
+
+    # GitOps puts the canary back: the release starts again from the whole service.
+    body = app_deployment(CANARY, "web", "canary", "v2", replicas=0)
+    body["spec"]["template"] = template
+    rig.admin.create_deployment(rig.namespace, body)
+    restarted = rig.tick()
+    assert restarted.phase == "progressing"
+    assert rig.state().total == 3
+    assert rig.replicas() == (3, 1)
+
+
+def test_a_person_scaling_during_a_release_is_told_when_overridden(rig: Rig) -> None:
+    start_release(rig)
+    assert rig.replicas() == (2, 1)
+    # kubectl scale: the scale subresource, under kubectl's own field manager.
+    client.AppsV1Api(rig.kube.api_client).patch_namespaced_deployment_scale(
+        STABLE, rig.namespace, {"spec": {"replicas": 5}}, field_manager="kubectl"
+    )
+    rig.tick()
+    assert rig.replicas() == (2, 1)
+    (event,) = [
+        e
+        for e in rig.admin.list_events(rig.namespace, STABLE)
+        if e["reason"] == "ReplicasOverridden"
+    ]
+    assert event["type"] == "Warning"
+    assert "kubectl set web to 5 replicas" in event["message"]
+    assert "set it back to 2" in event["message"]
+
+
+def test_a_promotion_superseded_by_a_new_release_is_still_announced(rig: Rig) -> None:
+    start_release(rig)
+    rig.admin.set_command(rig.namespace, CANARY, "promote")
+    assert rig.tick().phase == "promoting"
+    rig.release("v3")
+    result = rig.tick()
+    assert [t.reason for t in result.transitions] == ["Promoted", "ReleaseDetected"]
+    assert rig.state().total == 3
+    promoted = [e for e in rig.events() if e["reason"] == "Promoted"]
+    assert len(promoted) == 1
+    assert "superseded by revision" in promoted[0]["message"]
+    assert "promoted" in rig.alert_kinds()
 
 
 def test_a_state_annotation_from_an_unknown_schema_is_corrupt(rig: Rig) -> None:
@@ -587,6 +808,7 @@ def test_a_release_judged_on_live_metrics_is_promoted_or_rolled_back(
         # The stable was never touched: still v1.
         assert stable.template["metadata"]["labels"]["version"] == "v1"
         assert kinds[0] == "releaseDetected"
-        assert kinds[-2:] == ["analysisFailed", "rolledBack"]
+        # Told in the same tick, the rollback is sent first: the most urgent news first.
+        assert kinds[-2:] == ["rolledBack", "analysisFailed"]
         assert 'autocanary_rollbacks_total{namespace="' in text
     assert events == reasons  # every transition is an Event, in order
