@@ -216,6 +216,8 @@ def rollout_config(namespace: str) -> RolloutConfig:
             "progressDeadline": "5m",
             "steps": [{"canary": 1, "hold": "10s"}, {"canary": "100%", "hold": "10s"}],
             "analysis": {
+                # The clock moves by hand here: no cold-start warm-up to wait out.
+                "warmup": "0s",
                 "minRequests": 10,
                 "inconclusiveLimit": 2,
                 "inconclusivePolicy": "pause",
@@ -746,6 +748,7 @@ def test_a_release_judged_on_live_metrics_is_promoted_or_rolled_back(
                 "progressDeadline": "5m",
                 "steps": [{"canary": 1, "hold": "5s"}, {"canary": "100%", "hold": "5s"}],
                 "analysis": {
+                    "warmup": "1s",
                     "minRequests": 20,
                     "failureLimit": 0,
                     "inconclusiveLimit": 100,
