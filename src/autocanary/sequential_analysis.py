@@ -151,6 +151,8 @@ def judge_interval(
     release's evidence, or moves an existing baseline past the warm-up.
     """
     config = judge_config(cfg)
+    if persisted is not None and JudgeState.outdated(persisted):
+        persisted = None
     if persisted is None:
         start = baseline or now
         state = initial(config, start[0], start[1])
@@ -163,7 +165,7 @@ def judge_interval(
 
 def all_safe(persisted: Mapping[str, Any] | None) -> bool:
     """Whether the persisted evidence has proven safety for every metric."""
-    if persisted is None:
+    if persisted is None or JudgeState.outdated(persisted):
         return False
     state = JudgeState.from_dict(persisted)
     return bool(state.metrics) and all(m.safe for m in state.metrics)

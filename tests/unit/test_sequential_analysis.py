@@ -20,6 +20,7 @@ from autocanary import sequential_analysis
 from autocanary.alert import Verdict
 from autocanary.analysis import CheckResult, IntervalVerdict
 from autocanary.config import SequentialAnalysisConfig
+from autocanary.errors import StateCorrupt
 from autocanary.judge import CounterSnapshot, Judgement, JudgeState, counts
 from autocanary.judge import Verdict as JudgeVerdict
 from autocanary.sequential_analysis import Sample
@@ -465,6 +466,27 @@ def test_all_safe_needs_safety_proven_for_every_metric() -> None:
     # One metric still unproven is not enough.
     partly = replace(safe, metrics=(safe.metrics[0], replace(safe.metrics[1], safe=False)))
     assert not sequential_analysis.all_safe(partly.to_dict())
+
+
+def test_evidence_from_an_older_daemon_starts_the_judge_afresh() -> None:
+    """An upgrade mid-release drops the old format's evidence instead of failing the tick."""
+    safe = _safe()[0].to_dict()
+    older = {**safe, "version": safe["version"] - 1}
+    assert not sequential_analysis.all_safe(older)  # old proof is not carried over
+
+    traffic = Pair()
+    traffic.serve((500, 250, 0), (500, 5, 0))
+    state, judgement = poll(older, traffic.now())
+    fresh_state, fresh = poll(None, traffic.now())
+    assert (state, judgement) == (fresh_state, fresh)
+    assert state.polls == 1
+
+
+def test_evidence_in_an_unknown_format_is_corrupt() -> None:
+    safe = _safe()[0].to_dict()
+    for version in (safe["version"] + 1, "2", None, True):
+        with pytest.raises(StateCorrupt, match="judge state version"):
+            poll({**safe, "version": version}, Pair().now())
 
 
 def test_proven_safety_stays_proven_in_the_persisted_state() -> None:

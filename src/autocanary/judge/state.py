@@ -106,6 +106,19 @@ class JudgeState:
             "stableStarts": dict(self.stable_starts),
         }
 
+    @staticmethod
+    def outdated(data: Mapping[str, Any]) -> bool:
+        """Whether ``data`` is evidence written by an older daemon, in a format before this one.
+
+        Such evidence is not read back: the release's judge starts afresh. That
+        keeps its guarantee, since an e-process may be restarted at any time
+        chosen without looking at the data (an upgrade is such a time).
+        """
+        version = data.get("version") if isinstance(data, Mapping) else None
+        return (
+            isinstance(version, int) and not isinstance(version, bool) and version < STATE_VERSION
+        )
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> JudgeState:
         """Read back ``to_dict`` output; anything malformed raises ``StateCorrupt``."""
