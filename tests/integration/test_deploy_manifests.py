@@ -361,7 +361,7 @@ def test_prometheusrule_carries_the_rules_file(
     extracted = tmp_path / "from-prometheusrule.yaml"
     extracted.write_text(yaml.safe_dump(rule["spec"]), encoding="utf-8")
     _promtool("check", "rules", str(extracted))
-    monitor = one(prometheus_objects, "PodMonitor")
+    monitor = one(prometheus_objects, "PodMonitor", "autocanary")
     daemon = render(DEPLOY)
     deployment = one(daemon, "Deployment", "autocanary")
     labels = deployment["spec"]["template"]["metadata"]["labels"]
