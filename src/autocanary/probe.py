@@ -10,7 +10,13 @@ Requests leave on a fixed schedule whether or not earlier ones were answered
 server shows up as latency and errors, never as fewer requests (no coordinated
 omission). Each answer is attributed to the version it names: the
 ``X-Version`` header, else ``the version is: <v>`` in the body (testpage's
-text), else ``unknown``. Each request uses a new connection (see
+text), else ``unknown``; a failure (timeout, reset, refused, TLS) names none
+and counts as ``unattributed``. Inside the cluster, a target
+``service://NAMESPACE/NAME[:PORT][/PATH]`` follows the Service's
+EndpointSlices as kube-proxy does (see :mod:`autocanary.probe_service`): each
+request goes to a ready endpoint chosen at random, and its answer *or
+failure* counts against the version of that endpoint's pod (its
+``--version-label``). Each request uses a new connection (see
 ``autocanary.probe_http`` for why).
 
 ``--config`` takes a YAML file listing targets; fields missing from an entry
@@ -29,8 +35,10 @@ templates query these names; changing one is a breaking change):
   ``code`` is the HTTP status (``200``, ``503``), or ``error`` when no complete
   answer came; ``reason`` then says why (``timeout``, ``dns``, ``connect``,
   ``tls``, ``reset``, ``closed``, ``protocol``) and is empty otherwise.
-  Errors have no answer to name a version, so they count under ``unknown``;
-  past 16 distinct versions on one target, new ones count as ``other``.
+  Errors against a plain URL have no answer to name a version, so they count
+  under ``unattributed`` (``service://`` targets count them against the pod's
+  version; ``no-endpoints`` when the Service has no ready endpoint); past 16
+  distinct versions on one target, new ones count as ``other``.
 - ``probe_request_duration_seconds{target,version}``: histogram from intended
   send time to the end of the answer, errors included (buckets from
   ``autocanary.latency``, 1ms to 10s).
@@ -59,27 +67,31 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import dataclasses
 import math
 import re
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import structlog
 import yaml
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from autocanary.errors import ConfigError, ConfigProblem
+from autocanary.kube import load_api_client
 from autocanary.latency import LATENCY_BUCKETS
 from autocanary.probe_http import Answer, Endpoint, FetchError, Resolver, fetch
+from autocanary.probe_service import SCHEME, AddressMap, Backend, ServiceFollower, ServiceRef
 from autocanary.units import parse_duration
 
 log = structlog.get_logger(__name__)
 
 UNKNOWN = "unknown"
+UNATTRIBUTED = "unattributed"
 OTHER = "other"
 _MAX_VERSIONS = 16
 _RATE = re.compile(r"(\d+(?:\.\d+)?)\s*(?:/\s*(s|m|h))?")
@@ -93,12 +105,21 @@ _TARGET_FIELDS = ("name", "url", "rate", "timeout")
 
 @dataclass(frozen=True)
 class Target:
-    """One URL loaded at a fixed rate."""
+    """One URL (or a Service's endpoints) loaded at a fixed rate."""
 
     name: str
     endpoint: Endpoint
     rate: float
     timeout_s: float
+    service: ServiceRef | None = None  # follow its EndpointSlices (service:// targets)
+
+
+def parse_url(url: str) -> tuple[Endpoint, ServiceRef | None]:
+    """An ``http(s)://`` URL or ``service://NAMESPACE/NAME[:PORT][/PATH]``; else ValueError."""
+    if url.strip().startswith(SCHEME):
+        ref = ServiceRef.parse(url)
+        return Endpoint.from_url(ref.url), ref
+    return Endpoint.from_url(url), None
 
 
 def parse_rate(text: str) -> float:
@@ -137,7 +158,8 @@ def parse_target_arg(text: str, rate: float, timeout_s: float) -> Target:
         name, url = text, text
     else:
         check_name(name)
-    return Target(name, Endpoint.from_url(url), rate, timeout_s)
+    endpoint, service = parse_url(url)
+    return Target(name, endpoint, rate, timeout_s, service)
 
 
 _Problem = Callable[[yaml.Node | None, str, str], None]
@@ -231,13 +253,14 @@ def _target_from_fields(
             problem(node, f"{where}.{field}", str(e))
             return None
 
-    endpoint = parse("url", Endpoint.from_url, None)
+    parsed = parse("url", parse_url, None)
     name = parse("name", check_name, "")
     entry_rate = parse("rate", parse_rate, rate)
     entry_timeout_s = parse("timeout", parse_timeout, timeout_s)
-    if endpoint is None or name is None or entry_rate is None or entry_timeout_s is None:
+    if parsed is None or name is None or entry_rate is None or entry_timeout_s is None:
         return None
-    return Target(name or endpoint.url, endpoint, entry_rate, entry_timeout_s)
+    endpoint, service = parsed
+    return Target(name or endpoint.url, endpoint, entry_rate, entry_timeout_s, service)
 
 
 def attribute(answer: Answer) -> str:
@@ -302,10 +325,20 @@ class ProbeMetrics:
 class Load:
     """Open-loop load on a set of targets, recorded into ProbeMetrics."""
 
-    def __init__(self, targets: Sequence[Target], metrics: ProbeMetrics) -> None:
-        """Prepare the load; nothing is sent before ``run``."""
+    def __init__(
+        self,
+        targets: Sequence[Target],
+        metrics: ProbeMetrics,
+        followers: Mapping[str, Follower] | None = None,
+    ) -> None:
+        """Prepare the load; nothing is sent before ``run``.
+
+        ``followers`` (by target name) pick the endpoint of each request to a
+        ``service://`` target.
+        """
         self._targets = list(targets)
         self._metrics = metrics
+        self._followers = dict(followers or {})
         self._resolver = Resolver()
         self._requests: set[asyncio.Task[None]] = set()
 
@@ -357,16 +390,29 @@ class Load:
 
     async def _request(self, target: Target, intended: float) -> None:
         loop = asyncio.get_running_loop()
-        version, reason = UNKNOWN, ""
+        endpoint, pod_version = target.endpoint, None
+        follower = self._followers.get(target.name)
+        if follower is not None:
+            backend = follower.pick()
+            if backend is None:
+                self._metrics.finished(
+                    target.name, UNATTRIBUTED, "error", "no-endpoints", loop.time() - intended
+                )
+                return
+            endpoint = dataclasses.replace(endpoint, host=backend.address, port=backend.port)
+            pod_version = backend.version
+        # Without a pod to name it, a failure has no version: "unattributed".
+        version, reason = pod_version or UNATTRIBUTED, ""
         try:
             async with asyncio.timeout(target.timeout_s):
-                answer = await fetch(target.endpoint, self._resolver)
+                answer = await fetch(endpoint, self._resolver)
         except TimeoutError:
             code, reason = "error", "timeout"
         except FetchError as e:
             code, reason = "error", e.reason
         else:
-            code, version = str(answer.status), attribute(answer)
+            code = str(answer.status)
+            version = pod_version or attribute(answer)
         self._metrics.finished(target.name, version, code, reason, loop.time() - intended)
 
 
@@ -384,7 +430,40 @@ def _targets_from_args(args: argparse.Namespace) -> list[Target]:
     return targets
 
 
-async def _serve(targets: list[Target], host: str, port: int, duration_s: float | None) -> int:
+class Follower(Protocol):
+    """Picks the endpoint of each request: :class:`autocanary.probe_service.ServiceFollower`."""
+
+    def pick(self) -> Backend | None:
+        """A ready endpoint, or None."""
+        ...
+
+
+def _followers(
+    targets: list[Target],
+    kubeconfig: str | None,
+    version_label: str,
+    address_map: AddressMap | None,
+) -> dict[str, ServiceFollower]:
+    services = [t for t in targets if t.service is not None]
+    if not services:
+        return {}
+    api = load_api_client(kubeconfig)
+    followers = {}
+    for target in services:
+        assert target.service is not None
+        follower = ServiceFollower(api, target.service, version_label, address_map=address_map)
+        follower.start()
+        followers[target.name] = follower
+    return followers
+
+
+async def _serve(
+    targets: list[Target],
+    host: str,
+    port: int,
+    duration_s: float | None,
+    followers: Mapping[str, ServiceFollower],
+) -> int:
     registry = CollectorRegistry()
     metrics = ProbeMetrics(registry)
     try:
@@ -404,13 +483,24 @@ async def _serve(targets: list[Target], host: str, port: int, duration_s: float 
                 f"{t.name} {t.endpoint.url} {t.rate:g}/s timeout {t.timeout_s:g}s" for t in targets
             ],
         )
-        await Load(targets, metrics).run(duration_s, stop)
+        plain = [t.name for t in targets if t.service is None]
+        if plain:
+            log.info(
+                "failures are unattributed",
+                targets=plain,
+                why="a plain URL names a version only in an answer; a timeout, reset or refused "
+                "connection counts as version 'unattributed' (follow the Service with a "
+                "service:// target to count each against its pod's version)",
+            )
+        await Load(targets, metrics, followers).run(duration_s, stop)
         summary = {"/".join(key): count for key, count in sorted(metrics.tally.items())}
         log.info("probe load finished", requests=summary)
         if not stop.is_set():
             log.info("probe keeps serving /metrics until SIGTERM")
             await stop.wait()
     finally:
+        for follower in followers.values():
+            follower.stop()
         server.shutdown()
         server.server_close()
         thread.join(timeout=5.0)
@@ -420,6 +510,13 @@ async def _serve(targets: list[Target], host: str, port: int, duration_s: float 
 def _rate_arg(text: str) -> float:
     try:
         return parse_rate(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+
+
+def _address_map_arg(text: str) -> AddressMap:
+    try:
+        return AddressMap.parse(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from e
 
@@ -464,6 +561,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--metrics-host", default="0.0.0.0", help="default: all addresses")  # noqa: S104
     parser.add_argument("--metrics-port", type=int, default=9102, help="default: 9102")
+    parser.add_argument(
+        "--kubeconfig",
+        help="for service:// targets: a kubeconfig (default: the pod's in-cluster credentials)",
+    )
+    parser.add_argument(
+        "--version-label",
+        default="version",
+        help="for service:// targets: the pod label naming the version (default: version)",
+    )
+    parser.add_argument(
+        "--address-map",
+        type=_address_map_arg,
+        metavar="FROM_CIDR=TO_CIDR",
+        help="for service:// targets outside the pod network: dial endpoint addresses in "
+        "FROM_CIDR at the same offset in TO_CIDR (the local test bed's loopback twins)",
+    )
     args = parser.parse_args(argv)
     if not 0 <= args.metrics_port <= 65535:
         parser.error(f"--metrics-port must be between 0 and 65535, got {args.metrics_port}")
@@ -473,7 +586,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.exit(2, f"autocanary probe: invalid config:\n{e}\n")
     except ValueError as e:
         parser.error(str(e))
-    return asyncio.run(_serve(targets, args.metrics_host, args.metrics_port, args.duration))
+    try:
+        followers = _followers(targets, args.kubeconfig, args.version_label, args.address_map)
+    except Exception as e:  # noqa: BLE001 -- any credential problem ends the start, said plainly
+        parser.exit(2, f"autocanary probe: cannot reach the Kubernetes API: {e}\n")
+    return asyncio.run(
+        _serve(targets, args.metrics_host, args.metrics_port, args.duration, followers)
+    )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """The pod runner: plays the kubelet's part for KWOK pods, so traffic in the test bed is real.
 
 KWOK marks pods Running and Ready but runs nothing. For every scheduled pod
-matching a label selector, the pod runner starts one ``testpage`` process on
+matching a label selector, the pod runner starts one process (``testpage``,
+or the demo app ``shopapp``, by the image's name) on
 127.0.0.1 with the pod's environment (literal values and the usual
 ``fieldRef``s: pod name, namespace, labels, pod IP), and reports the live ones
 as endpoints, the way an endpoints controller feeds kube-proxy.
@@ -12,8 +13,9 @@ process that exits is restarted after a growing back-off, its container
 waiting in ``CrashLoopBackOff`` meanwhile with ``restartCount`` and the last
 exit code (``lastState.terminated``); a process that never serves
 ``/healthz`` is not Ready. Each time the ``Ready`` condition goes False, so
-the Deployment sees an un-Ready pod; a restarted process that serves again
-makes the pod Ready again. A pod being deleted leaves the endpoints first and
+the Deployment sees an un-Ready pod. A started process makes its pod Ready
+only once it serves ``/healthz`` (as a readiness probe would; KWOK says Ready
+at once), a restarted one too. A pod being deleted leaves the endpoints first and
 is then stopped with SIGTERM, so in-flight requests finish.
 """
 
@@ -39,8 +41,15 @@ from autocanary_testbed.procs import ManagedProcess, free_port
 
 log = structlog.get_logger(__name__)
 
-#: Image names (last path segment, without tag) the runner knows how to run.
-RUNNABLE_IMAGES = frozenset({"testpage", "autocanary"})
+#: Image names (last path segment, without tag) the runner knows how to run, and the
+#: command line each runs (``--host`` and ``--port`` follow).
+RUNNABLE_IMAGES: Mapping[str, tuple[str, ...]] = {
+    # The runner takes a pod out of the endpoints before stopping it, at once;
+    # kube-proxy would need testpage's default 5s.
+    "testpage": ("-m", "autocanary.testpage", "--drain-delay", "1s"),
+    "autocanary": ("-m", "autocanary.testpage", "--drain-delay", "1s"),
+    "shopapp": ("-m", "autocanary_testbed.shopapp"),
+}
 _START_TIMEOUT_S = 20.0
 #: Restart back-off after the n-th exit: 1s, 2s, 4s, ... up to 8s (a kubelet: 10s up to 5m;
 #: shorter here so tests see restarts grow within seconds).
@@ -90,10 +99,13 @@ class _Failure:
     since: float
 
 
+def _image_name(image: str) -> str:
+    return image.split("@", 1)[0].rsplit("/", 1)[-1].split(":", 1)[0]
+
+
 def runnable(image: str) -> bool:
     """Whether the runner can run this image (by its name; the tag is the version)."""
-    name = image.split("@", 1)[0].rsplit("/", 1)[-1].split(":", 1)[0]
-    return name in RUNNABLE_IMAGES
+    return _image_name(image) in RUNNABLE_IMAGES
 
 
 def pod_env(pod: Mapping[str, Any]) -> dict[str, str]:
@@ -295,16 +307,11 @@ class PodRunner:
             name,
             [
                 sys.executable,
-                "-m",
-                "autocanary.testpage",
+                *RUNNABLE_IMAGES[_image_name(image)],
                 "--host",
                 "127.0.0.1",
                 "--port",
                 str(port),
-                # The runner takes a pod out of the endpoints before stopping it, at once;
-                # kube-proxy would need the default 5s.
-                "--drain-delay",
-                "1s",
             ],
             log_dir=self.log_dir,
             env=pod_env(pod),
@@ -314,6 +321,9 @@ class PodRunner:
                 meta["name"], process, port, dict(meta.get("labels") or {}), time.monotonic()
             )
         log.info("pod process started", pod=meta["name"], port=port, pid=process.pid)
+        # KWOK called the pod Ready before anything ran; a kubelet says Ready only once the
+        # readiness probe passes (a slow-starting app takes seconds).
+        self._report(pod, "ContainersNotReady", "readiness probe has not passed yet")
 
     def _check(self, pod: Mapping[str, Any], proc: _PodProcess) -> None:
         uid = pod["metadata"]["uid"]
@@ -344,9 +354,8 @@ class PodRunner:
             if http_ok(f"http://127.0.0.1:{proc.port}/healthz"):
                 proc.live = True
                 log.info("pod process live", pod=proc.pod, port=proc.port)
-                if uid in self._crashes:
-                    # Restarted and serving again: Ready again, its restarts still counted.
-                    self._report(pod, "", "", ready=True)
+                # Serving: Ready (after a restart too, its restarts still counted).
+                self._report(pod, "", "", ready=True)
             elif time.monotonic() - proc.started > _START_TIMEOUT_S:
                 with self._lock:
                     self._procs.pop(uid, None)

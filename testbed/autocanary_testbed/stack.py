@@ -42,6 +42,8 @@ from autocanary_testbed.waiting import wait_until
 log = structlog.get_logger(__name__)
 
 _API_TIMEOUT = (5.0, 10.0)
+#: Stands for 127.0.0.1 in the bed's EndpointSlices (a TEST-NET-3 address: never routed).
+_SLICE_ADDRESS = "203.0.113.1"
 
 
 @dataclass(frozen=True)
@@ -50,10 +52,15 @@ class StackSettings:
 
     namespace: str = "demo"
     app: str = "testpage"
+    image: str = "autocanary/testpage"  # or autocanary/shopapp, the instrumented demo app
+    scrape_interval: str = "1s"
     replicas: int = 3
     stable_version: str = "v1"
     stable_env: Mapping[str, str] = field(default_factory=dict)  # e.g. a baseline error rate
     probe_rate: str = "40/s"
+    # The probe follows the Service's EndpointSlices (service://), counting every failure
+    # against its pod's version, instead of loading the proxy's URL.
+    probe_follows_service: bool = False
     interval: str = "4s"
     progress_deadline: str = "30s"
     steps: Sequence[Mapping[str, Any]] = (
@@ -97,8 +104,9 @@ def app_deployment(
     *,
     replicas: int,
     env: Mapping[str, str] | None = None,
+    image: str = "autocanary/testpage",
 ) -> dict[str, Any]:
-    """A testpage Deployment as an SRE would write it (VERSION from the version label)."""
+    """An app Deployment as an SRE would write it (VERSION from the version label)."""
     variables: list[dict[str, Any]] = [
         {"name": "VERSION", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['version']"}}},
         {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
@@ -116,8 +124,8 @@ def app_deployment(
                 "spec": {
                     "containers": [
                         {
-                            "name": "testpage",
-                            "image": f"autocanary/testpage:{version}",
+                            "name": image.rsplit("/", 1)[-1],
+                            "image": f"{image}:{version}",
                             "args": ["testpage", "--port", "8080"],
                             "env": variables,
                             "ports": [{"containerPort": 8080, "name": "http"}],
@@ -147,7 +155,9 @@ class CanaryStack:
         self.proxy = ServiceProxy()
         self.receiver = AlertReceiver()
         self.alertmanager = AlertmanagerServer(workdir / "alertmanager")
-        self.prometheus = PrometheusServer(workdir / "prometheus")
+        self.prometheus = PrometheusServer(
+            workdir / "prometheus", scrape_interval=self.settings.scrape_interval
+        )
         self.runner = PodRunner(
             self.api,
             self.settings.namespace,
@@ -191,7 +201,13 @@ class CanaryStack:
             (self.canary_name, "canary", 0),
         ):
             body: Any = app_deployment(
-                name, s.app, track, s.stable_version, replicas=replicas, env=s.stable_env
+                name,
+                s.app,
+                track,
+                s.stable_version,
+                replicas=replicas,
+                env=s.stable_env,
+                image=s.image,
             )
             self.apps.create_namespaced_deployment(s.namespace, body, _request_timeout=_API_TIMEOUT)
         self.proxy.start()
@@ -207,9 +223,19 @@ class CanaryStack:
             timeout=60,
             what=f"{s.replicas} stable pods serving",
         )
+        target = f"{s.app}={self.proxy.url}/"
+        extra: list[str] = []
+        if s.probe_follows_service:
+            target = f"{s.app}=service://{s.namespace}/{s.app}/"
+            extra = [
+                "--kubeconfig",
+                str(self.cp.kubeconfig_path),
+                "--address-map",
+                f"{_SLICE_ADDRESS}/32=127.0.0.1/32",
+            ]
         self.probe = start_probe(
             self.group,
-            ["--target", f"{s.app}={self.proxy.url}/", "--rate", s.probe_rate, "--timeout", "2s"],
+            ["--target", target, "--rate", s.probe_rate, "--timeout", "2s", *extra],
         )
         self.prometheus.targets = tuple(self._scrape_targets())
         self.prometheus.start()
@@ -260,13 +286,11 @@ class CanaryStack:
         if self.probe is not None:
             targets.append(ScrapeTarget("probe", self.probe.metrics_address))
         for endpoint in self._endpoints:
-            targets.append(
-                ScrapeTarget(
-                    "testpage",
-                    endpoint.address,
-                    {"namespace": endpoint.namespace, "pod": endpoint.pod},
-                )
-            )
+            # The pod's version label on its series, as a PodMonitor's podTargetLabels does.
+            labels = {"namespace": endpoint.namespace, "pod": endpoint.pod}
+            if "version" in endpoint.labels:
+                labels["version"] = endpoint.labels["version"]
+            targets.append(ScrapeTarget(self.settings.app, endpoint.address, labels))
         for name, port in self.daemon_ports.items():
             targets.append(ScrapeTarget("autocanary", f"127.0.0.1:{port}", {"instance_name": name}))
         return targets
@@ -274,11 +298,64 @@ class CanaryStack:
     def _endpoints_changed(self, endpoints: list[Endpoint]) -> None:
         self._endpoints = endpoints
         self.proxy.set_backends([e.address for e in endpoints])
+        if self.settings.probe_follows_service:
+            self._write_endpoint_slices(endpoints)
         if self._prometheus_up:
             try:
                 self.prometheus.set_targets(self._scrape_targets())
             except HarnessError as e:
                 log.warning("could not update Prometheus targets", error=str(e))
+
+    def _write_endpoint_slices(self, endpoints: list[Endpoint]) -> None:
+        """The Service's EndpointSlices for the live pods, as the endpointslice controller would.
+
+        Pods share 127.0.0.1 on ports of their own, so each gets a slice (ports are per
+        slice); a slice names its pod in ``targetRef``, which is what the probe reads.
+        The API server refuses loopback addresses in slices: they say
+        ``_SLICE_ADDRESS``, which the probe dials as 127.0.0.1 (``--address-map``).
+        """
+        s = self.settings
+        labels = {
+            "kubernetes.io/service-name": s.app,
+            "endpointslice.kubernetes.io/managed-by": "autocanary-testbed",
+        }
+        wanted: dict[str, Any] = {}
+        for e in endpoints:
+            port = e.address.rpartition(":")[2]
+            name = f"{s.app}-{e.pod}"
+            wanted[name] = {
+                "apiVersion": "discovery.k8s.io/v1",
+                "kind": "EndpointSlice",
+                "metadata": {"name": name, "labels": labels},
+                "addressType": "IPv4",
+                "endpoints": [
+                    {
+                        "addresses": [_SLICE_ADDRESS],
+                        "conditions": {"ready": True},
+                        "targetRef": {"kind": "Pod", "name": e.pod, "namespace": e.namespace},
+                    }
+                ],
+                "ports": [{"name": "http", "port": int(port), "protocol": "TCP"}],
+            }
+        discovery = client.DiscoveryV1Api(self.api)
+        try:
+            existing = discovery.list_namespaced_endpoint_slice(
+                s.namespace,
+                label_selector="endpointslice.kubernetes.io/managed-by=autocanary-testbed",
+                _request_timeout=_API_TIMEOUT,
+            )
+            have = {str(item.metadata.name) for item in existing.items if item.metadata}
+            for name in have - set(wanted):
+                discovery.delete_namespaced_endpoint_slice(
+                    name, s.namespace, _request_timeout=_API_TIMEOUT
+                )
+            for name, body in wanted.items():
+                if name not in have:
+                    discovery.create_namespaced_endpoint_slice(
+                        s.namespace, body, _request_timeout=_API_TIMEOUT
+                    )
+        except client.ApiException as e:
+            log.warning("could not write the EndpointSlices", error=str(e))
 
     # ---- the daemon ------------------------------------------------------------------------
 
@@ -399,7 +476,7 @@ class CanaryStack:
             "--kubeconfig",
             str(self.cp.kubeconfig_path),
             "--image",
-            image or f"autocanary/testpage:{version}",
+            image or f"{self.settings.image}:{version}",
             "--version",
             version,
         ]

@@ -185,8 +185,8 @@ def test_transport_errors_count_with_their_reason(group: ProcessGroup) -> None:
         for labels, value in probe.samples("probe_requests_total")
     }
     assert counts == {
-        ("slow", "unknown", "error", "timeout"): 32,
-        ("gone", "unknown", "error", "connect"): 32,
+        ("slow", "unattributed", "error", "timeout"): 32,
+        ("gone", "unattributed", "error", "connect"): 32,
     }
     durations = {
         labels["target"]: value
