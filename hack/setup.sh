@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prepares a machine to run every test tier, from a clean clone: Debian packages
-# (Prometheus, Alertmanager, wrk, openssl, curl), the control-plane binaries
+# (Prometheus, Alertmanager, wrk, openssl, curl), the control-plane binaries and helm
 # (hack/controlplane/build.sh, cached outside the repository) and .venv with the
 # project installed with its test extras, beside the test bed (testbed/).
 # Idempotent: each phase skips work that is already done, and the time spent
@@ -68,6 +68,25 @@ build_controlplane() {
   log "control-plane binaries in ${AUTOCANARY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/autocanary}/testbin"
 }
 
+# helm, for the chart's tests (deploy/helm/): built from the Go module proxy like
+# the control plane (no release binaries can be downloaded here), cached by version.
+HELM_VERSION=v3.19.0
+build_helm() {
+  local dir
+  dir=${AUTOCANARY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/autocanary}/helm/$HELM_VERSION
+  if [ -x "$dir/helm" ]; then
+    log "helm $HELM_VERSION already built: $dir/helm"
+    return
+  fi
+  if ! command -v go >/dev/null && [ -x /usr/local/go/bin/go ]; then
+    export PATH="/usr/local/go/bin:$PATH"
+  fi
+  mkdir -p "$dir"
+  GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS="-modcacherw -buildvcs=false" GOBIN="$dir" \
+    go install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" || die "building helm failed"
+  log "helm built: $dir/helm"
+}
+
 make_venv() {
   command -v python3 >/dev/null || die "python3 not found: install Python >= 3.11"
   python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
@@ -112,6 +131,7 @@ fill_wheelhouse() {
 total=$SECONDS
 phase "apt packages" install_packages
 phase "control-plane binaries" build_controlplane
+phase "helm" build_helm
 phase "python venv" make_venv
 phase "wheelhouse" fill_wheelhouse
 log "setup complete in $((SECONDS - total))s"

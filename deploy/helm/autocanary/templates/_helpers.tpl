@@ -1,0 +1,24 @@
+{{- define "autocanary.labels" -}}
+app.kubernetes.io/name: autocanary
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/part-of: autocanary
+helm.sh/chart: {{ .Chart.Name }}-{{ .Chart.Version }}
+{{- end -}}
+
+{{- define "autocanary.selector" -}}
+app.kubernetes.io/name: autocanary
+app.kubernetes.io/component: daemon
+{{- end -}}
+
+{{- /* Deployment names per namespace, from the config's rollouts (canary default <stable>-canary). */ -}}
+{{- define "autocanary.deploymentsByNamespace" -}}
+{{- $config := .Values.config | fromYaml -}}
+{{- $byNamespace := dict -}}
+{{- range $config.rollouts -}}
+{{- $names := get $byNamespace .namespace | default list -}}
+{{- $names = append $names .stable -}}
+{{- $names = append $names (.canary | default (printf "%s-canary" .stable)) -}}
+{{- $_ := set $byNamespace .namespace $names -}}
+{{- end -}}
+{{- toYaml $byNamespace -}}
+{{- end -}}
