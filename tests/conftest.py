@@ -3,7 +3,8 @@
 Sections:
 - hygiene: structlog reset, failure tracking (work directories of failed tests are kept)
 - work directories: ``tmp_workdir``
-- Kubernetes: ``control_plane`` (session), ``kube_api`` (session), ``namespace``
+- Kubernetes: ``control_plane`` (session), ``kube_api`` (session), ``namespace``,
+  ``runner_namespace`` (its pods run as processes by ``pod_runner``)
 - monitoring: ``prometheus_factory``, ``alertmanager``
 - processes and traffic: ``group`` (a ProcessGroup), ``proxy`` (a ServiceProxy)
 
@@ -28,6 +29,7 @@ from kubernetes import client
 from autocanary_testbed.controlplane import ControlPlane, find_binaries
 from autocanary_testbed.errors import HarnessError
 from autocanary_testbed.monitoring import AlertmanagerServer, PrometheusServer, ScrapeTarget
+from autocanary_testbed.podrunner import PodRunner
 from autocanary_testbed.procs import ProcessGroup
 from autocanary_testbed.serviceproxy import ServiceProxy
 
@@ -121,16 +123,45 @@ def kube_api(control_plane: ControlPlane) -> Iterator[client.ApiClient]:
         yield api
 
 
+def _namespace_name(request: pytest.FixtureRequest) -> str:
+    stem = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    return f"{stem}-{uuid.uuid4().hex[:6]}"
+
+
 @pytest.fixture
 def namespace(control_plane: ControlPlane, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh namespace named after the test, its default ServiceAccount present; deleted after."""
-    stem = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
-    name = f"{stem}-{uuid.uuid4().hex[:6]}"
+    name = _namespace_name(request)
     control_plane.create_namespace(name)
     try:
         yield name
     finally:
         control_plane.delete_namespace(name)
+
+
+@pytest.fixture
+def runner_namespace(control_plane: ControlPlane, request: pytest.FixtureRequest) -> Iterator[str]:
+    """Like ``namespace``, but its pods are Ready only once ``pod_runner`` runs them."""
+    name = _namespace_name(request)
+    control_plane.create_namespace(name, pod_runner=True)
+    try:
+        yield name
+    finally:
+        control_plane.delete_namespace(name)
+
+
+@pytest.fixture
+def pod_runner(
+    control_plane: ControlPlane, runner_namespace: str, tmp_workdir: Path
+) -> Iterator[PodRunner]:
+    """The kubelet of ``runner_namespace``: each pod a local process on its pod IP."""
+    with (
+        control_plane.api_client() as api,
+        PodRunner(
+            api, control_plane.pod_network, runner_namespace, tmp_workdir / "logs" / "pods"
+        ) as runner,
+    ):
+        yield runner
 
 
 # ---- monitoring -----------------------------------------------------------------------------

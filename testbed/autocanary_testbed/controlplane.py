@@ -28,19 +28,25 @@ from urllib3 import HTTPHeaderDict
 from autocanary_testbed.binaries import find_binaries
 from autocanary_testbed.errors import HarnessError
 from autocanary_testbed.http_checks import http_ready
+from autocanary_testbed.kwok_stages import REPLACED_STAGES, RUNNER_ANNOTATION, write_pod_stages
+from autocanary_testbed.network import PodNetwork
 from autocanary_testbed.pki import Pki, make_pki
 from autocanary_testbed.procs import ManagedProcess, ProcessGroup, free_port
 
-__all__ = ["CONTROLLERS", "NODE_NAME", "ControlPlane", "find_binaries"]
+__all__ = ["CONTROLLERS", "NODE_NAME", "RUNNER_NAMESPACE_LABEL", "ControlPlane", "find_binaries"]
 
 log = structlog.get_logger(__name__)
 _T = TypeVar("_T")
 
 NODE_NAME = "kwok-node-0"
-# What a Deployment-driven rollout needs, and no more (no kubelet, no cloud, no IPAM).
+#: Namespace label saying a pod runner runs the namespace's pods (see ``kwok_stages``).
+RUNNER_NAMESPACE_LABEL = "testbed.autocanary.io/pod-runner"
+# What a Deployment-driven rollout needs, and no more (no kubelet, no cloud, no IPAM);
+# EndpointSlices feed the Service proxy, as they feed kube-proxy.
 CONTROLLERS = (
     "deployment-controller",
     "replicaset-controller",
+    "endpointslice-controller",
     "serviceaccount-controller",
     "garbage-collector-controller",
     "namespace-controller",
@@ -53,6 +59,10 @@ _APISERVER_READY_S = 180.0
 _COMPONENT_READY_S = 90.0
 _NODE_READY_S = 120.0
 _SERVICE_ACCOUNT_READY_S = 60.0
+_ADMISSION_READY_S = 60.0
+_NAMESPACE_GONE_S = 120.0
+_ADMISSION_CHECK_NAMESPACE = "testbed-system"
+_RUNNER_POLICY = "testbed-pod-runner"
 _NOT_READY_TAINTS = frozenset({"node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"})
 
 
@@ -72,6 +82,7 @@ class ControlPlane:
         self._api_port: int | None = None
         self._admin: client.ApiClient | None = None
         self._named: dict[str, ManagedProcess] = {}
+        self._network: PodNetwork | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -119,6 +130,9 @@ class ControlPlane:
             self._named = {}
             self._pki = None
             self._api_port = None
+            if self._network is not None:
+                self._network.release()
+                self._network = None
             if self._workdir is not None:
                 if self.keep_workdir:
                     log.info("control plane work directory kept", workdir=str(self._workdir))
@@ -162,6 +176,11 @@ class ControlPlane:
         return self._require(self._pki, "ca_cert_path").ca_cert
 
     @property
+    def pod_network(self) -> PodNetwork:
+        """Where pods get their IPs, and where their processes listen."""
+        return self._require(self._network, "pod_network")
+
+    @property
     def processes(self) -> tuple[ManagedProcess, ...]:
         """The running component processes, in start order."""
         return self._require(self._procs, "processes").members
@@ -178,13 +197,27 @@ class ControlPlane:
         """
         return _ImpersonatingApiClient(self._configuration(), user, tuple(groups))
 
-    def create_namespace(self, name: str) -> None:
-        """Create a namespace and wait for its ``default`` ServiceAccount (pods need it)."""
+    def create_namespace(self, name: str, *, pod_runner: bool = False) -> None:
+        """Create a namespace and wait for its ``default`` ServiceAccount (pods need it).
+
+        With ``pod_runner``, its pods are marked at admission as run by a pod runner:
+        scheduled, they become Running but not Ready until the runner says so.
+        """
         core = client.CoreV1Api(self._admin_client())
-        core.create_namespace(
-            client.V1Namespace(metadata=client.V1ObjectMeta(name=name)),
-            _request_timeout=_API_TIMEOUT_S,
-        )
+        labels = {RUNNER_NAMESPACE_LABEL: "true"} if pod_runner else None
+        body = client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels=labels))
+        try:
+            core.create_namespace(body, _request_timeout=_API_TIMEOUT_S)
+        except ApiException as e:
+            if e.status != 409:
+                raise
+            # A namespace of that name from an earlier test is still being deleted.
+            self._named["kube-controller-manager"].wait_ready(
+                lambda: not self._namespace_exists(name),
+                _NAMESPACE_GONE_S,
+                f"namespace {name!r} from before deleted",
+            )
+            core.create_namespace(body, _request_timeout=_API_TIMEOUT_S)
         self._wait_default_service_account(name)
 
     def delete_namespace(self, name: str) -> None:
@@ -196,10 +229,22 @@ class ControlPlane:
             if e.status != 404:
                 raise
 
+    def _namespace_exists(self, name: str) -> bool:
+        try:
+            client.CoreV1Api(self._admin_client()).read_namespace(
+                name, _request_timeout=_API_TIMEOUT_S
+            )
+        except ApiException as e:
+            if e.status == 404:
+                return False
+            raise
+        return True
+
     # ---- boot sequence -------------------------------------------------------------------
 
     def _boot(self, bin_dir: Path) -> None:
         w = self.workdir
+        self._network = network = PodNetwork.reserve()
         self._pki = pki = make_pki(w / "pki")
         tls = ssl.create_default_context(cafile=str(pki.ca_cert))
         tls.load_cert_chain(str(pki.admin_cert), str(pki.admin_key))
@@ -285,19 +330,23 @@ class ControlPlane:
         self._await(kcm, http_ready(f"https://127.0.0.1:{ports['kcm']}/healthz", tls=tls))
         self._await(sched, http_ready(f"https://127.0.0.1:{ports['sched']}/healthz", tls=tls))
 
-        stages = bin_dir / "stages"
+        # KWOK's node stages and pod-complete as built; the pod stages are the test bed's.
+        stages = [
+            p for p in sorted((bin_dir / "stages").glob("*.yaml")) if p.name not in REPLACED_STAGES
+        ]
+        stages += write_pod_stages(w / "stages")
         kwok = self._run(
             "kwok",
             [
                 str(bin_dir / "kwok"),
                 f"--kubeconfig={self.kubeconfig_path}",
-                "--config=" + ",".join(str(p) for p in sorted(stages.glob("*.yaml"))),
+                "--config=" + ",".join(str(p) for p in stages),
                 "--manage-all-nodes=true",
                 f"--server-address=127.0.0.1:{ports['kwok']}",
                 "--node-lease-duration-seconds=40",
-                # Addresses KWOK writes into pod and node status; nothing ever dials them.
-                "--cidr=10.244.0.0/16",
-                "--node-ip=10.1.0.1",
+                # Pod IPs; a pod's process listens on the address's loopback twin.
+                f"--cidr={network.pod_cidr}",
+                f"--node-ip={network.node_ip}",
             ],
             # kwok always merges ~/.kwok/kwok.yaml; a private HOME keeps a stray one out.
             env={"HOME": str(w)},
@@ -310,6 +359,7 @@ class ControlPlane:
         kwok.wait_ready(self._node_schedulable, _NODE_READY_S, f"node {NODE_NAME} schedulable")
         log.debug("node schedulable", seconds=round(time.monotonic() - began, 1))
         self._wait_default_service_account("default")
+        self._install_runner_admission()
 
     def _spawn(
         self, name: str, argv: list[str], env: dict[str, str] | None = None
@@ -414,6 +464,80 @@ class ControlPlane:
         # The controller-manager's serviceaccount controller creates it.
         self._named["kube-controller-manager"].wait_ready(
             present, _SERVICE_ACCOUNT_READY_S, f"default ServiceAccount in {namespace!r} created"
+        )
+
+    def _install_runner_admission(self) -> None:
+        """Mark pods in namespaces labelled for a pod runner, as a cluster's admission would.
+
+        A MutatingAdmissionPolicy (GA in 1.36) adds :data:`RUNNER_ANNOTATION` to
+        every pod created in a namespace carrying :data:`RUNNER_NAMESPACE_LABEL`;
+        KWOK's stages key on it. Policies take effect a moment after they are
+        created, so a dry-run pod in a labelled namespace is admitted until it is marked.
+        """
+        api = self._admin_client()
+        policy = {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "MutatingAdmissionPolicy",
+            "metadata": {"name": _RUNNER_POLICY},
+            "spec": {
+                "failurePolicy": "Fail",
+                "reinvocationPolicy": "Never",
+                "matchConstraints": {
+                    "resourceRules": [
+                        {
+                            "apiGroups": [""],
+                            "apiVersions": ["v1"],
+                            "operations": ["CREATE"],
+                            "resources": ["pods"],
+                        }
+                    ]
+                },
+                "mutations": [
+                    {
+                        "patchType": "ApplyConfiguration",
+                        "applyConfiguration": {
+                            "expression": "Object{metadata: Object.metadata{annotations: "
+                            f'{{"{RUNNER_ANNOTATION}": "true"}}}}}}'
+                        },
+                    }
+                ],
+            },
+        }
+        binding = {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "MutatingAdmissionPolicyBinding",
+            "metadata": {"name": _RUNNER_POLICY},
+            "spec": {
+                "policyName": _RUNNER_POLICY,
+                "matchResources": {
+                    "namespaceSelector": {"matchLabels": {RUNNER_NAMESPACE_LABEL: "true"}}
+                },
+            },
+        }
+        # Any cluster-scoped resource goes through the custom-objects calls.
+        objects = client.CustomObjectsApi(api)
+        for plural, body in (
+            ("mutatingadmissionpolicies", policy),
+            ("mutatingadmissionpolicybindings", binding),
+        ):
+            objects.create_cluster_custom_object(
+                "admissionregistration.k8s.io", "v1", plural, body, _request_timeout=_API_TIMEOUT_S
+            )
+        self.create_namespace(_ADMISSION_CHECK_NAMESPACE, pod_runner=True)
+        core: Any = client.CoreV1Api(api)
+        probe = client.V1Pod(
+            metadata=client.V1ObjectMeta(name="admission-check"),
+            spec=client.V1PodSpec(containers=[client.V1Container(name="c", image="none")]),
+        )
+
+        def marked() -> bool:
+            pod = core.create_namespaced_pod(
+                _ADMISSION_CHECK_NAMESPACE, probe, dry_run="All", _request_timeout=_API_TIMEOUT_S
+            )
+            return RUNNER_ANNOTATION in (pod.metadata.annotations or {})
+
+        self._named["kube-apiserver"].wait_ready(
+            marked, _ADMISSION_READY_S, "marking pods for the pod runner at admission"
         )
 
     # ---- helpers -------------------------------------------------------------------------

@@ -3,14 +3,21 @@
 ``PrometheusServer`` scrapes the ``ScrapeTarget``s it is given (changeable at run
 time through ``set_targets``, which reloads the config); it can also start on an
 existing TSDB directory, e.g. one filled by ``promtool tsdb create-blocks-from
-openmetrics`` for a backtest. ``AlertmanagerServer`` runs with clustering off so
-it listens on nothing but its 127.0.0.1 web port.
+openmetrics`` for a backtest. Given ``PodMonitor``s and a ``KubernetesAccess``
+it discovers pods as kube-prometheus does: through the API server with a
+ServiceAccount's token and RBAC (``prometheus_access``), and the relabelling
+the Prometheus Operator generates for a PodMonitor. Debian's Prometheus has no
+``kubernetes_sd_configs``, so :mod:`autocanary_testbed.kubesd` does its pod
+discovery beside it, into ``file_sd_configs``.
+``AlertmanagerServer`` runs with clustering off so it listens on nothing but
+its 127.0.0.1 web port.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -19,9 +26,13 @@ from typing import Any, Self
 import httpx
 import structlog
 import yaml
+from kubernetes import client
+from kubernetes.client import ApiException
 
 from autocanary_testbed.errors import HarnessError
 from autocanary_testbed.http_checks import http_ready
+from autocanary_testbed.kubesd import PodDiscovery
+from autocanary_testbed.network import PodNetwork
 from autocanary_testbed.procs import ManagedProcess, free_port
 
 log = structlog.get_logger(__name__)
@@ -30,6 +41,39 @@ _INSTALL_HINT = "apt-get install prometheus prometheus-alertmanager"
 _READY_TIMEOUT_S = 60.0
 _HTTP_TIMEOUT_S = 10.0
 _STOP_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class PodMonitor:
+    """Pods to scrape, as a Prometheus Operator ``PodMonitor`` selects and labels them.
+
+    Pods in ``namespace`` whose labels include ``selector``, on their container
+    port named ``port`` (pods declaring no such port are not scraped), at
+    ``path``. Series get ``namespace``, ``pod``, ``container``, ``endpoint`` and
+    ``job`` (``<namespace>/<name>``), plus each of ``pod_target_labels`` the pod
+    carries; a label the app exposes itself under one of these names is kept as
+    ``exported_<name>`` (``honorLabels: false``, the operator's default).
+    """
+
+    name: str
+    namespace: str
+    selector: Mapping[str, str]
+    port: str
+    path: str = "/metrics"
+    pod_target_labels: Sequence[str] = ()
+    interval: str | None = None
+
+
+@dataclass(frozen=True)
+class KubernetesAccess:
+    """How Prometheus reaches the API server, and how it reaches the pods it finds there.
+
+    ``kubeconfig`` holds the server, CA and a ServiceAccount token; ``network``
+    translates pod IPs to the loopback addresses the pods listen on.
+    """
+
+    kubeconfig: Path
+    network: PodNetwork
 
 
 @dataclass(frozen=True)
@@ -135,6 +179,8 @@ class PrometheusServer(_LocalServer):
         alertmanagers: Sequence[str] = (),
         storage_path: Path | None = None,
         retention: str | None = None,
+        pod_monitors: Sequence[PodMonitor] = (),
+        kubernetes: KubernetesAccess | None = None,
     ) -> None:
         """Configure, without starting.
 
@@ -152,6 +198,36 @@ class PrometheusServer(_LocalServer):
         self.storage_path = storage_path or workdir / "data"
         self.retention = retention
         self.config_path = workdir / "prometheus.yml"
+        if pod_monitors and kubernetes is None:
+            raise HarnessError("pod monitors need kubernetes access (a kubeconfig and network)")
+        self.pod_monitors = tuple(pod_monitors)
+        self.kubernetes = kubernetes
+        self._discoveries: list[PodDiscovery] = []
+
+    def start(self) -> Self:
+        """Start pod discovery (if there are pod monitors), then Prometheus; return self."""
+        for monitor in self.pod_monitors:
+            if self.kubernetes is None:
+                raise HarnessError("pod monitors need kubernetes access")
+            discovery = PodDiscovery(
+                self.kubernetes.kubeconfig, [monitor.namespace], self._targets_file(monitor)
+            )
+            discovery.start()
+            self._discoveries.append(discovery)
+        try:
+            return super().start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Stop Prometheus, then pod discovery. Idempotent; the work directory stays."""
+        super().stop()
+        while self._discoveries:
+            self._discoveries.pop().stop()
+
+    def _targets_file(self, monitor: PodMonitor) -> Path:
+        return self.workdir / "targets" / f"{monitor.namespace}-{monitor.name}.json"
 
     def set_targets(self, targets: Iterable[ScrapeTarget]) -> None:
         """Replace the scrape targets and reload the running Prometheus.
@@ -225,7 +301,8 @@ class PrometheusServer(_LocalServer):
             "rule_files": [str(p) for p in self.rule_files],
             "scrape_configs": [
                 {"job_name": job, "static_configs": statics} for job, statics in jobs.items()
-            ],
+            ]
+            + [self._pod_monitor_job(m) for m in self.pod_monitors],
         }
         if self.alertmanagers:
             config["alerting"] = {
@@ -233,6 +310,160 @@ class PrometheusServer(_LocalServer):
             }
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+    def _pod_monitor_job(self, monitor: PodMonitor) -> dict[str, Any]:
+        """The scrape job the Prometheus Operator would generate for ``monitor``."""
+        if self.kubernetes is None:
+            raise HarnessError("pod monitors need kubernetes access")
+        meta = "__meta_kubernetes_pod_"
+        names = sorted(monitor.selector)
+        relabel: list[dict[str, Any]] = [
+            # Pods that have finished are no longer scraped.
+            {"action": "drop", "source_labels": [f"{meta}phase"], "regex": "(Failed|Succeeded)"},
+            {
+                "action": "keep",
+                "source_labels": [
+                    *(f"{meta}label_{_label_name(n)}" for n in names),
+                    *(f"{meta}labelpresent_{_label_name(n)}" for n in names),
+                ],
+                "regex": ";".join(
+                    [*(re.escape(monitor.selector[n]) for n in names), *("true" for _ in names)]
+                ),
+            },
+            {
+                "action": "keep",
+                "source_labels": [f"{meta}container_port_name"],
+                "regex": monitor.port,
+            },
+            {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
+            {"source_labels": [f"{meta}container_name"], "target_label": "container"},
+            {"source_labels": [f"{meta}name"], "target_label": "pod"},
+            *(
+                {
+                    "source_labels": [f"{meta}label_{_label_name(label)}"],
+                    "regex": "(.+)",
+                    "target_label": _label_name(label),
+                    "replacement": "${1}",
+                }
+                for label in monitor.pod_target_labels
+            ),
+            {"target_label": "job", "replacement": f"{monitor.namespace}/{monitor.name}"},
+            {"target_label": "endpoint", "replacement": monitor.port},
+            # The test bed's one piece of routing: a pod IP's loopback twin (see network).
+            self.kubernetes.network.relabel_to_host("__address__", "__address__"),
+        ]
+        job: dict[str, Any] = {
+            "job_name": f"podMonitor/{monitor.namespace}/{monitor.name}/0",
+            "honor_labels": False,
+            "metrics_path": monitor.path,
+            # kubernetes_sd_configs: [{role: pod, namespaces: {names: [namespace]}}], from kubesd.
+            "file_sd_configs": [{"files": [str(self._targets_file(monitor))]}],
+            "relabel_configs": relabel,
+        }
+        if monitor.interval is not None:
+            job["scrape_interval"] = monitor.interval
+        return job
+
+
+def _label_name(name: str) -> str:
+    """A label name as service discovery spells it (``a.b/c`` is ``a_b_c``)."""
+    return re.sub(r"[^a-zA-Z0-9_]", "_", name)
+
+
+#: What a Prometheus ServiceAccount may read, as in kube-prometheus's ClusterRole.
+PROMETHEUS_RULES: tuple[dict[str, Any], ...] = (
+    {
+        "apiGroups": [""],
+        "resources": ["pods", "services", "endpoints"],
+        "verbs": ["get", "list", "watch"],
+    },
+    {
+        "apiGroups": ["discovery.k8s.io"],
+        "resources": ["endpointslices"],
+        "verbs": ["get", "list", "watch"],
+    },
+)
+_PROMETHEUS_NAMESPACE = "monitoring"
+_PROMETHEUS_ACCOUNT = "prometheus"
+_TOKEN_SECONDS = 24 * 3600
+
+
+def prometheus_access(
+    api_client: client.ApiClient, server_url: str, ca_cert: Path, network: PodNetwork, path: Path
+) -> KubernetesAccess:
+    """A ServiceAccount for Prometheus with kube-prometheus's RBAC, and a kubeconfig using it.
+
+    Creates (or reuses) ``monitoring/prometheus``, a ClusterRole with
+    :data:`PROMETHEUS_RULES` bound to it, and writes a kubeconfig holding a
+    token from the TokenRequest API to ``path``.
+    """
+    # The client's typed models are left out: these bodies are the manifests as written.
+    core: Any = client.CoreV1Api(api_client)
+    rbac: Any = client.RbacAuthorizationV1Api(api_client)
+    name = f"testbed-{_PROMETHEUS_ACCOUNT}"
+    creations: tuple[Callable[[], object], ...] = (
+        lambda: core.create_namespace(
+            {"metadata": {"name": _PROMETHEUS_NAMESPACE}}, _request_timeout=_HTTP_TIMEOUT_S
+        ),
+        lambda: core.create_namespaced_service_account(
+            _PROMETHEUS_NAMESPACE,
+            {"metadata": {"name": _PROMETHEUS_ACCOUNT}},
+            _request_timeout=_HTTP_TIMEOUT_S,
+        ),
+        lambda: rbac.create_cluster_role(
+            {"metadata": {"name": name}, "rules": list(PROMETHEUS_RULES)},
+            _request_timeout=_HTTP_TIMEOUT_S,
+        ),
+        lambda: rbac.create_cluster_role_binding(
+            {
+                "metadata": {"name": name},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "ClusterRole",
+                    "name": name,
+                },
+                "subjects": [
+                    {
+                        "kind": "ServiceAccount",
+                        "name": _PROMETHEUS_ACCOUNT,
+                        "namespace": _PROMETHEUS_NAMESPACE,
+                    }
+                ],
+            },
+            _request_timeout=_HTTP_TIMEOUT_S,
+        ),
+    )
+    for create in creations:
+        try:
+            create()
+        except ApiException as e:
+            if e.status != 409:  # already there, from an earlier Prometheus of this cluster
+                raise HarnessError(f"cannot set up Prometheus's ServiceAccount: {e}") from e
+    token = core.create_namespaced_service_account_token(
+        _PROMETHEUS_ACCOUNT,
+        _PROMETHEUS_NAMESPACE,
+        {"spec": {"expirationSeconds": _TOKEN_SECONDS}},
+        _request_timeout=_HTTP_TIMEOUT_S,
+    ).status.token
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "testbed",
+                "cluster": {"server": server_url, "certificate-authority": str(ca_cert)},
+            }
+        ],
+        "users": [{"name": _PROMETHEUS_ACCOUNT, "user": {"token": token}}],
+        "contexts": [
+            {"name": "testbed", "context": {"cluster": "testbed", "user": _PROMETHEUS_ACCOUNT}}
+        ],
+        "current-context": "testbed",
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    path.chmod(0o600)
+    return KubernetesAccess(path, network)
 
 
 class AlertmanagerServer(_LocalServer):

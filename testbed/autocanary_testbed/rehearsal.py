@@ -120,8 +120,10 @@ def rehearse(workdir: Path, out: TextIO, releases: Sequence[Release]) -> bool:
             narrator.say(
                 f"demo app up: {settings.replicas} x testpage {settings.stable_version} "
                 f"in namespace "
-                f"{settings.namespace}, probe at {settings.probe_rate} through the Service proxy, "
-                f"daemon running (interval {settings.interval}, steps "
+                f"{settings.namespace} (each pod on its own IP), probe at {settings.probe_rate} "
+                f"through the Service's EndpointSlices, Prometheus discovering the pods and "
+                f"scraping every {settings.scrape_interval}, daemon running "
+                f"(interval {settings.interval}, steps "
                 f"{[s['canary'] for s in settings.steps]})"
             )
             for release in releases:

@@ -1,11 +1,17 @@
 """A whole canary set-up on the local control plane, the stage of the rehearsal and e2e tests.
 
-``CanaryStack`` puts the demo app (stable and canary Deployments of testpage)
-into a namespace, runs a testpage process per pod (the pod runner), spreads
-the probe's traffic over them (the Service proxy), has Prometheus scrape the
-probe and the pods, collects alerts (a webhook receiver and Alertmanager) and
-runs the autocanary daemon as a real subprocess with a generated config.
-Everything listens on 127.0.0.1.
+``CanaryStack`` puts the demo app (stable and canary Deployments of testpage
+and their Service) into a namespace whose pods the pod runner runs (each on
+its pod IP), spreads the probe's traffic over the Service's EndpointSlices
+(the Service proxy, as kube-proxy), has Prometheus discover and scrape the
+pods as kube-prometheus does (``kubernetes_sd_configs`` and a PodMonitor, at
+``scrape_interval``) and scrape the probe, collects alerts (a webhook receiver
+and Alertmanager) and runs the autocanary daemon as a real subprocess with a
+generated config. Everything listens on loopback addresses.
+
+The probe stays outside the cluster, a static scrape target: it plays the
+users, who reach the Service from outside, and the test bed has no cluster DNS
+to give a probe pod the Service's name.
 """
 
 from __future__ import annotations
@@ -32,18 +38,22 @@ from autocanary_testbed.apps import ProbeProcess, start_probe
 from autocanary_testbed.controlplane import ControlPlane
 from autocanary_testbed.errors import HarnessError
 from autocanary_testbed.http_checks import http_ok
-from autocanary_testbed.monitoring import AlertmanagerServer, PrometheusServer, ScrapeTarget
-from autocanary_testbed.podrunner import Endpoint, PodRunner
+from autocanary_testbed.kubeproxy import KubeProxyProcess
+from autocanary_testbed.monitoring import (
+    AlertmanagerServer,
+    PodMonitor,
+    PrometheusServer,
+    ScrapeTarget,
+    prometheus_access,
+)
+from autocanary_testbed.podrunner import PodRunner
 from autocanary_testbed.procs import ManagedProcess, ProcessGroup, free_port
 from autocanary_testbed.receiver import AlertReceiver
-from autocanary_testbed.serviceproxy import ServiceProxy
 from autocanary_testbed.waiting import wait_until
 
 log = structlog.get_logger(__name__)
 
 _API_TIMEOUT = (5.0, 10.0)
-#: Stands for 127.0.0.1 in the bed's EndpointSlices (a TEST-NET-3 address: never routed).
-_SLICE_ADDRESS = "203.0.113.1"
 
 
 @dataclass(frozen=True)
@@ -53,7 +63,6 @@ class StackSettings:
     namespace: str = "demo"
     app: str = "testpage"
     image: str = "autocanary/testpage"  # or autocanary/shopapp, the instrumented demo app
-    scrape_interval: str = "1s"
     replicas: int = 3
     stable_version: str = "v1"
     stable_env: Mapping[str, str] = field(default_factory=dict)  # e.g. a baseline error rate
@@ -61,6 +70,9 @@ class StackSettings:
     # The probe follows the Service's EndpointSlices (service://), counting every failure
     # against its pod's version, instead of loading the proxy's URL.
     probe_follows_service: bool = False
+    # Prometheus's scrape interval; kube-prometheus-stack's default is 30s.
+    scrape_interval: str = "5s"
+    # The analysis window is left to the daemon: four scrapes (20s at a 5s scrape).
     interval: str = "4s"
     progress_deadline: str = "30s"
     steps: Sequence[Mapping[str, Any]] = (
@@ -81,6 +93,13 @@ class StackSettings:
             ],
         }
     )
+    # Shipped files instead of the generated ones: the app's manifests (Deployments and
+    # Service, e.g. deploy/example/testpage.yaml) and the daemon's config (only its
+    # addresses are replaced, see shipped_config).
+    manifests: Path | None = None
+    config_file: Path | None = None
+    # The image ``release`` ships, ``{version}`` filled in (default: image:version).
+    release_image: str | None = None
     leader_election: Mapping[str, Any] = field(
         default_factory=lambda: {
             "enabled": True,
@@ -89,6 +108,10 @@ class StackSettings:
             "retryPeriod": "1s",
         }
     )
+
+
+#: Pod labels a PodMonitor copies onto the app's series (``podTargetLabels``).
+POD_TARGET_LABELS = ("app", "track", "version")
 
 
 def app_labels(app: str, track: str, version: str) -> dict[str, str]:
@@ -126,16 +149,50 @@ def app_deployment(
                         {
                             "name": image.rsplit("/", 1)[-1],
                             "image": f"{image}:{version}",
-                            "args": ["testpage", "--port", "8080"],
+                            # The Service proxy drops a terminating pod at once (not after
+                            # kube-proxy's iptables round), so a short drain suffices.
+                            "args": ["testpage", "--port", "8080", "--drain-delay", "1s"],
                             "env": variables,
                             "ports": [{"containerPort": 8080, "name": "http"}],
-                            "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}},
+                            "readinessProbe": {
+                                "httpGet": {"path": "/healthz", "port": "http"},
+                                "periodSeconds": 1,
+                            },
                         }
                     ]
                 },
             },
         },
     }
+
+
+def app_service(app: str) -> dict[str, Any]:
+    """The Service in front of stable and canary pods (it selects ``app`` only)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": app, "labels": {"app": app}},
+        "spec": {
+            "selector": {"app": app},
+            "ports": [{"name": "http", "port": 80, "targetPort": "http"}],
+        },
+    }
+
+
+def shipped_config(text: str, *, prometheus: str, alertmanager: str, listen: str) -> dict[str, Any]:
+    """A shipped config with its addresses replaced for the test bed, and nothing else.
+
+    Prometheus's URL, Alertmanager sinks' URLs and the daemon's listen address.
+    Secret URLs read from the environment (``{env: ...}``) stay as they are: the
+    daemon gets the variable instead.
+    """
+    config: dict[str, Any] = yaml.safe_load(text)
+    config["prometheus"]["url"] = prometheus
+    for sink in (config.get("alerts") or {}).get("sinks") or []:
+        if sink.get("type") == "alertmanager":
+            sink["url"] = alertmanager
+    config["daemon"] = {**(config.get("daemon") or {}), "listen": listen}
+    return config
 
 
 class CanaryStack:
@@ -152,24 +209,27 @@ class CanaryStack:
         self.apps = client.AppsV1Api(self.api)
         self.core = client.CoreV1Api(self.api)
         self.group = ProcessGroup(workdir / "logs")
-        self.proxy = ServiceProxy()
+        # The Service, as kube-proxy serves it: its own process following EndpointSlices.
+        self.proxy = KubeProxyProcess(
+            control_plane.kubeconfig_path,
+            control_plane.pod_network,
+            self.settings.namespace,
+            self.settings.app,
+            workdir / "logs",
+            port_name="http",
+        )
         self.receiver = AlertReceiver()
         self.alertmanager = AlertmanagerServer(workdir / "alertmanager")
         self.prometheus = PrometheusServer(
             workdir / "prometheus", scrape_interval=self.settings.scrape_interval
         )
         self.runner = PodRunner(
-            self.api,
-            self.settings.namespace,
-            f"app={self.settings.app}",
-            workdir / "logs" / "pods",
-            on_endpoints=self._endpoints_changed,
+            self.api, control_plane.pod_network, self.settings.namespace, workdir / "logs" / "pods"
         )
         self.probe: ProbeProcess | None = None
         self.daemons: dict[str, ManagedProcess] = {}
         self.daemon_ports: dict[str, int] = {}
         self.config_path = workdir / "autocanary.yaml"
-        self._endpoints: list[Endpoint] = []
         self._started: list[Callable[[], None]] = []
         self._prometheus_up = False
 
@@ -195,21 +255,8 @@ class CanaryStack:
     def start(self, *, daemon: bool = True) -> Self:
         """Bring up the app with traffic and monitoring, and the daemon unless ``daemon=False``."""
         s = self.settings
-        self.cp.create_namespace(s.namespace)
-        for name, track, replicas in (
-            (self.stable_name, "stable", s.replicas),
-            (self.canary_name, "canary", 0),
-        ):
-            body: Any = app_deployment(
-                name,
-                s.app,
-                track,
-                s.stable_version,
-                replicas=replicas,
-                env=s.stable_env,
-                image=s.image,
-            )
-            self.apps.create_namespaced_deployment(s.namespace, body, _request_timeout=_API_TIMEOUT)
+        self.cp.create_namespace(s.namespace, pod_runner=True)
+        self._create_app()
         self.proxy.start()
         self._started.append(self.proxy.stop)
         self.receiver.start()
@@ -219,33 +266,80 @@ class CanaryStack:
         self.runner.start()
         self._started.append(self.runner.stop)
         wait_until(
-            lambda: len(self.runner.endpoints()) >= s.replicas,
+            lambda: len(self.proxy.backends) >= s.replicas,
             timeout=60,
-            what=f"{s.replicas} stable pods serving",
+            what=f"{s.replicas} stable pods in the Service's rotation",
         )
         target = f"{s.app}={self.proxy.url}/"
         extra: list[str] = []
         if s.probe_follows_service:
+            # Outside the pod network, the probe dials each pod IP's loopback twin.
+            network = self.cp.pod_network
             target = f"{s.app}=service://{s.namespace}/{s.app}/"
             extra = [
                 "--kubeconfig",
                 str(self.cp.kubeconfig_path),
                 "--address-map",
-                f"{_SLICE_ADDRESS}/32=127.0.0.1/32",
+                f"{network.pod_cidr}=127.{network.octet}.0.0/16",
             ]
         self.probe = start_probe(
             self.group,
             ["--target", target, "--rate", s.probe_rate, "--timeout", "2s", *extra],
         )
         self.prometheus.targets = tuple(self._scrape_targets())
+        self.prometheus.kubernetes = prometheus_access(
+            self.api,
+            self.cp.server_url,
+            self.cp.ca_cert_path,
+            self.cp.pod_network,
+            self.workdir / "prometheus" / "kubeconfig",
+        )
+        self.prometheus.pod_monitors = (self.pod_monitor,)
         self.prometheus.start()
         self._prometheus_up = True
         self._started.append(self.stop_prometheus)
         self.prometheus.wait_for_target_up("probe", timeout=60)
+        self.prometheus.wait_for_target_up(self.pod_monitor_job, timeout=60)
         self.write_config()
         if daemon:
             self.start_daemon()
         return self
+
+    def _create_app(self) -> None:
+        s = self.settings
+        objects: list[Any]
+        if s.manifests is not None:
+            objects = [
+                doc
+                for doc in yaml.safe_load_all(s.manifests.read_text())
+                if doc and doc.get("kind") in ("Deployment", "Service")
+            ]
+        else:
+            objects = [app_service(s.app)] + [
+                app_deployment(
+                    name,
+                    s.app,
+                    track,
+                    s.stable_version,
+                    replicas=replicas,
+                    env=s.stable_env,
+                    image=s.image,
+                )
+                for name, track, replicas in (
+                    (self.stable_name, "stable", s.replicas),
+                    (self.canary_name, "canary", 0),
+                )
+            ]
+        for body in objects:
+            body["metadata"]["namespace"] = s.namespace
+            if body["kind"] == "Service":
+                self.core.create_namespaced_service(
+                    s.namespace, body, _request_timeout=_API_TIMEOUT
+                )
+            else:
+                self.apps.create_namespaced_deployment(
+                    s.namespace, body, _request_timeout=_API_TIMEOUT
+                )
 
     def stop(self) -> None:
         """Stop everything this stack started, newest first; the namespace is deleted."""
@@ -259,6 +353,13 @@ class CanaryStack:
                 log.warning("teardown step failed", error=str(e))
         self._started.clear()
         try:
+            # The runner is gone: nothing would end its pods before their grace period.
+            self.apps.delete_collection_namespaced_deployment(
+                self.namespace, _request_timeout=_API_TIMEOUT
+            )
+            self.core.delete_collection_namespaced_pod(
+                self.namespace, grace_period_seconds=0, _request_timeout=_API_TIMEOUT
+            )
             self.cp.delete_namespace(self.namespace)
         finally:
             self.api.close()  # type: ignore[no-untyped-call]
@@ -281,87 +382,49 @@ class CanaryStack:
 
     # ---- traffic and scraping --------------------------------------------------------------
 
+    @property
+    def pod_monitor(self) -> PodMonitor:
+        """The app's PodMonitor: its pods' ``http`` port, pod labels copied onto series."""
+        return PodMonitor(
+            name=self.settings.app,
+            namespace=self.namespace,
+            selector={"app": self.settings.app},
+            port="http",
+            pod_target_labels=POD_TARGET_LABELS,
+        )
+
+    @property
+    def pod_monitor_job(self) -> str:
+        """The ``job`` label of the app's series (``<namespace>/<PodMonitor name>``)."""
+        return f"{self.namespace}/{self.settings.app}"
+
     def _scrape_targets(self) -> list[ScrapeTarget]:
         targets = []
         if self.probe is not None:
             targets.append(ScrapeTarget("probe", self.probe.metrics_address))
-        for endpoint in self._endpoints:
-            # The pod's version label on its series, as a PodMonitor's podTargetLabels does.
-            labels = {"namespace": endpoint.namespace, "pod": endpoint.pod}
-            if "version" in endpoint.labels:
-                labels["version"] = endpoint.labels["version"]
-            targets.append(ScrapeTarget(self.settings.app, endpoint.address, labels))
         for name, port in self.daemon_ports.items():
             targets.append(ScrapeTarget("autocanary", f"127.0.0.1:{port}", {"instance_name": name}))
         return targets
 
-    def _endpoints_changed(self, endpoints: list[Endpoint]) -> None:
-        self._endpoints = endpoints
-        self.proxy.set_backends([e.address for e in endpoints])
-        if self.settings.probe_follows_service:
-            self._write_endpoint_slices(endpoints)
+    def _update_static_targets(self) -> None:
         if self._prometheus_up:
             try:
                 self.prometheus.set_targets(self._scrape_targets())
             except HarnessError as e:
                 log.warning("could not update Prometheus targets", error=str(e))
 
-    def _write_endpoint_slices(self, endpoints: list[Endpoint]) -> None:
-        """The Service's EndpointSlices for the live pods, as the endpointslice controller would.
-
-        Pods share 127.0.0.1 on ports of their own, so each gets a slice (ports are per
-        slice); a slice names its pod in ``targetRef``, which is what the probe reads.
-        The API server refuses loopback addresses in slices: they say
-        ``_SLICE_ADDRESS``, which the probe dials as 127.0.0.1 (``--address-map``).
-        """
-        s = self.settings
-        labels = {
-            "kubernetes.io/service-name": s.app,
-            "endpointslice.kubernetes.io/managed-by": "autocanary-testbed",
-        }
-        wanted: dict[str, Any] = {}
-        for e in endpoints:
-            port = e.address.rpartition(":")[2]
-            name = f"{s.app}-{e.pod}"
-            wanted[name] = {
-                "apiVersion": "discovery.k8s.io/v1",
-                "kind": "EndpointSlice",
-                "metadata": {"name": name, "labels": labels},
-                "addressType": "IPv4",
-                "endpoints": [
-                    {
-                        "addresses": [_SLICE_ADDRESS],
-                        "conditions": {"ready": True},
-                        "targetRef": {"kind": "Pod", "name": e.pod, "namespace": e.namespace},
-                    }
-                ],
-                "ports": [{"name": "http", "port": int(port), "protocol": "TCP"}],
-            }
-        discovery = client.DiscoveryV1Api(self.api)
-        try:
-            existing = discovery.list_namespaced_endpoint_slice(
-                s.namespace,
-                label_selector="endpointslice.kubernetes.io/managed-by=autocanary-testbed",
-                _request_timeout=_API_TIMEOUT,
-            )
-            have = {str(item.metadata.name) for item in existing.items if item.metadata}
-            for name in have - set(wanted):
-                discovery.delete_namespaced_endpoint_slice(
-                    name, s.namespace, _request_timeout=_API_TIMEOUT
-                )
-            for name, body in wanted.items():
-                if name not in have:
-                    discovery.create_namespaced_endpoint_slice(
-                        s.namespace, body, _request_timeout=_API_TIMEOUT
-                    )
-        except client.ApiException as e:
-            log.warning("could not write the EndpointSlices", error=str(e))
-
     # ---- the daemon ------------------------------------------------------------------------
 
     def config(self) -> dict[str, Any]:
-        """The daemon's config for this stack."""
+        """The daemon's config for this stack (the shipped one, addresses replaced, if given)."""
         s = self.settings
+        if s.config_file is not None:
+            return shipped_config(
+                s.config_file.read_text(),
+                prometheus=self.prometheus.url,
+                alertmanager=self.alertmanager.url,
+                listen="127.0.0.1:0",
+            )
         return {
             "prometheus": {"url": self.prometheus.url, "timeout": "3s"},
             "alerts": {
@@ -445,19 +508,22 @@ class CanaryStack:
                 name,
             ],
             log_dir=self.workdir / "logs",
-            env=env,
+            # A shipped config reads its Slack URL from here; the receiver stands in for Slack.
+            env={"SLACK_WEBHOOK_URL": f"{self.receiver.url}/slack", **(env or {})},
         )
         self.daemons[name] = process
         self.daemon_ports[name] = port
         process.wait_ready(
             lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), 30, "serving /healthz"
         )
+        self._update_static_targets()
         return process
 
     def stop_daemon(self, name: str = "daemon-a", *, kill: bool = False) -> None:
         """Stop a daemon: SIGTERM (graceful) or, with ``kill``, SIGKILL."""
         process = self.daemons.pop(name)
         self.daemon_ports.pop(name, None)
+        self._update_static_targets()
         if kill:
             os.killpg(process.pid, signal.SIGKILL)
         process.stop()
@@ -476,7 +542,10 @@ class CanaryStack:
             "--kubeconfig",
             str(self.cp.kubeconfig_path),
             "--image",
-            image or f"{self.settings.image}:{version}",
+            image
+            or (self.settings.release_image or f"{self.settings.image}:{{version}}").format(
+                version=version
+            ),
             "--version",
             version,
         ]
@@ -490,7 +559,8 @@ class CanaryStack:
             [sys.executable, "-m", "autocanary", *argv],
             capture_output=True,
             text=True,
-            timeout=60,
+            # Importing the Kubernetes client alone took 17s on a loaded 2-core machine.
+            timeout=180,
             check=False,
         )
         if done.returncode != 0:
@@ -573,10 +643,11 @@ class CanaryStack:
         return int(stable), int(canary)
 
     def served_versions(self) -> dict[str, int]:
-        """Live pod processes by version label."""
+        """Pods in the Service proxy's rotation, by version label."""
+        labels = {p.address: p.labels for p in self.runner.pods()}
         counts: dict[str, int] = {}
-        for endpoint in self.runner.endpoints():
-            version = endpoint.labels.get("version", "?")
+        for backend in self.proxy.backends:
+            version = labels.get(backend, {}).get("version", "?")
             counts[version] = counts.get(version, 0) + 1
         return counts
 

@@ -21,13 +21,16 @@ from autocanary_testbed.stack import CanaryStack, StackSettings
 
 @pytest.fixture
 def stack_factory(control_plane: ControlPlane, tmp_workdir: Path) -> Iterator[StackFactory]:
-    """``make(daemon=True, **settings)`` starts a stack; ``settings`` override StackSettings."""
+    """``make(daemon=True, **settings)`` starts a stack; ``settings`` override StackSettings.
+
+    Each stack gets a namespace of its own unless ``namespace`` is given.
+    """
     stacks: list[CanaryStack] = []
 
     def make(*, daemon: bool = True, **overrides: Any) -> CanaryStack:
-        namespace = f"e2e-{uuid.uuid4().hex[:8]}"
-        settings = StackSettings(namespace=namespace, **overrides)
-        stack = CanaryStack(control_plane, tmp_workdir / namespace, settings)
+        overrides.setdefault("namespace", f"e2e-{uuid.uuid4().hex[:8]}")
+        settings = StackSettings(**overrides)
+        stack = CanaryStack(control_plane, tmp_workdir / settings.namespace, settings)
         stacks.append(stack)
         stack.start(daemon=daemon)
         return stack
