@@ -235,7 +235,8 @@ def _canary_pod_started(stack: CanaryStack) -> datetime:
 def test_a_canary_failing_only_while_the_daemon_is_down_is_rolled_back_after_restart(
     stack_factory: StackFactory,
 ) -> None:
-    onset, length = 25, 25
+    # The first analysis of a step waits for a whole window (20s at the bed's 5s scrape).
+    onset, length = 45, 25
     stack = stack_factory(
         analysis=ERRORS_ONLY,
         steps=({"canary": 1, "hold": "120s"}, {"canary": "100%", "hold": "4s"}),
