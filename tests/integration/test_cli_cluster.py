@@ -119,6 +119,7 @@ def release(control_plane: ControlPlane, namespace: str, daemon_namespace: str) 
     st = state_codec.RolloutState(
         phase="progressing",
         revision="abc",
+        total=2,
         step=0,
         step_started_at=datetime.now(UTC),
         canary_version="v2",
