@@ -504,6 +504,12 @@ def _decide_progressing(
                 message=f"analysing {_step_label(rollout, state)}",
             )
             decision = Decision(new, desired_for(rollout, new, obs), requeue_after=POLL)
+        elif obs.canary.replicas < want:
+            # The step's pods were never asked for (the daemon stopped between writing
+            # the step and scaling): the canary cannot be late for them, so the
+            # deadline starts now, as they are asked for.
+            new = dataclasses.replace(state, step_started_at=now)
+            decision = Decision(new, desired_for(rollout, new, obs), requeue_after=POLL)
         elif (
             state.step_started_at is not None
             and now - state.step_started_at > rollout.progress_deadline

@@ -1084,3 +1084,22 @@ def test_a_step_whose_first_judge_poll_failed_takes_its_baseline_at_the_next() -
     # instead of counting the warm-up as evidence.
     assert decision.state.last_analysis_at is None
     assert decision.state.judge is None
+
+
+def test_a_step_written_but_never_scaled_starts_its_deadline_when_scaled() -> None:
+    # The daemon wrote the release's first step and died before scaling the canary;
+    # the next one comes back after the deadline: the canary was never late.
+    driver = started()
+    first = driver.tick()
+    assert first.decision.state.stage == "waitingReady"
+    obs = driver.cluster.observe()
+    nothing = dataclasses.replace(
+        obs.canary, replicas=0, ready=0, available=0, updated=0, current=0
+    )
+    unscaled = dataclasses.replace(obs, canary=nothing)
+    later = T0 + timedelta(minutes=10)
+    decision = decide(driver.rollout, first.decision.state, unscaled, later)
+    assert decision.state.phase == "progressing"
+    assert decision.state.step_started_at == later
+    assert decision.desired.canary_replicas == 1
+    assert decision.transitions == ()
