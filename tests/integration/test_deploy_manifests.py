@@ -252,7 +252,7 @@ def test_rbac_grants_exactly_the_daemons_calls_for_the_configured_rollouts(
             for name in (r.stable, r.canary_name)
         }
         expected = {("apps", "deployments", verb, n) for verb in ("get", "patch") for n in names}
-        expected.add(("", "events", "create", "*"))
+        expected |= {("", "events", "create", "*"), ("", "pods", "list", "*")}
         assert _grants(_rules_for(daemon_objects, namespace)) == expected
     lease = config.daemon.leader_election.lease_name
     assert _grants(_rules_for(daemon_objects, DAEMON_NAMESPACE)) == {
