@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -179,20 +180,25 @@ def app_service(app: str) -> dict[str, Any]:
     }
 
 
-def shipped_config(text: str, *, prometheus: str, alertmanager: str, listen: str) -> dict[str, Any]:
-    """A shipped config with its addresses replaced for the test bed, and nothing else.
+def shipped_config(text: str, *, prometheus: str, alertmanager: str, listen: str) -> str:
+    """A shipped config's text with its addresses replaced for the test bed, and nothing else.
 
-    Prometheus's URL, Alertmanager sinks' URLs and the daemon's listen address.
-    Secret URLs read from the environment (``{env: ...}``) stay as they are: the
-    daemon gets the variable instead.
+    The text is edited, never loaded and dumped again (a YAML 1.1 round trip would turn
+    a sink's ``on:`` into ``true:``): Prometheus's URL, Alertmanager URLs and the
+    daemon's listen address (a ``daemon:`` block holding only it is added when the
+    file has none). Secret URLs read from the environment (``{env: ...}``) stay as
+    they are: the daemon gets the variable instead.
     """
-    config: dict[str, Any] = yaml.safe_load(text)
-    config["prometheus"]["url"] = prometheus
-    for sink in (config.get("alerts") or {}).get("sinks") or []:
-        if sink.get("type") == "alertmanager":
-            sink["url"] = alertmanager
-    config["daemon"] = {**(config.get("daemon") or {}), "listen": listen}
-    return config
+    text, found = re.subn(
+        r"^(  url: )http://prometheus\S*", rf"\g<1>{prometheus}", text, flags=re.MULTILINE
+    )
+    if found != 1:
+        raise HarnessError("the shipped config has no prometheus url to replace")
+    text = re.sub(r"(url: )http://alertmanager\S*", rf"\g<1>{alertmanager}", text)
+    text, found = re.subn(r"^(  listen: )\S+", rf"\g<1>{listen}", text, flags=re.MULTILINE)
+    if not found:
+        text += f"\ndaemon:\n  listen: {listen}\n"
+    return text
 
 
 class CanaryStack:
@@ -419,12 +425,8 @@ class CanaryStack:
         """The daemon's config for this stack (the shipped one, addresses replaced, if given)."""
         s = self.settings
         if s.config_file is not None:
-            return shipped_config(
-                s.config_file.read_text(),
-                prometheus=self.prometheus.url,
-                alertmanager=self.alertmanager.url,
-                listen="127.0.0.1:0",
-            )
+            loaded: dict[str, Any] = yaml.safe_load(self._shipped_text("127.0.0.1:0"))
+            return loaded
         return {
             "prometheus": {"url": self.prometheus.url, "timeout": "3s"},
             "alerts": {
@@ -471,9 +473,24 @@ class CanaryStack:
             ],
         }
 
+    def _shipped_text(self, listen: str) -> str:
+        path = self.settings.config_file
+        if path is None:
+            raise HarnessError("this stack runs no shipped config")
+        return shipped_config(
+            path.read_text(),
+            prometheus=self.prometheus.url,
+            alertmanager=self.alertmanager.url,
+            listen=listen,
+        )
+
     def write_config(self, config: Mapping[str, Any] | None = None) -> Path:
         """Write the daemon's config file (this stack's, or ``config``)."""
-        self.config_path.write_text(yaml.safe_dump(dict(config or self.config()), sort_keys=False))
+        if config is None and self.settings.config_file is not None:
+            self.config_path.write_text(self._shipped_text("127.0.0.1:0"))
+        else:
+            text = yaml.safe_dump(dict(config or self.config()), sort_keys=False)
+            self.config_path.write_text(text)
         return self.config_path
 
     def start_daemon(
@@ -489,10 +506,13 @@ class CanaryStack:
         ``config`` replaces this stack's config (see :meth:`config`).
         """
         port = free_port()
-        config = dict(config or self.config())
-        config["daemon"] = {**config["daemon"], "listen": f"127.0.0.1:{port}"}
         path = self.workdir / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        if config is None and self.settings.config_file is not None:
+            path.write_text(self._shipped_text(f"127.0.0.1:{port}"))
+        else:
+            config = dict(config or self.config())
+            config["daemon"] = {**config["daemon"], "listen": f"127.0.0.1:{port}"}
+            path.write_text(yaml.safe_dump(config, sort_keys=False))
         process = ManagedProcess.start(
             name,
             [

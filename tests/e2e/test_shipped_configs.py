@@ -1,0 +1,101 @@
+"""The configs we ship, run as shipped: a healthy release is promoted, a bad one rolled back.
+
+Each file in config/ (deploy/config.yaml is config/testpage.yaml, byte for byte)
+drives the daemon with only its addresses replaced (Prometheus, Alertmanager,
+the daemon's listen address; Slack's URL comes from the environment as in the
+deployment), against the demo app as deploy/example ships it (Deployments and
+Service in namespace ``demo``, the autocanary image's testpage), the probe at
+the example's rate, and Prometheus scraping the pods as a PodMonitor does.
+Releases are shipped as the example's kustomization says: a new version, then
+one with 10% errors. These take as long as the configs say (minutes per step).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from e2e_helpers import StackFactory, our_reasons
+
+from autocanary.state import RolloutState
+from autocanary_testbed.stack import CanaryStack
+from autocanary_testbed.waiting import wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE_APP = REPO / "deploy" / "example" / "testpage.yaml"
+IMAGE = "autocanary/autocanary:0.1.0"
+
+
+def test_deploy_config_is_the_testpage_config_run_below() -> None:
+    deployed = (REPO / "deploy" / "config.yaml").read_bytes()
+    assert deployed == (REPO / "config" / "testpage.yaml").read_bytes()
+
+
+def settled(version: str) -> object:
+    def check(state: RolloutState) -> bool:
+        return state.canary_version == version and state.phase in (
+            "succeeded",
+            "rolledBack",
+            "paused",
+        )
+
+    return check
+
+
+def shipped_stack(stack_factory: StackFactory, config: str, scrape_interval: str) -> CanaryStack:
+    return stack_factory(
+        namespace="demo",
+        app="testpage",
+        manifests=EXAMPLE_APP,
+        config_file=REPO / config,
+        probe_rate="20/s",
+        scrape_interval=scrape_interval,
+        release_image=IMAGE,
+    )
+
+
+@pytest.mark.timeout(2700)
+@pytest.mark.parametrize(
+    ("config", "scrape_interval", "healthy_s"),
+    [
+        # Default steps: 10m + 2m + 2m + 2m of holds.
+        ("config/minimal.yaml", "5s", 1500),
+        # kube-prometheus-stack's scrape interval against the config's 30s interval.
+        ("config/testpage.yaml", "30s", 1200),
+    ],
+)
+def test_a_shipped_config_promotes_a_healthy_release_and_rolls_back_a_bad_one(
+    stack_factory: StackFactory, config: str, scrape_interval: str, healthy_s: int
+) -> None:
+    stack = shipped_stack(stack_factory, config, scrape_interval)
+
+    stack.release("v2")
+    good = stack.wait_for(settled("v2"), healthy_s, "the healthy release settled")
+    assert good.phase == "succeeded", good.message
+    assert stack.replicas() == (3, 0)
+    stable = stack.deployment(stack.stable_name)["spec"]["template"]["metadata"]["labels"]
+    assert stable["version"] == "v2"
+
+    stack.release("v3", env={"FAULT_ERROR_RATE": "10%"})
+    bad = stack.wait_for(settled("v3"), 600, "the bad release settled")
+    assert bad.phase == "rolledBack", bad.message
+    assert any(c["verdict"] == "fail" for v in bad.verdicts for c in v.checks.values())
+    assert stack.replicas() == (3, 0)
+    reasons = our_reasons(stack)
+    assert reasons.count("Promoted") == 1
+    assert reasons.count("RolledBack") == 1
+    if stack.config().get("alerts"):
+        # testpage.yaml: Slack (its URL from the environment) and Alertmanager hear of both.
+        for reason in ("Promoted", "RolledBack"):
+            stack.receiver.wait_for(lambda b, r=reason: r in json.dumps(b), 30, "/slack")
+        wait_until(
+            lambda: any(
+                a["labels"].get("alertname") == "AutocanaryRolledBack"
+                for a in stack.alertmanager_alerts()
+            ),
+            timeout=30,
+            what="the rollback in Alertmanager",
+        )
