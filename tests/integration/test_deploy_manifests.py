@@ -345,7 +345,7 @@ def _promtool(*args: str) -> str:
 
 
 def test_rules_pass_promtool_check_and_unit_tests() -> None:
-    assert "SUCCESS: 5 rules found" in _promtool("check", "rules", str(RULES))
+    assert "SUCCESS: 6 rules found" in _promtool("check", "rules", str(RULES))
     assert "SUCCESS" in _promtool("test", "rules", str(RULES.with_name("rules_test.yaml")))
 
 
