@@ -31,6 +31,7 @@ from kustomize_render import (
 from autocanary.config import Config, SlackSink
 from autocanary.config_loader import parse_config
 from autocanary.metrics import DaemonMetrics
+from autocanary.probe_service import ServiceRef
 from autocanary.revision import revision_of
 
 pytestmark = pytest.mark.integration
@@ -304,7 +305,12 @@ def test_probe_loads_the_service_under_the_rollouts_name(
     assert args[0] == "probe"
     service = one(example_objects, "Service")
     name, ns = service["metadata"]["name"], service["metadata"]["namespace"]
-    assert args[args.index("--target") + 1] == f"{rollout.name}=http://{name}.{ns}.svc/"
+    # It follows the Service (failures counted against the pod's version), on the
+    # Service port's name, which its EndpointSlices give their port.
+    (port_name,) = {p["name"] for p in service["spec"]["ports"]}
+    target = f"{rollout.name}=service://{ns}/{name}:{port_name}/"
+    assert args[args.index("--target") + 1] == target
+    assert ServiceRef.parse(target.partition("=")[2]).namespace == rollout.namespace
     port = args[args.index("--metrics-port") + 1]
     annotations = probe["spec"]["template"]["metadata"]["annotations"]
     assert (annotations["prometheus.io/scrape"], annotations["prometheus.io/port"]) == (
@@ -317,8 +323,28 @@ def test_example_pods_are_hardened(example_objects: list[Obj]) -> None:
     for deployment in of_kind(example_objects, "Deployment"):
         pod = deployment["spec"]["template"]["spec"]
         _assert_restricted(pod)
-        assert pod["automountServiceAccountToken"] is False
+        # Only the probe holds credentials: it reads the Service's endpoints.
+        is_probe = deployment["metadata"]["name"] == "probe"
+        assert pod["automountServiceAccountToken"] is is_probe
+        assert pod.get("serviceAccountName") == ("probe" if is_probe else None)
         assert _container(deployment)["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_probe_role_grants_only_listing_endpointslices_and_pods(
+    example_objects: list[Obj],
+) -> None:
+    # What ServiceFollower.refresh calls: list_namespaced_endpoint_slice, list_namespaced_pod.
+    role = one(example_objects, "Role", "probe")
+    assert role["rules"] == [
+        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+    ]
+    binding = one(example_objects, "RoleBinding", "probe")
+    assert binding["roleRef"]["name"] == "probe"
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "probe", "namespace": APP_NAMESPACE}
+    ]
+    assert one(example_objects, "ServiceAccount", "probe")["metadata"]["namespace"] == APP_NAMESPACE
 
 
 def _assert_restricted(pod: Obj) -> None:

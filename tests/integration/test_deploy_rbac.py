@@ -8,11 +8,14 @@ code runs as ``system:serviceaccount:<daemon namespace>:autocanary``
 annotates the rollout's Deployments, records an Event, and two
 :class:`LeaderElector` replicas contend for the Lease. Every other call tried
 is refused, and the API server's own summary of the account's permissions
-(SelfSubjectRulesReview) lists nothing beyond those calls.
+(SelfSubjectRulesReview) lists nothing beyond those calls. The example's probe
+is checked the same way: its code follows the Service's endpoints as its own
+ServiceAccount, which may do nothing else.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -39,6 +42,7 @@ from autocanary.config_loader import parse_config
 from autocanary.errors import KubernetesForbidden, StateConflict
 from autocanary.kube import KubeClient
 from autocanary.leader import LeaderElector
+from autocanary.probe_service import ServiceFollower, ServiceRef
 from autocanary.state import STATE_ANNOTATION, RolloutState
 from autocanary_testbed.controlplane import ControlPlane
 from autocanary_testbed.waiting import wait_until
@@ -387,6 +391,57 @@ def test_daemon_service_account_can_do_nothing_else(
             ("coordination.k8s.io", "leases", "get", lease),
             ("coordination.k8s.io", "leases", "update", lease),
         }
+        assert rules_in(sa, elsewhere) == set()
+
+
+def test_probe_service_account_follows_the_service_and_may_do_nothing_else(
+    control_plane: ControlPlane,
+    installed: tuple[Config, RolloutConfig],
+    namespace: str,
+    app_namespace: str,
+    elsewhere: str,
+) -> None:
+    _, rollout = installed
+    probe = one(render(DEPLOY / "example"), "Deployment", "probe")
+    pod = probe["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    target = container["args"][container["args"].index("--target") + 1]
+    name, _, url = target.partition("=")
+    assert name == rollout.name
+    # The probe's own code, as the probe's ServiceAccount, on the Service moved here.
+    ref = dataclasses.replace(ServiceRef.parse(url), namespace=app_namespace)
+    user = f"system:serviceaccount:{app_namespace}:{pod['serviceAccountName']}"
+    with control_plane.impersonating_client(user) as sa:
+        follower = ServiceFollower(sa, ref, rollout.version_label)
+
+        def followed() -> bool:
+            follower.refresh()  # a refusal is logged and leaves no endpoints
+            return len(follower.backends) == 3
+
+        wait_until(followed, timeout=60, what="the probe following testpage's 3 endpoints")
+        assert {b.version for b in follower.backends} == {"v1"}
+        assert all(b.pod.startswith(f"{rollout.stable}-") for b in follower.backends)
+        assert {b.port for b in follower.backends} == {8080}
+
+        core = client.CoreV1Api(sa)
+        refused = {
+            "read a pod": lambda: core.read_namespaced_pod(
+                follower.backends[0].pod, app_namespace, _request_timeout=_T
+            ),
+            "list Secrets": lambda: core.list_namespaced_secret(app_namespace, _request_timeout=_T),
+            "list Pods elsewhere": lambda: core.list_namespaced_pod(elsewhere, _request_timeout=_T),
+            "list Deployments": lambda: client.AppsV1Api(sa).list_namespaced_deployment(
+                app_namespace, _request_timeout=_T
+            ),
+        }
+        assert {what: status_of(call) for what, call in refused.items()} == dict.fromkeys(
+            refused, 403
+        )
+        assert rules_in(sa, app_namespace) == {
+            ("discovery.k8s.io", "endpointslices", "list", "*"),
+            ("", "pods", "list", "*"),
+        }
+        assert rules_in(sa, namespace) == set()
         assert rules_in(sa, elsewhere) == set()
 
 
