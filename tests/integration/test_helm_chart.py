@@ -1,10 +1,13 @@
 """The Helm chart (deploy/helm/autocanary), rendered by a real helm and applied to the
 test bed's API server, then checked by impersonating the ServiceAccount it creates:
 the RBAC derived from the config's rollouts grants what the daemon needs, and
-nothing on Deployments it does not manage. helm is built by hack/setup.sh."""
+nothing on Deployments it does not manage. The chart is also installed, upgraded
+and uninstalled with ``helm`` itself, as a team installing with Helm does. helm is
+built by hack/setup.sh."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -23,6 +26,7 @@ from autocanary.config_loader import parse_config
 from autocanary.kube import DAEMON_SELECTOR, KubeClient
 from autocanary.prometheus import PrometheusClient
 from autocanary_testbed.controlplane import ControlPlane
+from autocanary_testbed.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -151,3 +155,141 @@ def test_the_chart_applies_and_its_rbac_is_what_the_daemon_needs(
         startup.Access("update", "leases", "coordination.k8s.io", release_namespace, "autocanary"),
     ):
         assert not as_daemon.can_i(access), access
+
+
+def _daemon_objects(
+    api: client.ApiClient, release_namespace: str, app_namespaces: list[str]
+) -> set[str]:
+    """kind/namespace/name of every object the chart makes that is there now."""
+    apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
+    rbac, policy = client.RbacAuthorizationV1Api(api), client.PolicyV1Api(api)
+    found: set[str] = set()
+    listings: list[tuple[str, str, Any]] = [
+        ("Deployment", release_namespace, apps.list_namespaced_deployment),
+        ("ConfigMap", release_namespace, core.list_namespaced_config_map),
+        ("ServiceAccount", release_namespace, core.list_namespaced_service_account),
+        ("PodDisruptionBudget", release_namespace, policy.list_namespaced_pod_disruption_budget),
+    ]
+    for ns in [release_namespace, *app_namespaces]:
+        listings += [
+            ("Role", ns, rbac.list_namespaced_role),
+            ("RoleBinding", ns, rbac.list_namespaced_role_binding),
+        ]
+    for kind, ns, call in listings:
+        for item in call(ns, label_selector="app.kubernetes.io/instance=autocanary").items:
+            found.add(f"{kind}/{ns}/{item.metadata.name}")
+    return found
+
+
+def _raw(call: Any, *args: str) -> Any:
+    """An API object as the server sent it (plain JSON)."""
+    return json.loads(call(*args, _preload_content=False, _request_timeout=10).data)
+
+
+def _managed(rbac: client.RbacAuthorizationV1Api, namespace: str) -> list[str]:
+    """The Deployments the chart's Role in ``namespace`` lets the daemon get and patch."""
+    role = _raw(rbac.read_namespaced_role, "autocanary", namespace)
+    (deployments,) = [r for r in role["rules"] if r["resources"] == ["deployments"]]
+    return sorted(deployments["resourceNames"])
+
+
+def test_helm_install_upgrade_and_uninstall_on_the_api_server(
+    control_plane: ControlPlane, namespace: str, release_namespace: str, tmp_path: Path
+) -> None:
+    other = f"{release_namespace}-b"
+    control_plane.create_namespace(other)
+    try:
+        _install_upgrade_uninstall(control_plane, namespace, other, release_namespace, tmp_path)
+    finally:
+        control_plane.delete_namespace(other)
+
+
+def _install_upgrade_uninstall(
+    control_plane: ControlPlane, app: str, other: str, release: str, tmp_path: Path
+) -> None:
+    # helm keeps its own cache and config; this run's live in tmp_path.
+    env = {
+        **os.environ,
+        "HELM_CACHE_HOME": str(tmp_path / "helm-cache"),
+        "HELM_CONFIG_HOME": str(tmp_path / "helm-config"),
+        "HELM_DATA_HOME": str(tmp_path / "helm-data"),
+    }
+
+    def helm_run(*args: str) -> str:
+        argv = [helm(), *args, "--kubeconfig", str(control_plane.kubeconfig_path), "-n", release]
+        result = subprocess.run(
+            argv, capture_output=True, text=True, timeout=180, check=False, env=env
+        )
+        assert result.returncode == 0, f"helm {args[0]} failed:\n{result.stdout}{result.stderr}"
+        return result.stdout
+
+    api = control_plane.api_client()
+    apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
+    rbac = client.RbacAuthorizationV1Api(api)
+    first = tmp_path / "first.yaml"
+    first.write_text(config_text(app))
+    helm_run("install", "autocanary", str(CHART), "--set-file", f"config={first}")
+
+    leader_objects = {
+        f"Role/{release}/autocanary-leader-election",
+        f"RoleBinding/{release}/autocanary-leader-election",
+    }
+    daemon_objects = {
+        f"Deployment/{release}/autocanary",
+        f"ConfigMap/{release}/autocanary-config",
+        f"ServiceAccount/{release}/autocanary",
+        f"PodDisruptionBudget/{release}/autocanary",
+    }
+    installed = _daemon_objects(api, release, [app, other])
+    assert installed == daemon_objects | leader_objects | {
+        f"Role/{app}/autocanary",
+        f"RoleBinding/{app}/autocanary",
+    }
+    config_map = _raw(core.read_namespaced_config_map, "autocanary-config", release)
+    assert config_map["data"] == {"config.yaml": first.read_text()}
+    deployment = _raw(apps.read_namespaced_deployment, "autocanary", release)
+    assert deployment["spec"]["replicas"] == 2
+    checksum = deployment["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+    assert _managed(rbac, app) == ["api", "api-next", "web", "web-canary"]
+
+    # An upgrade: rollout api gone, rollout shop added in another namespace, three replicas.
+    second = tmp_path / "second.yaml"
+    second.write_text(
+        config_text(app).split("  - name: api")[0]
+        + f"""\
+  - name: shop
+    namespace: {other}
+    stable: shop
+    analysis:
+      checks: [{{name: errors, template: error-rate, max: 2%}}]
+"""
+    )
+    parse_config(second.read_text(), "second config")  # valid, so the change is the point
+    helm_run(
+        "upgrade", "autocanary", str(CHART), "--set-file", f"config={second}", "--set", "replicas=3"
+    )
+
+    config_map = _raw(core.read_namespaced_config_map, "autocanary-config", release)
+    assert config_map["data"] == {"config.yaml": second.read_text()}
+    deployment = _raw(apps.read_namespaced_deployment, "autocanary", release)
+    assert deployment["spec"]["replicas"] == 3
+    # A new config rolls the daemon's pods (its template's checksum changed).
+    assert deployment["spec"]["template"]["metadata"]["annotations"]["checksum/config"] != checksum
+    assert _managed(rbac, app) == ["web", "web-canary"]
+    assert _managed(rbac, other) == ["shop", "shop-canary"]
+    assert _daemon_objects(api, release, [app, other]) == installed | {
+        f"Role/{other}/autocanary",
+        f"RoleBinding/{other}/autocanary",
+    }
+    history = yaml.safe_load(helm_run("history", "autocanary", "-o", "yaml"))
+    assert [(h["revision"], h["status"]) for h in history] == [(1, "superseded"), (2, "deployed")]
+
+    helm_run("uninstall", "autocanary")
+    # Deleted objects with dependents (the Deployment's ReplicaSets) may linger a moment.
+    wait_until(
+        lambda: _daemon_objects(api, release, [app, other]) == set(),
+        timeout=30,
+        what="every object of the chart removed",
+    )
+    releases = core.list_namespaced_secret(release, label_selector="owner=helm").items
+    assert releases == []
