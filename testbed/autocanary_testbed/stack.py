@@ -57,6 +57,10 @@ log = structlog.get_logger(__name__)
 _API_TIMEOUT = (5.0, 10.0)
 
 
+#: Pod labels a PodMonitor copies onto the app's series (``podTargetLabels``).
+POD_TARGET_LABELS = ("app", "track", "version")
+
+
 @dataclass(frozen=True)
 class StackSettings:
     """What the stage looks like: app, replicas, traffic and the rollout's pace."""
@@ -73,6 +77,9 @@ class StackSettings:
     probe_follows_service: bool = False
     # Prometheus's scrape interval; kube-prometheus-stack's default is 30s.
     scrape_interval: str = "5s"
+    # Pod labels the app's PodMonitor copies onto its series (podTargetLabels); () leaves
+    # them only the pod's name (pod), namespace, container and job.
+    pod_target_labels: Sequence[str] = POD_TARGET_LABELS
     # The analysis window is left to the daemon: four scrapes (20s at a 5s scrape).
     interval: str = "4s"
     progress_deadline: str = "30s"
@@ -109,10 +116,6 @@ class StackSettings:
             "retryPeriod": "1s",
         }
     )
-
-
-#: Pod labels a PodMonitor copies onto the app's series (``podTargetLabels``).
-POD_TARGET_LABELS = ("app", "track", "version")
 
 
 def app_labels(app: str, track: str, version: str) -> dict[str, str]:
@@ -396,7 +399,7 @@ class CanaryStack:
             namespace=self.namespace,
             selector={"app": self.settings.app},
             port="http",
-            pod_target_labels=POD_TARGET_LABELS,
+            pod_target_labels=tuple(self.settings.pod_target_labels),
         )
 
     @property

@@ -5,7 +5,9 @@ never names its version in its answers: the probe only makes traffic, and
 every check, ``minRequests`` and the sequential judge read the app's
 ``http_requests_total{status}`` and ``http_request_duration_seconds``, tied to
 canary or stable by the pod's version label that Prometheus carries onto the
-series (as a PodMonitor's ``podTargetLabels`` does).
+series (as a PodMonitor's ``podTargetLabels`` does), or, when the series carry
+only the pod's name, by the pods the daemon reads from the API
+(``analysis.app.podLabel``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ from typing import Any
 
 import pytest
 from e2e_helpers import StackFactory, our_reasons, stable_container
+
+from autocanary.config import PrometheusConfig
+from autocanary.prometheus import PrometheusClient
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
@@ -193,3 +198,39 @@ def test_sequential_judge_promotes_a_healthy_release_on_the_apps_metrics(
     assert final.phase == "succeeded", final.message
     assert final.judge is not None
     assert all(m["safe"] for m in final.judge["metrics"])
+
+
+def test_bad_canary_is_rolled_back_on_series_that_name_only_their_pod(
+    stack_factory: StackFactory,
+) -> None:
+    # The PodMonitor copies no pod label: the app's series carry namespace, pod, container
+    # and job, no version. analysis.app.podLabel ties them to canary or stable by the pods
+    # the daemon reads from the API at each analysis ({{ pods }}).
+    stack = shop(
+        stack_factory,
+        pod_target_labels=(),
+        analysis={**THRESHOLDS, "app": {**APP, "podLabel": "pod"}},
+    )
+    stack.release("v2", env={"FAULT_ERROR_RATE": "0.2"})
+
+    final = settled(stack, 180)
+
+    assert final.phase == "rolledBack", final.message
+    assert "error-rate" in final.message
+    failed = [v for v in final.verdicts if v.verdict == "fail"]
+    assert failed, final.verdicts
+    assert 0.08 < failed[-1].checks["error-rate"]["value"] < 0.4  # 20% of the canary's fail
+    assert stack.replicas() == (3, 0)
+
+    # The judged series really had no version: only the pod named the side.
+    prometheus = PrometheusClient(PrometheusConfig(url=stack.prometheus.url))
+    try:
+        series = prometheus.query_vector(f'http_requests_total{{namespace="{stack.namespace}"}}')
+    finally:
+        prometheus.close()
+    assert series
+    labels = [ls for ls, _ in series]
+    assert all("version" not in ls and "track" not in ls for ls in labels), labels
+    pods = {ls["pod"] for ls in labels}
+    assert any(p.startswith("shop-canary-") for p in pods), pods
+    assert any(not p.startswith("shop-canary-") for p in pods), pods
