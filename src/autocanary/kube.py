@@ -105,6 +105,33 @@ class DeploymentRecord:
             raise InvalidResource(f"not a usable Deployment object (missing {e})") from e
 
 
+@dataclass(frozen=True)
+class ServiceRecord:
+    """A Service as read: its selector and the resourceVersion a switch is guarded by."""
+
+    name: str
+    namespace: str
+    uid: str
+    resource_version: str
+    selector: dict[str, str]
+
+    @classmethod
+    def from_json(cls, obj: JSON) -> ServiceRecord:
+        """Build from the API's JSON; :class:`InvalidResource` if it is not a usable Service."""
+        try:
+            meta = obj["metadata"]
+            selector = (obj.get("spec") or {}).get("selector") or {}
+            return cls(
+                name=meta["name"],
+                namespace=meta["namespace"],
+                uid=meta.get("uid", ""),
+                resource_version=meta["resourceVersion"],
+                selector={str(k): str(v) for k, v in selector.items()},
+            )
+        except (KeyError, TypeError, AttributeError) as e:
+            raise InvalidResource(f"not a usable Service object (missing {e})") from e
+
+
 def _replicas_owner(managed: list[JSON]) -> dict[str, Any]:
     """Who last wrote spec.replicas (server-side field ownership), and when if it says.
 
@@ -261,7 +288,7 @@ def event_name(deployment: str, key: str) -> str:
 
 
 class KubeClient:
-    """Deployments, Events and Leases, as the daemon and CLI need them."""
+    """Deployments, Services, Events and Leases, as the daemon and CLI need them."""
 
     def __init__(
         self,
@@ -517,6 +544,53 @@ class KubeClient:
         items: list[JSON] = data.get("items", [])
         # resourceVersion orders creation; timestamps only have whole seconds.
         return sorted(items, key=lambda e: int(e["metadata"]["resourceVersion"]))
+
+    # ---- Services --------------------------------------------------------------------------
+
+    def read_service(self, namespace: str, name: str) -> ServiceRecord:
+        """Read one Service (its selector decides which pods receive its traffic)."""
+        obj = self._json(
+            f"read Service {namespace}/{name}",
+            self._core.read_namespaced_service,
+            name,
+            namespace,
+        )
+        return ServiceRecord.from_json(obj)
+
+    def switch_selector(self, service: ServiceRecord, selector: dict[str, str]) -> ServiceRecord:
+        """Replace a Service's whole selector in ONE write, guarded by the resourceVersion read.
+
+        Blue/green's switch: the endpoint-slice controller sees the old selector
+        or the new one, never a mixture, so the Service never selects pods of
+        both versions. A merge patch would keep keys the new selector lacks, so
+        those are deleted explicitly (``None``) in the same patch. If the
+        Service changed since ``service`` was read (someone edited it, another
+        replica switched it) the write fails with :class:`StateConflict` and
+        the caller decides again on a fresh read.
+        """
+        if not selector:
+            # An empty selector makes a Service select nothing through the slice
+            # controller, i.e. take every user off it: never what a switch means.
+            raise InvalidResource(
+                f"switch Service {service.namespace}/{service.name}: refusing an empty selector"
+            )
+        merged: dict[str, str | None] = dict.fromkeys(service.selector.keys() - selector.keys())
+        merged.update(selector)
+        patch: JSON = {
+            "metadata": {"resourceVersion": service.resource_version},
+            "spec": {"selector": merged},
+        }
+        labels = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
+        obj = self._json(
+            f"switch Service {service.namespace}/{service.name} to {labels}",
+            self._core.patch_namespaced_service,
+            service.name,
+            service.namespace,
+            patch,
+            field_manager=FIELD_MANAGER,
+            _content_type="application/merge-patch+json",
+        )
+        return ServiceRecord.from_json(obj)
 
     # ---- RBAC ------------------------------------------------------------------------------
 
