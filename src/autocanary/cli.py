@@ -463,9 +463,7 @@ def rollout_status(kube: Any, rollout: RolloutConfig) -> dict[str, Any]:
     last = st.verdicts[-1] if st.verdicts else None
     row.update(
         phase=st.phase,
-        step=f"{st.step + 1}/{len(rollout.steps)}"
-        if st.phase in state_codec.ACTIVE_PHASES
-        else "-",
+        step=f"{st.step + 1}/{len(rollout.plan)}" if st.phase in state_codec.ACTIVE_PHASES else "-",
         canary=f"{canary.ready}/{canary.replicas}",
         stable=f"{stable.ready}/{stable.replicas}",
         versions=f"{st.canary_version or '-'} vs {st.stable_version or '-'}",

@@ -971,6 +971,35 @@ def _default_steps() -> list[StepConfig]:
     ]
 
 
+class BlueGreenConfig(Model):
+    """Blue/green: the new version at full size beside the old, switched at the Service."""
+
+    active_service: DnsLabel = Field(
+        description="The Service users reach. It selects one version by the version label; "
+        "passing analysis switches that label to the new version in one write"
+    )
+    preview_service: DnsLabel = Field(
+        description="A Service that reaches only the new version while it is judged (send "
+        "probe traffic to it); autocanary sets its selector's version label"
+    )
+    preview_hold: Duration = Field(
+        default=timedelta(minutes=5),
+        description="Minimum time the new version is judged on the preview Service before "
+        "the switch",
+    )
+    window: Duration = Field(
+        default=timedelta(minutes=10),
+        description="How long the old version stays up after the switch while analysis "
+        "continues on live traffic; a failure in it switches back in one write",
+    )
+
+    @model_validator(mode="after")
+    def _two_services(self) -> BlueGreenConfig:
+        if self.active_service == self.preview_service:
+            raise ValueError(SAME_SERVICE)
+        return self
+
+
 class RolloutConfig(Model):
     """One service released by canary: its two Deployments, steps and analysis."""
 
@@ -1005,6 +1034,15 @@ class RolloutConfig(Model):
         default_factory=_default_steps,
         min_length=1,
         description="Batches in order; counts never decrease (pods, or percentages of the total)",
+    )
+    strategy: Literal["canary", "blueGreen"] = Field(
+        default="canary",
+        description="canary: the new version's share of one Service grows by steps; blueGreen: "
+        "the whole new version beside the old, judged on a preview Service, then switched "
+        "(see blueGreen; not available yet: refused at load until the daemon runs it)",
+    )
+    blue_green: BlueGreenConfig | None = Field(
+        default=None, description="The Services of a blueGreen rollout (required by it)"
     )
     analysis: AnalysisConfig = Field(description="How each interval is judged")
     alerts: list[str] | None = Field(
@@ -1052,16 +1090,39 @@ class RolloutConfig(Model):
         """The canary Deployment's name."""
         return self.canary or f"{self.stable}-canary"
 
+    @property
+    def scales_down_stable(self) -> bool:
+        """Whether the stable shrinks as the canary grows (never for blue/green)."""
+        return self.scale_down_stable and self.blue_green is None
+
+    @property
+    def plan(self) -> list[StepConfig]:
+        """The steps a release goes through.
+
+        A canary's are its ``steps``. Blue/green has two, each with the new
+        version at the whole total beside the old (which is never scaled
+        down): the preview (held ``previewHold``), then the live window after
+        the switch (held ``window``), after which the release is promoted.
+        """
+        if self.blue_green is None:
+            return self.steps
+        whole = Percentage(1.0)
+        return [
+            StepConfig(canary=whole, hold=self.blue_green.preview_hold),
+            StepConfig(canary=whole, hold=self.blue_green.window),
+        ]
+
     @model_validator(mode="after")
     def _distinct(self) -> RolloutConfig:
         if self.canary_name == self.stable:
             raise ValueError(SAME_DEPLOYMENT)
+        self._strategy_fits()
         if len(self.canary_name) > 253:
             raise ValueError(
                 f"the default canary name {self.canary_name!r} is longer than 253 characters; "
                 "set 'canary'"
             )
-        holds = [step.hold for step in self.steps]
+        holds = [step.hold for step in self.plan]
         # Only a warm-up the user wrote: the default is sized for the default holds.
         written = "warmup" in self.analysis.model_fields_set
         if written and max(holds) > timedelta(0) and self.analysis.warmup > max(holds):
@@ -1073,6 +1134,23 @@ class RolloutConfig(Model):
             )
         return self
 
+    def _strategy_fits(self) -> None:
+        if self.strategy == "canary":
+            if self.blue_green is not None:
+                raise ValueError("'blueGreen' applies only to strategy: blueGreen")
+            return
+        if self.blue_green is None:
+            raise ValueError(
+                "strategy blueGreen needs 'blueGreen' with its activeService and previewService"
+            )
+        # Blue/green's plan is fixed (see `plan`): steps the user wrote would be ignored.
+        for key in ("steps", "scale_down_stable"):
+            if key in self.model_fields_set:
+                raise ValueError(
+                    f"'{to_camel(key)}' does not apply to strategy blueGreen: the new version "
+                    "comes up whole beside the old (previewHold and window set the pace)"
+                )
+
 
 def _size_value(size: int | Percentage) -> float:
     return size.fraction if isinstance(size, Percentage) else float(size)
@@ -1081,6 +1159,7 @@ def _size_value(size: int | Percentage) -> float:
 #: Messages shared by the model validators and :func:`cross_reference_problems`,
 #: so a problem found by both is reported once.
 SAME_DEPLOYMENT = "'canary' must name a different Deployment than 'stable'"
+SAME_SERVICE = "'previewService' must name a different Service than 'activeService'"
 
 
 def _known_sinks(rollout: RolloutConfig, info: ValidationInfo) -> RolloutConfig:

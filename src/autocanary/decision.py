@@ -75,6 +75,9 @@ class Observation:
     role_labels: frozenset[str]  # labels the stable keeps at promotion
     command: str | None = None  # the raw command annotation, if any
     canary_pods: tuple[pod_math.PodView, ...] = ()  # read while a release progresses
+    # Blue/green only: the selectors of the active and preview Services as read.
+    active_selector: dict[str, str] | None = None
+    preview_selector: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,9 @@ class Desired:
     canary_replicas: int | None = None
     stable_replicas: int | None = None
     stable_template: JSON | None = None
+    # Blue/green: whole selectors for the Services, each written in one write.
+    active_selector: dict[str, str] | None = None
+    preview_selector: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -121,7 +127,7 @@ class _Tick:
 
 
 def _pods(rollout: RolloutConfig, state: RolloutState) -> list[int]:
-    return step_math.plan(rollout.steps, state.total)
+    return step_math.plan(rollout.plan, state.total)
 
 
 def _stable_for(rollout: RolloutConfig, state: RolloutState, step: int) -> int:
@@ -129,7 +135,7 @@ def _stable_for(rollout: RolloutConfig, state: RolloutState, step: int) -> int:
     if step < 0:
         return state.total
     canary = _pods(rollout, state)[step]
-    return step_math.stable_pods(state.total, canary, scale_down_stable=rollout.scale_down_stable)
+    return step_math.stable_pods(state.total, canary, scale_down_stable=rollout.scales_down_stable)
 
 
 def _canary_ready(view: DeploymentView, want: int, since_generation: int) -> bool:
@@ -163,11 +169,103 @@ def _stable_complete(obs: Observation, state: RolloutState) -> bool:
 
 def _step_label(rollout: RolloutConfig, state: RolloutState) -> str:
     pods = _pods(rollout, state)
+    if rollout.blue_green is not None:
+        if state.step == 0:
+            return f"the preview ({pods[0]} pods on {rollout.blue_green.preview_service})"
+        return f"the window after the switch ({rollout.blue_green.active_service} live)"
     return f"step {state.step + 1}/{len(pods)} ({pods[state.step]} canary pods)"
 
 
+# ------------------------------------------------------------------ blue/green
+
+
+def live_window(rollout: RolloutConfig, state: RolloutState) -> bool:
+    """Whether a blue/green release is past its switch: users reach the new version.
+
+    The old version then gets no traffic, so an interval can only be judged by
+    absolute thresholds: comparisons with it (relative checks, the sequential
+    judge) had their say on the preview.
+    """
+    return rollout.blue_green is not None and state.step >= 1
+
+
+def _selecting(selector: dict[str, str] | None, label: str, version: str) -> dict[str, str] | None:
+    """``selector`` (as read) selecting ``version`` by ``label``: only that label changes.
+
+    ``None`` (leave the Service alone) when it was not read.
+    """
+    return None if selector is None else {**selector, label: version}
+
+
+def _serves(obs: Observation, label: str, version: str) -> bool:
+    """Whether the active Service, as read, selects ``version``."""
+    return (obs.active_selector or {}).get(label) == version
+
+
+def _stable_restored(obs: Observation, state: RolloutState) -> bool:
+    """The stable runs its own template again at the whole total, every pod available."""
+    s = obs.stable
+    return (
+        obs.stable_revision == state.stable_revision
+        and s.observed
+        and s.replicas == state.total
+        and s.updated >= state.total
+        and s.available >= state.total
+        and s.current == state.total
+    )
+
+
+def _blue_green_desired(rollout: RolloutConfig, state: RolloutState, obs: Observation) -> Desired:
+    """The canary's desired state with blue/green's Services on top.
+
+    The active Service selects exactly one version at any moment: the old one
+    until the live window, the new one from then on. Whatever would take pods
+    of the version it selects away waits until it selects the other version:
+    the stable's template changes at promotion only once the switch is read
+    back, and on a rollback the canary keeps its pods until the switch back is
+    (which in turn waits for the stable to be whole again on its own template).
+    """
+    desired = _canary_desired(rollout, state, obs)
+    label = rollout.version_label
+    # Users move to the new version only once all its pods are Ready.
+    to_canary = (
+        _selecting(obs.active_selector, label, state.canary_version)
+        if _canary_ready(obs.canary, state.total, state.canary_generation)
+        else None
+    )
+    if state.phase == "progressing":
+        preview = _selecting(obs.preview_selector, label, state.canary_version)
+        active = to_canary if live_window(rollout, state) else None
+        return dataclasses.replace(desired, active_selector=active, preview_selector=preview)
+    if state.phase == "promoting":
+        if not _serves(obs, label, state.canary_version):
+            # The stable's pods carry the users until the switch is read back.
+            return Desired(
+                canary_replicas=state.total, stable_replicas=state.total, active_selector=to_canary
+            )
+        return desired
+    if state.phase == "rollingBack" and not _serves(obs, label, state.stable_version):
+        # Users are on the new version: it carries them, whole and Ready (scaled up
+        # again if a promotion had ended it), until the stable is whole again on its
+        # own template; only then does the Service switch back.
+        whole = Desired(canary_replicas=state.total, stable_replicas=state.total)
+        if not _canary_ready(obs.canary, state.total, state.canary_generation):
+            return whole
+        if not _stable_restored(obs, state):
+            return dataclasses.replace(whole, stable_template=desired.stable_template)
+        back = _selecting(obs.active_selector, label, state.stable_version)
+        return dataclasses.replace(whole, active_selector=back)
+    return desired
+
+
 def desired_for(rollout: RolloutConfig, state: RolloutState, obs: Observation) -> Desired:
-    """The replica counts and stable template the current state calls for."""
+    """The replica counts, stable template and (blue/green) selectors the state calls for."""
+    if rollout.blue_green is not None:
+        return _blue_green_desired(rollout, state, obs)
+    return _canary_desired(rollout, state, obs)
+
+
+def _canary_desired(rollout: RolloutConfig, state: RolloutState, obs: Observation) -> Desired:
     if state.phase == "progressing":
         canary = _pods(rollout, state)[state.step]
         stable = _stable_for(rollout, state, state.step)
@@ -208,7 +306,7 @@ def analysis_due(
     """
     if state.phase != "progressing" or state.stage != "analysing" or state.ready_at is None:
         return False
-    if state.step >= len(rollout.steps) or obs.canary_revision != state.revision:
+    if state.step >= len(rollout.plan) or obs.canary_revision != state.revision:
         return False
     if not _canary_ready(obs.canary, _pods(rollout, state)[state.step], state.canary_generation):
         return False
@@ -266,6 +364,10 @@ def _start_release(t: _Tick, state: RolloutState, why: str) -> Decision:
             f"cannot be told apart; give the canary's pods a distinct "
             f"{rollout.version_label!r} label (or image tag)",
         )
+    if rollout.blue_green is not None and not superseding:
+        unfit = _blue_green_unfit(rollout, obs)
+        if unfit is not None:
+            return _cannot_start(state, obs, unfit)
     new = RolloutState(
         phase="progressing",
         revision=obs.canary_revision,
@@ -296,6 +398,24 @@ def _start_release(t: _Tick, state: RolloutState, why: str) -> Decision:
     )
 
 
+def _blue_green_unfit(rollout: RolloutConfig, obs: Observation) -> str | None:
+    """Why a blue/green release cannot start on these Services, if it cannot."""
+    assert rollout.blue_green is not None
+    label, active = rollout.version_label, rollout.blue_green.active_service
+    if obs.preview_selector is None:
+        return f"the preview Service {rollout.blue_green.preview_service} was not found"
+    if obs.active_selector is None:
+        return f"the active Service {active} was not found"
+    if obs.active_selector.get(label) != obs.stable_version:
+        # Switching by the version label is what keeps the Service on one version.
+        return (
+            f"the active Service {active} must select the stable's version by the "
+            f"{label!r} label ({label}: {obs.stable_version}) for its selector to be switched; "
+            f"it selects {obs.active_selector or 'every pod'}"
+        )
+    return None
+
+
 def _roll_back(
     t: _Tick,
     state: RolloutState,
@@ -311,7 +431,15 @@ def _roll_back(
         finished_at=now,
         message=f"rolled back: {message}",
     )
-    transition = Transition("RolledBack", message, "rolledBack", warning=True, checks=checks)
+    told = message
+    if rollout.blue_green is not None and not _serves(
+        obs, rollout.version_label, state.stable_version
+    ):
+        told = (
+            f"{message}; the active Service {rollout.blue_green.active_service} switches back "
+            f"to {state.stable_version}"
+        )
+    transition = Transition("RolledBack", told, "rolledBack", warning=True, checks=checks)
     return Decision(new, desired_for(rollout, new, obs), (*extra, transition), requeue_after=POLL)
 
 
@@ -367,7 +495,7 @@ def _fit_steps(rollout: RolloutConfig, state: RolloutState, now: datetime) -> Ro
     The release continues at the new last step, waiting for its pods again,
     rather than failing every tick on a step that is gone.
     """
-    last = len(rollout.steps) - 1
+    last = len(rollout.plan) - 1
     if state.phase not in ("progressing", "paused") or state.step <= last:
         return state
     return dataclasses.replace(
@@ -411,6 +539,14 @@ def _decide_phase(
     if active and obs.canary_revision != state.revision:
         if obs.canary_revision == obs.stable_revision:
             return _roll_back(t, state, "the canary template was reverted to the stable's")
+        if t.rollout.blue_green is not None and (
+            state.phase == "promoting" or live_window(t.rollout, state)
+        ):
+            # Users are on the canary's pods, which the new template replaces: back to
+            # the stable first; the new revision starts from there.
+            return _roll_back(
+                t, state, "a new canary revision arrived after the switch; it starts next"
+            )
         return _start_release(t, state, "release superseded by a new canary revision")
 
     if state.phase in ("idle", "succeeded", "rolledBack"):
@@ -637,7 +773,7 @@ def _analysing(t: _Tick, state: RolloutState, verdict: IntervalVerdict | None) -
         else:
             state = judged
 
-    step = rollout.steps[state.step]
+    step = rollout.plan[state.step]
     held = state.ready_at is not None and now - state.ready_at >= step.hold
     last = state.verdicts[-1] if state.verdicts else None
     passed = last is not None and last.verdict == "pass" and last.step == state.step
@@ -646,8 +782,11 @@ def _analysing(t: _Tick, state: RolloutState, verdict: IntervalVerdict | None) -
     # The judge compares with the stable: once the stable has no pods left (the
     # last step, or a 100% step of scaleDownStable) no evidence can come, so
     # going there needs safety already proven.
-    final = state.step + 1 >= len(rollout.steps)
-    comparable_next = not final and _stable_for(rollout, state, state.step + 1) > 0
+    final = state.step + 1 >= len(rollout.plan)
+    # Blue/green: after the switch the old version has no traffic to compare with.
+    comparable_next = (
+        not final and _stable_for(rollout, state, state.step + 1) > 0 and rollout.blue_green is None
+    )
     if held and passed and state.step_passes >= 1 and (proven or comparable_next):
         return _advance(t, state, transitions)
     if (
@@ -696,9 +835,14 @@ def _advance(t: _Tick, state: RolloutState, transitions: tuple[Transition, ...])
     rollout = t.rollout
     pods = _pods(rollout, state)
     if state.step + 1 >= len(pods):
-        promoted = _promote(t, state, f"all {len(pods)} steps passed their analysis")
+        why = (
+            f"the window after the switch held {format_duration(rollout.plan[-1].hold)}"
+            if rollout.blue_green is not None
+            else f"all {len(pods)} steps passed their analysis"
+        )
+        promoted = _promote(t, state, why)
         return dataclasses.replace(promoted, transitions=(*transitions, *promoted.transitions))
-    hold = format_duration(rollout.steps[state.step].hold)
+    hold = format_duration(rollout.plan[state.step].hold)
     new = dataclasses.replace(
         state,
         step=state.step + 1,
@@ -709,6 +853,18 @@ def _advance(t: _Tick, state: RolloutState, transitions: tuple[Transition, ...])
         step_passes=0,
     )
     new = dataclasses.replace(new, message=f"waiting for {_step_label(rollout, new)}")
+    if rollout.blue_green is not None:
+        switched = Transition(
+            "Switched",
+            f"the preview held {hold} with {state.step_passes} passing interval(s): the active "
+            f"Service {rollout.blue_green.active_service} switches from {state.stable_version} "
+            f"to {state.canary_version}; {state.stable_version} stays up for "
+            f"{format_duration(rollout.blue_green.window)}",
+            "stepAdvanced",
+        )
+        return Decision(
+            new, desired_for(rollout, new, t.obs), (*transitions, switched), requeue_after=POLL
+        )
     advanced = Transition(
         "StepAdvanced",
         f"advanced to {_step_label(rollout, new)} after step {state.step + 1} held {hold} "
@@ -819,6 +975,9 @@ def _decide_rolling_back(t: _Tick, state: RolloutState, command: str | None) -> 
         obs.canary.replicas == 0
         and obs.stable.replicas == state.total
         and desired.stable_template is None
+        and (
+            rollout.blue_green is None or _serves(obs, rollout.version_label, state.stable_version)
+        )
     )
     if done:
         new = dataclasses.replace(state, phase="rolledBack")

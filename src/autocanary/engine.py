@@ -516,7 +516,7 @@ class RolloutEngine:
             canary_version=notice.canary_version,
             stable_version=notice.stable_version,
             step=notice.step,
-            total_steps=len(r.steps),
+            total_steps=len(r.plan),
             message=notice.message,
             at=notice.at,
             checks=tuple(CheckSummary(**c) for c in notice.checks),

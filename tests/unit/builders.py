@@ -151,6 +151,7 @@ class FakeDeployment:
     old: int = 0  # Ready pods of earlier templates, kept while the new ones are not Ready
     generation: int = 1
     observed_generation: int = 1
+    previous: JSON | None = None  # the template of the 'old' pods
 
     def __post_init__(self) -> None:
         if self.new == 0 and self.old == 0:
@@ -183,6 +184,7 @@ class FakeDeployment:
     def set_template(self, template: JSON) -> None:
         if template == self.template:
             return
+        self.previous = self.template
         self.template = template
         self.generation += 1
         # A rolling update: the Ready pods of the previous template keep serving.

@@ -92,11 +92,11 @@ def _entry(
     verdict: IntervalVerdict | None,
     transitions: tuple[decision.Transition, ...],
 ) -> TimelineEntry:
-    pods = step_math.plan(rollout.steps, basis.total) if basis.total >= 1 else []
+    pods = step_math.plan(rollout.plan, basis.total) if basis.total >= 1 else []
     return TimelineEntry(
         at=now,
         step=basis.step + 1,
-        steps=len(rollout.steps),
+        steps=len(rollout.plan),
         canary_pods=pods[basis.step] if pods else 0,
         verdict=verdict.verdict if verdict is not None else None,
         reason=verdict.reason if verdict is not None else "",
@@ -166,7 +166,7 @@ def replay(
             )
         now = following
     where = (
-        f"at step {state.step + 1}/{len(rollout.steps)}"
+        f"at step {state.step + 1}/{len(rollout.plan)}"
         if state.phase == "progressing"
         else f"in phase {state.phase}"
     )
