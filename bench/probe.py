@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from autocanary.probe import Load, ProbeMetrics, Target
-from autocanary.probe_http import Endpoint
+from autocanary.apps.probe import Load, ProbeMetrics, Target
+from autocanary.apps.probe_http import Endpoint
 from autocanary_testbed.http_checks import http_ready
 from autocanary_testbed.procs import ProcessGroup, free_port
 
@@ -154,7 +154,7 @@ def main() -> int:
             "testpage",
             [
                 "taskset", "-c", str(APP_CPU),
-                sys.executable, "-m", "autocanary.testpage",
+                sys.executable, "-m", "autocanary.apps.testpage",
                 "--host", "127.0.0.1", "--port", str(port), "--drain-delay", "0s",
             ],
             env={"VERSION": "bench"},

@@ -24,13 +24,13 @@ from typing import Any
 
 from kubernetes import client
 
-from autocanary.config import PrometheusConfig, RolloutConfig
-from autocanary.config_loader import parse_config
-from autocanary.engine import RolloutEngine
-from autocanary.kube import KubeClient
-from autocanary.metrics import DaemonMetrics
-from autocanary.notify import Notifier
-from autocanary.prometheus import PrometheusClient
+from autocanary.adapters.kubernetes import KubeClient
+from autocanary.adapters.notify import Notifier
+from autocanary.adapters.prometheus import PrometheusClient
+from autocanary.config.loader import parse_config
+from autocanary.config.models import PrometheusConfig, RolloutConfig
+from autocanary.daemon.engine import RolloutEngine
+from autocanary.daemon.metrics import DaemonMetrics
 from autocanary_testbed.controlplane import ControlPlane
 from autocanary_testbed.monitoring import PrometheusServer
 from autocanary_testbed.stack import app_deployment

@@ -27,18 +27,18 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from autocanary import revision
-from autocanary import state as state_codec
-from autocanary.config import Config, RolloutConfig
-from autocanary.config_loader import load_config, parse_config
+from autocanary.config.loader import load_config, parse_config
+from autocanary.config.models import Config, RolloutConfig
+from autocanary.config.units import parse_duration
 from autocanary.errors import AutocanaryError, ConfigError, ConfigProblem
-from autocanary.units import parse_duration
+from autocanary.rollout import revision
+from autocanary.rollout import state as state_codec
 
 #: The config file when -c is not given: $AUTOCANARY_CONFIG, else this file if it exists.
 LOCAL_CONFIG = "autocanary.yaml"
 #: Where the CLI looks for the daemon's config when there is no local file.
 DAEMON_NAMESPACE = "autocanary"
-_PASSTHROUGH = {"testpage": "autocanary.testpage", "probe": "autocanary.probe"}
+_PASSTHROUGH = {"testpage": "autocanary.apps.testpage", "probe": "autocanary.apps.probe"}
 #: Exit status for a bug: an exception no code path expected (sysexits' EX_SOFTWARE).
 EXIT_BUG = 70
 
@@ -217,9 +217,9 @@ def _one_line(text: str) -> str:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from autocanary import logs
-    from autocanary.daemon import Daemon, default_identity
-    from autocanary.kube import KubeClient, load_api_client
+    from autocanary.adapters.kubernetes import KubeClient, load_api_client
+    from autocanary.daemon import logs
+    from autocanary.daemon.service import Daemon, default_identity
 
     config = load_config(args.config)
     logs.configure(config.daemon.log_level, config.daemon.log_format)
@@ -244,8 +244,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 def _check_queries(path: str, config: Config, url: str | None) -> list[ConfigProblem]:
     """Run every query the daemon will run, for the versions Prometheus has now."""
-    from autocanary.prometheus import PrometheusClient
-    from autocanary.query_check import check_queries
+    from autocanary.adapters.prometheus import PrometheusClient
+    from autocanary.rollout.query_check import check_queries
 
     prometheus_cfg = config.prometheus
     if url:
@@ -266,7 +266,7 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 
 
 def _kube(args: argparse.Namespace) -> Any:
-    from autocanary.kube import KubeClient, load_api_client
+    from autocanary.adapters.kubernetes import KubeClient, load_api_client
 
     return KubeClient(load_api_client(args.kubeconfig, args.context), identity="autocanary-cli")
 

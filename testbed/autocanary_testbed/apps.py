@@ -1,6 +1,6 @@
 """testpage and probe as real processes on 127.0.0.1, for tests and the rehearsal.
 
-Each runs as ``python -m autocanary.testpage`` / ``python -m autocanary.probe`` in
+Each runs as ``python -m autocanary.apps.testpage`` / ``python -m autocanary.apps.probe`` in
 a ``ProcessGroup``, on a free port, and is returned once it serves HTTP.
 """
 
@@ -89,7 +89,7 @@ def start_testpage(
         [
             sys.executable,
             "-m",
-            "autocanary.testpage",
+            "autocanary.apps.testpage",
             "--host",
             "127.0.0.1",
             "--port",
@@ -113,7 +113,7 @@ def start_probe(group: ProcessGroup, args: Sequence[str], *, name: str = "probe"
         [
             sys.executable,
             "-m",
-            "autocanary.probe",
+            "autocanary.apps.probe",
             "--metrics-host",
             "127.0.0.1",
             "--metrics-port",

@@ -55,7 +55,7 @@ log = structlog.get_logger(__name__)
 RUNNABLE_IMAGES = frozenset({"testpage", "autocanary", "shopapp"})
 #: Subcommands of the ``autocanary`` image the runner can run as a pod (they take ``--host``).
 RUNNABLE_COMMANDS = frozenset({"testpage"})
-_MODULES = {"testpage": "autocanary.testpage", "shopapp": "autocanary_testbed.shopapp"}
+_MODULES = {"testpage": "autocanary.apps.testpage", "shopapp": "autocanary_testbed.shopapp"}
 _API_TIMEOUT = (5.0, 10.0)
 _LABEL_REF = re.compile(r"^metadata\.labels\['([^']+)'\]$")
 _DEFAULT_GRACE_S = 30.0

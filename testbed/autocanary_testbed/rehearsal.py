@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from autocanary import logs
-from autocanary.state import RolloutState
+from autocanary.daemon import logs
+from autocanary.rollout.state import RolloutState
 from autocanary_testbed.controlplane import ControlPlane
 from autocanary_testbed.errors import HarnessError
 from autocanary_testbed.stack import CanaryStack, StackSettings

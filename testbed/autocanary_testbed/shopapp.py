@@ -19,7 +19,7 @@ would pull FastAPI and uvicorn into the daemon's image for no use there.
 
 The faults are testpage's, from the same environment variables and parsed by
 the same code (``FAULT_ERROR_RATE``, ``FAULT_LATENCY``, ``FAULT_AFTER``,
-``FAULT_SEED``; see :mod:`autocanary.testpage`): an invalid value stops the
+``FAULT_SEED``; see :mod:`autocanary.apps.testpage`): an invalid value stops the
 start with exit status 2. Run it as ``python -m autocanary_testbed.shopapp``.
 """
 
@@ -37,8 +37,8 @@ import uvicorn
 from fastapi import FastAPI, Response
 from prometheus_fastapi_instrumentator import Instrumentator
 
+from autocanary.apps.testpage import Settings, settings_from_env
 from autocanary.errors import ConfigError
-from autocanary.testpage import Settings, settings_from_env
 
 #: Not the application's traffic: health checks and scrapes (excluded as services do).
 EXCLUDED_HANDLERS = ["/healthz", "/metrics"]

@@ -34,7 +34,7 @@ import structlog
 import yaml
 from kubernetes import client
 
-from autocanary import state as state_codec
+from autocanary.rollout import state as state_codec
 from autocanary_testbed.apps import ProbeProcess, start_probe
 from autocanary_testbed.controlplane import ControlPlane
 from autocanary_testbed.errors import HarnessError

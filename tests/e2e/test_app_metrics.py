@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 from e2e_helpers import StackFactory, our_reasons, stable_container
 
-from autocanary.config import PrometheusConfig
-from autocanary.prometheus import PrometheusClient
+from autocanary.adapters.prometheus import PrometheusClient
+from autocanary.config.models import PrometheusConfig
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 

@@ -5,7 +5,7 @@ checks what users see: Events, webhook and Alertmanager alerts (at least once,
 one ``id`` per transition), replicas and the outcome.
 
 The daemon's crash at the instant a transition is written uses its test-only
-hook ``AUTOCANARY_TEST_KILL_AFTER_WRITE`` (see ``autocanary.engine``): it
+hook ``AUTOCANARY_TEST_KILL_AFTER_WRITE`` (see ``autocanary.daemon.engine``): it
 SIGKILLs itself right after the guarded state write that records the
 transition, before acting on it or telling anyone.
 """
@@ -22,8 +22,8 @@ import pytest
 from e2e_helpers import StackFactory, our_reasons
 from kubernetes import client
 
-from autocanary.engine import KILL_AFTER_WRITE_ENV
-from autocanary.kube import event_name
+from autocanary.adapters.kubernetes import event_name
+from autocanary.daemon.engine import KILL_AFTER_WRITE_ENV
 from autocanary_testbed.faultproxy import TrickleProxy
 from autocanary_testbed.stack import CanaryStack
 from autocanary_testbed.waiting import wait_until

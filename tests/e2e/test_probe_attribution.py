@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 import pytest
 from e2e_helpers import StackFactory, our_reasons
 
-from autocanary.config import PrometheusConfig
-from autocanary.prometheus import PrometheusClient
+from autocanary.adapters.prometheus import PrometheusClient
+from autocanary.config.models import PrometheusConfig
 from autocanary_testbed.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]

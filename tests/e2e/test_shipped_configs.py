@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from e2e_helpers import StackFactory, our_reasons
 
-from autocanary.state import RolloutState
+from autocanary.rollout.state import RolloutState
 from autocanary_testbed.stack import CanaryStack
 from autocanary_testbed.waiting import wait_until
 

@@ -19,15 +19,15 @@ from pathlib import Path
 import pytest
 
 from autocanary import cli
+from autocanary.adapters.prometheus import PrometheusClient
 from autocanary.backtest import synthetic
 from autocanary.backtest.errors import NoDataError, UnknownVersionError
 from autocanary.backtest.history import PrometheusHistory
 from autocanary.backtest.report import Release, Report
 from autocanary.backtest.run import backtest
 from autocanary.backtest.synthetic import TrafficChange, VersionTraffic
-from autocanary.config import Config
-from autocanary.config_loader import parse_config
-from autocanary.prometheus import PrometheusClient
+from autocanary.config.loader import parse_config
+from autocanary.config.models import Config
 from autocanary_testbed.monitoring import PrometheusServer, find_tool
 
 pytestmark = pytest.mark.integration

@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from autocanary import state as state_codec
-from autocanary.kube import DAEMON_SELECTOR, PHASE_LABEL, KubeClient
+from autocanary.adapters.kubernetes import DAEMON_SELECTOR, PHASE_LABEL, KubeClient
+from autocanary.rollout import state as state_codec
 from autocanary_testbed.controlplane import ControlPlane
 from autocanary_testbed.stack import app_deployment
 

@@ -13,7 +13,7 @@ import pytest
 from kubernetes import client
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
-from autocanary.kube import KubeClient
+from autocanary.adapters.kubernetes import KubeClient
 from autocanary_testbed.controlplane import ControlPlane
 from autocanary_testbed.monitoring import PrometheusServer, ScrapeTarget
 from autocanary_testbed.procs import free_port

@@ -23,9 +23,9 @@ import pytest
 import yaml
 from kubernetes import client
 
-from autocanary import state as state_codec
-from autocanary.kube import KubeClient
-from autocanary.state import STATE_ANNOTATION
+from autocanary.adapters.kubernetes import KubeClient
+from autocanary.rollout import state as state_codec
+from autocanary.rollout.state import STATE_ANNOTATION
 from autocanary_testbed.controlplane import ControlPlane
 from autocanary_testbed.http_checks import http_ok
 from autocanary_testbed.monitoring import PrometheusServer

@@ -28,11 +28,11 @@ from kustomize_render import (
     render,
 )
 
-from autocanary.config import Config, SlackSink
-from autocanary.config_loader import parse_config
-from autocanary.metrics import DaemonMetrics
-from autocanary.probe_service import ServiceRef
-from autocanary.revision import revision_of
+from autocanary.apps.probe_service import ServiceRef
+from autocanary.config.loader import parse_config
+from autocanary.config.models import Config, SlackSink
+from autocanary.daemon.metrics import DaemonMetrics
+from autocanary.rollout.revision import revision_of
 
 pytestmark = pytest.mark.integration
 

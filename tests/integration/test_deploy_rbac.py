@@ -36,14 +36,14 @@ from kustomize_render import (
     retarget,
 )
 
-from autocanary import state as state_codec
-from autocanary.config import Config, RolloutConfig
-from autocanary.config_loader import parse_config
+from autocanary.adapters.kubernetes import KubeClient
+from autocanary.adapters.leader import LeaderElector
+from autocanary.apps.probe_service import ServiceFollower, ServiceRef
+from autocanary.config.loader import parse_config
+from autocanary.config.models import Config, RolloutConfig
 from autocanary.errors import KubernetesForbidden, StateConflict
-from autocanary.kube import KubeClient
-from autocanary.leader import LeaderElector
-from autocanary.probe_service import ServiceFollower, ServiceRef
-from autocanary.state import STATE_ANNOTATION, RolloutState
+from autocanary.rollout import state as state_codec
+from autocanary.rollout.state import STATE_ANNOTATION, RolloutState
 from autocanary_testbed.controlplane import ControlPlane
 from autocanary_testbed.waiting import wait_until
 

@@ -1,4 +1,4 @@
-"""``autocanary.engine.RolloutEngine.tick()`` step by step on real Deployments.
+"""``autocanary.daemon.engine.RolloutEngine.tick()`` step by step on real Deployments.
 
 A real kube-apiserver (KWOK makes pods Ready), a real Prometheus (empty: every
 query answers nothing, so every interval is inconclusive), a Notifier posting
@@ -23,15 +23,15 @@ import pytest
 from kubernetes import client
 from prometheus_client import generate_latest
 
-from autocanary import state as state_codec
-from autocanary.config import PrometheusConfig, RolloutConfig, WebhookSink
-from autocanary.engine import RolloutEngine, TickResult
+from autocanary.adapters.kubernetes import DeploymentRecord, KubeClient
+from autocanary.adapters.notify import Backoff, Notifier
+from autocanary.adapters.prometheus import PrometheusClient
+from autocanary.config.models import PrometheusConfig, RolloutConfig, WebhookSink
+from autocanary.daemon.engine import RolloutEngine, TickResult
+from autocanary.daemon.metrics import DaemonMetrics
 from autocanary.errors import ResourceNotFound, StateCorrupt
-from autocanary.kube import DeploymentRecord, KubeClient
-from autocanary.metrics import DaemonMetrics
-from autocanary.notify import Backoff, Notifier
-from autocanary.prometheus import PrometheusClient
-from autocanary.state import COMMAND_ANNOTATION, STATE_ANNOTATION, RolloutState
+from autocanary.rollout import state as state_codec
+from autocanary.rollout.state import COMMAND_ANNOTATION, STATE_ANNOTATION, RolloutState
 from autocanary_testbed.apps import start_probe, start_testpage
 from autocanary_testbed.monitoring import PrometheusServer, ScrapeTarget
 from autocanary_testbed.procs import ProcessGroup

@@ -21,10 +21,10 @@ import yaml
 from kubernetes import client
 from kustomize_render import REPO, kubectl
 
-from autocanary import startup
-from autocanary.config_loader import parse_config
-from autocanary.kube import DAEMON_SELECTOR, KubeClient
-from autocanary.prometheus import PrometheusClient
+from autocanary.adapters.kubernetes import DAEMON_SELECTOR, KubeClient
+from autocanary.adapters.prometheus import PrometheusClient
+from autocanary.config.loader import parse_config
+from autocanary.daemon import startup
 from autocanary_testbed.controlplane import ControlPlane
 from autocanary_testbed.waiting import wait_until
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from kustomize_render import DEPLOY, REPO, render
 
-from autocanary.config_loader import parse_config
+from autocanary.config.loader import parse_config
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,4 @@
-"""``autocanary.kube.KubeClient`` against the real kube-apiserver of the local control plane.
+"""``adapters.kubernetes.KubeClient`` against the real kube-apiserver of the local control plane.
 
 Deployments (read, scale, whole-template replace, the guarded state write),
 Events, Leases, and the translation of every failure into autocanary's error
@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from autocanary.adapters.kubernetes import DeploymentRecord, KubeClient, load_api_client
 from autocanary.errors import (
     InvalidResource,
     KubernetesForbidden,
@@ -22,8 +23,7 @@ from autocanary.errors import (
     ResourceNotFound,
     StateConflict,
 )
-from autocanary.kube import DeploymentRecord, KubeClient, load_api_client
-from autocanary.state import COMMAND_ANNOTATION, STATE_ANNOTATION
+from autocanary.rollout.state import COMMAND_ANNOTATION, STATE_ANNOTATION
 from autocanary_testbed.controlplane import ControlPlane
 from autocanary_testbed.procs import free_port
 from autocanary_testbed.stack import app_deployment

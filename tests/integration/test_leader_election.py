@@ -1,4 +1,4 @@
-"""``autocanary.leader.LeaderElector``: two replicas contending for a real Lease.
+"""``autocanary.adapters.leader.LeaderElector``: two replicas contending for a real Lease.
 
 Short durations (lease 3s, renew deadline 2s, retry 0.5s). Where the rule is
 about time, each elector gets its own injected monotonic clock that the test
@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from autocanary.config import LeaderElectionConfig
-from autocanary.kube import KubeClient, load_api_client
-from autocanary.leader import LeaderElector
+from autocanary.adapters.kubernetes import KubeClient, load_api_client
+from autocanary.adapters.leader import LeaderElector
+from autocanary.config.models import LeaderElectionConfig
 from autocanary_testbed.controlplane import ControlPlane
 from autocanary_testbed.procs import free_port
 from autocanary_testbed.waiting import wait_until

@@ -17,10 +17,11 @@ import httpx
 import pytest
 import structlog
 
-from autocanary.alert import Alert, CheckSummary
-from autocanary.config import AlertmanagerSink, Sink, SlackSink, WebhookSink
-from autocanary.metrics import DaemonMetrics
-from autocanary.notify import Backoff, Notifier, slack_payload, webhook_payload
+from autocanary.adapters.notify import Backoff, Notifier, slack_payload, webhook_payload
+from autocanary.analysis.verdict import CheckSummary
+from autocanary.config.models import AlertmanagerSink, Sink, SlackSink, WebhookSink
+from autocanary.daemon.metrics import DaemonMetrics
+from autocanary.rollout.alert import Alert
 from autocanary_testbed.monitoring import AlertmanagerServer
 
 pytestmark = pytest.mark.integration

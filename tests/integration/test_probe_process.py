@@ -255,7 +255,7 @@ def test_config_file_runs_each_target_at_its_own_rate(
 )
 def test_invalid_arguments_are_refused(args: list[str], expected: str) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "autocanary.probe", "--metrics-host", "127.0.0.1", *args],
+        [sys.executable, "-m", "autocanary.apps.probe", "--metrics-host", "127.0.0.1", *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -272,7 +272,7 @@ def test_invalid_config_is_refused_with_file_and_line(tmp_workdir: Path) -> None
         [
             sys.executable,
             "-m",
-            "autocanary.probe",
+            "autocanary.apps.probe",
             "--metrics-host",
             "127.0.0.1",
             "--config",

@@ -1,4 +1,4 @@
-"""``autocanary.prometheus.PrometheusClient`` against a real Prometheus scraping real endpoints.
+"""``adapters.prometheus.PrometheusClient`` against a real Prometheus scraping real endpoints.
 
 The simple cases share one Prometheus scraping a prometheus_client exporter in
 this process (values the tests set). The last tests run the shipped analysis
@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
-from autocanary import analysis
-from autocanary.config import PrometheusConfig, RolloutConfig
+from autocanary.adapters.prometheus import PrometheusClient
+from autocanary.analysis import thresholds
+from autocanary.config.models import PrometheusConfig, RolloutConfig
 from autocanary.errors import PrometheusUnavailable, QueryError
-from autocanary.prometheus import PrometheusClient
 from autocanary_testbed.apps import start_probe, start_testpage
 from autocanary_testbed.monitoring import PrometheusServer, ScrapeTarget
 from autocanary_testbed.procs import ProcessGroup, free_port
@@ -305,19 +305,19 @@ def rollout(source: str) -> RolloutConfig:
 
 def evaluate(
     client: PrometheusClient, config: RolloutConfig, canary: str, stable: str, at: datetime
-) -> analysis.IntervalVerdict:
+) -> thresholds.IntervalVerdict:
     """What the engine does each interval: plan, run every query, judge."""
-    plan = analysis.plan(config, canary, stable)
+    plan = thresholds.plan(config, canary, stable)
     queries = [plan.canary_requests_query, plan.stable_requests_query]
     for planned in plan.checks:
         queries += [planned.canary_query, planned.stable_query]
     outcomes = {}
     for query in filter(None, queries):
-        outcomes[query] = analysis.QueryOutcome(value=client.query_value(query, at))
-    return analysis.judge_interval(config.analysis, plan, outcomes, at)
+        outcomes[query] = thresholds.QueryOutcome(value=client.query_value(query, at))
+    return thresholds.judge_interval(config.analysis, plan, outcomes, at)
 
 
-def verdicts(result: analysis.IntervalVerdict) -> dict[str, str]:
+def verdicts(result: thresholds.IntervalVerdict) -> dict[str, str]:
     return {check.name: check.verdict for check in result.checks}
 
 
@@ -346,7 +346,7 @@ def test_builtin_templates_judge_real_probe_and_testpage_metrics(
     config = rollout(source)
     client = client_for(prometheus.url)
     try:
-        plan = analysis.plan(config, "v2", "v1")
+        plan = thresholds.plan(config, "v2", "v1")
 
         def enough_traffic() -> bool:
             counts = [
@@ -399,7 +399,7 @@ def test_builtin_templates_are_inconclusive_for_a_version_without_traffic(
     config = rollout("probe")
     client = client_for(prometheus.url)
     try:
-        stable_requests = analysis.plan(config, "v1", "v1").canary_requests_query
+        stable_requests = thresholds.plan(config, "v1", "v1").canary_requests_query
         wait_until(
             lambda: (client.query_value(stable_requests) or 0) >= 60,
             timeout=WAIT_S,

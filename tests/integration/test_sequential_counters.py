@@ -5,7 +5,7 @@ Four testpage processes stand behind one ServiceProxy: the stable ``v1``,
 both sides two processes of one build with a 5% background error rate under
 two version labels, ``v3`` and ``v3b``. A probe named ``web`` sends them
 traffic and Prometheus scrapes it. The queries are rendered by
-``sequential_analysis.counter_queries`` for a rollout named ``web`` and read
+``judging.counter_queries`` for a rollout named ``web`` and read
 with ``PrometheusClient.query_vector``, as the engine reads them; the judge
 then gets polls at instants Prometheus holds data for, the first of them as the
 baseline, as at a step's first poll.
@@ -22,11 +22,11 @@ from typing import Any
 
 import pytest
 
-from autocanary import sequential_analysis
-from autocanary.config import PrometheusConfig, RolloutConfig, SequentialAnalysisConfig
+from autocanary.adapters.prometheus import PrometheusClient
+from autocanary.analysis import judging
+from autocanary.config.models import PrometheusConfig, RolloutConfig, SequentialAnalysisConfig
 from autocanary.judge import CounterSnapshot, Judgement, counts
 from autocanary.judge import Verdict as JudgeVerdict
-from autocanary.prometheus import PrometheusClient
 from autocanary_testbed.apps import ProbeProcess, start_probe, start_testpage
 from autocanary_testbed.monitoring import PrometheusServer, ScrapeTarget
 from autocanary_testbed.procs import ProcessGroup
@@ -88,8 +88,8 @@ class Bed:
 
     def snapshot(self, version: str, at: datetime) -> CounterSnapshot:
         """What the engine reads for ``version`` at ``at`` (canary v2 against stable v1)."""
-        queries = sequential_analysis.counter_queries(CONFIG, version, "v2", "v1")
-        return sequential_analysis.snapshot(self.client.query_vector(queries.joined(), at))
+        queries = judging.counter_queries(CONFIG, version, "v2", "v1")
+        return judging.snapshot(self.client.query_vector(queries.joined(), at))
 
     def requests(self, version: str, at: datetime) -> float:
         series = self.snapshot(version, at).series.values()
@@ -141,9 +141,7 @@ def bed(
     try:
         wait_until(
             lambda: all(
-                client.query_vector(
-                    sequential_analysis.counter_queries(CONFIG, v, "v2", "v1").requests
-                )
+                client.query_vector(judging.counter_queries(CONFIG, v, "v2", "v1").requests)
                 for v in ("v1", "v2", "v3", "v3b")
             ),
             timeout=WAIT_S,
@@ -201,7 +199,7 @@ def test_the_counters_are_the_probes_own_integers(bed: Bed) -> None:
 
     # v1 never failed: no error series at all, and the snapshot says so (absent, read as 0).
     assert bed.probe_counters("v1").errors == 0
-    queries = sequential_analysis.counter_queries(CONFIG, "v1", "v2", "v1")
+    queries = judging.counter_queries(CONFIG, "v1", "v2", "v1")
     assert bed.client.query_vector(queries.errors) == []
     assert totals(bed.snapshot("v1", datetime.now(UTC))).errors == 0
     assert totals(bed.snapshot("v2", datetime.now(UTC))).errors > 0
@@ -235,7 +233,7 @@ def _judge(bed: Bed, canary: str, stable: str, instants: list[datetime]) -> list
     judgements = []
     for at in instants[1:]:
         now = (bed.snapshot(canary, at), bed.snapshot(stable, at))
-        state, judgement = sequential_analysis.judge_interval(SEQUENTIAL, persisted, baseline, now)
+        state, judgement = judging.judge_interval(SEQUENTIAL, persisted, baseline, now)
         baseline = None
         persisted = state.to_dict()
         judgements.append(judgement)

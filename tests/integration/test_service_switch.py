@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from kubernetes import client, watch
 
+from autocanary.adapters.kubernetes import KubeClient
 from autocanary.errors import InvalidResource, ResourceNotFound, StateConflict
-from autocanary.kube import KubeClient
 from autocanary_testbed.controlplane import ControlPlane
 from autocanary_testbed.kubeproxy import ServiceEndpoints
 from autocanary_testbed.podrunner import PodRunner

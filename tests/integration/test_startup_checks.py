@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from autocanary import startup
-from autocanary.config_loader import parse_config
-from autocanary.daemon import Daemon
-from autocanary.kube import KubeClient
-from autocanary.metrics import DaemonMetrics
-from autocanary.prometheus import PrometheusClient
+from autocanary.adapters.kubernetes import KubeClient
+from autocanary.adapters.prometheus import PrometheusClient
+from autocanary.config.loader import parse_config
+from autocanary.daemon import startup
+from autocanary.daemon.metrics import DaemonMetrics
+from autocanary.daemon.service import Daemon
 from autocanary_testbed.controlplane import ControlPlane
 from autocanary_testbed.waiting import wait_until
 

@@ -175,7 +175,7 @@ def test_fault_after_keeps_the_instance_healthy_first(group: ProcessGroup) -> No
 )
 def test_invalid_environment_is_refused_at_start(variable: str, value: str, expected: str) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "autocanary.testpage", "--host", "127.0.0.1", "--port", "0"],
+        [sys.executable, "-m", "autocanary.apps.testpage", "--host", "127.0.0.1", "--port", "0"],
         env={**os.environ, variable: value},
         capture_output=True,
         text=True,

@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from autocanary import sequential_analysis
-from autocanary.alert import Verdict
-from autocanary.analysis import CheckResult, IntervalVerdict
-from autocanary.config import RolloutConfig
-from autocanary.decision import (
+from autocanary.analysis import judging
+from autocanary.analysis.judging import Sample
+from autocanary.analysis.thresholds import CheckResult, IntervalVerdict
+from autocanary.analysis.verdict import Verdict
+from autocanary.config.models import RolloutConfig
+from autocanary.rollout.decision import (
     Decision,
     DeploymentView,
     Desired,
@@ -31,10 +32,9 @@ from autocanary.decision import (
     analysis_due,
     decide,
 )
-from autocanary.pods import PodView
-from autocanary.revision import revision_of, version_of
-from autocanary.sequential_analysis import Sample
-from autocanary.state import RolloutState
+from autocanary.rollout.pods import PodView
+from autocanary.rollout.revision import revision_of, version_of
+from autocanary.rollout.state import RolloutState
 
 JSON = dict[str, Any]
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
@@ -366,7 +366,7 @@ def phase_is(*phases: str) -> Callable[[RolloutState], bool]:
 
 def tagged(requests: list[Sample], errors: list[Sample], buckets: list[Sample]) -> list[Sample]:
     """The joined counter query's answer: each counter query's samples with the counter label."""
-    label = sequential_analysis.COUNTER_LABEL
+    label = judging.COUNTER_LABEL
     return [
         ({**labels, label: kind}, value)
         for kind, samples in (("requests", requests), ("errors", errors), ("bucket", buckets))

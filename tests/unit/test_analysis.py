@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from builders import make_rollout
 
-from autocanary.analysis import (
+from autocanary.analysis.thresholds import (
     AnalysisPlan,
     Pods,
     PodSets,
@@ -26,7 +26,7 @@ from autocanary.analysis import (
     uses_pods,
     window_problem,
 )
-from autocanary.config import AnalysisConfig, CheckConfig
+from autocanary.config.models import AnalysisConfig, CheckConfig
 
 AT = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 NAN = float("nan")

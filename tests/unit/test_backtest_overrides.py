@@ -7,8 +7,8 @@ import pytest
 from autocanary.backtest import overrides
 from autocanary.backtest.errors import OverrideError
 from autocanary.backtest.report import Variant
-from autocanary.config import Config
-from autocanary.config_loader import parse_config
+from autocanary.config.loader import parse_config
+from autocanary.config.models import Config
 
 CONFIG = """
 prometheus: {url: http://127.0.0.1:9090}

@@ -13,9 +13,9 @@ from datetime import datetime, timedelta
 import pytest
 from builders import T0, interval_verdict, make_rollout
 
-from autocanary import sequential_analysis
-from autocanary.alert import Verdict
-from autocanary.analysis import IntervalVerdict, plan
+from autocanary.analysis import judging
+from autocanary.analysis.thresholds import IntervalVerdict, plan
+from autocanary.analysis.verdict import Verdict
 from autocanary.backtest.evaluate import (
     CachingSource,
     DaemonEvaluator,
@@ -25,9 +25,9 @@ from autocanary.backtest.evaluate import (
 )
 from autocanary.backtest.replay import bounds, replay
 from autocanary.backtest.report import Release, Replay, Variant
-from autocanary.config import CheckConfig, RolloutConfig
+from autocanary.config.models import CheckConfig, RolloutConfig
 from autocanary.errors import PrometheusUnavailable, QueryError
-from autocanary.state import RolloutState
+from autocanary.rollout.state import RolloutState
 
 S = timedelta(seconds=1)
 BASELINE = Variant("config")
@@ -318,10 +318,7 @@ def test_unreadable_counters_leave_the_sequential_interval_inconclusive() -> Non
     answers: dict[str, float | Exception | None] = {
         plan(rollout, "v2", "v1").canary_requests_query: 100.0,
         **dict.fromkeys(
-            (
-                sequential_analysis.counter_queries(rollout, v, "v2", "v1").joined()
-                for v in ("v2", "v1")
-            ),
+            (judging.counter_queries(rollout, v, "v2", "v1").joined() for v in ("v2", "v1")),
             QueryError("rejected"),
         ),
     }

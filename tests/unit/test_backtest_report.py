@@ -9,14 +9,14 @@ from datetime import datetime, timedelta
 import pytest
 from builders import T0, make_rollout
 
-from autocanary.analysis import CheckResult, IntervalVerdict
+from autocanary.analysis.thresholds import CheckResult, IntervalVerdict
 from autocanary.backtest.errors import BacktestInputError
 from autocanary.backtest.evaluate import Silence
 from autocanary.backtest.render import report_text, table_text, timeline_text
 from autocanary.backtest.replay import replay
 from autocanary.backtest.report import Release, Report, Variant
-from autocanary.config import RolloutConfig
-from autocanary.state import RolloutState
+from autocanary.config.models import RolloutConfig
+from autocanary.rollout.state import RolloutState
 
 GOOD = Release("good", T0, T0 + timedelta(minutes=20), "v2", "v1")
 BAD = Release("bad", T0 + timedelta(hours=1), T0 + timedelta(hours=1, minutes=20), "v3", "v2")

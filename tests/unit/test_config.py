@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from autocanary.config import Config, Percentage, SecretSource
-from autocanary.config_loader import load_config, parse_config
+from autocanary.config.loader import load_config, parse_config
+from autocanary.config.models import Config, Percentage, SecretSource
 from autocanary.errors import ConfigError, ConfigProblem
 
 FULL = """\

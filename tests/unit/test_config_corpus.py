@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from autocanary.config import Config
-from autocanary.config_loader import MAX_DEPTH, parse_config
+from autocanary.config.loader import MAX_DEPTH, parse_config
+from autocanary.config.models import Config
 from autocanary.errors import ConfigError, ConfigProblem
 
 VALID = """\
@@ -356,7 +356,7 @@ def test_a_dumped_config_validates_again_with_thresholds_in_their_units() -> Non
 
 
 def test_redact_hides_credentials_of_every_url_in_a_message() -> None:
-    from autocanary.redact import redact
+    from autocanary.config.redact import redact
 
     text = "cannot reach http://u:p@h:9/x nor https://token@x.y/ (see http://h/a@b)"
     assert redact(text) == "cannot reach http://***@h:9/x nor https://***@x.y/ (see http://h/a@b)"

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from autocanary.deadline import DeadlineExceeded, DeadlineRunner
+from autocanary.adapters.deadline import DeadlineExceeded, DeadlineRunner
 
 HANG_S = 30.0  # how long a "hung" call would block if nothing bounded it
 

@@ -29,8 +29,8 @@ from builders import (
     view,
 )
 
-from autocanary.alert import Verdict
-from autocanary.decision import (
+from autocanary.analysis.verdict import Verdict
+from autocanary.rollout.decision import (
     POLL,
     DeploymentView,
     Desired,
@@ -40,9 +40,9 @@ from autocanary.decision import (
     desired_for,
     next_analysis_at,
 )
-from autocanary.pods import ContainerView, PodView
-from autocanary.revision import promoted_template, revision_of
-from autocanary.state import Phase, RolloutState, dumps, loads
+from autocanary.rollout.pods import ContainerView, PodView
+from autocanary.rollout.revision import promoted_template, revision_of
+from autocanary.rollout.state import Phase, RolloutState, dumps, loads
 
 V2 = "registry.local/shop/web:2.0"
 V3 = "registry.local/shop/web:3.0"

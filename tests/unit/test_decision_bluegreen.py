@@ -29,11 +29,11 @@ from builders import (
 )
 from pydantic import ValidationError
 
-from autocanary.config import RolloutConfig
-from autocanary.config_loader import BLUE_GREEN_UNAVAILABLE, parse_config
-from autocanary.decision import Desired, Observation, decide, live_window
+from autocanary.config.loader import BLUE_GREEN_UNAVAILABLE, parse_config
+from autocanary.config.models import RolloutConfig
 from autocanary.errors import ConfigError
-from autocanary.state import RolloutState, dumps, loads
+from autocanary.rollout.decision import Desired, Observation, decide, live_window
+from autocanary.rollout.state import RolloutState, dumps, loads
 
 V1_IMAGE = "registry.local/shop/web:1.0"
 V2_IMAGE = "registry.local/shop/web:2.0"

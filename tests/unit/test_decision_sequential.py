@@ -4,7 +4,7 @@ Each analysed interval carries a real judgement: :class:`JudgedDriver` keeps
 deterministic cumulative counters for both versions, served in proportion to
 their Ready pods, and does what ``interval.evaluate`` does with them
 (on a step's first poll a baseline at ``readyAt + warmup``, then
-``sequential_analysis.judge_interval`` and ``combine``). The threshold checks'
+``judging.judge_interval`` and ``combine``). The threshold checks'
 verdicts come from builders' verdict sources, as in test_decision.py.
 """
 
@@ -28,12 +28,12 @@ from builders import (
     tagged,
 )
 
-from autocanary import sequential_analysis
-from autocanary.analysis import IntervalVerdict
+from autocanary.analysis import judging
+from autocanary.analysis.judging import Sample
+from autocanary.analysis.thresholds import IntervalVerdict
 from autocanary.judge import CounterSnapshot, JudgeState
 from autocanary.judge import Verdict as JudgeVerdict
-from autocanary.sequential_analysis import Sample
-from autocanary.state import RolloutState, dumps, loads
+from autocanary.rollout.state import RolloutState, dumps, loads
 
 V2 = "registry.local/shop/web:2.0"
 PROBE = "127.0.0.1:9102"  # one probe instance: every answer of a version lands on one series
@@ -78,8 +78,8 @@ class Traffic:
             self.canary.served += self.rate * seconds * canary_ready / ready
             self.stable.served += self.rate * seconds * stable_ready / ready
         snapshots = (
-            sequential_analysis.snapshot(tagged(*self.canary.samples())),
-            sequential_analysis.snapshot(tagged(*self.stable.samples())),
+            judging.snapshot(tagged(*self.canary.samples())),
+            judging.snapshot(tagged(*self.stable.samples())),
         )
         self.history.append((now, snapshots))
 
@@ -105,10 +105,10 @@ class JudgedDriver(Driver):
         baseline = None
         if state.last_analysis_at is None and state.ready_at is not None:
             baseline = self.traffic.at(state.ready_at + self.rollout.analysis.warmup)
-        judge_state, judgement = sequential_analysis.judge_interval(
+        judge_state, judgement = judging.judge_interval(
             sequential, state.judge, baseline, self.traffic.at(self.now)
         )
-        return sequential_analysis.combine(threshold, judgement, judge_state)
+        return judging.combine(threshold, judgement, judge_state)
 
     def tick(self, command: str | None = None) -> TickRecord:
         # Requests since the last tick went to the pods that were Ready meanwhile.
@@ -220,7 +220,7 @@ def test_undecided_advances_on_holds_but_the_last_step_waits_for_proven_safety()
     driver.verdicts = always("pass")
     driver.run_until(lambda s: s.step == 1 and s.stage == "analysing")
     assert "StepAdvanced" in driver.reasons()
-    assert not sequential_analysis.all_safe(driver.state.judge)
+    assert not judging.all_safe(driver.state.judge)
 
     # The last step's hold ends with passing intervals; the judge is still undecided.
     ready = driver.state.ready_at
@@ -238,7 +238,7 @@ def test_undecided_advances_on_holds_but_the_last_step_waits_for_proven_safety()
     traffic.rate = 400.0
     traffic.canary.error_rate = traffic.stable.error_rate = 0.05
     record = driver.run_until(phase_is("promoting"), limit=30)
-    assert sequential_analysis.all_safe(record.decision.state.judge)
+    assert judging.all_safe(record.decision.state.judge)
     assert record.verdict is not None
     assert record.verdict.judgement is not None
     assert record.verdict.judgement.verdict is JudgeVerdict.PROMOTE
@@ -279,7 +279,7 @@ def test_undecided_past_max_duration_applies_the_inconclusive_policy(
     )
     assert "undecided" in message  # the last interval's reason says where the evidence stood
     assert record.decision.state.step == 1  # waiting at the last step
-    assert not sequential_analysis.all_safe(record.decision.state.judge)
+    assert not judging.all_safe(record.decision.state.judge)
     assert "Promoting" not in driver.reasons()
 
 
@@ -344,7 +344,7 @@ def test_a_failing_threshold_check_rolls_back_even_when_safety_is_proven() -> No
     driver = judged(Traffic(400.0, VersionCounters(0.05), VersionCounters(0.05)))
     driver.verdicts = sequence("pass", "fail")
     record = driver.run_until(phase_is("rollingBack"))
-    assert sequential_analysis.all_safe(record.decision.state.judge)
+    assert judging.all_safe(record.decision.state.judge)
     assert {c.name: c.verdict for c in record.decision.transitions[-1].checks} == {
         "errors": "fail",
         "sequential:errors": "pass",
@@ -365,7 +365,7 @@ def test_an_inconclusive_threshold_interval_blocks_promotion_despite_proven_safe
     )
     driver.verdicts = always("inconclusive")
     driver.run(60)
-    assert sequential_analysis.all_safe(driver.state.judge)
+    assert judging.all_safe(driver.state.judge)
     assert driver.state.phase == "progressing"
     assert driver.state.step == 0
     assert "StepAdvanced" not in driver.reasons()
@@ -460,16 +460,16 @@ def test_a_step_leaving_the_stable_no_pods_waits_for_proven_safety() -> None:
     driver.run_until(lambda s: s.step == 1 and s.stage == "analysing")
     ready = driver.state.ready_at
     assert ready is not None
-    assert not sequential_analysis.all_safe(driver.state.judge)
+    assert not judging.all_safe(driver.state.judge)
 
     record = driver.run_until(lambda s: s.step == 2)
     assert reasons_of(record) == ["StepAdvanced"]
     assert record.now - ready > timedelta(minutes=2)  # held well past its 1m hold
-    assert sequential_analysis.all_safe(record.decision.state.judge)
+    assert judging.all_safe(record.decision.state.judge)
     safe_at = next(
         r.now
         for r in driver.history
-        if r.verdict is not None and sequential_analysis.all_safe(r.verdict.judge_state)
+        if r.verdict is not None and judging.all_safe(r.verdict.judge_state)
     )
     assert safe_at == record.now  # advanced on the interval that proved it, not before
 

@@ -8,10 +8,10 @@ from typing import Any, cast
 import structlog
 from builders import make_rollout
 
-from autocanary.config import RolloutConfig
-from autocanary.engine import RolloutEngine
+from autocanary.config.models import RolloutConfig
+from autocanary.daemon.engine import RolloutEngine
+from autocanary.daemon.metrics import DaemonMetrics
 from autocanary.errors import PrometheusUnavailable
-from autocanary.metrics import DaemonMetrics
 
 S = timedelta(seconds=1)
 

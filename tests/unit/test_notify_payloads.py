@@ -9,9 +9,10 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from autocanary.alert import Alert, CheckSummary
-from autocanary.notify import alertmanager_payload, slack_payload, webhook_payload
-from autocanary.notify_payloads import rfc3339
+from autocanary.adapters.notify import alertmanager_payload, slack_payload, webhook_payload
+from autocanary.adapters.notify_payloads import rfc3339
+from autocanary.analysis.verdict import CheckSummary
+from autocanary.rollout.alert import Alert
 
 AT = datetime(2026, 5, 1, 12, 0, 0, 250_000, tzinfo=UTC)
 

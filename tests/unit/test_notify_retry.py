@@ -18,10 +18,7 @@ import httpx
 import pytest
 import structlog
 
-from autocanary.alert import Alert
-from autocanary.config import AlertmanagerSink, SlackSink, WebhookSink
-from autocanary.metrics import DaemonMetrics
-from autocanary.notify import (
+from autocanary.adapters.notify import (
     Backoff,
     Notifier,
     alertmanager_payload,
@@ -29,6 +26,9 @@ from autocanary.notify import (
     slack_payload,
     webhook_payload,
 )
+from autocanary.config.models import AlertmanagerSink, SlackSink, WebhookSink
+from autocanary.daemon.metrics import DaemonMetrics
+from autocanary.rollout.alert import Alert
 
 Events = list[MutableMapping[str, Any]]
 TINY = Backoff(initial=0.001, maximum=0.004)

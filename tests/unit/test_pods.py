@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from autocanary.pods import ContainerView, PodView, failure
+from autocanary.rollout.pods import ContainerView, PodView, failure
 
 
 def kubelet_pod(**status: Any) -> dict[str, Any]:

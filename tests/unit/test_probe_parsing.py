@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from autocanary.errors import ConfigError
-from autocanary.probe import (
+from autocanary.apps.probe import (
     ProbeMetrics,
     attribute,
     load_config,
@@ -16,7 +15,8 @@ from autocanary.probe import (
     parse_target_arg,
     parse_timeout,
 )
-from autocanary.probe_http import Answer, Endpoint
+from autocanary.apps.probe_http import Answer, Endpoint
+from autocanary.errors import ConfigError
 
 
 @pytest.mark.parametrize(

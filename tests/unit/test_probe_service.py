@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from autocanary.probe import parse_target_arg
-from autocanary.probe_service import AddressMap, Backend, ServiceRef, backends
+from autocanary.apps.probe import parse_target_arg
+from autocanary.apps.probe_service import AddressMap, Backend, ServiceRef, backends
 
 
 def test_a_service_target_parses_into_its_service_and_in_cluster_url() -> None:

@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from autocanary import config as cfg
-from autocanary.alert import Alert, CheckSummary
+from autocanary.adapters.notify_payloads import webhook_payload
+from autocanary.analysis.verdict import CheckSummary
 from autocanary.cli import _parser
-from autocanary.config_loader import parse_config
-from autocanary.metrics import DaemonMetrics
-from autocanary.notify_payloads import webhook_payload
+from autocanary.config import models as cfg
+from autocanary.config.loader import parse_config
+from autocanary.daemon.metrics import DaemonMetrics
+from autocanary.rollout.alert import Alert
 
 README = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
 

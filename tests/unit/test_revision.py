@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from builders import pod_template
 
-from autocanary.revision import (
+from autocanary.rollout.revision import (
     normalise,
     promoted_template,
     revision_of,

@@ -16,15 +16,15 @@ from typing import Any
 import pytest
 from builders import tagged
 
-from autocanary import sequential_analysis
-from autocanary.alert import Verdict
-from autocanary.analysis import CheckResult, IntervalVerdict
-from autocanary.config import SequentialAnalysisConfig
+from autocanary.analysis import judging
+from autocanary.analysis.judging import Sample
+from autocanary.analysis.thresholds import CheckResult, IntervalVerdict
+from autocanary.analysis.verdict import Verdict
+from autocanary.config.models import SequentialAnalysisConfig
 from autocanary.errors import StateCorrupt
 from autocanary.judge import CounterSnapshot, Judgement, JudgeState, counts
 from autocanary.judge import Verdict as JudgeVerdict
-from autocanary.sequential_analysis import Sample
-from autocanary.state import RolloutState, dumps, loads
+from autocanary.rollout.state import RolloutState, dumps, loads
 
 AT = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 INF = math.inf
@@ -78,7 +78,7 @@ class Version:
         return requests, errors, buckets
 
     def snapshot(self) -> CounterSnapshot:
-        return sequential_analysis.snapshot(tagged(*self.samples()))
+        return judging.snapshot(tagged(*self.samples()))
 
 
 @dataclass
@@ -102,7 +102,7 @@ def poll(
     baseline: tuple[CounterSnapshot, CounterSnapshot] | None = None,
     cfg: SequentialAnalysisConfig = CFG,
 ) -> tuple[JudgeState, Judgement]:
-    return sequential_analysis.judge_interval(cfg, persisted, baseline, now)
+    return judging.judge_interval(cfg, persisted, baseline, now)
 
 
 def threshold_verdict(kind: Verdict) -> IntervalVerdict:
@@ -116,7 +116,7 @@ def threshold_verdict(kind: Verdict) -> IntervalVerdict:
 
 
 def test_the_counter_queries_are_joined_into_one() -> None:
-    queries = sequential_analysis.CounterQueries("req", "err", "buck")
+    queries = judging.CounterQueries("req", "err", "buck")
     assert queries.joined() == (
         'label_replace(req, "autocanary_counter", "requests", "", "") or '
         'label_replace(err, "autocanary_counter", "errors", "", "") or '
@@ -125,7 +125,7 @@ def test_the_counter_queries_are_joined_into_one() -> None:
 
 
 def test_snapshot_keys_series_by_instance() -> None:
-    snap = sequential_analysis.snapshot(
+    snap = judging.snapshot(
         tagged(
             [({"instance": POD_A}, 120.0), ({"instance": POD_B}, 80.0)],
             [({"instance": POD_A}, 3.0), ({"instance": POD_B}, 1.0)],
@@ -143,7 +143,7 @@ def test_snapshot_keys_series_by_instance() -> None:
 
 
 def test_an_instance_without_error_series_has_its_errors_absent() -> None:
-    snap = sequential_analysis.snapshot(
+    snap = judging.snapshot(
         tagged(
             [({"instance": POD_A}, 120.0), ({"instance": POD_B}, 80.0)],
             [({"instance": POD_A}, 3.0)],
@@ -157,7 +157,7 @@ def test_an_instance_without_error_series_has_its_errors_absent() -> None:
 def test_two_targets_behind_one_service_stay_two_series() -> None:
     """An HA pair scraped as two targets that share the Service's instance label."""
     svc = "web.default.svc:8080"
-    snap = sequential_analysis.snapshot(
+    snap = judging.snapshot(
         tagged(
             [({"instance": svc, "pod": "a"}, 1000.0), ({"instance": svc, "pod": "b"}, 900.0)],
             [({"instance": svc, "pod": "a"}, 10.0), ({"instance": svc, "pod": "b"}, 9.0)],
@@ -169,7 +169,7 @@ def test_two_targets_behind_one_service_stay_two_series() -> None:
     )
     assert len(snap.series) == 2
     # one of them missing from a poll: the other's increase is all that counts
-    after = sequential_analysis.snapshot(
+    after = judging.snapshot(
         tagged(
             [({"instance": svc, "pod": "a"}, 1100.0)],
             [({"instance": svc, "pod": "a"}, 11.0)],
@@ -190,12 +190,12 @@ def test_buckets_are_parsed_by_le_including_inf() -> None:
 
 def test_instances_are_not_mixed_and_a_missing_instance_label_is_one_series() -> None:
     # A query aggregated to one series (no instance label) is one series keyed "".
-    snap = sequential_analysis.snapshot(
+    snap = judging.snapshot(
         tagged([({}, 10.0)], [({}, 1.0)], [({"le": "+Inf"}, 10.0), ({"le": "0.25"}, 9.0)])
     )
     assert snap.vectors((0.25,)) == {"": (10, 1, 10, 9)}
     # Errors and buckets of another instance never land on this one.
-    other = sequential_analysis.snapshot(
+    other = judging.snapshot(
         tagged(
             [({"instance": POD_A}, 10.0)],
             [({"instance": POD_B}, 4.0)],
@@ -354,7 +354,7 @@ def test_proven_harm_fails_the_interval_with_the_judges_reason(threshold: Verdic
     assert judgement.verdict is JudgeVerdict.ROLLBACK
     assert not judgement.critical
     before = threshold_verdict(threshold)
-    combined = sequential_analysis.combine(before, judgement, state)
+    combined = judging.combine(before, judgement, state)
 
     assert combined.verdict == "fail"
     assert combined.reason == f"sequential judge: {judgement.reason}"
@@ -368,7 +368,7 @@ def test_proven_harm_fails_the_interval_with_the_judges_reason(threshold: Verdic
     ]
     assert combined.checks[0] == before.checks[0]
     assert (combined.at, combined.canary_requests) == (before.at, before.canary_requests)
-    assert sequential_analysis.harm_proven(combined.judgement)
+    assert judging.harm_proven(combined.judgement)
 
 
 @pytest.mark.parametrize("threshold", ["pass", "inconclusive", "fail"])
@@ -376,24 +376,24 @@ def test_an_undecided_judge_leaves_the_threshold_verdict(threshold: Verdict) -> 
     state, judgement = _undecided()
     assert judgement.verdict is JudgeVerdict.CONTINUE
     before = threshold_verdict(threshold)
-    combined = sequential_analysis.combine(before, judgement, state)
+    combined = judging.combine(before, judgement, state)
     assert combined.verdict == threshold
     assert combined.reason == f"error-rate: {threshold}; sequential judge: {judgement.reason}"
     assert "undecided" in combined.reason
     assert combined.judge_state == state.to_dict()
-    assert not sequential_analysis.harm_proven(combined.judgement)
+    assert not judging.harm_proven(combined.judgement)
 
 
 def test_proven_safety_does_not_override_a_failing_threshold_check() -> None:
     state, judgement = _safe()
     assert judgement.verdict is JudgeVerdict.PROMOTE
-    combined = sequential_analysis.combine(threshold_verdict("fail"), judgement, state)
+    combined = judging.combine(threshold_verdict("fail"), judgement, state)
     assert combined.verdict == "fail"
     assert combined.reason.startswith("error-rate: fail; sequential judge: safety proven")
 
 
 def test_results_name_each_metric_and_map_its_evidence_to_a_verdict() -> None:
-    harm = {r.name: r for r in sequential_analysis.results(_harm()[1])}
+    harm = {r.name: r for r in judging.results(_harm()[1])}
     assert harm["sequential:errors"].verdict == "fail"
     assert harm["sequential:latency>0.25s"].verdict == "inconclusive"
     assert harm["sequential:errors"].reason == "canary 40/200 vs stable 18/1800"
@@ -404,7 +404,7 @@ def test_results_name_each_metric_and_map_its_evidence_to_a_verdict() -> None:
     assert threshold.startswith("odds ratio <= 1.2x: harm e ")
     assert "95% simultaneous CS " in threshold
 
-    safe = sequential_analysis.results(_safe()[1])
+    safe = judging.results(_safe()[1])
     assert [(r.name, r.verdict) for r in safe] == [
         ("sequential:errors", "pass"),
         ("sequential:latency>0.25s", "pass"),
@@ -419,7 +419,7 @@ def test_a_result_has_a_finite_value_when_the_stable_has_no_events() -> None:
     traffic.serve((300, 30, 0), (2700, 0, 0))
     state, judgement = poll(None, traffic.now(), baseline)
     assert math.isinf(judgement.metrics[0].ratio)  # no stable errors: no point estimate
-    errors, latency = sequential_analysis.results(judgement)
+    errors, latency = judging.results(judgement)
     assert errors.reason == "canary 30/300 vs stable 0/2700"
     assert errors.value is not None
     assert math.isfinite(errors.value)
@@ -431,7 +431,7 @@ def test_a_result_has_a_finite_value_when_the_stable_has_no_events() -> None:
     assert latency.value is None
     assert latency.verdict == "inconclusive"
     # The record is JSON a client can read (no Infinity or NaN).
-    combined = sequential_analysis.combine(threshold_verdict("pass"), judgement, state)
+    combined = judging.combine(threshold_verdict("pass"), judgement, state)
     json.dumps([c.value for c in combined.checks], allow_nan=False)
 
 
@@ -446,7 +446,7 @@ def test_unavailable_counters_make_the_interval_inconclusive_but_keep_a_fail(
     threshold: Verdict, after: Verdict
 ) -> None:
     before = threshold_verdict(threshold)
-    verdict = sequential_analysis.unavailable(before, "cannot reach Prometheus at http://p:9090")
+    verdict = judging.unavailable(before, "cannot reach Prometheus at http://p:9090")
     assert verdict.verdict == after
     assert verdict.reason == (
         f"error-rate: {threshold}; sequential judge: counters unavailable: "
@@ -458,21 +458,21 @@ def test_unavailable_counters_make_the_interval_inconclusive_but_keep_a_fail(
 
 
 def test_all_safe_needs_safety_proven_for_every_metric() -> None:
-    assert not sequential_analysis.all_safe(None)
-    assert not sequential_analysis.all_safe(_undecided()[0].to_dict())
-    assert not sequential_analysis.all_safe(_harm()[0].to_dict())
+    assert not judging.all_safe(None)
+    assert not judging.all_safe(_undecided()[0].to_dict())
+    assert not judging.all_safe(_harm()[0].to_dict())
     safe = _safe()[0]
-    assert sequential_analysis.all_safe(safe.to_dict())
+    assert judging.all_safe(safe.to_dict())
     # One metric still unproven is not enough.
     partly = replace(safe, metrics=(safe.metrics[0], replace(safe.metrics[1], safe=False)))
-    assert not sequential_analysis.all_safe(partly.to_dict())
+    assert not judging.all_safe(partly.to_dict())
 
 
 def test_evidence_from_an_older_daemon_starts_the_judge_afresh() -> None:
     """An upgrade mid-release drops the old format's evidence instead of failing the tick."""
     safe = _safe()[0].to_dict()
     older = {**safe, "version": safe["version"] - 1}
-    assert not sequential_analysis.all_safe(older)  # old proof is not carried over
+    assert not judging.all_safe(older)  # old proof is not carried over
 
     traffic = Pair()
     traffic.serve((500, 250, 0), (500, 5, 0))
@@ -499,14 +499,14 @@ def test_proven_safety_stays_proven_in_the_persisted_state() -> None:
     traffic.serve((200, 14, 20), (200, 10, 20))
     state, judgement = poll(state.to_dict(), traffic.now())
     assert judgement.verdict is JudgeVerdict.PROMOTE
-    assert sequential_analysis.all_safe(state.to_dict())
+    assert judging.all_safe(state.to_dict())
 
 
 def test_harm_proven_reads_the_judgement() -> None:
-    assert not sequential_analysis.harm_proven(None)
-    assert not sequential_analysis.harm_proven(_undecided()[1])
-    assert not sequential_analysis.harm_proven(_safe()[1])
-    assert sequential_analysis.harm_proven(_harm()[1])
+    assert not judging.harm_proven(None)
+    assert not judging.harm_proven(_undecided()[1])
+    assert not judging.harm_proven(_safe()[1])
+    assert judging.harm_proven(_harm()[1])
 
 
 def test_the_critical_guard_is_harm_too() -> None:
@@ -517,7 +517,7 @@ def test_the_critical_guard_is_harm_too() -> None:
     traffic.serve((100, 25, 0), (100, 2, 0))
     state, judgement = poll(None, traffic.now(), baseline, cfg)
     assert judgement.critical
-    combined = sequential_analysis.combine(threshold_verdict("pass"), judgement, state)
+    combined = judging.combine(threshold_verdict("pass"), judgement, state)
     assert combined.verdict == "fail"
     assert "critical guard" in combined.reason
 
@@ -534,7 +534,7 @@ def test_an_inconsistent_read_is_skipped_and_named_in_the_reason() -> None:
     state, judgement = poll(state.to_dict(), (gap, stable))
     assert judgement.skipped == (f"canary {POD_A}",)
     assert judgement.poll.canary_requests == 0  # nothing of the canary counted this poll
-    combined = sequential_analysis.combine(threshold_verdict("pass"), judgement, state)
+    combined = judging.combine(threshold_verdict("pass"), judgement, state)
     assert f"read incomplete or inconsistent: canary {POD_A}" in combined.reason
     # back next poll: both polls' canary traffic counted once
     _, judgement = poll(state.to_dict(), traffic.now())

@@ -11,7 +11,7 @@ import pytest
 from builders import pod_template
 
 from autocanary.errors import StateCorrupt
-from autocanary.state import (
+from autocanary.rollout.state import (
     MAX_VERDICTS,
     SCHEMA_VERSION,
     Notice,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from autocanary.config import Percentage, StepConfig
-from autocanary.steps import canary_pods, plan, stable_pods
+from autocanary.config.models import Percentage, StepConfig
+from autocanary.rollout.steps import canary_pods, plan, stable_pods
 
 
 @pytest.mark.parametrize(

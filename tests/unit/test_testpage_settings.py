@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry
 
-from autocanary.errors import ConfigError
-from autocanary.testpage import (
+from autocanary.apps.testpage import (
     EchoApp,
     Faults,
     Settings,
@@ -14,7 +13,8 @@ from autocanary.testpage import (
     parse_latency,
     settings_from_env,
 )
-from autocanary.testpage_http import BadRequest, parse_head
+from autocanary.apps.testpage_http import BadRequest, parse_head
+from autocanary.errors import ConfigError
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from autocanary.units import format_duration, parse_duration, parse_percent
+from autocanary.config.units import format_duration, parse_duration, parse_percent
 
 
 @pytest.mark.parametrize(

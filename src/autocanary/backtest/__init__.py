@@ -1,7 +1,7 @@
 """``autocanary backtest``: what would this config have decided, over past Prometheus data?
 
 A replay runs the daemon's own schedule and decisions
-(:func:`autocanary.decision.analysis_due`, :func:`autocanary.decision.decide`)
+(:func:`autocanary.rollout.decision.analysis_due`, :func:`autocanary.rollout.decision.decide`)
 against a simulated cluster whose pods are Ready at once, starting the
 release at the window's start, and judges each due interval with the daemon's
 queries evaluated at that past time (:mod:`autocanary.backtest.evaluate`, the
@@ -43,7 +43,7 @@ from autocanary.backtest.report import (
     Variant,
 )
 from autocanary.backtest.run import backtest
-from autocanary.interval import QuerySource
+from autocanary.rollout.interval import QuerySource
 
 __all__ = [
     "BacktestError",

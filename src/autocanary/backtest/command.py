@@ -9,16 +9,16 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from autocanary.adapters.prometheus import PrometheusClient
 from autocanary.backtest.errors import BacktestInputError
 from autocanary.backtest.history import PrometheusHistory
 from autocanary.backtest.render import report_text, table_text
 from autocanary.backtest.report import Release
 from autocanary.backtest.run import backtest
 from autocanary.backtest.windows import load_releases, make_release
-from autocanary.config import PrometheusConfig
-from autocanary.config_loader import load_config
-from autocanary.prometheus import PrometheusClient
-from autocanary.redact import redact
+from autocanary.config.loader import load_config
+from autocanary.config.models import PrometheusConfig
+from autocanary.config.redact import redact
 
 _SINGLE = ("start", "end", "canary_version", "stable_version")
 _FLAGS = {

@@ -3,8 +3,8 @@
 A replay asks an :class:`IntervalEvaluator` for the verdict of the interval
 ending at ``at``, exactly where the daemon's engine would query Prometheus
 now. :class:`DaemonEvaluator` is the daemon's own analysis step
-(:func:`autocanary.interval.evaluate`: the same rendered queries, the same
-threshold judge and, when ``analysis.sequential`` is set, the same sequential
+(:func:`autocanary.rollout.interval.evaluate`: the same rendered queries, the same
+threshold judge and, when ``thresholds.sequential`` is set, the same sequential
 judge with its evidence carried in ``RolloutState.judge``), evaluated at ``at``.
 Another judge implements the same protocol and is passed to
 :func:`autocanary.backtest.run.backtest` as an :data:`EvaluatorFactory`.
@@ -22,11 +22,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from autocanary import analysis, interval
-from autocanary.config import RolloutConfig
+from autocanary.analysis import thresholds
+from autocanary.config.models import RolloutConfig
 from autocanary.errors import QueryError
-from autocanary.interval import QuerySource, Sample
-from autocanary.state import RolloutState
+from autocanary.rollout import interval
+from autocanary.rollout.interval import QuerySource, Sample
+from autocanary.rollout.state import RolloutState
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class Silence:
 class IntervalEvaluator(Protocol):
     """The verdict of the interval ending at ``at``, for the release ``state`` describes."""
 
-    def evaluate(self, state: RolloutState, at: datetime) -> analysis.IntervalVerdict:
+    def evaluate(self, state: RolloutState, at: datetime) -> thresholds.IntervalVerdict:
         """Judge one interval (called once per analysis the daemon would run, in time order)."""
         ...
 
@@ -62,7 +63,7 @@ class DaemonEvaluator:
         self._source = source
         self._seen: dict[str, tuple[str, bool, str | None]] = {}  # query -> (what, answered, err)
 
-    def evaluate(self, state: RolloutState, at: datetime) -> analysis.IntervalVerdict:
+    def evaluate(self, state: RolloutState, at: datetime) -> thresholds.IntervalVerdict:
         """Run the interval's queries at ``at`` and judge them as the daemon does."""
         evaluation = interval.evaluate(
             self._source, self._rollout, state, at, tolerated=(QueryError,)

@@ -1,6 +1,6 @@
 """What Prometheus can say about its history: retention, and which series a window holds.
 
-Queries go through :mod:`autocanary.prometheus`, as in the daemon; this adds
+Queries go through :mod:`autocanary.adapters.prometheus`, as in the daemon; this adds
 the status API, which that client does not offer. Every call has the
 configured timeout; transport failures become :class:`PrometheusUnavailable`.
 """
@@ -15,10 +15,10 @@ from typing import Any, Self
 
 import httpx
 
-from autocanary.config import PrometheusConfig
+from autocanary.adapters.prometheus import PrometheusClient, Sample, auth_headers
+from autocanary.config.models import PrometheusConfig
+from autocanary.config.redact import redact
 from autocanary.errors import PrometheusUnavailable
-from autocanary.prometheus import PrometheusClient, Sample, auth_headers
-from autocanary.redact import redact
 
 _PROM_DURATION = re.compile(r"^(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 _UNITS = (365 * 86400, 7 * 86400, 86400, 3600, 60, 1)

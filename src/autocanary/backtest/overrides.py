@@ -29,7 +29,7 @@ from pydantic.alias_generators import to_camel
 
 from autocanary.backtest.errors import OverrideError
 from autocanary.backtest.report import Variant
-from autocanary.config import Config, RolloutConfig
+from autocanary.config.models import Config, RolloutConfig
 
 BASELINE = "config"
 UNNAMED = "custom"

@@ -11,7 +11,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Protocol
 
-from autocanary import analysis
+from autocanary.adapters.prometheus import Sample
+from autocanary.analysis import thresholds
 from autocanary.backtest.errors import (
     BacktestInputError,
     NoDataError,
@@ -20,9 +21,8 @@ from autocanary.backtest.errors import (
 )
 from autocanary.backtest.history import Retention
 from autocanary.backtest.report import Release
-from autocanary.config import RolloutConfig
-from autocanary.prometheus import Sample
-from autocanary.units import format_duration
+from autocanary.config.models import RolloutConfig
+from autocanary.config.units import format_duration
 
 
 class History(Protocol):
@@ -41,15 +41,15 @@ class History(Protocol):
 
 def requests_metric(rollout: RolloutConfig) -> str:
     """The source's request counter under the rollout's selector, e.g. ``m{target="shop"}``."""
-    return analysis.requests_series(rollout)
+    return thresholds.requests_series(rollout)
 
 
 def versions_query(rollout: RolloutConfig, release: Release) -> str:
     """Counts the traffic series per version over the whole window (evaluated at its end)."""
-    label = analysis.series_version_label(rollout)
+    label = thresholds.series_version_label(rollout)
     if label is None:
         raise BacktestInputError(
-            f"rollout {rollout.name!r} ties series to versions by analysis.app.podLabel: "
+            f"rollout {rollout.name!r} ties series to versions by thresholds.app.podLabel: "
             "which pods ran which version in the past is not kept, so it cannot be replayed; "
             "carry the version label onto the series (podTargetLabels) to backtest it"
         )
@@ -81,14 +81,14 @@ def check_versions(history: History, rollout: RolloutConfig, release: Release) -
     :class:`UnknownVersionError` when there is none, or not for both versions."""
     query = versions_query(rollout, release)
     series = history.vector(query, release.end)
-    label = analysis.series_version_label(rollout) or "version"
+    label = thresholds.series_version_label(rollout) or "version"
     versions = sorted(labels.get(label, "") for labels, _ in series)
     span = f"between {_time(release.start)} and {_time(release.end)}"
     if not versions:
         raise NoDataError(
             f"release {release.name!r}: no samples of {requests_metric(rollout)} {span} "
-            f"(query {query} returned nothing); check the window, analysis.source and "
-            "analysis.selector, and that the traffic source was scraped then"
+            f"(query {query} returned nothing); check the window, thresholds.source and "
+            "thresholds.selector, and that the traffic source was scraped then"
         )
     for role, version in (("canary", release.canary_version), ("stable", release.stable_version)):
         if version not in versions:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from autocanary.backtest.report import CheckPoint, Outcome, Replay, Report, TimelineEntry
-from autocanary.units import format_duration
+from autocanary.config.units import format_duration
 
 _MARK = {"pass": "ok", "fail": "FAIL", "inconclusive": "?"}
 _WORDS = {

@@ -1,11 +1,11 @@
 """Replaying one release: the daemon's own schedule and decisions, on a simulated cluster.
 
-The loop is the engine's tick without I/O: :func:`autocanary.decision.analysis_due`,
-then the evaluator for a due interval, then :func:`autocanary.decision.decide`,
+The loop is the engine's tick without I/O: :func:`autocanary.rollout.decision.analysis_due`,
+then the evaluator for a due interval, then :func:`autocanary.rollout.decision.decide`,
 then the simulated cluster takes the desired replicas. Ticks come when the
 daemon's would: every ``interval``, sooner when a decision asks to be woken
 (a hold ending), and, since the simulated cluster settles at once, a tick that
-only waits on the cluster (:data:`autocanary.decision.POLL`) happens at the
+only waits on the cluster (:data:`autocanary.rollout.decision.POLL`) happens at the
 same instant. The release is noticed at the window's start; the replay stops at
 the decision (rolled back, paused, promoted) or at the window's end.
 """
@@ -15,9 +15,7 @@ from __future__ import annotations
 import dataclasses
 from datetime import datetime, timedelta
 
-from autocanary import decision
-from autocanary import steps as step_math
-from autocanary.analysis import IntervalVerdict
+from autocanary.analysis.thresholds import IntervalVerdict
 from autocanary.backtest.errors import BacktestError
 from autocanary.backtest.evaluate import IntervalEvaluator
 from autocanary.backtest.report import (
@@ -31,8 +29,10 @@ from autocanary.backtest.report import (
     Variant,
 )
 from autocanary.backtest.simulation import SimulatedCluster
-from autocanary.config import CheckConfig, RolloutConfig
-from autocanary.state import RolloutState
+from autocanary.config.models import CheckConfig, RolloutConfig
+from autocanary.rollout import decision
+from autocanary.rollout import steps as step_math
+from autocanary.rollout.state import RolloutState
 
 #: Ticks one instant may take while the simulated cluster settles; more means a bug.
 _MAX_TICKS_AT_ONCE = 20

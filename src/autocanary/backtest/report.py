@@ -17,7 +17,7 @@ from typing import Literal
 from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
 from pydantic.alias_generators import to_camel
 
-from autocanary.alert import Verdict
+from autocanary.analysis.verdict import Verdict
 from autocanary.backtest.errors import BacktestInputError
 
 _JSON = ConfigDict(

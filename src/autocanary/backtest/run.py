@@ -15,8 +15,8 @@ from autocanary.backtest.evaluate import (
 )
 from autocanary.backtest.replay import replay
 from autocanary.backtest.report import Release, Replay, Report
-from autocanary.config import Config
-from autocanary.interval import QuerySource
+from autocanary.config.models import Config
+from autocanary.rollout.interval import QuerySource
 
 
 def _silent(result: Replay, silences: Sequence[Silence]) -> None:

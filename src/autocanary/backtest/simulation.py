@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from autocanary import revision
 from autocanary.backtest.report import Release
-from autocanary.config import RolloutConfig
-from autocanary.decision import DeploymentView, Desired, Observation
+from autocanary.config.models import RolloutConfig
+from autocanary.rollout import revision
+from autocanary.rollout.decision import DeploymentView, Desired, Observation
 
 JSON = dict[str, Any]
 

@@ -24,7 +24,7 @@ from pydantic.alias_generators import to_camel
 
 from autocanary.backtest.errors import BacktestInputError
 from autocanary.backtest.report import Release
-from autocanary.units import parse_duration
+from autocanary.config.units import parse_duration
 
 _RELATIVE = re.compile(r"^now\s*(?:-\s*(?P<ago>\S+))?$")
 _TIME_FORMS = "an ISO 8601 time (2025-03-01T14:00:00Z), Unix seconds, 'now' or 'now-2h'"

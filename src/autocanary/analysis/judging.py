@@ -22,8 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from autocanary import promql
-from autocanary.alert import Verdict
-from autocanary.analysis import (
+from autocanary.analysis.thresholds import (
     CheckResult,
     IntervalVerdict,
     Pods,
@@ -31,7 +30,8 @@ from autocanary.analysis import (
     side_variables,
     template_variables,
 )
-from autocanary.config import RolloutConfig, SequentialAnalysisConfig
+from autocanary.analysis.verdict import Verdict
+from autocanary.config.models import RolloutConfig, SequentialAnalysisConfig
 from autocanary.judge import (
     CounterSnapshot,
     Judgement,

@@ -1,7 +1,7 @@
 """``validate --check-queries``: run every query the daemon will run, on the versions present.
 
 For each rollout: the window against the scrape interval, then the versions
-(or, with ``analysis.app.podLabel``, the pods) that the rollout's request
+(or, with ``thresholds.app.podLabel``, the pods) that the rollout's request
 counter shows in Prometheus now, then every query an analysis runs (checks,
 ``minRequests``, the sequential judge's counters) for each version found. A
 query Prometheus rejects, one that returns no series, or several where one
@@ -18,16 +18,17 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Protocol
 
-from autocanary import analysis, interval, sequential_analysis
-from autocanary.config import Config, RolloutConfig
-from autocanary.config_loader import locate
+from autocanary.analysis import judging, thresholds
+from autocanary.config.loader import locate
+from autocanary.config.models import Config, RolloutConfig
 from autocanary.errors import ConfigProblem, PrometheusUnavailable, QueryError
+from autocanary.rollout import interval
 
 Locator = Callable[[Sequence[int | str], str], ConfigProblem]
 
 
 class Prometheus(interval.QuerySource, Protocol):
-    """What the check reads: :class:`autocanary.prometheus.PrometheusClient`."""
+    """What the check reads: :class:`autocanary.adapters.prometheus.PrometheusClient`."""
 
     def scrape_interval(self, series: str) -> timedelta | None:
         """How often ``series`` is scraped, or None without samples."""
@@ -70,15 +71,15 @@ def _check_rollout(
     rollout: RolloutConfig, prometheus: Prometheus, at: Locator
 ) -> list[ConfigProblem]:
     problems = []
-    series = analysis.requests_series(rollout)
+    series = thresholds.requests_series(rollout)
     try:
         scrape = prometheus.scrape_interval(series)
     except QueryError as e:
         return [at(_source_loc(rollout), str(e))]
-    window_problem = analysis.window_problem(rollout, scrape)
+    window_problem = thresholds.window_problem(rollout, scrape)
     if window_problem is not None:
         problems.append(at(("analysis", "window"), window_problem))
-    window = rollout.analysis.window or analysis.default_window(rollout.interval, scrape)
+    window = rollout.analysis.window or thresholds.default_window(rollout.interval, scrape)
 
     sides = _sides(rollout, prometheus, series, at)
     if isinstance(sides, ConfigProblem):
@@ -97,9 +98,9 @@ def _check_rollout(
 
 def _sides(
     rollout: RolloutConfig, prometheus: Prometheus, series: str, at: Locator
-) -> list[tuple[str, analysis.Pods]] | ConfigProblem:
+) -> list[tuple[str, thresholds.Pods]] | ConfigProblem:
     """The versions (each with no pods), or the pods (as one side), present in Prometheus."""
-    label = analysis.series_version_label(rollout)
+    label = thresholds.series_version_label(rollout)
     app = rollout.analysis.app
     by = label if label is not None else (app.pod_label if app is not None else None)
     assert by is not None  # without a version label, the app source names a pod label
@@ -128,23 +129,23 @@ def _sides(
             f"version (labels there: {', '.join(labels_seen)})",
         )
     if label is None:
-        return [("", analysis.Pods(tuple(values)))]
-    return [(v, analysis.Pods()) for v in values]
+        return [("", thresholds.Pods(tuple(values)))]
+    return [(v, thresholds.Pods()) for v in values]
 
 
 def _check_version(
     rollout: RolloutConfig,
     prometheus: Prometheus,
     version: str,
-    pods: analysis.Pods,
+    pods: thresholds.Pods,
     window: timedelta,
 ) -> list[tuple[tuple[int | str, ...], str, str]]:
     """(location, kind, message) of each query failing for ``version``; {versions} in messages.
 
     The kind (what the query is for and how it failed) is the same for every version.
     """
-    sides = analysis.PodSets(canary=pods, stable=pods)
-    plan = analysis.plan(rollout, version, version, window, sides)
+    sides = thresholds.PodSets(canary=pods, stable=pods)
+    plan = thresholds.plan(rollout, version, version, window, sides)
     locations: dict[str, tuple[int | str, ...]] = {
         plan.canary_requests_query: ("analysis", "minRequests")
     }
@@ -171,7 +172,7 @@ def _check_version(
                 )
             )
     if rollout.analysis.sequential is not None:
-        queries = sequential_analysis.counter_queries(rollout, version, version, version, pods)
+        queries = judging.counter_queries(rollout, version, version, version, pods)
         for what, query in (("requests", queries.requests), ("buckets", queries.buckets)):
             try:
                 samples = prometheus.query_vector(query)

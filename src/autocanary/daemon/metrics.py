@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from autocanary.state import PHASES
+from autocanary.rollout.state import PHASES
 
 
 @dataclass

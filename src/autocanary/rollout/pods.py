@@ -1,6 +1,7 @@
 """The canary's pods as the kubelet reports them, and when they fail a step at once.
 
-Pure functions; the engine reads the pods (:meth:`autocanary.kube.KubeClient.list_pods`).
+Pure functions; the engine reads the pods
+(:meth:`autocanary.adapters.kubernetes.KubeClient.list_pods`).
 A Deployment's counts say only "not Ready": a container in ``CrashLoopBackOff``
 or an image that cannot be pulled will not get better by waiting for
 ``progressDeadline``, so the step fails as soon as the kubelet says so, with
@@ -13,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from autocanary.revision import version_of
+from autocanary.rollout.revision import version_of
 
 #: Waiting reasons that do not heal by themselves: the kubelet backs off and retries
 #: for ever (``ErrImagePull`` turns into ``ImagePullBackOff`` after its first retry).

@@ -27,18 +27,18 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from autocanary import startup
-from autocanary.config import Config, RolloutConfig
-from autocanary.config_loader import load_config
-from autocanary.engine import RolloutEngine
+from autocanary.adapters.kubernetes import KubeClient
+from autocanary.adapters.leader import LeaderElector
+from autocanary.adapters.notify import Notifier
+from autocanary.adapters.prometheus import PrometheusClient
+from autocanary.config.loader import load_config
+from autocanary.config.models import Config, RolloutConfig
+from autocanary.daemon import startup
+from autocanary.daemon.engine import RolloutEngine
+from autocanary.daemon.metrics import DaemonMetrics
 from autocanary.errors import AutocanaryError, ConfigError, StartupError
-from autocanary.kube import KubeClient
-from autocanary.leader import LeaderElector
-from autocanary.metrics import DaemonMetrics
-from autocanary.notify import Notifier
-from autocanary.prometheus import PrometheusClient
 
-log = structlog.get_logger("autocanary.daemon")
+log = structlog.get_logger("autocanary.daemon.service")
 
 #: How often the config file is checked for changes (besides SIGHUP).
 CONFIG_POLL_SECONDS = 2.0

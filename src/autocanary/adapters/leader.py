@@ -17,11 +17,11 @@ from typing import Any
 
 import structlog
 
-from autocanary.config import LeaderElectionConfig
+from autocanary.adapters.kubernetes import KubeClient
+from autocanary.config.models import LeaderElectionConfig
 from autocanary.errors import AutocanaryError, StateConflict
-from autocanary.kube import KubeClient
 
-log = structlog.get_logger("autocanary.leader")
+log = structlog.get_logger("autocanary.adapters.leader")
 
 
 def _micro_time() -> str:

@@ -6,10 +6,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
-from autocanary.config import AlertKind
+from autocanary.analysis.verdict import CheckSummary
+from autocanary.config.models import AlertKind
 
 Severity = Literal["critical", "warning", "info"]
-Verdict = Literal["pass", "fail", "inconclusive"]
 
 #: How urgent each kind of transition is; rollbacks wake people up.
 SEVERITY: dict[AlertKind, Severity] = {
@@ -23,18 +23,6 @@ SEVERITY: dict[AlertKind, Severity] = {
     "resumed": "info",
     "promoted": "info",
 }
-
-
-@dataclass(frozen=True)
-class CheckSummary:
-    """One check's outcome in the interval that triggered the alert."""
-
-    name: str
-    verdict: Verdict
-    value: float | None
-    threshold: str
-    stable_value: float | None = None
-    reason: str = ""
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ sink delays neither the daemon's tick nor the other sinks. A delivery:
 
 1. reads the sink's URL from its secret source (env, file or literal) at send
    time, so a rotated secret is picked up; a missing secret fails at once;
-2. POSTs the sink's payload (:mod:`autocanary.notify_payloads`), its
+2. POSTs the sink's payload (:mod:`autocanary.adapters.notify_payloads`), its
    ``timeout`` bounding each of connect, send and read: the webhook JSON, a
    Slack message, or Alertmanager alerts to ``<url>/api/v2/alerts`` (the URL is
    Alertmanager's base; a URL already ending in that path is kept);
@@ -44,11 +44,11 @@ from typing import Literal, Self
 import httpx
 import structlog
 
-from autocanary.alert import Alert
-from autocanary.config import AlertKind, AlertmanagerSink, Sink, SlackSink, WebhookSink
-from autocanary.deadline import DeadlineExceeded, DeadlineRunner
-from autocanary.metrics import DaemonMetrics
-from autocanary.notify_payloads import alertmanager_payload, slack_payload, webhook_payload
+from autocanary.adapters.deadline import DeadlineExceeded, DeadlineRunner
+from autocanary.adapters.notify_payloads import alertmanager_payload, slack_payload, webhook_payload
+from autocanary.config.models import AlertKind, AlertmanagerSink, Sink, SlackSink, WebhookSink
+from autocanary.daemon.metrics import DaemonMetrics
+from autocanary.rollout.alert import Alert
 
 __all__ = [
     "Backoff",

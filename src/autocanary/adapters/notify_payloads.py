@@ -1,6 +1,6 @@
-"""What each alert sink receives: pure functions from an :class:`~autocanary.alert.Alert` to JSON.
+"""What each alert sink receives: pure functions from an alert to JSON.
 
-No I/O here; :mod:`autocanary.notify` sends what these build.
+No I/O here; :mod:`autocanary.adapters.notify` sends what these build.
 
 Webhook payload, version 1
 --------------------------
@@ -82,7 +82,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from autocanary.alert import Alert, CheckSummary, Severity
+from autocanary.analysis.verdict import CheckSummary
+from autocanary.rollout.alert import Alert, Severity
 
 WEBHOOK_PAYLOAD_VERSION = 1
 

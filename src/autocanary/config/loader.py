@@ -3,7 +3,7 @@
 PyYAML composes the node tree (which knows lines) and constructs plain data;
 pydantic validates the data; each pydantic error's location is then walked
 back through the node tree to the line it came from. Problems between fields
-(:func:`autocanary.config.cross_reference_problems`) are found in the same
+(:func:`autocanary.config.models.cross_reference_problems`) are found in the same
 pass.
 
 Hostile input fails fast and small: the text's events are scanned first
@@ -25,9 +25,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from autocanary.config import Config, cross_reference_problems
+from autocanary.config.models import Config, cross_reference_problems
+from autocanary.config.redact import redact
 from autocanary.errors import ConfigError, ConfigProblem
-from autocanary.redact import redact
 
 #: A ConfigMap holds at most 1 MiB; a config file is a few kilobytes.
 MAX_BYTES = 1024 * 1024

@@ -1,6 +1,6 @@
 """probe: open-loop HTTP load on one or more targets, measured per version.
 
-Run it as ``autocanary probe`` or ``python -m autocanary.probe``::
+Run it as ``autocanary probe`` or ``python -m autocanary.apps.probe``::
 
     autocanary probe --target shop=http://shop.prod.svc/ --rate 50/s --timeout 2s
     autocanary probe --config probe.yaml --metrics-port 9102
@@ -13,11 +13,11 @@ omission). Each answer is attributed to the version it names: the
 text), else ``unknown``; a failure (timeout, reset, refused, TLS) names none
 and counts as ``unattributed``. Inside the cluster, a target
 ``service://NAMESPACE/NAME[:PORT][/PATH]`` follows the Service's
-EndpointSlices as kube-proxy does (see :mod:`autocanary.probe_service`): each
+EndpointSlices as kube-proxy does (see :mod:`autocanary.apps.probe_service`): each
 request goes to a ready endpoint chosen at random, and its answer *or
 failure* counts against the version of that endpoint's pod (its
 ``--version-label``). Each request uses a new connection (see
-``autocanary.probe_http`` for why).
+``autocanary.apps.probe_http`` for why).
 
 ``--config`` takes a YAML file listing targets; fields missing from an entry
 come from ``--rate`` and ``--timeout``::
@@ -81,12 +81,12 @@ import structlog
 import yaml
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from autocanary.adapters.kubernetes import load_api_client
+from autocanary.apps.probe_http import Answer, Endpoint, FetchError, Resolver, fetch
+from autocanary.apps.probe_service import SCHEME, AddressMap, Backend, ServiceFollower, ServiceRef
+from autocanary.config.units import parse_duration
 from autocanary.errors import ConfigError, ConfigProblem
-from autocanary.kube import load_api_client
 from autocanary.latency import LATENCY_BUCKETS
-from autocanary.probe_http import Answer, Endpoint, FetchError, Resolver, fetch
-from autocanary.probe_service import SCHEME, AddressMap, Backend, ServiceFollower, ServiceRef
-from autocanary.units import parse_duration
 
 log = structlog.get_logger(__name__)
 
@@ -431,7 +431,7 @@ def _targets_from_args(args: argparse.Namespace) -> list[Target]:
 
 
 class Follower(Protocol):
-    """Picks the endpoint of each request: :class:`autocanary.probe_service.ServiceFollower`."""
+    """Picks the endpoint of each request (see ``probe_service.ServiceFollower``)."""
 
     def pick(self) -> Backend | None:
         """A ready endpoint, or None."""

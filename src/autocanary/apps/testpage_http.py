@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, cast
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 if TYPE_CHECKING:
-    from autocanary.testpage import EchoApp
+    from autocanary.apps.testpage import EchoApp
 
 _MAX_HEAD = 16 * 1024
 _MAX_BODY = 1024 * 1024

@@ -23,7 +23,8 @@ import yaml
 from kubernetes import client, config
 from kubernetes.client import ApiException
 
-from autocanary.deadline import DeadlineExceeded, DeadlineRunner
+from autocanary.adapters.deadline import DeadlineExceeded, DeadlineRunner
+from autocanary.daemon.startup import Access
 from autocanary.errors import (
     InvalidResource,
     KubeconfigError,
@@ -32,8 +33,7 @@ from autocanary.errors import (
     ResourceNotFound,
     StateConflict,
 )
-from autocanary.startup import Access
-from autocanary.state import COMMAND_ANNOTATION, RELEASE_ANNOTATION, STATE_ANNOTATION
+from autocanary.rollout.state import COMMAND_ANNOTATION, RELEASE_ANNOTATION, STATE_ANNOTATION
 
 JSON = dict[str, Any]
 _T = TypeVar("_T")

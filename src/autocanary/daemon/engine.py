@@ -30,10 +30,14 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 
-from autocanary import analysis, decision, interval, revision
-from autocanary import state as state_codec
-from autocanary.alert import SEVERITY, Alert, CheckSummary
-from autocanary.config import AlertKind, RolloutConfig
+from autocanary.adapters.kubernetes import FIELD_MANAGER, DeploymentRecord, KubeClient
+from autocanary.adapters.notify import Notifier
+from autocanary.adapters.prometheus import PrometheusClient, Sample
+from autocanary.analysis import thresholds
+from autocanary.analysis.verdict import CheckSummary
+from autocanary.config.models import AlertKind, RolloutConfig
+from autocanary.config.units import format_duration
+from autocanary.daemon.metrics import DaemonMetrics
 from autocanary.errors import (
     AutocanaryError,
     KubernetesForbidden,
@@ -45,19 +49,17 @@ from autocanary.errors import (
     StateCorrupt,
     TransientError,
 )
-from autocanary.kube import FIELD_MANAGER, DeploymentRecord, KubeClient
-from autocanary.metrics import DaemonMetrics
-from autocanary.notify import Notifier
-from autocanary.pods import PodView
-from autocanary.prometheus import PrometheusClient, Sample
-from autocanary.state import (
+from autocanary.rollout import decision, interval, revision
+from autocanary.rollout import state as state_codec
+from autocanary.rollout.alert import SEVERITY, Alert
+from autocanary.rollout.pods import PodView
+from autocanary.rollout.state import (
     COMMAND_ANNOTATION,
     RELEASE_ANNOTATION,
     STATE_ANNOTATION,
     Notice,
     RolloutState,
 )
-from autocanary.units import format_duration
 
 Clock = Callable[[], datetime]
 Log = structlog.typing.FilteringBoundLogger
@@ -171,7 +173,7 @@ class RolloutEngine:
         self.notifier = notifier
         self.metrics = metrics
         self.clock = clock
-        self._log = structlog.get_logger("autocanary.engine").bind(
+        self._log = structlog.get_logger("autocanary.daemon.engine").bind(
             rollout=rollout.name, namespace=rollout.namespace
         )
         #: revision and step of the rollout as last read, for the caller's log lines
@@ -190,7 +192,7 @@ class RolloutEngine:
         """How often Prometheus scrapes the rollout's series, once known (asked once a minute).
 
         When first known, logs the window the analysis uses, and warns when a
-        configured ``analysis.window`` is too short for it.
+        configured ``thresholds.window`` is too short for it.
         """
         if self._scrape_interval is not None:
             return self._scrape_interval
@@ -202,7 +204,7 @@ class RolloutEngine:
             return None
         self._scrape_asked_at = now
         r = self.rollout
-        series = analysis.requests_series(r)
+        series = thresholds.requests_series(r)
         try:
             found = self.prometheus.scrape_interval(series)
         except (QueryError, PrometheusUnavailable) as e:
@@ -212,25 +214,25 @@ class RolloutEngine:
             self._log.info("no series yet to read the scrape interval from", series=series)
             return None
         self._scrape_interval = found
-        window = r.analysis.window or analysis.default_window(r.interval, found)
+        window = r.analysis.window or thresholds.default_window(r.interval, found)
         self._log.info(
             "analysis window",
             scrape_interval=format_duration(found),
             window=format_duration(window),
             configured=r.analysis.window is not None,
         )
-        problem = analysis.window_problem(r, found)
+        problem = thresholds.window_problem(r, found)
         if problem is not None:
             self._log.warning("analysis window too short", problem=problem)
         return found
 
     def effective_rollout(self) -> RolloutConfig:
-        """The rollout with ``analysis.window`` filled in from the scrape interval when unset."""
+        """The rollout with ``thresholds.window`` filled in from the scrape interval when unset."""
         r = self.rollout
         scrape = self.scrape_interval()
         if r.analysis.window is not None:
             return r
-        window = analysis.default_window(r.interval, scrape)
+        window = thresholds.default_window(r.interval, scrape)
         return r.model_copy(update={"analysis": r.analysis.model_copy(update={"window": window})})
 
     # ---- reading ---------------------------------------------------------------------------
@@ -345,7 +347,7 @@ class RolloutEngine:
         verdict = None
         # A pending command is decided first: a slow Prometheus must not delay an abort.
         if not (obs.command or "").strip() and decision.analysis_due(r, current, obs, now):
-            pods = self._pod_sets(canary, stable) if analysis.uses_pods(r) else None
+            pods = self._pod_sets(canary, stable) if thresholds.uses_pods(r) else None
             verdict = self._analyse(current, now, log, pods)
         outcome = decision.decide(r, current, obs, now, verdict)
         told = [
@@ -778,26 +780,26 @@ class RolloutEngine:
 
     # ---- analysis --------------------------------------------------------------------------
 
-    def _pod_sets(self, canary: DeploymentRecord, stable: DeploymentRecord) -> analysis.PodSets:
+    def _pod_sets(self, canary: DeploymentRecord, stable: DeploymentRecord) -> thresholds.PodSets:
         """Both Deployments' pods now, those being deleted too (they served in the window)."""
 
-        def side(record: DeploymentRecord) -> analysis.Pods:
+        def side(record: DeploymentRecord) -> thresholds.Pods:
             pods = [
                 PodView.from_json(p, self.rollout.version_label)
                 for p in self.kube.list_pods(self.rollout.namespace, record.selector)
             ]
             hashes = {p.labels.get("pod-template-hash", "") for p in pods} - {""}
-            return analysis.Pods(tuple(sorted(p.name for p in pods)), tuple(sorted(hashes)))
+            return thresholds.Pods(tuple(sorted(p.name for p in pods)), tuple(sorted(hashes)))
 
-        return analysis.PodSets(canary=side(canary), stable=side(stable))
+        return thresholds.PodSets(canary=side(canary), stable=side(stable))
 
     def _analyse(
         self,
         current: RolloutState,
         now: datetime,
         log: Log,
-        pods: analysis.PodSets | None,
-    ) -> analysis.IntervalVerdict:
+        pods: thresholds.PodSets | None,
+    ) -> thresholds.IntervalVerdict:
         r = self.effective_rollout()
 
         def failed(what: str, error: AutocanaryError) -> None:

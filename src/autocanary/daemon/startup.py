@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from autocanary.config import Config
+from autocanary.config.models import Config
 from autocanary.errors import AutocanaryError
 
 

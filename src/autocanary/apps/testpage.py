@@ -2,7 +2,7 @@
 
 ``GET /`` answers ``I am: <pod ip>, the version is: <VERSION>`` with the header
 ``X-Version: <VERSION>``; ``/healthz`` is the readiness probe; ``/metrics`` is
-Prometheus text. Run it as ``autocanary testpage`` or ``python -m autocanary.testpage``.
+Prometheus text. Run it as ``autocanary testpage`` or ``python -m autocanary.apps.testpage``.
 
 Environment (an empty value counts as unset):
 
@@ -55,10 +55,10 @@ from typing import TypeVar
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from autocanary.apps.testpage_http import HttpConnection
+from autocanary.config.units import parse_duration, parse_percent
 from autocanary.errors import ConfigError, ConfigProblem
 from autocanary.latency import LATENCY_BUCKETS
-from autocanary.testpage_http import HttpConnection
-from autocanary.units import parse_duration, parse_percent
 
 log = structlog.get_logger(__name__)
 

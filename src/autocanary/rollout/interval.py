@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from autocanary import analysis, sequential_analysis
-from autocanary.config import RolloutConfig
+from autocanary.analysis import judging, thresholds
+from autocanary.config.models import RolloutConfig
 from autocanary.errors import AutocanaryError, PrometheusUnavailable, QueryError
 from autocanary.judge import CounterSnapshot
-from autocanary.state import RolloutState
+from autocanary.rollout.state import RolloutState
 
 Sample = tuple[dict[str, str], float]
 #: Called with (what the query is for, the error) for each query that failed.
@@ -25,7 +25,7 @@ ErrorHook = Callable[[str, AutocanaryError], None]
 
 
 class QuerySource(Protocol):
-    """Instant queries, now or at a past time: :class:`autocanary.prometheus.PrometheusClient`."""
+    """Instant queries, now or at a past time (the Prometheus adapter's ``PrometheusClient``)."""
 
     def query_value(self, promql: str, at: datetime | None = None) -> float | None:
         """One number, or None for an empty result; QueryError/PrometheusUnavailable otherwise."""
@@ -40,11 +40,11 @@ class QuerySource(Protocol):
 class Evaluation:
     """An interval's verdict and what each query gave, keyed by PromQL with its purpose."""
 
-    verdict: analysis.IntervalVerdict
-    outcomes: dict[str, tuple[str, analysis.QueryOutcome]]
+    verdict: thresholds.IntervalVerdict
+    outcomes: dict[str, tuple[str, thresholds.QueryOutcome]]
 
 
-def plan_queries(plan: analysis.AnalysisPlan) -> dict[str, str]:
+def plan_queries(plan: thresholds.AnalysisPlan) -> dict[str, str]:
     """Every distinct query of ``plan``, in a fixed order, with what it is for."""
     named: dict[str, str] = {plan.canary_requests_query: "request count (canary)"}
     if plan.stable_requests_query is not None:
@@ -61,19 +61,19 @@ def read_counters(
     rollout: RolloutConfig,
     state: RolloutState,
     at: datetime,
-    pods: analysis.PodSets | None = None,
+    pods: thresholds.PodSets | None = None,
 ) -> tuple[CounterSnapshot, CounterSnapshot]:
     """(canary, stable) raw counters at ``at``, for the sequential judge.
 
     One query per version, both evaluated at the same instant ``at``.
     """
-    pods = pods or analysis.PodSets()
+    pods = pods or thresholds.PodSets()
     snapshots = []
     for version, side in ((state.canary_version, pods.canary), (state.stable_version, pods.stable)):
-        queries = sequential_analysis.counter_queries(
+        queries = judging.counter_queries(
             rollout, version, state.canary_version, state.stable_version, side
         )
-        snapshots.append(sequential_analysis.snapshot(source.query_vector(queries.joined(), at)))
+        snapshots.append(judging.snapshot(source.query_vector(queries.joined(), at)))
     return snapshots[0], snapshots[1]
 
 
@@ -85,7 +85,7 @@ def evaluate(
     *,
     tolerated: tuple[type[AutocanaryError], ...] = (QueryError, PrometheusUnavailable),
     on_error: ErrorHook | None = None,
-    pods: analysis.PodSets | None = None,
+    pods: thresholds.PodSets | None = None,
 ) -> Evaluation:
     """Judge the interval ending at ``at`` for the release ``state`` describes.
 
@@ -97,18 +97,18 @@ def evaluate(
     since = state.last_analysis_at
     if since is None and state.ready_at is not None:
         since = state.ready_at + rollout.analysis.warmup
-    window = analysis.lookback(rollout, since, at)
-    plan = analysis.plan(rollout, state.canary_version, state.stable_version, window, pods)
-    outcomes: dict[str, tuple[str, analysis.QueryOutcome]] = {}
+    window = thresholds.lookback(rollout, since, at)
+    plan = thresholds.plan(rollout, state.canary_version, state.stable_version, window, pods)
+    outcomes: dict[str, tuple[str, thresholds.QueryOutcome]] = {}
     for query, what in plan_queries(plan).items():
         try:
-            outcome = analysis.QueryOutcome(value=source.query_value(query, at))
+            outcome = thresholds.QueryOutcome(value=source.query_value(query, at))
         except tolerated as e:
-            outcome = analysis.QueryOutcome(error=str(e))
+            outcome = thresholds.QueryOutcome(error=str(e))
             if on_error is not None:
                 on_error(what, e)
         outcomes[query] = (what, outcome)
-    verdict = analysis.judge_interval(
+    verdict = thresholds.judge_interval(
         rollout.analysis, plan, {q: o for q, (_, o) in outcomes.items()}, at
     )
     if rollout.analysis.sequential is not None:
@@ -123,12 +123,12 @@ def _sequential(
     rollout: RolloutConfig,
     state: RolloutState,
     at: datetime,
-    verdict: analysis.IntervalVerdict,
+    verdict: thresholds.IntervalVerdict,
     *,
     tolerated: tuple[type[AutocanaryError], ...],
     on_error: ErrorHook | None,
-    pods: analysis.PodSets | None,
-) -> analysis.IntervalVerdict:
+    pods: thresholds.PodSets | None,
+) -> thresholds.IntervalVerdict:
     """Add the sequential judge's poll at ``at`` to the interval's verdict.
 
     The warm-up baseline is read with today's pods: those are the pods whose
@@ -142,16 +142,16 @@ def _sequential(
             warmed = state.ready_at + rollout.analysis.warmup
             baseline = read_counters(source, rollout, state, warmed, pods)
         latest = read_counters(source, rollout, state, at, pods)
-        evidence, judgement = sequential_analysis.judge_interval(
+        evidence, judgement = judging.judge_interval(
             rollout.analysis.sequential, state.judge, baseline, latest
         )
     except tolerated as e:
         if on_error is not None:
             on_error("sequential judge counters", e)
-        return sequential_analysis.unavailable(verdict, str(e))
+        return judging.unavailable(verdict, str(e))
     except ValueError as e:
         # Counters that are not raw integers (see judge.counts): unusable, not fatal.
         if on_error is not None:
             on_error("sequential judge counters", QueryError(str(e)))
-        return sequential_analysis.unavailable(verdict, str(e))
-    return sequential_analysis.combine(verdict, judgement, evidence)
+        return judging.unavailable(verdict, str(e))
+    return judging.combine(verdict, judgement, evidence)

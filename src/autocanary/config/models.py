@@ -2,7 +2,7 @@
 
 Keys are camelCase as in Kubernetes manifests; unknown keys are errors.
 :func:`load_config` reports every problem at once, each with file, line and
-field path (see :mod:`autocanary.config_loader`). ``autocanary schema``
+field path (see :mod:`autocanary.config.loader`). ``autocanary schema``
 prints the JSON Schema of :class:`Config` for editor completion.
 """
 
@@ -35,10 +35,10 @@ from pydantic.alias_generators import to_camel
 from pydantic.config import JsonDict
 
 from autocanary import promql
+from autocanary.config.redact import redact
+from autocanary.config.units import format_duration, parse_duration, parse_percent
 from autocanary.judge import SequentialConfig
 from autocanary.latency import LATENCY_BUCKETS
-from autocanary.redact import redact
-from autocanary.units import format_duration, parse_duration, parse_percent
 
 # [0-9], not \d: \d matches any Unicode digit (full-width ones too).
 _DURATION_PATTERN = r"^\s*([0-9]+(\.[0-9]+)?(ms|s|m|h|d))+\s*$"
@@ -1081,7 +1081,7 @@ class RolloutConfig(Model):
         """How far back each query looks at least: ``analysis.window``, else the interval.
 
         The daemon fills ``analysis.window`` from the scrape interval when it is
-        not configured (see :func:`autocanary.analysis.default_window`).
+        not configured (see :func:`autocanary.analysis.thresholds.default_window`).
         """
         return self.analysis.window or self.interval
 

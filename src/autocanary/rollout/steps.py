@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from autocanary.config import Percentage, StepConfig
+from autocanary.config.models import Percentage, StepConfig
 
 
 def canary_pods(size: int | Percentage, total: int) -> int:

@@ -26,15 +26,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from autocanary import pods as pod_math
-from autocanary import sequential_analysis
-from autocanary import steps as step_math
-from autocanary.alert import CheckSummary
-from autocanary.analysis import IntervalVerdict
-from autocanary.config import AlertKind, RolloutConfig
-from autocanary.revision import promoted_template
-from autocanary.state import COMMANDS, RolloutState, VerdictRecord
-from autocanary.units import format_duration
+from autocanary.analysis import judging
+from autocanary.analysis.thresholds import IntervalVerdict
+from autocanary.analysis.verdict import CheckSummary
+from autocanary.config.models import AlertKind, RolloutConfig
+from autocanary.config.units import format_duration
+from autocanary.rollout import pods as pod_math
+from autocanary.rollout import steps as step_math
+from autocanary.rollout.revision import promoted_template
+from autocanary.rollout.state import COMMANDS, RolloutState, VerdictRecord
 
 JSON = dict[str, Any]
 
@@ -691,7 +691,7 @@ def _judge(t: _Tick, state: RolloutState, verdict: IntervalVerdict) -> Decision 
         # next one sets it, rather than count the warm-up as evidence.
         state = dataclasses.replace(state, last_analysis_at=None)
     where = _step_label(t.rollout, state)
-    if verdict.verdict == "fail" and sequential_analysis.harm_proven(verdict.judgement):
+    if verdict.verdict == "fail" and judging.harm_proven(verdict.judgement):
         # Proven harm needs no second opinion: failureLimit is for noisy thresholds.
         state = dataclasses.replace(state, failures=state.failures + 1, inconclusive=0)
         failed = Transition(
@@ -778,7 +778,7 @@ def _analysing(t: _Tick, state: RolloutState, verdict: IntervalVerdict | None) -
     last = state.verdicts[-1] if state.verdicts else None
     passed = last is not None and last.verdict == "pass" and last.step == state.step
     sequential = rollout.analysis.sequential
-    proven = sequential is None or sequential_analysis.all_safe(state.judge)
+    proven = sequential is None or judging.all_safe(state.judge)
     # The judge compares with the stable: once the stable has no pods left (the
     # last step, or a 100% step of scaleDownStable) no evidence can come, so
     # going there needs safety already proven.

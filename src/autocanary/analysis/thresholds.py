@@ -17,10 +17,10 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from autocanary import promql
-from autocanary.alert import CheckSummary, Verdict
-from autocanary.config import AnalysisConfig, CheckConfig, RolloutConfig
+from autocanary.analysis.verdict import CheckSummary, Verdict
+from autocanary.config.models import AnalysisConfig, CheckConfig, RolloutConfig
+from autocanary.config.units import format_duration
 from autocanary.judge import Judgement
-from autocanary.units import format_duration
 
 Role = Literal["canary", "stable"]
 

@@ -23,11 +23,11 @@ from prometheus_api_client import PrometheusConnect
 from prometheus_api_client.exceptions import PrometheusApiClientException
 from urllib3.util.retry import Retry
 
-from autocanary.config import PrometheusConfig
-from autocanary.deadline import DeadlineExceeded, DeadlineRunner
+from autocanary.adapters.deadline import DeadlineExceeded, DeadlineRunner
+from autocanary.config.models import PrometheusConfig
+from autocanary.config.redact import redact
+from autocanary.config.units import parse_duration
 from autocanary.errors import PrometheusUnavailable, QueryError
-from autocanary.redact import redact
-from autocanary.units import parse_duration
 
 _STATUS = re.compile(r"HTTP Status Code (\d{3})")
 _ERRNO = re.compile(r"\[Errno -?\d+\] ([^'\")]+)")

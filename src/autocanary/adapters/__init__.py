@@ -1,0 +1,1 @@
+"""The boundary to Kubernetes, Prometheus and alert sinks; their errors are translated here."""

@@ -1,0 +1,1 @@
+"""Judging an interval's metrics: threshold checks, the sequential judge's glue, verdicts."""

@@ -1,0 +1,1 @@
+"""The long-running daemon: scheduling, the per-rollout tick, startup checks, own metrics, logs."""

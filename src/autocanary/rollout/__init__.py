@@ -1,0 +1,1 @@
+"""One rollout's life: state, steps, revisions, the pure ``decide()``, what an interval reads."""
