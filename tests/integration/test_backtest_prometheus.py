@@ -20,9 +20,9 @@ import pytest
 
 from autocanary import cli
 from autocanary.adapters.prometheus import PrometheusClient
+from autocanary.adapters.prometheus_history import PrometheusHistory
 from autocanary.backtest import synthetic
 from autocanary.backtest.errors import NoDataError, UnknownVersionError
-from autocanary.backtest.history import PrometheusHistory
 from autocanary.backtest.report import Release, Report
 from autocanary.backtest.run import backtest
 from autocanary.backtest.synthetic import TrafficChange, VersionTraffic

@@ -21,7 +21,7 @@ import yaml
 from kubernetes import client
 from kustomize_render import REPO, kubectl
 
-from autocanary.adapters.kubernetes import DAEMON_SELECTOR, KubeClient
+from autocanary.adapters.kubernetes import DAEMON_SELECTOR, Access, KubeClient
 from autocanary.adapters.prometheus import PrometheusClient
 from autocanary.config.loader import parse_config
 from autocanary.daemon import startup
@@ -148,11 +148,11 @@ def test_the_chart_applies_and_its_rbac_is_what_the_daemon_needs(
     assert [m for m in missing if m.requirement == "rbac"] == []
     # ...and what it does not do is not.
     for access in (
-        startup.Access("get", "deployments", "apps", namespace, "other"),
-        startup.Access("patch", "deployments", "apps", namespace, "other-canary"),
-        startup.Access("delete", "deployments", "apps", namespace, "web"),
-        startup.Access("get", "secrets", "", release_namespace),
-        startup.Access("update", "leases", "coordination.k8s.io", release_namespace, "autocanary"),
+        Access("get", "deployments", "apps", namespace, "other"),
+        Access("patch", "deployments", "apps", namespace, "other-canary"),
+        Access("delete", "deployments", "apps", namespace, "web"),
+        Access("get", "secrets", "", release_namespace),
+        Access("update", "leases", "coordination.k8s.io", release_namespace, "autocanary"),
     ):
         assert not as_daemon.can_i(access), access
 

@@ -9,6 +9,7 @@ import pytest
 from builders import make_rollout
 
 from autocanary import cli
+from autocanary.adapters.prometheus_history import Retention, Sample, parse_prometheus_duration
 from autocanary.backtest import preflight
 from autocanary.backtest.errors import (
     BacktestInputError,
@@ -16,7 +17,6 @@ from autocanary.backtest.errors import (
     RetentionError,
     UnknownVersionError,
 )
-from autocanary.backtest.history import Retention, Sample, parse_prometheus_duration
 from autocanary.backtest.report import Release
 from autocanary.backtest.windows import load_releases, make_release, parse_time
 

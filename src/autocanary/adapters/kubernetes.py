@@ -24,7 +24,6 @@ from kubernetes import client, config
 from kubernetes.client import ApiException
 
 from autocanary.adapters.deadline import DeadlineExceeded, DeadlineRunner
-from autocanary.daemon.startup import Access
 from autocanary.errors import (
     InvalidResource,
     KubeconfigError,
@@ -36,6 +35,24 @@ from autocanary.errors import (
 from autocanary.rollout.state import COMMAND_ANNOTATION, RELEASE_ANNOTATION, STATE_ANNOTATION
 
 JSON = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Access:
+    """One API permission: ``verb`` on ``resource`` (of ``group``) in ``namespace``."""
+
+    verb: str
+    resource: str
+    group: str
+    namespace: str
+    name: str = ""
+
+    def __str__(self) -> str:
+        kind = f"{self.resource}.{self.group}" if self.group else self.resource
+        named = f"/{self.name}" if self.name else ""
+        return f"{self.verb} {kind} {self.namespace}{named}"
+
+
 _T = TypeVar("_T")
 
 #: (connect, read) seconds for each socket operation of an API call.

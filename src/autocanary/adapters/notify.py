@@ -39,15 +39,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Literal, Self
+from typing import Literal, Protocol, Self
 
 import httpx
 import structlog
+from prometheus_client import Counter
 
 from autocanary.adapters.deadline import DeadlineExceeded, DeadlineRunner
 from autocanary.adapters.notify_payloads import alertmanager_payload, slack_payload, webhook_payload
 from autocanary.config.models import AlertKind, AlertmanagerSink, Sink, SlackSink, WebhookSink
-from autocanary.daemon.metrics import DaemonMetrics
 from autocanary.rollout.alert import Alert
 
 __all__ = [
@@ -123,6 +123,15 @@ def parse_retry_after(value: str | None, now: datetime) -> float | None:
     return max(0.0, (when - now).total_seconds())
 
 
+class DeliveryMetrics(Protocol):
+    """Where deliveries are counted: the daemon's ``DaemonMetrics`` (by sink and outcome)."""
+
+    @property
+    def alert_deliveries(self) -> Counter:
+        """Alert deliveries by ``sink`` and ``outcome``."""
+        ...
+
+
 class Notifier:
     """Sends alerts to the configured sinks from background threads; see the module docstring.
 
@@ -133,7 +142,7 @@ class Notifier:
         self,
         sinks: Sequence[Sink],
         *,
-        metrics: DaemonMetrics | None = None,
+        metrics: DeliveryMetrics | None = None,
         transport: httpx.BaseTransport | None = None,
         backoff: Backoff | None = None,
         queue_size: int = 100,
@@ -265,7 +274,7 @@ class _SinkWorker:
         *,
         transport: httpx.BaseTransport | None,
         backoff: Backoff,
-        metrics: DaemonMetrics | None,
+        metrics: DeliveryMetrics | None,
         queue_size: int,
     ) -> None:
         self.sink = sink

@@ -10,8 +10,8 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from autocanary.adapters.prometheus import PrometheusClient
+from autocanary.adapters.prometheus_history import PrometheusHistory
 from autocanary.backtest.errors import BacktestInputError
-from autocanary.backtest.history import PrometheusHistory
 from autocanary.backtest.render import report_text, table_text
 from autocanary.backtest.report import Release
 from autocanary.backtest.run import backtest

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Protocol
 
 from autocanary.adapters.prometheus import Sample
+from autocanary.adapters.prometheus_history import Retention
 from autocanary.analysis import thresholds
 from autocanary.backtest.errors import (
     BacktestInputError,
@@ -19,14 +20,13 @@ from autocanary.backtest.errors import (
     RetentionError,
     UnknownVersionError,
 )
-from autocanary.backtest.history import Retention
 from autocanary.backtest.report import Release
 from autocanary.config.models import RolloutConfig
 from autocanary.config.units import format_duration
 
 
 class History(Protocol):
-    """What the checks read: :class:`autocanary.backtest.history.PrometheusHistory`."""
+    """What the checks read: :class:`autocanary.adapters.prometheus_history.PrometheusHistory`."""
 
     url: str
 

@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
+from autocanary.adapters.kubernetes import Access
 from autocanary.config.models import Config
 from autocanary.errors import AutocanaryError
 
@@ -34,22 +35,6 @@ class Missing:
     rollout: str
     subject: str
     message: str
-
-
-@dataclass(frozen=True)
-class Access:
-    """One API permission: ``verb`` on ``resource`` (of ``group``) in ``namespace``."""
-
-    verb: str
-    resource: str
-    group: str
-    namespace: str
-    name: str = ""
-
-    def __str__(self) -> str:
-        kind = f"{self.resource}.{self.group}" if self.group else self.resource
-        named = f"/{self.name}" if self.name else ""
-        return f"{self.verb} {kind} {self.namespace}{named}"
 
 
 class AccessReviewer(Protocol):
