@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepares a machine to run every test tier, from a clean clone: Debian packages
-# (Prometheus, Alertmanager, wrk, openssl, curl), the control-plane binaries and helm
-# (hack/controlplane/build.sh, cached outside the repository) and .venv with the
+# (Prometheus, Alertmanager, wrk, openssl, curl), the control-plane binaries, a
+# Prometheus with Kubernetes service discovery and helm (hack/controlplane/build.sh,
+# hack/prometheus/build.sh, cached outside the repository) and .venv with the
 # project installed with its test extras, beside the test bed (testbed/).
 # Idempotent: each phase skips work that is already done, and the time spent
 # per phase is printed.
@@ -59,13 +60,27 @@ install_packages() {
   fi
 }
 
-build_controlplane() {
+find_go() {
   if ! command -v go >/dev/null && [ -x /usr/local/go/bin/go ]; then
     export PATH="/usr/local/go/bin:$PATH"
   fi
-  command -v go >/dev/null || die "go not found: install Go >= 1.26 (needed to build the control plane)"
+  command -v go >/dev/null || die "go not found: install Go >= 1.26 (needed to build the control plane and Prometheus)"
+}
+
+build_controlplane() {
+  find_go
   hack/controlplane/build.sh >/dev/null
   log "control-plane binaries in ${AUTOCANARY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/autocanary}/testbin"
+}
+
+# The test bed's Prometheus discovers pods with kubernetes_sd_configs, which
+# Debian's Prometheus is built without; Debian's serves static scrapes, promtool
+# and Alertmanager.
+build_prometheus() {
+  local out
+  find_go
+  out=$(hack/prometheus/build.sh)
+  log "Prometheus with Kubernetes discovery in $out"
 }
 
 # helm, for the chart's tests (deploy/helm/): built from the Go module proxy like
@@ -131,6 +146,7 @@ fill_wheelhouse() {
 total=$SECONDS
 phase "apt packages" install_packages
 phase "control-plane binaries" build_controlplane
+phase "prometheus" build_prometheus
 phase "helm" build_helm
 phase "python venv" make_venv
 phase "wheelhouse" fill_wheelhouse

@@ -1,9 +1,11 @@
-"""Where ``hack/controlplane/build.sh`` leaves the control-plane binaries.
+"""Where ``hack/controlplane/build.sh`` and ``hack/prometheus/build.sh`` leave their binaries.
 
-The pins and the directory layout mirror build.sh (a unit test keeps the pins
+The pins and the directory layout mirror the scripts (a unit test keeps the pins
 in step): ``${AUTOCANARY_CACHE:-${XDG_CACHE_HOME:-~/.cache}/autocanary}/testbin/
-k8s<K8S>-etcd<ETCD>-kwok<KWOK>-<go version>/``, complete once ``.complete``
-exists. ``AUTOCANARY_TESTBIN`` names the directory outright.
+k8s<K8S>-etcd<ETCD>-kwok<KWOK>-<go version>/`` for the control plane and
+``.../prometheus/<PROMETHEUS>-<go version>/prometheus`` for Prometheus, each
+complete once ``.complete`` exists. ``AUTOCANARY_TESTBIN`` names the control
+plane's directory outright.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from autocanary_testbed.errors import HarnessError
 K8S_VERSION = "1.36.3"
 ETCD_VERSION = "3.6.16"
 KWOK_VERSION = "0.8.0"
+PROMETHEUS_VERSION = "3.16.0"
 
 EXECUTABLES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 STAGES = (
@@ -28,6 +31,7 @@ STAGES = (
     "pod-delete.yaml",
 )
 BUILD_COMMAND = "hack/controlplane/build.sh"
+PROMETHEUS_BUILD_COMMAND = "hack/prometheus/build.sh"
 
 _GO_TIMEOUT_S = 30.0
 
@@ -56,6 +60,30 @@ def find_binaries() -> Path:
             f"then run `{BUILD_COMMAND}` from the repository root (15-40 min cold, then cached)"
         )
     return _checked(built[-1], why="the newest build found")
+
+
+def find_prometheus() -> Path:
+    """Return the Prometheus executable built by ``hack/prometheus/build.sh``.
+
+    Raises HarnessError, naming the command that builds it, when there is none.
+    """
+    version = os.environ.get("PROMETHEUS", PROMETHEUS_VERSION)
+    root = _cache_root() / "prometheus"
+    go_version = _go_version()
+    if go_version is not None:
+        directory = root / f"{version}-{go_version}"
+    else:
+        # Without Go, a build by any Go version will do.
+        built = sorted(p.parent for p in root.glob(f"{version}-*/.complete"))
+        directory = built[-1] if built else root / f"{version}-<go version>"
+    binary = directory / "prometheus"
+    if not (binary.is_file() and (directory / ".complete").exists()):
+        raise HarnessError(
+            f"no complete Prometheus {version} build in {directory}: build it with "
+            f"`{PROMETHEUS_BUILD_COMMAND}` from the repository root (Go >= 1.26; "
+            "a few minutes cold, cached afterwards)"
+        )
+    return binary
 
 
 def _cache_root() -> Path:

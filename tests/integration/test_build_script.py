@@ -1,4 +1,4 @@
-"""The tail of hack/controlplane/build.sh on real binaries, as a fresh machine runs it.
+"""The tails of hack/controlplane/build.sh and hack/prometheus/build.sh on real binaries.
 
 A cached build (its ``.complete`` marker) hides this path everywhere else, which
 is how a SIGPIPE in it (``etcd --version | head -1`` under ``pipefail``) once
@@ -63,4 +63,42 @@ def test_post_build_refuses_an_output_missing_a_binary(tmp_path: Path) -> None:
     done = _post_build(out)
     assert done.returncode != 0
     assert f"build finished without {out}/etcd" in done.stderr
+    assert not (out / ".complete").exists()
+
+
+PROMETHEUS_BUILD_SH = Path(__file__).parents[2] / "hack" / "prometheus" / "build.sh"
+
+
+def _prometheus_post_build(out: Path, version: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(PROMETHEUS_BUILD_SH), "--post-build-only"],
+        env={**os.environ, "OUT": str(out), "PROMETHEUS": version},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_prometheus_post_build_checks_the_binary_runs_at_its_version(tmp_path: Path) -> None:
+    out = tmp_path / "prometheus"
+    out.mkdir()
+    (out / "prometheus").symlink_to(binaries.find_prometheus())
+
+    done = _prometheus_post_build(out, binaries.PROMETHEUS_VERSION)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == str(out)
+    assert (out / ".complete").is_file()
+    assert f"built: prometheus, version {binaries.PROMETHEUS_VERSION} " in done.stderr
+
+    (out / ".complete").unlink()
+    wrong = _prometheus_post_build(out, "3.1.0")
+    assert wrong.returncode != 0
+    assert "expected version 3.1.0" in wrong.stderr
+    assert not (out / ".complete").exists()
+
+    (out / "prometheus").unlink()
+    missing = _prometheus_post_build(out, binaries.PROMETHEUS_VERSION)
+    assert missing.returncode != 0
+    assert f"build finished without {out}/prometheus" in missing.stderr
     assert not (out / ".complete").exists()

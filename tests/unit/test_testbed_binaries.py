@@ -11,6 +11,7 @@ from autocanary_testbed import binaries
 from autocanary_testbed.errors import HarnessError
 
 BUILD_SH = Path(__file__).parents[2] / "hack" / "controlplane" / "build.sh"
+PROMETHEUS_BUILD_SH = Path(__file__).parents[2] / "hack" / "prometheus" / "build.sh"
 
 
 def make_build(directory: Path) -> Path:
@@ -32,7 +33,7 @@ def fake_go(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     go.write_text("#!/bin/sh\necho go9.9.9\n")
     go.chmod(0o755)
     monkeypatch.setenv("PATH", str(bin_dir))
-    for name in ("AUTOCANARY_TESTBIN", "K8S", "ETCD", "KWOK", "XDG_CACHE_HOME"):
+    for name in ("AUTOCANARY_TESTBIN", "K8S", "ETCD", "KWOK", "PROMETHEUS", "XDG_CACHE_HOME"):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -80,3 +81,27 @@ def test_override_must_hold_a_complete_build(
     (build / "kwok").unlink()
     with pytest.raises(HarnessError, match=r"missing .*: kwok, \.complete"):
         binaries.find_binaries()
+
+
+def test_prometheus_pin_matches_its_build_sh() -> None:
+    text = PROMETHEUS_BUILD_SH.read_text()
+    (pin,) = re.findall(r"^PROMETHEUS=\$\{PROMETHEUS:-([0-9.]+)\}$", text, re.M)
+    assert pin == binaries.PROMETHEUS_VERSION
+
+
+@pytest.mark.usefixtures("fake_go")
+def test_finds_prometheus_under_the_cache_root_or_names_its_build_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AUTOCANARY_CACHE", str(tmp_path / "cache"))
+    directory = tmp_path / "cache" / "prometheus" / "3.16.0-go9.9.9"
+    with pytest.raises(HarnessError, match=r"hack/prometheus/build\.sh") as info:
+        binaries.find_prometheus()
+    assert str(directory) in str(info.value)
+
+    directory.mkdir(parents=True)
+    (directory / "prometheus").write_text("")
+    with pytest.raises(HarnessError, match=r"no complete Prometheus 3\.16\.0 build"):
+        binaries.find_prometheus()
+    (directory / ".complete").write_text("")
+    assert binaries.find_prometheus() == directory / "prometheus"
