@@ -13,9 +13,11 @@ Modules:
   readiness from its probe, termination with a grace period (``PodRunner``).
 - ``kubeproxy``: a Service's EndpointSlices drive a ``serviceproxy.ServiceProxy``
   (``ServiceEndpoints``).
-- ``monitoring``: Prometheus and Alertmanager from the Debian packages
-  (``PrometheusServer``, ``ScrapeTarget``, ``PodMonitor``, ``AlertmanagerServer``).
-- ``kubesd``: Prometheus's Kubernetes pod discovery, which Debian's build lacks.
+- ``monitoring``: Prometheus (with ``kubernetes_sd_configs`` for pod monitors) and
+  Alertmanager (``PrometheusServer``, ``ScrapeTarget``, ``PodMonitor``,
+  ``AlertmanagerServer``, ``prometheus_access``).
+- ``binaries``: where the control-plane and Prometheus builds are (``find_binaries``,
+  ``find_prometheus``).
 - ``stack``: the whole canary set-up of the e2e tests and the rehearsal.
 - ``errors``: ``HarnessError``, raised when a service cannot be set up.
 """

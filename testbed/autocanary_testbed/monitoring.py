@@ -1,16 +1,17 @@
-"""Prometheus and Alertmanager from the Debian packages, run on 127.0.0.1 for tests.
+"""Prometheus and Alertmanager, run on 127.0.0.1 for tests.
 
 ``PrometheusServer`` scrapes the ``ScrapeTarget``s it is given (changeable at run
 time through ``set_targets``, which reloads the config); it can also start on an
 existing TSDB directory, e.g. one filled by ``promtool tsdb create-blocks-from
 openmetrics`` for a backtest. Given ``PodMonitor``s and a ``KubernetesAccess``
-it discovers pods as kube-prometheus does: through the API server with a
-ServiceAccount's token and RBAC (``prometheus_access``), and the relabelling
-the Prometheus Operator generates for a PodMonitor. Debian's Prometheus has no
-``kubernetes_sd_configs``, so :mod:`autocanary_testbed.kubesd` does its pod
-discovery beside it, into ``file_sd_configs``.
-``AlertmanagerServer`` runs with clustering off so it listens on nothing but
-its 127.0.0.1 web port.
+it discovers pods as kube-prometheus does: ``kubernetes_sd_configs`` against
+the API server with a ServiceAccount's token and RBAC (``prometheus_access``),
+and the relabelling the Prometheus Operator generates for a PodMonitor.
+Debian's Prometheus (2.42) is built without ``kubernetes_sd_configs``, so a
+Prometheus with pod monitors is the one ``hack/prometheus/build.sh`` builds
+(Prometheus 3); one with static targets only is Debian's.
+``AlertmanagerServer`` (Debian's) runs with clustering off so it listens on
+nothing but its 127.0.0.1 web port.
 """
 
 from __future__ import annotations
@@ -29,9 +30,9 @@ import yaml
 from kubernetes import client
 from kubernetes.client import ApiException
 
+from autocanary_testbed.binaries import find_prometheus
 from autocanary_testbed.errors import HarnessError
 from autocanary_testbed.http_checks import http_ready
-from autocanary_testbed.kubesd import PodDiscovery
 from autocanary_testbed.network import PodNetwork
 from autocanary_testbed.procs import ManagedProcess, free_port
 
@@ -68,11 +69,15 @@ class PodMonitor:
 class KubernetesAccess:
     """How Prometheus reaches the API server, and how it reaches the pods it finds there.
 
-    ``kubeconfig`` holds the server, CA and a ServiceAccount token; ``network``
-    translates pod IPs to the loopback addresses the pods listen on.
+    ``server_url`` is the API server (on 127.0.0.1), ``ca_cert`` the CA its
+    certificate is checked against, ``token_file`` a ServiceAccount token, as
+    a Prometheus pod has them mounted; ``network`` translates pod IPs to the
+    loopback addresses the pods listen on.
     """
 
-    kubeconfig: Path
+    server_url: str
+    ca_cert: Path
+    token_file: Path
     network: PodNetwork
 
 
@@ -189,7 +194,6 @@ class PrometheusServer(_LocalServer):
         ``"10y"``) long enough to keep them, since older blocks are deleted on start.
         """
         super().__init__(workdir)
-        self._binary = find_tool("prometheus")
         self.targets = tuple(targets)
         self.scrape_interval = scrape_interval
         self.evaluation_interval = evaluation_interval
@@ -199,35 +203,17 @@ class PrometheusServer(_LocalServer):
         self.retention = retention
         self.config_path = workdir / "prometheus.yml"
         if pod_monitors and kubernetes is None:
-            raise HarnessError("pod monitors need kubernetes access (a kubeconfig and network)")
+            raise HarnessError(
+                "pod monitors need kubernetes access (API server, CA, token and pod network)"
+            )
         self.pod_monitors = tuple(pod_monitors)
         self.kubernetes = kubernetes
-        self._discoveries: list[PodDiscovery] = []
+        # Checked now, so a missing install fails before anything starts.
+        self._binary()
 
-    def start(self) -> Self:
-        """Start pod discovery (if there are pod monitors), then Prometheus; return self."""
-        for monitor in self.pod_monitors:
-            if self.kubernetes is None:
-                raise HarnessError("pod monitors need kubernetes access")
-            discovery = PodDiscovery(
-                self.kubernetes.kubeconfig, [monitor.namespace], self._targets_file(monitor)
-            )
-            discovery.start()
-            self._discoveries.append(discovery)
-        try:
-            return super().start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def stop(self) -> None:
-        """Stop Prometheus, then pod discovery. Idempotent; the work directory stays."""
-        super().stop()
-        while self._discoveries:
-            self._discoveries.pop().stop()
-
-    def _targets_file(self, monitor: PodMonitor) -> Path:
-        return self.workdir / "targets" / f"{monitor.namespace}-{monitor.name}.json"
+    def _binary(self) -> Path:
+        """Prometheus 3 built with Kubernetes discovery for pod monitors, else Debian's."""
+        return find_prometheus() if self.pod_monitors else find_tool("prometheus")
 
     def set_targets(self, targets: Iterable[ScrapeTarget]) -> None:
         """Replace the scrape targets and reload the running Prometheus.
@@ -276,7 +262,7 @@ class PrometheusServer(_LocalServer):
     def _argv(self, listen: str) -> list[str]:
         self._write_config()
         argv = [
-            str(self._binary),
+            str(self._binary()),
             f"--config.file={self.config_path}",
             f"--storage.tsdb.path={self.storage_path}",
             f"--web.listen-address={listen}",
@@ -349,15 +335,29 @@ class PrometheusServer(_LocalServer):
             ),
             {"target_label": "job", "replacement": f"{monitor.namespace}/{monitor.name}"},
             {"target_label": "endpoint", "replacement": monitor.port},
-            # The test bed's one piece of routing: a pod IP's loopback twin (see network).
+            # Test-bed plumbing, not part of what the Operator generates: the API
+            # server refuses loopback pod IPs, so pods have 10.<n> IPs and listen
+            # on their 127.<n> twins (see network). Rewrite the address to the
+            # twin, then keep only loopback addresses, so Prometheus never dials
+            # anything but 127.0.0.0/8.
             self.kubernetes.network.relabel_to_host("__address__", "__address__"),
+            {"action": "keep", "source_labels": ["__address__"], "regex": r"127\..+"},
         ]
+        access = self.kubernetes
         job: dict[str, Any] = {
             "job_name": f"podMonitor/{monitor.namespace}/{monitor.name}/0",
             "honor_labels": False,
             "metrics_path": monitor.path,
-            # kubernetes_sd_configs: [{role: pod, namespaces: {names: [namespace]}}], from kubesd.
-            "file_sd_configs": [{"files": [str(self._targets_file(monitor))]}],
+            "kubernetes_sd_configs": [
+                {
+                    "role": "pod",
+                    "namespaces": {"names": [monitor.namespace]},
+                    # In a cluster these come from the pod's mounted ServiceAccount.
+                    "api_server": access.server_url,
+                    "tls_config": {"ca_file": str(access.ca_cert)},
+                    "authorization": {"credentials_file": str(access.token_file)},
+                }
+            ],
             "relabel_configs": relabel,
         }
         if monitor.interval is not None:
@@ -370,7 +370,11 @@ def _label_name(name: str) -> str:
     return re.sub(r"[^a-zA-Z0-9_]", "_", name)
 
 
-#: What a Prometheus ServiceAccount may read, as in kube-prometheus's ClusterRole.
+#: What a Prometheus ServiceAccount may do, as kube-prometheus grants it: read
+#: what service discovery watches (its Role in each monitored namespace, here
+#: cluster-wide as kube-prometheus-stack has it), and its ClusterRole's
+#: ``nodes/metrics`` and ``/metrics``. Nothing else: no writes, no secrets, no
+#: impersonation.
 PROMETHEUS_RULES: tuple[dict[str, Any], ...] = (
     {
         "apiGroups": [""],
@@ -382,6 +386,8 @@ PROMETHEUS_RULES: tuple[dict[str, Any], ...] = (
         "resources": ["endpointslices"],
         "verbs": ["get", "list", "watch"],
     },
+    {"apiGroups": [""], "resources": ["nodes/metrics"], "verbs": ["get"]},
+    {"nonResourceURLs": ["/metrics", "/metrics/slis"], "verbs": ["get"]},
 )
 _PROMETHEUS_NAMESPACE = "monitoring"
 _PROMETHEUS_ACCOUNT = "prometheus"
@@ -391,11 +397,11 @@ _TOKEN_SECONDS = 24 * 3600
 def prometheus_access(
     api_client: client.ApiClient, server_url: str, ca_cert: Path, network: PodNetwork, path: Path
 ) -> KubernetesAccess:
-    """A ServiceAccount for Prometheus with kube-prometheus's RBAC, and a kubeconfig using it.
+    """A ServiceAccount for Prometheus with kube-prometheus's RBAC, and a token of it.
 
     Creates (or reuses) ``monitoring/prometheus``, a ClusterRole with
-    :data:`PROMETHEUS_RULES` bound to it, and writes a kubeconfig holding a
-    token from the TokenRequest API to ``path``.
+    :data:`PROMETHEUS_RULES` bound to it, and writes a token from the
+    TokenRequest API to ``path`` (as a pod's mounted ServiceAccount token).
     """
     # The client's typed models are left out: these bodies are the manifests as written.
     core: Any = client.CoreV1Api(api_client)
@@ -445,25 +451,11 @@ def prometheus_access(
         {"spec": {"expirationSeconds": _TOKEN_SECONDS}},
         _request_timeout=_HTTP_TIMEOUT_S,
     ).status.token
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [
-            {
-                "name": "testbed",
-                "cluster": {"server": server_url, "certificate-authority": str(ca_cert)},
-            }
-        ],
-        "users": [{"name": _PROMETHEUS_ACCOUNT, "user": {"token": token}}],
-        "contexts": [
-            {"name": "testbed", "context": {"cluster": "testbed", "user": _PROMETHEUS_ACCOUNT}}
-        ],
-        "current-context": "testbed",
-    }
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    path.chmod(0o600)
-    return KubernetesAccess(path, network)
+    path.unlink(missing_ok=True)
+    path.touch(mode=0o600)  # a credential: readable by its owner only, from the start
+    path.write_text(token)
+    return KubernetesAccess(server_url, ca_cert, path, network)
 
 
 class AlertmanagerServer(_LocalServer):

@@ -301,7 +301,7 @@ class CanaryStack:
             self.cp.server_url,
             self.cp.ca_cert_path,
             self.cp.pod_network,
-            self.workdir / "prometheus" / "kubeconfig",
+            self.workdir / "prometheus" / "token",
         )
         self.prometheus.pod_monitors = (self.pod_monitor,)
         self.prometheus.start()

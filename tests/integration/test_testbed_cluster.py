@@ -9,6 +9,7 @@ its own ServiceAccount (as kube-prometheus) and labels their series.
 from __future__ import annotations
 
 import ipaddress
+import ssl
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -198,7 +199,7 @@ def _prometheus(
         control_plane.server_url,
         control_plane.ca_cert_path,
         control_plane.pod_network,
-        workdir / "prometheus.kubeconfig",
+        workdir / "prometheus.token",
     )
     monitor = PodMonitor(
         name="web",
@@ -319,3 +320,65 @@ def test_nothing_is_scraped_from_a_pod_that_has_gone(
 
 def _pod_names(core: client.CoreV1Api, namespace: str) -> set[str]:
     return {p.metadata.name for p in core.list_namespaced_pod(namespace, _request_timeout=_T).items}
+
+
+def test_prometheus_service_account_is_refused_what_kube_prometheus_does_not_grant(
+    control_plane: ControlPlane,
+    kube_api: client.ApiClient,
+    runner_namespace: str,
+    tmp_workdir: Path,
+) -> None:
+    access = prometheus_access(
+        kube_api,
+        control_plane.server_url,
+        control_plane.ca_cert_path,
+        control_plane.pod_network,
+        tmp_workdir / "prometheus.token",
+    )
+    token = access.token_file.read_text()
+    ns = f"/api/v1/namespaces/{runner_namespace}"
+    with httpx.Client(
+        base_url=control_plane.server_url,
+        verify=ssl.create_default_context(cafile=access.ca_cert),
+        headers={"Authorization": f"Bearer {token}"},
+        trust_env=False,
+        timeout=_T,
+    ) as api:
+        # What discovery needs is granted...
+        for path in (f"{ns}/pods", f"{ns}/endpoints", f"{ns}/services"):
+            assert api.get(path).status_code == 200, path
+        slices = f"/apis/discovery.k8s.io/v1/namespaces/{runner_namespace}/endpointslices"
+        assert api.get(slices).status_code == 200
+        assert api.get("/metrics").status_code == 200
+
+        # ...and nothing beyond it: each of these is a real 403 from RBAC.
+        refused = {
+            "read secrets": api.get(f"{ns}/secrets"),
+            "list nodes": api.get("/api/v1/nodes"),
+            "create a pod": api.post(
+                f"{ns}/pods",
+                json={
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "metadata": {"name": "intruder"},
+                    "spec": {"containers": [{"name": "c", "image": "testpage:v1"}]},
+                },
+            ),
+            "scale a deployment": api.patch(
+                f"/apis/apps/v1/namespaces/{runner_namespace}/deployments/web/scale",
+                json={"spec": {"replicas": 0}},
+                headers={"Content-Type": "application/merge-patch+json"},
+            ),
+            "impersonate an admin": api.get(
+                f"{ns}/secrets", headers={"Impersonate-User": "system:admin"}
+            ),
+            "impersonate a group": api.get(
+                f"{ns}/pods",
+                headers={"Impersonate-User": "x", "Impersonate-Group": "system:masters"},
+            ),
+        }
+    statuses = {what: r.status_code for what, r in refused.items()}
+    assert statuses == dict.fromkeys(refused, 403), statuses
+    for what, response in refused.items():
+        assert response.json()["reason"] == "Forbidden", what
+        assert "system:serviceaccount:monitoring:prometheus" in response.json()["message"], what
