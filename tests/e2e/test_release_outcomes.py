@@ -157,6 +157,53 @@ def test_canary_whose_process_exits_at_start_is_rolled_back_on_crash_loop(
     assert "CrashLoopBackOff" in alert["message"]
 
 
+def test_canary_that_never_becomes_ready_is_rolled_back_at_the_progress_deadline(
+    stack_factory: StackFactory,
+) -> None:
+    stack = stack_factory(progress_deadline="1m")
+    # The process runs and serves, but its readiness probe (/healthz) never passes:
+    # nothing the kubelet reports is fatal, so only progressDeadline can end it.
+    stack.release("v2", env={"FAULT_UNREADY": "true"})
+
+    stable_replicas: set[int] = set()
+    served: set[tuple[tuple[str, int], ...]] = set()
+    unready_v2: list[str] = []
+
+    def watch(_: object) -> None:
+        stable_replicas.add(stack.replicas()[0])
+        served.add(tuple(sorted(stack.served_versions().items())))
+        unready_v2.extend(
+            p.name for p in stack.runner.pods() if p.labels.get("version") == "v2" and not p.ready
+        )
+
+    final = stack.wait_for(
+        lambda s: s.canary_version == "v2" and s.phase in ("succeeded", "rolledBack"),
+        180,
+        "settled",
+        on_poll=watch,
+    )
+
+    assert final.phase == "rolledBack", final.message
+    assert final.finished_at is not None
+    assert final.started_at is not None
+    took = final.finished_at - final.started_at
+    print(f"\nnever-Ready canary rolled back {took.total_seconds():.0f}s after the release started")
+    assert took >= timedelta(minutes=1), "not before the deadline"
+    assert "canary pods not Ready" in final.message
+    assert "within progressDeadline 1m" in final.message
+    assert unready_v2, "the canary's process ran on, never Ready"
+    assert stable_replicas == {3}, f"capacity never dropped: stable replicas {stable_replicas}"
+    # The Service sent traffic to the 3 stable pods throughout, never to the canary.
+    assert served == {(("v1", 3),)}, served
+    reasons = our_reasons(stack)
+    assert "CanaryPodFailed" not in reasons
+    assert "ProgressDeadlineExceeded" in reasons
+    assert reasons.index("ProgressDeadlineExceeded") < reasons.index("RolledBack")
+    assert stack.replicas() == (3, 0)
+    alert = stack.receiver.wait_for(lambda b: b.get("kind") == "rolledBack", 10, "/oncall")
+    assert "progressDeadline" in alert["message"]
+
+
 def test_prometheus_down_mid_release_never_advances_and_pauses(stack_factory: StackFactory) -> None:
     analysis = {
         "warmup": "1s",

@@ -141,6 +141,24 @@ def test_faults_stop_after_their_duration() -> None:
     assert settings_from_env({"FAULT_FOR": "20s"}).faults.for_s == 20.0
 
 
+def test_unready_fault_fails_readiness_only_while_the_faults_apply() -> None:
+    clock = FakeClock()
+    faults = settings_from_env({"FAULT_UNREADY": "true", "FAULT_AFTER": "10s"}).faults
+    assert faults == Faults(after_s=10.0, unready=True)
+    page = EchoApp(Settings("v2", None, faults), CollectorRegistry(), clock=clock)
+    assert page.ready()
+    clock.now += 10.0
+    assert not page.ready()
+    assert page.draw_faults() == (0.0, False), "GET / itself stays healthy"
+    assert EchoApp(Settings(), CollectorRegistry(), clock=clock).ready()
+
+
+def test_unready_fault_takes_true_or_false_only() -> None:
+    assert settings_from_env({"FAULT_UNREADY": "FALSE"}).faults.unready is False
+    with pytest.raises(ConfigError, match=r"FAULT_UNREADY.*expected true or false, got 'yes'"):
+        settings_from_env({"FAULT_UNREADY": "yes"})
+
+
 def test_error_rate_draws_are_reproducible_with_a_seed_and_near_the_rate() -> None:
     faults = Faults(error_rate=0.2, seed=42)
 

@@ -14,10 +14,12 @@ Environment (an empty value counts as unset):
 - ``FAULT_AFTER``: healthy for this long after start, then the faults apply (``30s``).
 - ``FAULT_FOR``: the faults apply for this long, then stop (``20s``; default: for good).
 - ``FAULT_SEED``: an integer seeding the fault draws, for runs that repeat exactly.
+- ``FAULT_UNREADY``: ``true`` makes ``/healthz`` answer 503 while the faults apply,
+  so the instance is never Ready (a release stuck before it serves) yet keeps running.
 
 An invalid value stops the start with exit status 2 and a message naming the
-variable and the form expected. Faults touch only ``/``: readiness and scrapes
-stay healthy, as they would in a release whose application code is broken.
+variable and the form expected. The other faults touch only ``/``: readiness and
+scrapes stay healthy, as they would in a release whose application code is broken.
 
 Metrics:
 
@@ -82,6 +84,7 @@ class Faults:
     after_s: float = 0.0
     seed: int | None = None
     for_s: float | None = None  # None: the faults never stop
+    unready: bool = False  # /healthz fails while the faults apply
 
     def delay(self, rng: random.Random) -> float:
         """Latency to add to one answer, in seconds: uniform in latency ± spread, never < 0."""
@@ -157,9 +160,21 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
     after_s = read("FAULT_AFTER", _parse_after, 0.0)
     seed = read("FAULT_SEED", _parse_seed, None)
     for_s = read("FAULT_FOR", _parse_after, None)
+    unready = read("FAULT_UNREADY", _parse_bool, False)
     if problems:
         raise ConfigError(problems)
-    return Settings(version, pod_ip, Faults(error_rate, latency_s, spread_s, after_s, seed, for_s))
+    return Settings(
+        version, pod_ip, Faults(error_rate, latency_s, spread_s, after_s, seed, for_s, unready)
+    )
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("true", "1"):
+        return True
+    if lowered in ("false", "0"):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
 
 
 def _parse_version(text: str) -> str:
@@ -236,13 +251,21 @@ class EchoApp:
         for code in (200, 500):
             self._child(code, "GET", "/")
 
+    def _faults_apply(self) -> bool:
+        faults = self.settings.faults
+        elapsed = self._clock() - self._started
+        return elapsed >= faults.after_s and (
+            faults.for_s is None or elapsed < faults.after_s + faults.for_s
+        )
+
+    def ready(self) -> bool:
+        """Whether ``/healthz`` passes: not draining, and no ``FAULT_UNREADY`` in force."""
+        return not self.draining and not (self.settings.faults.unready and self._faults_apply())
+
     def draw_faults(self) -> tuple[float, bool]:
         """For one ``GET /``: seconds of latency to add and whether to answer 500."""
         faults = self.settings.faults
-        elapsed = self._clock() - self._started
-        if elapsed < faults.after_s or (
-            faults.for_s is not None and elapsed >= faults.after_s + faults.for_s
-        ):
+        if not self._faults_apply():
             return 0.0, False
         fail = faults.error_rate > 0.0 and self._rng.random() < faults.error_rate
         return faults.delay(self._rng), fail
@@ -330,7 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         epilog=(
             "environment: VERSION, POD_IP, FAULT_ERROR_RATE (0.2 or 20%), "
             "FAULT_LATENCY (200ms or 200ms±50ms), FAULT_AFTER (30s), FAULT_FOR (20s), "
-            "FAULT_SEED (integer)"
+            "FAULT_SEED (integer), FAULT_UNREADY (true: /healthz fails)"
         ),
     )
     parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default: all)")  # noqa: S104

@@ -205,6 +205,8 @@ class HttpConnection(asyncio.Protocol):
         elif path == "/healthz":
             if self._page.draining:
                 self._send(request, (request.method, path), 503, b"draining\n")
+            elif not self._page.ready():
+                self._send(request, (request.method, path), 503, b"not ready (FAULT_UNREADY)\n")
             else:
                 self._send(request, (request.method, path), 200, b"ok\n")
         elif path == "/metrics":
