@@ -39,6 +39,8 @@ LOCAL_CONFIG = "autocanary.yaml"
 #: Where the CLI looks for the daemon's config when there is no local file.
 DAEMON_NAMESPACE = "autocanary"
 _PASSTHROUGH = {"testpage": "autocanary.apps.testpage", "probe": "autocanary.apps.probe"}
+#: Hidden command the completion script runs: the rollout names, one a line.
+COMPLETE_ROLLOUTS = "__complete-rollouts"
 #: Exit status for a bug: an exception no code path expected (sysexits' EX_SOFTWARE).
 EXIT_BUG = 70
 
@@ -173,6 +175,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "autocanary") -> int:
     """Entry point of the ``autocanary`` console script."""
     args_list = list(sys.argv[1:] if argv is None else argv)
     try:
+        if args_list[:1] == [COMPLETE_ROLLOUTS]:
+            return _complete_rollouts(args_list[1:])
         if args_list and args_list[0] in _PASSTHROUGH:
             import importlib
 
@@ -285,6 +289,40 @@ def _cluster_config(args: argparse.Namespace) -> tuple[Config, Any]:
     kube = _kube(args)
     text, source = kube.daemon_config(args.daemon_namespace)
     return parse_config(text, source), kube
+
+
+def _complete_rollouts(argv: Sequence[str]) -> int:
+    """Print the rollout names a command line's options point at, one a line (for completion).
+
+    ``argv`` is what the user typed after the command; only the options that
+    choose the config (``-c``, ``--daemon-namespace``, ``--kubeconfig``,
+    ``--context``) and ``-n`` are read, the rest ignored. The config comes from
+    where ``status`` reads it. Any failure prints nothing and exits 1: a shell
+    completing a word shows no errors.
+    """
+    parser = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    parser.add_argument("-c", "--config")
+    parser.add_argument(
+        "--daemon-namespace", default=os.environ.get("AUTOCANARY_NAMESPACE", DAEMON_NAMESPACE)
+    )
+    parser.add_argument("--kubeconfig")
+    parser.add_argument("--context")
+    parser.add_argument("-n", "--namespace")
+    try:
+        args, _ = parser.parse_known_args(list(argv))
+        path = args.config or os.environ.get("AUTOCANARY_CONFIG")
+        if not path and Path(LOCAL_CONFIG).is_file():
+            path = LOCAL_CONFIG
+        if path:
+            config = load_config(path)
+        else:
+            text, source = _kube(args).daemon_config(args.daemon_namespace)
+            config = parse_config(text, source)
+    except Exception:  # noqa: BLE001 -- completion offers nothing rather than an error
+        return 1
+    names = [r.name for r in config.rollouts if not args.namespace or r.namespace == args.namespace]
+    print("\n".join(names))
+    return 0
 
 
 def _selected(config: Config, args: argparse.Namespace) -> list[RolloutConfig]:
@@ -578,15 +616,25 @@ def completion_script(shell: str, parser: argparse.ArgumentParser) -> str:
     """A bash (or zsh, through bashcompinit) completion script for ``parser``'s commands.
 
     Completes command names, each command's options, the choices of options
-    that have them, and files after ``-c``/``--kubeconfig``.
+    that have them, files after ``-c``/``--kubeconfig``, and rollout names
+    where a command takes one (its first positional, ``--rollout``): the script
+    asks ``autocanary __complete-rollouts`` with the options typed so far, so
+    the names come from the same config the command would read (``-c``, else
+    the daemon's ConfigMap, within ``-n``).
     """
     commands: dict[str, list[str]] = {}
     choices: dict[str, list[str]] = {}
+    takes_rollout: list[str] = []
+    valued: set[str] = set()  # options followed by a value, in any command
     for action in parser._subparsers._group_actions if parser._subparsers else []:
         for name, sub in (getattr(action, "choices", None) or {}).items():
             options: list[str] = []
             for sub_action in sub._actions:
                 options.extend(o for o in sub_action.option_strings if o.startswith("--"))
+                if sub_action.option_strings and sub_action.nargs != 0:
+                    valued.update(sub_action.option_strings)
+                if sub_action.dest == "rollout" and not sub_action.option_strings:
+                    takes_rollout.append(name)
                 if sub_action.choices:
                     # Keyed by command and the word before: an option's values, or a
                     # positional's right after the command (completion's shells).
@@ -601,19 +649,29 @@ def completion_script(shell: str, parser: argparse.ArgumentParser) -> str:
         f'        {option}) COMPREPLY=($(compgen -W "{" ".join(values)}" -- "$cur")); return ;;'
         for option, values in sorted(choices.items())
     )
+    valued_options = "|".join(sorted(valued))
+    rollout_commands = "|".join(sorted(takes_rollout))
     script = f"""# autocanary {shell} completion: source it, e.g.
 #   source <(autocanary completion {shell})
+_autocanary_rollouts() {{
+    # The rollout names from the config the command would read (its -c, -n, ... so far).
+    local names words=("${{COMP_WORDS[@]:at+1:COMP_CWORD-at-1}}")
+    names=$("${{COMP_WORDS[0]}}" {COMPLETE_ROLLOUTS} "${{words[@]}}" 2>/dev/null)
+    COMPREPLY=($(compgen -W "$names" -- "$cur"))
+}}
 _autocanary() {{
-    local cur=${{COMP_WORDS[COMP_CWORD]}} prev=${{COMP_WORDS[COMP_CWORD-1]}} cmd="" opts="" i
+    local cur=${{COMP_WORDS[COMP_CWORD]}} prev=${{COMP_WORDS[COMP_CWORD-1]}} cmd="" opts="" i at=0
+    local given=0
     for ((i = 1; i < COMP_CWORD; i++)); do
         case ${{COMP_WORDS[i]}} in
             -*) ;;
             autocanary) ;;
-            *) cmd=${{COMP_WORDS[i]}}; break ;;
+            *) cmd=${{COMP_WORDS[i]}}; at=$i; break ;;
         esac
     done
     case $prev in
         -c|--config|--kubeconfig|--releases|--plot) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --rollout) _autocanary_rollouts; return ;;
     esac
     case $cmd:$prev in
 {choice_cases}
@@ -622,6 +680,21 @@ _autocanary() {{
         COMPREPLY=($(compgen -W "{" ".join(sorted(commands))} --version --help" -- "$cur"))
         return
     fi
+    case $cmd in
+        {rollout_commands})
+            # The rollout is the command's one positional: offered until it is given.
+            for ((i = at + 1; i < COMP_CWORD; i++)); do
+                case ${{COMP_WORDS[i]}} in
+                    {valued_options}) ((i++)) ;;
+                    -*) ;;
+                    *) given=1 ;;
+                esac
+            done
+            case $prev in
+                {valued_options}) ;;
+                *) if [ $given = 0 ] && [[ $cur != -* ]]; then _autocanary_rollouts; return; fi ;;
+            esac ;;
+    esac
     case $cmd in
 {cases}
     esac

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 from kubernetes import client
+from shell_completion import bash_complete
 
 from autocanary.adapters.kubernetes import DAEMON_SELECTOR, PHASE_LABEL, KubeClient
 from autocanary.rollout import state as state_codec
@@ -183,6 +184,20 @@ def test_kubectl_autocanary_status_reads_the_daemons_config_from_the_cluster(
         f"error: find the autocanary daemon in namespace {namespace}: no Deployment labelled"
     )
     assert "pass -c CONFIG" in missing.stderr
+
+
+def test_completion_offers_the_rollouts_of_the_daemons_config(
+    release: KubeClient, env: dict[str, str], namespace: str, daemon_namespace: str
+) -> None:
+    # No local config: the names come from the daemon's ConfigMap, as status reads it.
+    ns = f"--daemon-namespace {daemon_namespace}"
+    assert bash_complete(f"autocanary promote {ns} ", env) == ["web", "gone"]
+    assert bash_complete(f"autocanary status {ns} g", env) == ["gone"]
+    assert bash_complete(f"autocanary abort -n {namespace} {ns} ", env) == ["web", "gone"]
+    assert bash_complete(f"autocanary abort -n elsewhere {ns} ", env) == []
+    # The daemon's namespace from the environment, as for every cluster command.
+    env_ns = {**env, "AUTOCANARY_NAMESPACE": daemon_namespace}
+    assert bash_complete("autocanary retry w", env_ns) == ["web"]
 
 
 def _keys(value: Any) -> set[str]:

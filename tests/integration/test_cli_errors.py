@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from shell_completion import bash_complete
 
 pytestmark = pytest.mark.integration
 
@@ -328,6 +329,50 @@ def test_testpage_faults_from_the_environment(
     assert "Traceback" not in output
     assert result.returncode != 0
     assert message in output
+
+
+def test_completion_offers_the_rollouts_of_the_config(
+    clean_env: dict[str, str], tmp_path: Path
+) -> None:
+    config = tmp_path / "rollouts.yaml"
+    config.write_text(
+        "prometheus: {url: http://127.0.0.1:9}\n"
+        "rollouts:\n"
+        + "".join(
+            f"  - {{name: {name}, namespace: {ns}, stable: {name}, "
+            "analysis: {checks: [{name: e, template: error-rate, max: 1%}]}}\n"
+            for name, ns in (("web", "shop"), ("worker", "jobs"), ("api", "shop"))
+        )
+    )
+    c = f"-c {config}"
+    # Every command that takes a rollout, its first positional (or backtest's --rollout).
+    for command in ("status", "release", "promote", "abort", "pause", "resume", "retry"):
+        assert bash_complete(f"autocanary {command} {c} ", clean_env) == ["web", "worker", "api"]
+    assert bash_complete(f"autocanary backtest {c} --rollout ", clean_env) == [
+        "web",
+        "worker",
+        "api",
+    ]
+    assert bash_complete(f"autocanary promote {c} w", clean_env) == ["web", "worker"]
+    # -n narrows them to a namespace; options before the rollout are skipped with values.
+    assert bash_complete(f"autocanary status -n shop {c} ", clean_env) == ["web", "api"]
+    assert bash_complete(f"autocanary release {c} --image app:2 ", clean_env) == [
+        "web",
+        "worker",
+        "api",
+    ]
+    # Once given, the rollout is not offered again; an option's value is not a rollout.
+    assert "web" not in bash_complete(f"autocanary status {c} web ", clean_env)
+    assert "--watch" in bash_complete(f"autocanary status {c} web ", clean_env)
+    assert bash_complete(f"autocanary status {c} -o ", clean_env) == ["table", "json"]
+    # ./autocanary.yaml, as the commands read it, when there is no -c.
+    (tmp_path / "autocanary.yaml").write_text(config.read_text())
+    assert bash_complete("autocanary abort a", clean_env, cwd=tmp_path) == ["api"]
+    # Nothing to read (no config, no cluster): nothing offered, and no error in the shell.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert bash_complete("autocanary status ", clean_env, cwd=empty) == []
+    assert bash_complete("autocanary status -c missing.yaml ", clean_env, cwd=empty) == []
 
 
 def test_version_and_completion(clean_env: dict[str, str]) -> None:
