@@ -123,6 +123,7 @@ def run_backtest(config: Config, releases: list[Release], *sets: str) -> Report:
                 now=datetime.now(UTC),
                 set_specs=sets,
                 prometheus=config.prometheus.url,
+                scrapes=client,  # as the command does
             )
     finally:
         client.close()
@@ -201,6 +202,29 @@ def test_the_good_release_is_promoted_when_its_schedule_allows(config: Config) -
     assert all(v is not None and 0.1 < v < 0.25 for v in p99), p99
     requests = [e.canary_requests for e in analysed]
     assert all(r is not None and r == pytest.approx(1200, rel=0.05) for r in requests), requests
+
+
+def test_with_no_window_configured_it_is_four_scrapes_of_the_history_as_in_the_daemon(
+    history: PrometheusServer,
+) -> None:
+    # Judged every 10s over history sampled every 15s: the daemon's default window is
+    # four scrapes (1m), read from Prometheus; the interval as window would hold at
+    # most one sample, and increase() over it gives nothing.
+    every_10s = CONFIG.replace("http://127.0.0.1:9", history.url).replace(
+        "interval: 1m", "interval: 10s"
+    )
+    result = run_backtest(parse_config(every_10s), [GOOD]).replay("v2", "config")
+    assert result.outcome.decision == "promoted"
+    analysed = [e for e in result.timeline if e.verdict is not None]
+    assert {e.verdict for e in analysed} == {"pass"}
+    # Each analysis counts a minute of canary traffic, as with the 1m interval above.
+    requests = [e.canary_requests for e in analysed]
+    assert all(r is not None and r == pytest.approx(1200, rel=0.05) for r in requests), requests
+
+    # A window configured is the one used: 10s holds no increase, so nothing is judged.
+    configured = every_10s.replace("    analysis:\n", "    analysis:\n      window: 10s\n")
+    with pytest.raises(NoDataError):
+        run_backtest(parse_config(configured), [GOOD])
 
 
 def test_the_sequential_judge_is_replayed_as_the_daemon_runs_it(history: PrometheusServer) -> None:

@@ -123,14 +123,18 @@ class PrometheusClient:
         """
         return _single_value(self._query(promql, at, timeout), promql)
 
-    def scrape_interval(self, series: str) -> timedelta | None:
+    def scrape_interval(self, series: str, at: datetime | None = None) -> timedelta | None:
         """How often Prometheus scrapes ``series`` (a selector), or None if it has no samples.
 
         From the targets API (``scrapeInterval`` of the active targets in the
         series' jobs; the longest when they differ), else from the spacing of
         the series' raw samples over the last ten minutes (recording rules,
-        federation, a Prometheus that hides its targets).
+        federation, a Prometheus that hides its targets). At a past ``at`` (a
+        backtest) only the samples' spacing in the ten minutes before it: the
+        targets API tells how Prometheus scrapes now, not then.
         """
+        if at is not None:
+            return self._sample_spacing(series, at)
         jobs = {
             labels.get("job", "") for labels, _ in self.query_vector(f"count by (job) ({series})")
         }
@@ -170,8 +174,8 @@ class PrometheusClient:
             ) from e
         return [t for t in targets if isinstance(t, dict)] if isinstance(targets, list) else []
 
-    def _sample_spacing(self, series: str) -> timedelta | None:
-        result = self._query(f"{series}[10m]", None)
+    def _sample_spacing(self, series: str, at: datetime | None = None) -> timedelta | None:
+        result = self._query(f"{series}[10m]", at)
         gaps: list[float] = []
         for entry in result if isinstance(result, list) else []:
             stamps = [float(v[0]) for v in entry.get("values", [])]

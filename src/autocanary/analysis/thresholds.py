@@ -104,6 +104,19 @@ def default_window(interval: timedelta, scrape_interval: timedelta | None) -> ti
     return max(interval, scrape_interval * MIN_SCRAPES)
 
 
+def with_window(rollout: RolloutConfig, scrape_interval: timedelta | None) -> RolloutConfig:
+    """``rollout`` with ``analysis.window`` filled in by :func:`default_window` when unset.
+
+    What the daemon judges with, and what backtest replays with: both read the
+    scrape interval from Prometheus.
+    """
+    if rollout.analysis.window is not None:
+        return rollout
+    window = default_window(rollout.interval, scrape_interval)
+    analysis = rollout.analysis.model_copy(update={"window": window})
+    return rollout.model_copy(update={"analysis": analysis})
+
+
 def window_problem(rollout: RolloutConfig, scrape_interval: timedelta | None) -> str | None:
     """Why the configured ``analysis.window`` is too short for the scrape interval, if it is."""
     window = rollout.analysis.window

@@ -88,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
                 set_specs=args.set,
                 replicas=args.replicas,
                 prometheus=redact(prometheus.url),
+                scrapes=client,
             )
     finally:
         client.close()

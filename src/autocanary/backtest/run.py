@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Protocol
 
+from autocanary.analysis import thresholds
 from autocanary.backtest import overrides, preflight
 from autocanary.backtest.errors import BacktestError, NoDataError
 from autocanary.backtest.evaluate import (
@@ -15,8 +17,16 @@ from autocanary.backtest.evaluate import (
 )
 from autocanary.backtest.replay import replay
 from autocanary.backtest.report import Release, Replay, Report
-from autocanary.config.models import Config
+from autocanary.config.models import Config, RolloutConfig
 from autocanary.rollout.interval import QuerySource
+
+
+class ScrapeSource(Protocol):
+    """How often series were scraped: :class:`autocanary.adapters.prometheus.PrometheusClient`."""
+
+    def scrape_interval(self, series: str, at: datetime | None = None) -> timedelta | None:
+        """The scrape interval of ``series`` around ``at``, or None with no samples."""
+        ...
 
 
 def _silent(result: Replay, silences: Sequence[Silence]) -> None:
@@ -48,13 +58,17 @@ def backtest(
     replicas: int = 10,
     evaluator: EvaluatorFactory = default_evaluator,
     prometheus: str = "",
+    scrapes: ScrapeSource | None = None,
 ) -> Report:
     """Replay ``releases`` under the rollout as configured and under each ``--set`` variant.
 
         ``history`` (None skips the checks) verifies retention, data and versions
         first; ``evaluator`` judges each interval (by default what the daemon runs:
     thresholds, plus the sequential judge when the rollout enables it);
-        ``prometheus`` is the URL recorded in the report.
+        ``prometheus`` is the URL recorded in the report. A rollout with no
+    ``analysis.window`` gets the daemon's default (:func:`thresholds.with_window`)
+    from the scrape interval ``scrapes`` reads in each release's history (None:
+    unknown, so the interval, as the daemon before its first read).
     """
     if replicas < 1:
         raise BacktestError(f"--replicas must be at least 1, got {replicas}")
@@ -77,7 +91,8 @@ def backtest(
                 if metric not in checked:
                     preflight.check_versions(history, rollout, release)
                     checked.add(metric)
-        for variant, rollout in built:
+        for variant, configured in built:
+            rollout = _windowed(configured, release, scrapes)
             judge = evaluator(rollout, cached)
             result = replay(rollout, release, variant, judge, replicas=replicas)
             _silent(result, judge.silences())
@@ -90,3 +105,13 @@ def backtest(
         variants=tuple(variant for variant, _ in built),
         replays=tuple(replays),
     )
+
+
+def _windowed(
+    rollout: RolloutConfig, release: Release, scrapes: ScrapeSource | None
+) -> RolloutConfig:
+    """``rollout`` with the window the daemon would have used during ``release``."""
+    if rollout.analysis.window is not None or scrapes is None:
+        return rollout
+    scrape = scrapes.scrape_interval(thresholds.requests_series(rollout), at=release.end)
+    return thresholds.with_window(rollout, scrape)

@@ -227,13 +227,8 @@ class RolloutEngine:
         return found
 
     def effective_rollout(self) -> RolloutConfig:
-        """The rollout with ``thresholds.window`` filled in from the scrape interval when unset."""
-        r = self.rollout
-        scrape = self.scrape_interval()
-        if r.analysis.window is not None:
-            return r
-        window = thresholds.default_window(r.interval, scrape)
-        return r.model_copy(update={"analysis": r.analysis.model_copy(update={"window": window})})
+        """The rollout with ``analysis.window`` filled in from the scrape interval when unset."""
+        return thresholds.with_window(self.rollout, self.scrape_interval())
 
     # ---- reading ---------------------------------------------------------------------------
 
