@@ -12,8 +12,8 @@ failure is then counted against the version of the pod it reached.
 
 The slices and pods are re-read every ``poll_s`` seconds in a thread (a
 list, not a watch: simple, and a second's delay is what kube-proxy has too).
-RBAC: ``get``/``list`` on ``endpointslices`` (discovery.k8s.io) and ``pods``
-in the Service's namespace.
+RBAC: ``list`` on ``endpointslices`` (discovery.k8s.io) and ``pods`` in the
+Service's namespace, nothing more (deploy/example's probe Role).
 """
 
 from __future__ import annotations
