@@ -254,6 +254,7 @@ class KubeProxyProcess:
             f"--port-name={port_name}",
         ]
         self.workdir = workdir
+        self._service = service
         self.state_path = workdir / f"kube-proxy-{service}.json"
         self._port: int | None = None
         self._process: ManagedProcess | None = None
@@ -278,7 +279,7 @@ class KubeProxyProcess:
         """Start the process; return once it listens and has listed the EndpointSlices."""
         self._port = free_port()
         self._process = ManagedProcess.start(
-            "kube-proxy",
+            f"kube-proxy-{self._service}",
             [
                 sys.executable,
                 "-m",

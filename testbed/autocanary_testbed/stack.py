@@ -108,6 +108,13 @@ class StackSettings:
     config_file: Path | None = None
     # The image ``release`` ships, ``{version}`` filled in (default: image:version).
     release_image: str | None = None
+    # Blue/green: Service <app> selects the stable's version, Service <app>-preview the
+    # release's (the daemon switches both), each followed by its own proxy and loaded by
+    # its own probe (same target name, so the built-in queries see both); the rollout's
+    # strategy is blueGreen with these holds.
+    blue_green: bool = False
+    preview_hold: str = "12s"
+    window: str = "12s"
     leader_election: Mapping[str, Any] = field(
         default_factory=lambda: {
             "enabled": True,
@@ -170,14 +177,15 @@ def app_deployment(
     }
 
 
-def app_service(app: str) -> dict[str, Any]:
-    """The Service in front of stable and canary pods (it selects ``app`` only)."""
+def app_service(app: str, *, version: str | None = None, name: str | None = None) -> dict[str, Any]:
+    """The Service in front of the app's pods: ``app`` only, or one ``version`` (blue/green)."""
+    selector = {"app": app} if version is None else {"app": app, "version": version}
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {"name": app, "labels": {"app": app}},
+        "metadata": {"name": name or app, "labels": {"app": app}},
         "spec": {
-            "selector": {"app": app},
+            "selector": selector,
             "ports": [{"name": "http", "port": 80, "targetPort": "http"}],
         },
     }
@@ -227,6 +235,19 @@ class CanaryStack:
             workdir / "logs",
             port_name="http",
         )
+        self.preview_proxy = (
+            KubeProxyProcess(
+                control_plane.kubeconfig_path,
+                control_plane.pod_network,
+                self.settings.namespace,
+                self.preview_service,
+                workdir / "logs",
+                port_name="http",
+            )
+            if self.settings.blue_green
+            else None
+        )
+        self.preview_probe: ProbeProcess | None = None
         self.receiver = AlertReceiver()
         self.alertmanager = AlertmanagerServer(workdir / "alertmanager")
         self.prometheus = PrometheusServer(
@@ -259,6 +280,11 @@ class CanaryStack:
         """The canary Deployment."""
         return f"{self.settings.app}-canary"
 
+    @property
+    def preview_service(self) -> str:
+        """Blue/green's preview Service (the active one is named as the app)."""
+        return f"{self.settings.app}-preview"
+
     # ---- lifecycle -------------------------------------------------------------------------
 
     def start(self, *, daemon: bool = True) -> Self:
@@ -268,6 +294,9 @@ class CanaryStack:
         self._create_app()
         self.proxy.start()
         self._started.append(self.proxy.stop)
+        if self.preview_proxy is not None:
+            self.preview_proxy.start()
+            self._started.append(self.preview_proxy.stop)
         self.receiver.start()
         self._started.append(self.receiver.stop)
         self.alertmanager.start()
@@ -295,6 +324,13 @@ class CanaryStack:
             self.group,
             ["--target", target, "--rate", s.probe_rate, "--timeout", "2s", *extra],
         )
+        if self.preview_proxy is not None:
+            preview = f"{s.app}={self.preview_proxy.url}/"
+            self.preview_probe = start_probe(
+                self.group,
+                ["--target", preview, "--rate", s.probe_rate, "--timeout", "2s"],
+                name="probe-preview",
+            )
         self.prometheus.targets = tuple(self._scrape_targets())
         self.prometheus.kubernetes = prometheus_access(
             self.api,
@@ -324,7 +360,13 @@ class CanaryStack:
                 if doc and doc.get("kind") in ("Deployment", "Service")
             ]
         else:
-            objects = [app_service(s.app)] + [
+            services = [app_service(s.app)]
+            if s.blue_green:
+                services = [
+                    app_service(s.app, version=s.stable_version),
+                    app_service(s.app, version=s.stable_version, name=self.preview_service),
+                ]
+            objects = [*services] + [
                 app_deployment(
                     name,
                     s.app,
@@ -409,8 +451,9 @@ class CanaryStack:
 
     def _scrape_targets(self) -> list[ScrapeTarget]:
         targets = []
-        if self.probe is not None:
-            targets.append(ScrapeTarget("probe", self.probe.metrics_address))
+        for probe in (self.probe, self.preview_probe):
+            if probe is not None:
+                targets.append(ScrapeTarget("probe", probe.metrics_address))
         for name, port in self.daemon_ports.items():
             targets.append(ScrapeTarget("autocanary", f"127.0.0.1:{port}", {"instance_name": name}))
         return targets
@@ -470,10 +513,24 @@ class CanaryStack:
                     "stable": self.stable_name,
                     "interval": s.interval,
                     "progressDeadline": s.progress_deadline,
-                    "steps": list(s.steps),
+                    **self._pace(),
                     "analysis": dict(s.analysis),
                 }
             ],
+        }
+
+    def _pace(self) -> dict[str, Any]:
+        s = self.settings
+        if not s.blue_green:
+            return {"steps": list(s.steps)}
+        return {
+            "strategy": "blueGreen",
+            "blueGreen": {
+                "activeService": s.app,
+                "previewService": self.preview_service,
+                "previewHold": s.preview_hold,
+                "window": s.window,
+            },
         }
 
     def _shipped_text(self, listen: str) -> str:

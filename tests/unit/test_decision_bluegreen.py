@@ -29,9 +29,8 @@ from builders import (
 )
 from pydantic import ValidationError
 
-from autocanary.config.loader import BLUE_GREEN_UNAVAILABLE, parse_config
+from autocanary.config.loader import parse_config
 from autocanary.config.models import RolloutConfig
-from autocanary.errors import ConfigError
 from autocanary.rollout.decision import Desired, Observation, decide, live_window
 from autocanary.rollout.state import RolloutState, dumps, loads
 
@@ -228,7 +227,7 @@ def test_steps_given_to_a_blue_green_rollout_are_refused() -> None:
         )
 
 
-def test_a_config_choosing_blue_green_is_refused_at_load_until_the_daemon_runs_it() -> None:
+def test_a_config_choosing_blue_green_loads_with_its_services() -> None:
     text = """\
 prometheus:
   url: http://prometheus:9090
@@ -237,18 +236,27 @@ rollouts:
     namespace: shop
     stable: web
     strategy: blueGreen
-    blueGreen: {activeService: web, previewService: web-preview}
+    blueGreen: {activeService: web, previewService: web-preview, window: 30m}
     analysis:
       checks: [{name: errors, template: error-rate, max: 1%}]
 """
-    with pytest.raises(ConfigError) as info:
-        parse_config(text, "autocanary.yaml")
-    (problem,) = info.value.problems
-    assert (problem.line, problem.path, problem.message) == (
-        7,
-        "rollouts[0].strategy",
-        BLUE_GREEN_UNAVAILABLE,
+    (rollout,) = parse_config(text, "autocanary.yaml").rollouts
+    assert rollout.blue_green is not None
+    assert (rollout.blue_green.active_service, rollout.blue_green.preview_service) == (
+        "web",
+        "web-preview",
     )
+    assert [s.hold for s in rollout.plan] == [timedelta(minutes=5), timedelta(minutes=30)]
+
+
+def test_a_blue_green_rollout_judged_only_by_comparisons_is_refused() -> None:
+    relative = {
+        "name": "errors",
+        "template": "error-rate",
+        "relative": {"tolerance": "20%"},
+    }
+    with pytest.raises(ValidationError, match="needs at least one check with an absolute"):
+        blue_green(analysis={"checks": [relative]})
 
 
 # ------------------------------------------------------------------ releases

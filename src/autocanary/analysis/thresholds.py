@@ -244,6 +244,13 @@ def side_variables(
     }
 
 
+def absolute_only(rollout: RolloutConfig) -> RolloutConfig:
+    """``rollout`` judged by its absolute thresholds alone: no relative check, no judge."""
+    kept = [c for c in rollout.analysis.checks if c.relative is None]
+    analysis = rollout.analysis.model_copy(update={"checks": kept, "sequential": None})
+    return rollout.model_copy(update={"analysis": analysis})
+
+
 def plan(
     rollout: RolloutConfig,
     canary_version: str,

@@ -265,22 +265,7 @@ def parse_config(text: str, source: str = "<config>") -> Config:
         raise ConfigError(problems) from e
     if cross:  # the models check the same; a difference is a bug, still reported located
         raise ConfigError([_located(source, root, loc, message) for loc, message in cross])
-    unavailable = [
-        _located(source, root, ("rollouts", i, "strategy"), BLUE_GREEN_UNAVAILABLE)
-        for i, rollout in enumerate(config.rollouts)
-        if rollout.strategy == "blueGreen"
-    ]
-    if unavailable:
-        raise ConfigError(unavailable)
     return config
-
-
-#: Blue/green's decision is in place, but the daemon does not yet read and switch the
-#: Services nor judge the live window: refused until it runs end to end (issue 14).
-BLUE_GREEN_UNAVAILABLE = (
-    "strategy blueGreen is not available in this version yet: the daemon does not run it "
-    "end to end; use strategy canary"
-)
 
 
 def _located(

@@ -1039,7 +1039,7 @@ class RolloutConfig(Model):
         default="canary",
         description="canary: the new version's share of one Service grows by steps; blueGreen: "
         "the whole new version beside the old, judged on a preview Service, then switched "
-        "(see blueGreen; not available yet: refused at load until the daemon runs it)",
+        "(see blueGreen)",
     )
     blue_green: BlueGreenConfig | None = Field(
         default=None, description="The Services of a blueGreen rollout (required by it)"
@@ -1142,6 +1142,12 @@ class RolloutConfig(Model):
         if self.blue_green is None:
             raise ValueError(
                 "strategy blueGreen needs 'blueGreen' with its activeService and previewService"
+            )
+        if all(check.relative is not None for check in self.analysis.checks):
+            raise ValueError(
+                "strategy blueGreen needs at least one check with an absolute threshold (min or "
+                "max without relative): after the switch the old version has no traffic to be "
+                "compared with, and the window is judged by absolute thresholds alone"
             )
         # Blue/green's plan is fixed (see `plan`): steps the user wrote would be ignored.
         for key in ("steps", "scale_down_stable"):

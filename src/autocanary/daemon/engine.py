@@ -30,7 +30,12 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 
-from autocanary.adapters.kubernetes import FIELD_MANAGER, DeploymentRecord, KubeClient
+from autocanary.adapters.kubernetes import (
+    FIELD_MANAGER,
+    DeploymentRecord,
+    KubeClient,
+    ServiceRecord,
+)
 from autocanary.adapters.notify import Notifier
 from autocanary.adapters.prometheus import PrometheusClient, Sample
 from autocanary.analysis import thresholds
@@ -97,6 +102,14 @@ SCRAPE_INTERVAL_RETRY_SECONDS = 60.0
 def utcnow() -> datetime:
     """The current time, timezone-aware."""
     return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class _Services:
+    """A blue/green rollout's Services as read this tick."""
+
+    active: ServiceRecord | None = None
+    preview: ServiceRecord | None = None
 
 
 @dataclass(frozen=True)
@@ -329,6 +342,12 @@ class RolloutEngine:
             return read
         canary, stable, record = read
         obs = self._observation(canary, stable)
+        services = self._services()
+        obs = dataclasses.replace(
+            obs,
+            active_selector=services.active.selector if services.active else None,
+            preview_selector=services.preview.selector if services.preview else None,
+        )
         raw = canary.annotations.get(STATE_ANNOTATION)
         now = self.clock()
         current, recovered = self._current(canary, stable, record, obs, now)
@@ -377,6 +396,7 @@ class RolloutEngine:
         }
         log = log.bind(**self.log_context)
         stable, record = self._keep_record(stable, record, new)
+        self._switch(outcome.desired, services, log)
         canary, stable = self._actuate(outcome.desired, canary, stable, new, log)
         new = self._tell_pending(new, canary, stable, log)
         if record is not None and record.pending:
@@ -845,6 +865,41 @@ class RolloutEngine:
             f"superseded by revision {new.revision} before the stable took its template"
         )
         return (decision.Transition("Superseded", message, None, warning=True),)
+
+    def _services(self) -> _Services:
+        """Blue/green's active and preview Services as read (``None``: not there)."""
+        bg = self.rollout.blue_green
+        if bg is None:
+            return _Services()
+
+        def read(name: str) -> ServiceRecord | None:
+            try:
+                return self.kube.read_service(self.rollout.namespace, name)
+            except ResourceNotFound:
+                return None  # the decision says so (a release cannot start without it)
+
+        return _Services(read(bg.active_service), read(bg.preview_service))
+
+    def _switch(self, desired: decision.Desired, services: _Services, log: Log) -> None:
+        """Write the Services' selectors the decision asks for, each in one guarded write.
+
+        First of the tick's effects: a switch back must not wait behind scaling.
+        A conflict (the Service changed since it was read) is left to the next
+        tick, which reads it again and decides again.
+        """
+        for role, service, want in (
+            ("active", services.active, desired.active_selector),
+            ("preview", services.preview, desired.preview_selector),
+        ):
+            if service is None or want is None or want == service.selector:
+                continue
+            log.info("switching Service", service=service.name, role=role, selector=want)
+            try:
+                self.kube.switch_selector(service, want)
+            except StateConflict:
+                log.info(
+                    "Service changed meanwhile; switching on the next tick", service=service.name
+                )
 
     def _actuate(
         self,

@@ -11,7 +11,8 @@ missing fails its ticks with the same message.
   file); the value is read, never shown.
 - **Prometheus**: it answers a trivial query.
 - **RBAC**: a SelfSubjectAccessReview for each verb the daemon uses (get and
-  patch on both Deployments of each rollout, list pods and create events in
+  patch on both Deployments of each rollout and on a blue/green rollout's two
+  Services, list pods and create events in
   its namespace, the leader-election Lease). Allowed to every authenticated
   user, so no extra permission is needed to ask.
 """
@@ -64,6 +65,14 @@ def needed_access(config: Config, lease_namespace: str | None) -> list[tuple[str
                 needed.append(
                     (rollout.name, Access(verb, "deployments", "apps", rollout.namespace, name))
                 )
+        if rollout.blue_green is not None:
+            # Blue/green reads and switches exactly its two Services.
+            bg = rollout.blue_green
+            for name in (bg.active_service, bg.preview_service):
+                for verb in ("get", "patch"):
+                    needed.append(
+                        (rollout.name, Access(verb, "services", "", rollout.namespace, name))
+                    )
         needed.append((rollout.name, Access("list", "pods", "", rollout.namespace)))
         needed.append((rollout.name, Access("create", "events", "", rollout.namespace)))
     election = config.daemon.leader_election

@@ -390,6 +390,12 @@ def _start_release(t: _Tick, state: RolloutState, why: str) -> Decision:
         f"{why}: canary {obs.canary_version} (revision {obs.canary_revision}) against stable "
         f"{obs.stable_version}; total {total} replicas, steps {_pods(rollout, new)}"
     )
+    if rollout.blue_green is not None:
+        message = (
+            f"{why}: {obs.canary_version} (revision {obs.canary_revision}) comes up whole "
+            f"({total} pods) beside {obs.stable_version}, judged on the preview Service "
+            f"{rollout.blue_green.preview_service}"
+        )
     return Decision(
         new,
         desired_for(rollout, new, obs),
@@ -685,7 +691,7 @@ def _judge(t: _Tick, state: RolloutState, verdict: IntervalVerdict) -> Decision 
     state = _record(state, verdict, t.now)
     if verdict.judge_state is not None:
         state = dataclasses.replace(state, judge=verdict.judge_state)
-    elif analysis.sequential is not None and first_poll:
+    elif analysis.sequential is not None and first_poll and not live_window(t.rollout, state):
         # A step's first poll sets the judge's baseline (the counters after the
         # warm-up). It could not read them: stay "before the first poll" so the
         # next one sets it, rather than count the warm-up as evidence.

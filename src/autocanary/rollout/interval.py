@@ -17,6 +17,7 @@ from autocanary.analysis import judging, thresholds
 from autocanary.config.models import RolloutConfig
 from autocanary.errors import AutocanaryError, PrometheusUnavailable, QueryError
 from autocanary.judge import CounterSnapshot
+from autocanary.rollout import decision
 from autocanary.rollout.state import RolloutState
 
 Sample = tuple[dict[str, str], float]
@@ -94,6 +95,10 @@ def evaluate(
     unreachable Prometheus rather than make verdicts up). ``pods`` are both
     sides' pods now, for sources that tie series to pods.
     """
+    if decision.live_window(rollout, state):
+        # Blue/green's window after the switch: the old version serves nobody, so
+        # only absolute thresholds can judge (comparisons had their say on the preview).
+        rollout = thresholds.absolute_only(rollout)
     since = state.last_analysis_at
     if since is None and state.ready_at is not None:
         since = state.ready_at + rollout.analysis.warmup
