@@ -74,6 +74,19 @@ rollouts:
 """
 
 
+def blue_green_rollout(namespace: str) -> str:
+    """A blue/green rollout to append to :func:`config_text`: it switches two Services."""
+    return f"""\
+  - name: shop
+    namespace: {namespace}
+    stable: shop
+    strategy: blueGreen
+    blueGreen: {{activeService: shop, previewService: shop-preview}}
+    analysis:
+      checks: [{{name: errors, template: error-rate, max: 1%}}]
+"""
+
+
 @pytest.fixture
 def release_namespace(control_plane: ControlPlane) -> Iterator[str]:
     name = f"helm-{uuid.uuid4().hex[:6]}"
@@ -93,7 +106,7 @@ def test_the_chart_applies_and_its_rbac_is_what_the_daemon_needs(
     control_plane: ControlPlane, namespace: str, release_namespace: str, tmp_path: Path
 ) -> None:
     values = tmp_path / "config.yaml"
-    values.write_text(config_text(namespace))
+    values.write_text(config_text(namespace) + blue_green_rollout(namespace))
     rendered = run(
         helm(),
         "template",
@@ -120,7 +133,7 @@ def test_the_chart_applies_and_its_rbac_is_what_the_daemon_needs(
     kube = KubeClient(control_plane.api_client(), identity="test")
     text, _ = kube.daemon_config(release_namespace)
     config = parse_config(text, "chart ConfigMap")
-    assert [r.name for r in config.rollouts] == ["web", "api"]
+    assert [r.name for r in config.rollouts] == ["web", "api", "shop"]
     labels = dict(pair.split("=") for pair in DAEMON_SELECTOR.split(","))
     deployment = client.AppsV1Api(control_plane.api_client()).read_namespaced_deployment(
         "autocanary", release_namespace
@@ -152,6 +165,10 @@ def test_the_chart_applies_and_its_rbac_is_what_the_daemon_needs(
         Access("patch", "deployments", "apps", namespace, "other-canary"),
         Access("delete", "deployments", "apps", namespace, "web"),
         Access("get", "secrets", "", release_namespace),
+        # Blue/green's two Services only, and nothing but reading and switching them.
+        Access("patch", "services", "", namespace, "web"),
+        Access("delete", "services", "", namespace, "shop"),
+        Access("create", "services", "", namespace),
         Access("update", "leases", "coordination.k8s.io", release_namespace, "autocanary"),
     ):
         assert not as_daemon.can_i(access), access

@@ -22,3 +22,18 @@ app.kubernetes.io/component: daemon
 {{- end -}}
 {{- toYaml $byNamespace -}}
 {{- end -}}
+
+{{- /* Service names per namespace that blue/green rollouts switch (activeService, previewService). */ -}}
+{{- define "autocanary.servicesByNamespace" -}}
+{{- $config := .Values.config | fromYaml -}}
+{{- $byNamespace := dict -}}
+{{- range $config.rollouts -}}
+{{- if .blueGreen -}}
+{{- $names := get $byNamespace .namespace | default list -}}
+{{- $names = append $names .blueGreen.activeService -}}
+{{- $names = append $names .blueGreen.previewService -}}
+{{- $_ := set $byNamespace .namespace $names -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml $byNamespace -}}
+{{- end -}}
