@@ -231,3 +231,30 @@ def test_a_failure_after_the_switch_switches_back_within_one_interval(
     assert "the active Service testpage switches back to v1" in rolled[0]
     alert = stack.receiver.wait_for(lambda b: b.get("kind") == "rolledBack", 10, "/oncall")
     assert [c["name"] for c in alert["checks"] if c["verdict"] == "fail"] == ["error-rate"]
+
+
+def test_a_daemon_killed_between_the_switch_and_the_end_of_the_window_resumes(
+    stack_factory: StackFactory,
+) -> None:
+    stack = stack_factory(blue_green=True, window="40s")
+    with ActiveWatch(stack) as active:
+        stack.release("v2")
+        switched = stack.wait_for(
+            lambda s: s.phase == "progressing" and s.step == 1, 180, "switched: in the window"
+        )
+        stack.stop_daemon("daemon-a", kill=True)
+        time.sleep(3)
+        assert stack.state().step == 1, "nothing acts while the daemon is down"
+        stack.start_daemon("daemon-b")
+        final = settled(stack, 240)
+        time.sleep(2)
+
+    assert final.phase == "succeeded", final.message
+    assert final.started_at == switched.started_at, "the same release, resumed"
+    assert active.selector_history() == ["v2"], "one switch, never repeated nor undone"
+    assert_one_version_at_a_time_and_whole(active)
+    assert active.versions()[-1] == ["v2", "v2", "v2"]
+    reasons = our_reasons(stack)
+    assert reasons.count("Switched") == 1
+    assert reasons.count("Promoted") == 1
+    assert stack.replicas() == (3, 0)
