@@ -325,3 +325,42 @@ def test_unreadable_counters_leave_the_sequential_interval_inconclusive() -> Non
     verdict = DaemonEvaluator(rollout, DictSource(answers)).evaluate(state(), T0)
     assert verdict.verdict == "inconclusive"
     assert verdict.reason.endswith("sequential judge: counters unavailable: rejected")
+
+
+def test_a_blue_green_release_is_replayed_through_its_preview_switch_and_window() -> None:
+    rollout = RolloutConfig.model_validate(
+        {
+            "name": "web",
+            "namespace": "shop",
+            "stable": "web",
+            "interval": "30s",
+            "strategy": "blueGreen",
+            "blueGreen": {
+                "activeService": "web",
+                "previewService": "web-preview",
+                "previewHold": "1m",
+                "window": "2m",
+            },
+            "analysis": {
+                "minRequests": 10,
+                "warmup": "0s",
+                "checks": [{"name": "errors", "template": "error-rate", "max": "1%"}],
+            },
+        }
+    )
+
+    passing, _ = run(rollout, lambda _: "pass")
+    failing_live, _ = run(rollout, lambda at: "fail" if at >= T0 + 90 * S else "pass")
+
+    assert passing.outcome.decision == "promoted"
+    assert events(passing) == [
+        (T0, "ReleaseDetected"),
+        (T0 + 60 * S, "Switched"),
+        (T0 + 180 * S, "Promoting"),
+        (T0 + 180 * S, "Promoted"),
+    ]
+    # Every interval judged the whole new version (4 pods), on the preview and then live.
+    assert {(e.step, e.canary_pods) for e in passing.timeline if e.verdict} == {(1, 4), (2, 4)}
+    assert failing_live.outcome.decision == "rolledBack"
+    assert (T0 + 60 * S, "Switched") in events(failing_live)
+    assert events(failing_live)[-1] == (T0 + 90 * S, "RolledBack")

@@ -53,6 +53,12 @@ class SimulatedCluster:
         self.canary_template = _template(rollout, release.canary_version, "canary")
         self.stable_replicas = replicas
         self.canary_replicas = 0
+        # Blue/green's Services, both selecting the stable's version before the release.
+        self.active_selector: dict[str, str] | None = None
+        self.preview_selector: dict[str, str] | None = None
+        if rollout.blue_green is not None:
+            before = {"app": rollout.stable, rollout.version_label: release.stable_version}
+            self.active_selector, self.preview_selector = dict(before), dict(before)
 
     def observe(self) -> Observation:
         """Both Deployments as the engine would read them: settled, every pod Ready."""
@@ -65,6 +71,8 @@ class SimulatedCluster:
             stable_version=revision.version_of(self.stable_template, r.version_label),
             canary_version=revision.version_of(self.canary_template, r.version_label),
             role_labels=self._roles,
+            active_selector=self.active_selector,
+            preview_selector=self.preview_selector,
         )
 
     def apply(self, desired: Desired) -> None:
@@ -75,3 +83,7 @@ class SimulatedCluster:
             self.stable_replicas = desired.stable_replicas
         if desired.canary_replicas is not None:
             self.canary_replicas = desired.canary_replicas
+        if desired.active_selector is not None:
+            self.active_selector = desired.active_selector
+        if desired.preview_selector is not None:
+            self.preview_selector = desired.preview_selector
