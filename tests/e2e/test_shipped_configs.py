@@ -6,8 +6,11 @@ the daemon's listen address; Slack's URL comes from the environment as in the
 deployment), against the demo app as deploy/example ships it (Deployments and
 Service in namespace ``demo``, the autocanary image's testpage), the probe at
 the example's rate, and Prometheus scraping the pods as a PodMonitor does.
-Releases are shipped as the example's kustomization says: a new version, then
-one with 10% errors. These take as long as the configs say (minutes per step).
+config/bluegreen.yaml runs against the test bed's blue/green app instead (the
+same Deployments with the test bed's testpage image; Services selecting by
+version, a probe on each). Releases are shipped as the example's kustomization
+says: a new version, then one with 10% errors. These take as long as the
+configs say (minutes per step).
 """
 
 from __future__ import annotations
@@ -46,6 +49,17 @@ def settled(version: str) -> object:
 
 
 def shipped_stack(stack_factory: StackFactory, config: str, scrape_interval: str) -> CanaryStack:
+    if config == "config/bluegreen.yaml":
+        # The app as its comment says: Services selecting by version, the preview loaded
+        # by a probe of its own (the test bed's blue/green app, Deployments as the example's).
+        return stack_factory(
+            namespace="demo",
+            app="testpage",
+            blue_green=True,
+            config_file=REPO / config,
+            probe_rate="20/s",
+            scrape_interval=scrape_interval,
+        )
     return stack_factory(
         namespace="demo",
         app="testpage",
@@ -65,6 +79,8 @@ def shipped_stack(stack_factory: StackFactory, config: str, scrape_interval: str
         ("config/minimal.yaml", "5s", 1500),
         # kube-prometheus-stack's scrape interval against the config's 30s interval.
         ("config/testpage.yaml", "30s", 1200),
+        # A 2m preview and a 3m window after the switch.
+        ("config/bluegreen.yaml", "5s", 900),
     ],
 )
 def test_a_shipped_config_promotes_a_healthy_release_and_rolls_back_a_bad_one(
