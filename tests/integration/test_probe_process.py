@@ -20,6 +20,9 @@ from autocanary_testbed.waiting import wait_until
 pytestmark = pytest.mark.integration
 
 PrometheusFactory = Callable[..., PrometheusServer]
+#: For tests that read the probe's own /metrics after its load: it serves them that
+#: much longer (the group stops it at the end of the test).
+READ_AFTER = ("--linger", "10m")
 
 
 def query(prometheus: PrometheusServer, expr: str, at: float | None = None) -> dict[str, float]:
@@ -58,7 +61,8 @@ def test_split_by_version_and_error_ratio_as_prometheus_sees_them(
     v2 = start_testpage(group, "v2", env={"FAULT_ERROR_RATE": "0.2", "FAULT_SEED": "4"})
     proxy.set_backends([v1.address, v2.address])
     probe = start_probe(
-        group, ["--target", f"svc={proxy.url}/", "--rate", "100/s", "--duration", "10s"]
+        group,
+        ["--target", f"svc={proxy.url}/", "--rate", "100/s", "--duration", "10s", *READ_AFTER],
     )
     prometheus = prometheus_factory([ScrapeTarget("probe", probe.metrics_address)])
     prometheus.wait_for_target_up("probe")
@@ -149,6 +153,7 @@ def test_transport_errors_count_with_their_reason(group: ProcessGroup) -> None:
             "250ms",
             "--duration",
             "2s",
+            *READ_AFTER,
         ],
     )
     wait_load_finished(probe)
@@ -168,6 +173,47 @@ def test_transport_errors_count_with_their_reason(group: ProcessGroup) -> None:
     assert durations == {"slow": 0, "gone": 32}  # timeouts last their 250ms and more
 
 
+def test_after_its_duration_the_probe_lingers_for_a_last_scrape_then_exits(
+    group: ProcessGroup, prometheus_factory: PrometheusFactory
+) -> None:
+    # As a Kubernetes Job: the load ends, Prometheus (scraping every second) still gets
+    # the final counts during --linger, and the process then ends by itself with 0.
+    page = start_testpage(group, "v1")
+    port = free_port()
+    prometheus = prometheus_factory([ScrapeTarget("probe", f"127.0.0.1:{port}")])
+    probe = group.start(
+        f"probe-{port}",
+        [
+            sys.executable, "-m", "autocanary.apps.probe",
+            "--metrics-host", "127.0.0.1", "--metrics-port", str(port),
+            "--target", f"job={page.url}/", "--rate", "50/s",
+            "--duration", "3s", "--linger", "5s",
+        ],
+    )  # fmt: skip
+    wait_until(lambda: not probe.is_running(), timeout=60, what="the probe exiting by itself")
+    assert probe.returncode == 0, probe.log_tail()
+    log = probe.log_path.read_text()
+    order = [log.index(e) for e in ("probe load finished", "final scrape", "probe exits")]
+    assert order == sorted(order), log
+    # The target is gone now (its series stale): what the last scrapes read.
+    total_expr = 'sum(max_over_time(probe_requests_total{job="probe",target="job"}[2m]))'
+    assert query(prometheus, total_expr) == {"": 150.0}  # 50/s for 3s: every request
+
+    # --linger 0s: no last scrape wanted, it exits as soon as the load is done.
+    quick = group.start(
+        "probe-quick",
+        [
+            sys.executable, "-m", "autocanary.apps.probe",
+            "--metrics-host", "127.0.0.1", "--metrics-port", str(free_port()),
+            "--target", f"job={page.url}/", "--rate", "50/s",
+            "--duration", "1s", "--linger", "0s",
+        ],
+    )  # fmt: skip
+    wait_until(lambda: not quick.is_running(), timeout=60, what="the probe exiting at once")
+    assert quick.returncode == 0, quick.log_tail()
+    assert "final scrape" not in quick.log_path.read_text()
+
+
 # FIN_WAIT1, FIN_WAIT2, TIME_WAIT, CLOSING: the states of a socket that closed first.
 _CLOSED_FIRST = {"04", "05", "06", "0B"}
 
@@ -185,7 +231,9 @@ def client_closed_first(remote_port: int) -> int:
 def test_the_server_closes_first_so_the_probe_keeps_no_time_wait(group: ProcessGroup) -> None:
     page = start_testpage(group, "v1")
     before = client_closed_first(page.port)  # the readiness check's own connections
-    probe = start_probe(group, ["--target", f"{page.url}/", "--rate", "200/s", "--duration", "2s"])
+    probe = start_probe(
+        group, ["--target", f"{page.url}/", "--rate", "200/s", "--duration", "2s", *READ_AFTER]
+    )
     wait_load_finished(probe)
     assert sum(value for _, value in probe.samples("probe_requests_total")) == 400
     assert client_closed_first(page.port) <= before
@@ -201,7 +249,9 @@ def test_config_file_runs_each_target_at_its_own_rate(
         f"  - name: a\n    url: {a.url}/\n    rate: 960/m\n"
         f"  - name: b\n    url: {b.url}/\n"
     )
-    probe = start_probe(group, ["--config", str(config), "--rate", "32/s", "--duration", "2s"])
+    probe = start_probe(
+        group, ["--config", str(config), "--rate", "32/s", "--duration", "2s", *READ_AFTER]
+    )
     wait_load_finished(probe)
     counts = {
         (labels["target"], labels["version"], labels["code"]): value
@@ -223,6 +273,7 @@ def test_config_file_runs_each_target_at_its_own_rate(
         (["--rate", "5"], "no targets"),
         (["--target", "a=http://127.0.0.1:1/", "--target", "a=http://127.0.0.1:2/"], "repeated: a"),
         (["--target", "http://127.0.0.1:1/", "--timeout", "0s"], "positive duration"),
+        (["--target", "http://127.0.0.1:1/", "--linger", "soon"], "argument --linger"),
     ],
 )
 def test_invalid_arguments_are_refused(args: list[str], expected: str) -> None:

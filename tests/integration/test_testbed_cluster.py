@@ -149,7 +149,9 @@ def test_a_deleted_pod_leaves_the_rotation_once_its_endpoint_is_terminating(
     proxy = service.proxy
     wait_until(lambda: len(proxy.backends) == 2, timeout=30, what="both pods in the rotation")
     probe = start_probe(
-        group, ["--target", f"web={proxy.url}/", "--rate", "40/s", "--duration", "12s"]
+        # --linger: its /metrics are read below after the load has ended.
+        group,
+        ["--target", f"web={proxy.url}/", "--rate", "40/s", "--duration", "12s", "--linger", "10m"],
     )
     wait_until(proxy.connection_counts, timeout=30, what="traffic through the proxy")
 

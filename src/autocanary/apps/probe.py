@@ -57,9 +57,12 @@ healthy canary reads as "no data"::
     histogram_quantile(0.99, sum by (le) (
       rate(probe_request_duration_seconds_bucket{target="shop",version="v2"}[1m])))
 
-``--duration`` stops the load after that long but keeps ``/metrics`` up until
-SIGTERM/SIGINT, so the final counts get scraped. SIGTERM/SIGINT stop the load,
-wait for the requests in flight (at most one timeout), and exit 0.
+``--duration`` stops the load after that long; the probe then serves
+``/metrics`` for ``--linger`` more (default 1m: at least one scrape at the
+usual 30s interval, so the final counts reach Prometheus), logs the totals and
+exits 0, so it runs as a Kubernetes Job that completes. SIGTERM/SIGINT stop
+the load (or the linger), wait for the requests in flight (at most one
+timeout), and exit 0.
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import math
 import re
@@ -92,6 +96,8 @@ log = structlog.get_logger(__name__)
 
 UNKNOWN = "unknown"
 UNATTRIBUTED = "unattributed"
+#: How long /metrics stays up after --duration: two scrapes at a 30s interval.
+DEFAULT_LINGER_S = 60.0
 OTHER = "other"
 _MAX_VERSIONS = 16
 _RATE = re.compile(r"(\d+(?:\.\d+)?)\s*(?:/\s*(s|m|h))?")
@@ -463,6 +469,8 @@ async def _serve(
     port: int,
     duration_s: float | None,
     followers: Mapping[str, ServiceFollower],
+    *,
+    linger_s: float = DEFAULT_LINGER_S,
 ) -> int:
     registry = CollectorRegistry()
     metrics = ProbeMetrics(registry)
@@ -495,9 +503,12 @@ async def _serve(
         await Load(targets, metrics, followers).run(duration_s, stop)
         summary = {"/".join(key): count for key, count in sorted(metrics.tally.items())}
         log.info("probe load finished", requests=summary)
-        if not stop.is_set():
-            log.info("probe keeps serving /metrics until SIGTERM")
-            await stop.wait()
+        if not stop.is_set() and linger_s > 0:
+            # The counts of the last seconds are only in /metrics until a scrape reads them.
+            log.info("probe serves /metrics a last while for the final scrape", linger_s=linger_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), linger_s)
+        log.info("probe exits")
     finally:
         for follower in followers.values():
             follower.stop()
@@ -519,6 +530,16 @@ def _address_map_arg(text: str) -> AddressMap:
         return AddressMap.parse(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from e
+
+
+def _duration_or_zero_arg(text: str) -> float:
+    try:
+        seconds = parse_duration(text.strip()).total_seconds()
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+    if seconds < 0:
+        raise argparse.ArgumentTypeError(f"expected a duration such as 1m or 0s, got {text!r}")
+    return seconds
 
 
 def _duration_arg(text: str) -> float:
@@ -557,7 +578,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--duration",
         type=_duration_arg,
         metavar="DURATION",
-        help="stop sending after this long, keep serving /metrics (default: send until stopped)",
+        help="stop sending after this long, then exit after --linger (default: send until stopped)",
+    )
+    parser.add_argument(
+        "--linger",
+        type=_duration_or_zero_arg,
+        default=DEFAULT_LINGER_S,
+        metavar="DURATION",
+        help="after --duration, serve /metrics this long so Prometheus scrapes the final "
+        "counts, then exit 0; at least your scrape interval (default 1m; 0s: exit at once)",
     )
     parser.add_argument("--metrics-host", default="0.0.0.0", help="default: all addresses")  # noqa: S104
     parser.add_argument("--metrics-port", type=int, default=9102, help="default: 9102")
@@ -591,7 +620,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 -- any credential problem ends the start, said plainly
         parser.exit(2, f"autocanary probe: cannot reach the Kubernetes API: {e}\n")
     return asyncio.run(
-        _serve(targets, args.metrics_host, args.metrics_port, args.duration, followers)
+        _serve(
+            targets,
+            args.metrics_host,
+            args.metrics_port,
+            args.duration,
+            followers,
+            linger_s=args.linger,
+        )
     )
 
 
