@@ -19,6 +19,17 @@ def our_reasons(stack: CanaryStack) -> list[str]:
     ]
 
 
+def told_reasons(stack: CanaryStack, timeout: float = 60) -> list[str]:
+    """Reasons of autocanary's Events once every transition written so far is told.
+
+    The daemon writes a transition into the state as a pending notice first and
+    records its Event right after (or, after a crash, in a later write): a phase
+    read as settled can come moments before its Event exists.
+    """
+    stack.wait_for(lambda s: not s.pending, timeout, "every pending transition told")
+    return our_reasons(stack)
+
+
 def stable_container(stack: CanaryStack) -> dict[str, Any]:
     """The stable Deployment's first container."""
     container: dict[str, Any] = stack.deployment(stack.stable_name)["spec"]["template"]["spec"][

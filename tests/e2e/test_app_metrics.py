@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 import pytest
-from e2e_helpers import StackFactory, our_reasons, stable_container
+from e2e_helpers import StackFactory, stable_container, told_reasons
 
 from autocanary.adapters.prometheus import PrometheusClient
 from autocanary.config.models import PrometheusConfig
@@ -80,7 +80,7 @@ def test_healthy_release_is_promoted_on_the_apps_own_metrics(
     # The app's own numbers: no errors, latency well under the 0.1s bucket.
     assert all(v.checks["error-rate"]["value"] == 0 for v in judged)
     assert all(v.checks["latency-p95"]["value"] <= 0.1 for v in judged)
-    assert our_reasons(stack)[-1] == "Promoted"
+    assert told_reasons(stack)[-1] == "Promoted"
 
 
 def test_error_regression_is_rolled_back_at_a_30s_scrape_with_the_default_window(

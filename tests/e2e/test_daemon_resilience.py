@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 import pytest
-from e2e_helpers import StackFactory, our_reasons
+from e2e_helpers import StackFactory, told_reasons
 from kubernetes import client
 
 from autocanary_testbed.waiting import wait_until
@@ -42,7 +42,7 @@ def test_daemon_killed_mid_step_resumes_without_repeating_or_skipping(
 
     assert final.phase == "succeeded", final.message
     assert final.started_at == before.started_at, "the same release, resumed"
-    reasons = our_reasons(stack)
+    reasons = told_reasons(stack)
     assert reasons.count("ReleaseDetected") == 1
     assert reasons.count("StepAdvanced") == 2, reasons
     assert reasons.count("Promoted") == 1
@@ -81,4 +81,4 @@ def test_two_replicas_only_the_leader_acts_and_the_other_takes_over(
 
     final = stack.wait_for(lambda s: s.phase in ("succeeded", "rolledBack"), 120, "settled")
     assert final.phase == "succeeded", final.message
-    assert our_reasons(stack).count("StepAdvanced") == 2
+    assert told_reasons(stack).count("StepAdvanced") == 2

@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
-from e2e_helpers import StackFactory, our_reasons
+from e2e_helpers import StackFactory, our_reasons, told_reasons
 from kubernetes import client
 
 from autocanary.adapters.kubernetes import event_name
@@ -109,7 +109,7 @@ def test_a_daemon_killed_right_after_writing_a_transition_still_announces_it(
 
     assert final.phase == ("rolledBack" if bad else "succeeded"), final.message
     assert stack.replicas() == (3, 0)
-    reasons = our_reasons(stack)
+    reasons = told_reasons(stack)
     names = [e["metadata"]["name"] for e in stack.events()]
     assert event_name(stack.canary_name, notice.id) in names  # the very transition, told
     assert reasons.count("ReleaseDetected") == 1
@@ -277,7 +277,7 @@ def test_a_canary_failing_only_while_the_daemon_is_down_is_rolled_back_after_res
     assert failed, final.verdicts
     assert "error-rate" in failed[0].reason
     assert stack.replicas() == (3, 0)
-    assert our_reasons(stack).count("RolledBack") == 1
+    assert told_reasons(stack).count("RolledBack") == 1
 
 
 # ---- a Prometheus that trickles its answers --------------------------------------------------

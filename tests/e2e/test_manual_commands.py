@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from e2e_helpers import StackFactory, our_reasons, stable_container
+from e2e_helpers import StackFactory, stable_container, told_reasons
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
@@ -31,7 +31,7 @@ def test_abort_then_retry_then_promote(stack_factory: StackFactory) -> None:
     final = stack.wait_for(lambda s: s.phase == "succeeded", 60, "promoted by command")
     assert stable_container(stack)["image"] == "autocanary/testpage:v2"
     assert stack.replicas() == (3, 0)
-    reasons = our_reasons(stack)
+    reasons = told_reasons(stack)
     assert reasons.count("RolledBack") == 1
     assert reasons.count("ReleaseDetected") == 2
     assert "StepAdvanced" not in reasons, "promote skipped the remaining steps"

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
-from e2e_helpers import StackFactory, our_reasons
+from e2e_helpers import StackFactory, told_reasons
 
 from autocanary.adapters.prometheus import PrometheusClient
 from autocanary.config.models import PrometheusConfig
@@ -61,7 +61,7 @@ def test_canary_whose_pods_hang_is_rolled_back_within_two_intervals_after_warmup
     assert 1 <= len(step_analyses) <= 2, "rolled back within two intervals after the warm-up"
     assert step_analyses[-1].verdict == "fail"
     assert step_analyses[-1].checks["error-rate"]["value"] > 0.5, "the timeouts are v2's errors"
-    reasons = our_reasons(stack)
+    reasons = told_reasons(stack)
     assert "Paused" not in reasons
     assert reasons.index("AnalysisFailed") < reasons.index("RolledBack")
 

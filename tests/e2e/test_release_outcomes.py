@@ -6,7 +6,7 @@ import re
 from datetime import timedelta
 
 import pytest
-from e2e_helpers import StackFactory, our_reasons, stable_container, stable_labels
+from e2e_helpers import StackFactory, stable_container, stable_labels, told_reasons
 
 from autocanary_testbed.waiting import wait_until
 
@@ -29,7 +29,7 @@ def test_good_release_is_promoted_through_every_step(stack_factory: StackFactory
     assert labels["version"] == "v2"
     assert labels["track"] == "stable", "the stable keeps its own role label"
     assert stack.replicas() == (3, 0)
-    reasons = our_reasons(stack)
+    reasons = told_reasons(stack)
     assert reasons.count("StepAdvanced") == 2
     assert reasons[0] == "ReleaseDetected"
     assert reasons[-1] == "Promoted"
@@ -59,7 +59,7 @@ def test_error_regression_is_rolled_back_in_the_first_step(stack_factory: StackF
     assert final.step == 0, "rolled back during the first step"
     assert stack.replicas() == (3, 0)
     assert stable_container(stack)["image"] == "autocanary/testpage:v1", "stable template untouched"
-    reasons = our_reasons(stack)
+    reasons = told_reasons(stack)
     assert "RolledBack" in reasons
     assert "StepAdvanced" not in reasons
     alert = stack.receiver.wait_for(lambda b: b.get("kind") == "rolledBack", 10, "/oncall")
@@ -119,7 +119,7 @@ def test_canary_whose_image_cannot_be_pulled_is_rolled_back_on_the_pull_error(
     assert "canary pod testpage-canary-" in final.message
     assert re.search(r"container testpage (ErrImagePull|ImagePullBackOff)", final.message)
     assert "unknown-image" in final.message, "the kubelet's message, about the image"
-    reasons = our_reasons(stack)
+    reasons = told_reasons(stack)
     assert "ProgressDeadlineExceeded" not in reasons
     assert reasons.index("CanaryPodFailed") < reasons.index("RolledBack")
     assert stack.replicas() == (3, 0)
@@ -149,7 +149,7 @@ def test_canary_whose_process_exits_at_start_is_rolled_back_on_crash_loop(
         r"\(restarted \d+ times; last exit code 2",
         final.message,
     ), final.message
-    reasons = our_reasons(stack)
+    reasons = told_reasons(stack)
     assert "CanaryPodFailed" in reasons
     assert "ProgressDeadlineExceeded" not in reasons
     assert stack.replicas() == (3, 0)
@@ -195,7 +195,7 @@ def test_canary_that_never_becomes_ready_is_rolled_back_at_the_progress_deadline
     assert stable_replicas == {3}, f"capacity never dropped: stable replicas {stable_replicas}"
     # The Service sent traffic to the 3 stable pods throughout, never to the canary.
     assert served == {(("v1", 3),)}, served
-    reasons = our_reasons(stack)
+    reasons = told_reasons(stack)
     assert "CanaryPodFailed" not in reasons
     assert "ProgressDeadlineExceeded" in reasons
     assert reasons.index("ProgressDeadlineExceeded") < reasons.index("RolledBack")
@@ -225,7 +225,7 @@ def test_prometheus_down_mid_release_never_advances_and_pauses(stack_factory: St
     assert final.step == 0, "never advanced on missing evidence"
     assert final.inconclusive == 3
     assert all(v.verdict == "inconclusive" for v in final.verdicts)
-    reasons = our_reasons(stack)
+    reasons = told_reasons(stack)
     assert "StepAdvanced" not in reasons
     assert "Promoted" not in reasons
     assert reasons[-1] == "Paused"

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from e2e_helpers import StackFactory, our_reasons
+from e2e_helpers import StackFactory, told_reasons
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
@@ -78,4 +78,4 @@ def test_identical_canary_is_promoted_once_safety_is_proven(stack_factory: Stack
     assert final.phase == "succeeded", final.message
     assert final.judge is not None
     assert all(m["safe"] for m in final.judge["metrics"])
-    assert "Promoted" in our_reasons(stack)
+    assert "Promoted" in told_reasons(stack)

@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 
 import pytest
-from e2e_helpers import StackFactory, our_reasons
+from e2e_helpers import StackFactory, told_reasons
 
 from autocanary.rollout.state import RolloutState
 from autocanary_testbed.stack import CanaryStack
@@ -100,7 +100,7 @@ def test_a_shipped_config_promotes_a_healthy_release_and_rolls_back_a_bad_one(
     assert bad.phase == "rolledBack", bad.message
     assert any(c["verdict"] == "fail" for v in bad.verdicts for c in v.checks.values())
     assert stack.replicas() == (3, 0)
-    reasons = our_reasons(stack)
+    reasons = told_reasons(stack)
     assert reasons.count("Promoted") == 1
     assert reasons.count("RolledBack") == 1
     if stack.config().get("alerts"):
