@@ -197,7 +197,7 @@ def test_sequential_judge_promotes_a_healthy_release_on_the_apps_metrics(
 
     assert final.phase == "succeeded", final.message
     assert final.judge is not None
-    assert all(m["safe"] for m in final.judge["metrics"])
+    assert all(m.safe for m in final.judge.metrics)
 
 
 def test_bad_canary_is_rolled_back_on_series_that_name_only_their_pod(

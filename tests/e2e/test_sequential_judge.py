@@ -47,9 +47,9 @@ def test_five_percent_errors_against_one_percent_is_rolled_back(
     assert final.phase == "rolledBack", final.message
     assert "sequential judge" in final.message
     assert "errors" in final.message
-    assert ready.judge is None or ready.judge.get("polls", 0) == 0
+    assert ready.judge is None or ready.judge.polls == 0
     assert final.judge is not None
-    assert final.judge["polls"] >= 1
+    assert final.judge.polls >= 1
     alert = stack.receiver.wait_for(lambda b: b.get("kind") == "rolledBack", 10, "/oncall")
     errors = next(c for c in alert["checks"] if c["name"] == "sequential:errors")
     assert errors["verdict"] == "fail"
@@ -77,5 +77,5 @@ def test_identical_canary_is_promoted_once_safety_is_proven(stack_factory: Stack
     print(f"\nsequential promotion of an identical canary: {took:.0f}s after the canary was Ready")
     assert final.phase == "succeeded", final.message
     assert final.judge is not None
-    assert all(m["safe"] for m in final.judge["metrics"])
+    assert all(m.safe for m in final.judge.metrics)
     assert "Promoted" in told_reasons(stack)

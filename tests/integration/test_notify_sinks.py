@@ -19,9 +19,10 @@ import structlog
 
 from autocanary.adapters.notify import Backoff, Notifier, slack_payload, webhook_payload
 from autocanary.analysis.verdict import CheckSummary
-from autocanary.config.models import AlertmanagerSink, Sink, SlackSink, WebhookSink
+from autocanary.config.models import AlertKind, AlertmanagerSink, Sink, SlackSink, WebhookSink
 from autocanary.daemon.metrics import DaemonMetrics
 from autocanary.rollout.alert import Alert
+from autocanary.rollout.state import Reason
 from autocanary_testbed.monitoring import AlertmanagerServer
 
 pytestmark = pytest.mark.integration
@@ -35,8 +36,8 @@ TOKEN = "xoxSECRETtoken1234"
 def rolled_back() -> Alert:
     """A rollback happening now (Alertmanager lists only alerts that have not ended)."""
     return Alert(
-        kind="rolledBack",
-        reason="RolledBack",
+        kind=AlertKind.ROLLED_BACK,
+        reason=Reason.ROLLED_BACK,
         rollout="checkout",
         namespace="shop",
         revision="5f7c9d2a",
@@ -270,7 +271,9 @@ def test_alertmanager_lists_the_posted_alert_with_its_labels(
     )
     metrics = DaemonMetrics()
     rollback = rolled_back()
-    promoted = replace(rollback, kind="promoted", reason="Promoted", step=None, checks=())
+    promoted = replace(
+        rollback, kind=AlertKind.PROMOTED, reason=Reason.PROMOTED, step=None, checks=()
+    )
     with Notifier([sink], metrics=metrics, backoff=TINY) as notifier:
         notifier.notify(rollback)
         notifier.notify(promoted)

@@ -18,14 +18,13 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import pytest
 
 from autocanary.adapters.prometheus import PrometheusClient
 from autocanary.analysis import judging
 from autocanary.config.models import PrometheusConfig, RolloutConfig, SequentialAnalysisConfig
-from autocanary.judge import CounterSnapshot, Judgement, counts
+from autocanary.judge import CounterSnapshot, Judgement, JudgeState, counts
 from autocanary.judge import Verdict as JudgeVerdict
 from autocanary_testbed.apps import ProbeProcess, start_probe, start_testpage
 from autocanary_testbed.monitoring import PrometheusServer, ScrapeTarget
@@ -229,13 +228,14 @@ def _judge(bed: Bed, canary: str, stable: str, instants: list[datetime]) -> list
         bed.snapshot(canary, instants[0]),
         bed.snapshot(stable, instants[0]),
     )
-    persisted: dict[str, Any] | None = None
+    persisted: JudgeState | None = None
     judgements = []
     for at in instants[1:]:
         now = (bed.snapshot(canary, at), bed.snapshot(stable, at))
         state, judgement = judging.judge_interval(SEQUENTIAL, persisted, baseline, now)
         baseline = None
-        persisted = state.to_dict()
+        # Through its stored form, as the daemon keeps it between polls.
+        persisted = JudgeState.from_dict(state.to_dict())
         judgements.append(judgement)
     return judgements
 

@@ -191,7 +191,7 @@ def test_proven_harm_at_step_one_rolls_back_at_once_despite_the_failure_limit() 
     state = record.decision.state
     assert state.failures == 1
     assert state.judge is not None
-    assert state.judge["polls"] == 1
+    assert state.judge.polls == 1
     assert record.decision.desired.canary_replicas == 0
     assert driver.tick().decision.state.phase == "rolledBack"
 
@@ -298,13 +298,16 @@ def test_max_duration_counts_from_the_release_start_not_the_step() -> None:
 def test_resume_after_the_max_duration_pause_gives_the_judge_another_max_duration() -> None:
     driver = judged(quiet(), sequential={"maxDuration": "10m"})
     paused = driver.run_until(phase_is("paused"))
-    polls = (paused.decision.state.judge or {})["polls"]
+    judge = paused.decision.state.judge
+    assert judge is not None
+    polls = judge.polls
     resumed = driver.tick("resume")
     assert resumed.decision.state.started_at == resumed.now
 
     record = driver.run_until(lambda s: s.phase != "progressing" or s.last_analysis_at is not None)
     assert record.verdict is not None, "evidence is gathered again before any new decision"
-    assert (record.decision.state.judge or {})["polls"] == polls + 1  # kept, and added to
+    assert record.decision.state.judge is not None
+    assert record.decision.state.judge.polls == polls + 1  # kept, and added to
     again = driver.run_until(phase_is("paused"))
     assert timedelta(minutes=10) < again.now - resumed.now <= timedelta(minutes=10, seconds=10)
     assert "maxDuration 10m" in again.decision.transitions[-1].message
@@ -384,12 +387,13 @@ def test_the_judge_state_is_persisted_and_survives_the_annotation() -> None:
     last = analysed[-1].verdict
     assert last is not None
     assert state.judge == last.judge_state
-    assert state.judge["polls"] == len(analysed)
+    assert state.judge.polls == len(analysed)
     back = loads(dumps(state))
     assert back == state
-    assert JudgeState.from_dict(back.judge or {}) == JudgeState.from_dict(state.judge)
+    assert isinstance(back.judge, JudgeState)
+    assert back.judge == state.judge
     # Totals over both steps: the requests served after each step's warm-up, not the rest.
-    totals = state.judge["metrics"][0]["totals"]
+    totals = state.judge.metrics[0].totals
     assert 0 < totals[0] < driver.traffic.canary.requests
     assert 0 < totals[2] < driver.traffic.stable.requests
 
@@ -410,7 +414,7 @@ def test_a_restart_mid_release_resumes_identically() -> None:
             break
     assert straight.state.phase == "succeeded"
     assert straight.state.judge is not None
-    assert straight.state.judge["polls"] > 2
+    assert straight.state.judge.polls > 2
 
 
 def test_a_new_release_starts_with_no_evidence() -> None:
@@ -424,23 +428,21 @@ def test_a_new_release_starts_with_no_evidence() -> None:
 
 def test_resume_after_a_pause_keeps_the_evidence() -> None:
     driver = judged(quiet(), steps=[{"canary": 1, "hold": "1h"}])
-    driver.run_until(lambda s: s.judge is not None and s.judge["polls"] >= 3)
+    driver.run_until(lambda s: s.judge is not None and s.judge.polls >= 3)
     evidence = driver.state.judge
     assert evidence is not None
     paused = driver.tick("pause")
     assert paused.decision.state.phase == "paused"
     resumed = driver.tick("resume")
     assert resumed.decision.state.judge == evidence
-    record = driver.run_until(lambda s: s.judge is not None and s.judge["polls"] == 4)
+    record = driver.run_until(lambda s: s.judge is not None and s.judge.polls == 4)
     assert record.verdict is not None
     assert record.verdict.judgement is not None
     # The resumed step's warm-up is skipped: 30s at 1 req/s, a quarter of it to the canary,
     # out of all the canary served since the poll before the pause.
     counted = record.verdict.judgement.poll.canary_requests
     assert counted in (7, 8)
-    assert (
-        driver.traffic.at(record.now)[0].vectors(())[PROBE][0] - evidence["canary"][PROBE][0] > 15
-    )
+    assert driver.traffic.at(record.now)[0].vectors(())[PROBE][0] - evidence.canary[PROBE][0] > 15
 
 
 # ------------------------------------------------------------------ a stable without pods

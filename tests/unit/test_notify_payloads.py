@@ -12,13 +12,15 @@ import pytest
 from autocanary.adapters.notify import alertmanager_payload, slack_payload, webhook_payload
 from autocanary.adapters.notify_payloads import rfc3339
 from autocanary.analysis.verdict import CheckSummary
+from autocanary.config.models import AlertKind
 from autocanary.rollout.alert import Alert
+from autocanary.rollout.state import Reason
 
 AT = datetime(2026, 5, 1, 12, 0, 0, 250_000, tzinfo=UTC)
 
 ROLLED_BACK = Alert(
-    kind="rolledBack",
-    reason="RolledBack",
+    kind=AlertKind.ROLLED_BACK,
+    reason=Reason.ROLLED_BACK,
     rollout="checkout",
     namespace="shop",
     revision="5f7c9d2a",
@@ -49,7 +51,9 @@ ROLLED_BACK = Alert(
     id="checkout.5f7c9d2a.3.1746100800250",
 )
 
-PROMOTED = replace(ROLLED_BACK, kind="promoted", reason="Promoted", step=None, checks=())
+PROMOTED = replace(
+    ROLLED_BACK, kind=AlertKind.PROMOTED, reason=Reason.PROMOTED, step=None, checks=()
+)
 
 
 def test_webhook_payload_is_the_documented_version_1_shape() -> None:

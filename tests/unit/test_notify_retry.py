@@ -26,17 +26,18 @@ from autocanary.adapters.notify import (
     slack_payload,
     webhook_payload,
 )
-from autocanary.config.models import AlertmanagerSink, SlackSink, WebhookSink
+from autocanary.config.models import AlertKind, AlertmanagerSink, SlackSink, WebhookSink
 from autocanary.daemon.metrics import DaemonMetrics
 from autocanary.rollout.alert import Alert
+from autocanary.rollout.state import Reason
 
 Events = list[MutableMapping[str, Any]]
 TINY = Backoff(initial=0.001, maximum=0.004)
 FLUSH_S = 30.0  # a bound for a stuck worker, not a timing expectation
 
 ALERT = Alert(
-    kind="rolledBack",
-    reason="RolledBack",
+    kind=AlertKind.ROLLED_BACK,
+    reason=Reason.ROLLED_BACK,
     rollout="checkout",
     namespace="shop",
     revision="5f7c9d2a",
@@ -287,7 +288,7 @@ def test_routes_by_on_and_by_sink_names(
         webhook("c", on=["paused"]),
     ]
     notifier, server, _ = run(sinks)
-    promoted = replace(ALERT, kind="promoted", reason="Promoted")
+    promoted = replace(ALERT, kind=AlertKind.PROMOTED, reason=Reason.PROMOTED)
 
     notifier.notify(ALERT)
     assert notifier.flush(FLUSH_S)
@@ -515,7 +516,11 @@ def test_a_rollback_goes_before_retries_of_lesser_alerts() -> None:
         backoff=Backoff(initial=1.0, maximum=1.0),
     ) as notifier:
         lesser = replace(
-            ALERT, kind="stepAdvanced", reason="StepAdvanced", message="step 2", id="s"
+            ALERT,
+            kind=AlertKind.STEP_ADVANCED,
+            reason=Reason.STEP_ADVANCED,
+            message="step 2",
+            id="s",
         )
         notifier.deliver(lesser, ["a"])
         eventually(lambda: len(seen) == 1)

@@ -16,8 +16,10 @@ from autocanary.analysis.verdict import CheckSummary
 from autocanary.cli import _parser
 from autocanary.config import models as cfg
 from autocanary.config.loader import parse_config
+from autocanary.config.models import AlertKind
 from autocanary.daemon.metrics import DaemonMetrics
 from autocanary.rollout.alert import Alert
+from autocanary.rollout.state import Reason
 
 README = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
 
@@ -71,8 +73,8 @@ def test_every_cli_command_in_the_readme_exists() -> None:
 def test_the_webhook_example_has_the_payload_fields() -> None:
     example = json.loads(next(b for b in _blocks("json") if '"kind"' in b))
     alert = Alert(
-        kind="rolledBack",
-        reason="RolledBack",
+        kind=AlertKind.ROLLED_BACK,
+        reason=Reason.ROLLED_BACK,
         rollout="r",
         namespace="n",
         revision="abc",

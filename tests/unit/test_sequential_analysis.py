@@ -11,7 +11,6 @@ import json
 import math
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
 
 import pytest
 from builders import tagged
@@ -24,6 +23,7 @@ from autocanary.config.models import SequentialAnalysisConfig
 from autocanary.errors import StateCorrupt
 from autocanary.judge import CounterSnapshot, Judgement, JudgeState, counts
 from autocanary.judge import Verdict as JudgeVerdict
+from autocanary.judge.state import STATE_VERSION
 from autocanary.rollout.state import RolloutState, dumps, loads
 
 AT = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
@@ -97,7 +97,7 @@ class Pair:
 
 
 def poll(
-    persisted: dict[str, Any] | None,
+    persisted: JudgeState | None,
     now: tuple[CounterSnapshot, CounterSnapshot],
     baseline: tuple[CounterSnapshot, CounterSnapshot] | None = None,
     cfg: SequentialAnalysisConfig = CFG,
@@ -242,7 +242,7 @@ def test_skip_moves_the_baseline_without_evidence() -> None:
         traffic.serve((100, 1, 5), (900, 9, 45))
     first = poll(None, with_warmup.now(), (Version().snapshot(), Version().snapshot()))
     assert first == poll(None, without.now(), (Version().snapshot(), Version().snapshot()))
-    persisted = first[0].to_dict()
+    persisted = first[0]
 
     # Step 2's warm-up: a cold canary failing half its requests, new pods, slow answers.
     with_warmup.canary.serve(200, 100, 150, instance=POD_B)
@@ -285,7 +285,7 @@ def _release_polls() -> list[tuple[int, int, int, int, int, int]]:
 
 def _run(restart_at: int | None) -> tuple[list[Judgement], JudgeState]:
     traffic = Pair()
-    persisted: dict[str, Any] | None = None
+    persisted: JudgeState | None = None
     baseline: tuple[CounterSnapshot, CounterSnapshot] | None = traffic.now()
     judgements = []
     state = None
@@ -296,7 +296,7 @@ def _run(restart_at: int | None) -> tuple[list[Judgement], JudgeState]:
         state, judgement = poll(persisted, traffic.now(), baseline)
         baseline = None
         judgements.append(judgement)
-        persisted = state.to_dict()
+        persisted = state
         if k == restart_at:
             # The daemon dies: the evidence survives only in the state annotation.
             annotation = dumps(
@@ -360,7 +360,7 @@ def test_proven_harm_fails_the_interval_with_the_judges_reason(threshold: Verdic
     assert combined.reason == f"sequential judge: {judgement.reason}"
     assert combined.reason.startswith("sequential judge: errors: canary error odds")
     assert combined.judgement is judgement
-    assert combined.judge_state == state.to_dict()
+    assert combined.judge_state == state
     assert [c.name for c in combined.checks] == [
         "error-rate",
         "sequential:errors",
@@ -380,7 +380,7 @@ def test_an_undecided_judge_leaves_the_threshold_verdict(threshold: Verdict) -> 
     assert combined.verdict == threshold
     assert combined.reason == f"error-rate: {threshold}; sequential judge: {judgement.reason}"
     assert "undecided" in combined.reason
-    assert combined.judge_state == state.to_dict()
+    assert combined.judge_state == state
     assert not judging.harm_proven(combined.judgement)
 
 
@@ -459,19 +459,28 @@ def test_unavailable_counters_make_the_interval_inconclusive_but_keep_a_fail(
 
 def test_all_safe_needs_safety_proven_for_every_metric() -> None:
     assert not judging.all_safe(None)
-    assert not judging.all_safe(_undecided()[0].to_dict())
-    assert not judging.all_safe(_harm()[0].to_dict())
+    assert not judging.all_safe(_undecided()[0])
+    assert not judging.all_safe(_harm()[0])
     safe = _safe()[0]
-    assert judging.all_safe(safe.to_dict())
+    assert judging.all_safe(safe)
     # One metric still unproven is not enough.
     partly = replace(safe, metrics=(safe.metrics[0], replace(safe.metrics[1], safe=False)))
-    assert not judging.all_safe(partly.to_dict())
+    assert not judging.all_safe(partly)
+
+
+def _stored_with_version(version: object) -> str:
+    """A rollout state as stored, its judge's evidence claiming ``version``."""
+    data = json.loads(
+        dumps(RolloutState(phase="progressing", revision="r", total=3, judge=_safe()[0]))
+    )
+    data["judge"]["version"] = version
+    return json.dumps(data)
 
 
 def test_evidence_from_an_older_daemon_starts_the_judge_afresh() -> None:
     """An upgrade mid-release drops the old format's evidence instead of failing the tick."""
-    safe = _safe()[0].to_dict()
-    older = {**safe, "version": safe["version"] - 1}
+    older = loads(_stored_with_version(STATE_VERSION - 1)).judge
+    assert older is None
     assert not judging.all_safe(older)  # old proof is not carried over
 
     traffic = Pair()
@@ -483,10 +492,9 @@ def test_evidence_from_an_older_daemon_starts_the_judge_afresh() -> None:
 
 
 def test_evidence_in_an_unknown_format_is_corrupt() -> None:
-    safe = _safe()[0].to_dict()
-    for version in (safe["version"] + 1, "2", None, True):
-        with pytest.raises(StateCorrupt, match="judge state version"):
-            poll({**safe, "version": version}, Pair().now())
+    for version in (STATE_VERSION + 1, "2", None, True):
+        with pytest.raises(StateCorrupt, match=r"^judge.version: input should be 2, got "):
+            loads(_stored_with_version(version))
 
 
 def test_proven_safety_stays_proven_in_the_persisted_state() -> None:
@@ -497,9 +505,9 @@ def test_proven_safety_stays_proven_in_the_persisted_state() -> None:
     assert judgement.verdict is JudgeVerdict.PROMOTE
     # Later polls with a worse (but not provably harmful) canary keep the proof.
     traffic.serve((200, 14, 20), (200, 10, 20))
-    state, judgement = poll(state.to_dict(), traffic.now())
+    state, judgement = poll(state, traffic.now())
     assert judgement.verdict is JudgeVerdict.PROMOTE
-    assert judging.all_safe(state.to_dict())
+    assert judging.all_safe(state)
 
 
 def test_harm_proven_reads_the_judgement() -> None:
@@ -531,12 +539,12 @@ def test_an_inconsistent_read_is_skipped_and_named_in_the_reason() -> None:
     canary, stable = traffic.now()
     # the canary's error series missing once it has had errors: not read as 0 errors
     gap = CounterSnapshot({k: replace(s, errors=None) for k, s in canary.series.items()})
-    state, judgement = poll(state.to_dict(), (gap, stable))
+    state, judgement = poll(state, (gap, stable))
     assert judgement.skipped == (f"canary {POD_A}",)
     assert judgement.poll.canary_requests == 0  # nothing of the canary counted this poll
     combined = judging.combine(threshold_verdict("pass"), judgement, state)
     assert f"read incomplete or inconsistent: canary {POD_A}" in combined.reason
     # back next poll: both polls' canary traffic counted once
-    _, judgement = poll(state.to_dict(), traffic.now())
+    _, judgement = poll(state, traffic.now())
     assert judgement.poll.canary_requests == 100
     assert judgement.metrics[0].canary_requests == 200

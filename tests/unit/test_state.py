@@ -5,16 +5,20 @@ from __future__ import annotations
 import dataclasses
 import json
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
 from builders import pod_template
 
+from autocanary.config.models import AlertKind
 from autocanary.errors import StateCorrupt
+from autocanary.judge import CounterSnapshot, JudgeState, SequentialConfig, initial
 from autocanary.rollout.state import (
     MAX_VERDICTS,
     SCHEMA_VERSION,
     Notice,
+    Reason,
     RolloutState,
     VerdictRecord,
     dumps,
@@ -23,6 +27,12 @@ from autocanary.rollout.state import (
 )
 
 T = datetime(2025, 3, 1, 12, 0, 30, 123456, tzinfo=UTC)
+#: Evidence at release start, on a small grid: enough to check it travels typed.
+JUDGE = initial(
+    SequentialConfig(grid_points=4),
+    CounterSnapshot.single(100, 1),
+    CounterSnapshot.single(900, 9),
+)
 
 
 def full_state() -> RolloutState:
@@ -57,7 +67,7 @@ def full_state() -> RolloutState:
             ),
             VerdictRecord(at=T + timedelta(seconds=30), step=2, verdict="inconclusive", reason="x"),
         ),
-        judge={"log_e": 1.5},
+        judge=JUDGE,
     )
 
 
@@ -110,9 +120,9 @@ def test_with_verdict_keeps_the_most_recent() -> None:
 
 NOTICE = Notice(
     id="web.abc123def456.1.1740830430123",
-    reason="RolledBack",
+    reason=Reason.ROLLED_BACK,
     message="error-rate: 0.1 is above the maximum 0.02",
-    kind="rolledBack",
+    kind=AlertKind.ROLLED_BACK,
     warning=True,
     at=T,
     revision="abc123def456",
@@ -157,46 +167,60 @@ def corrupt(**changes: Any) -> str:
         ('"idle"', r"not a JSON object"),
         (json.dumps({"phase": "idle"}), r"schema None; this daemon reads schema 1"),
         (corrupt(schema=2), r"schema 2"),
-        (corrupt(surprise=1), r"unknown fields \['surprise'\]"),
-        (corrupt(phase="dancing"), r"unknown phase 'dancing'"),
-        (corrupt(stage="bogus"), r"unknown stage 'bogus'"),
+        (corrupt(surprise=1), r"^surprise: unknown field$"),
+        (corrupt(phase="dancing"), r"^phase: input should be 'idle', .* got 'dancing'$"),
+        (corrupt(stage="bogus"), r"^stage: input should be 'waitingReady' or 'analysing'"),
         (
             corrupt(started_at="yesterday"),
-            r"started_at: expected an ISO timestamp, got 'yesterday'",
+            r"^started_at: input should be a valid datetime, .*got 'yesterday'$",
         ),
-        (corrupt(ready_at=1700000000), r"ready_at: expected an ISO timestamp"),
-        (corrupt(total="10"), r"total: expected a non-negative integer, got '10'"),
-        (corrupt(step=-1), r"step: expected a non-negative integer"),
-        (corrupt(failures=True), r"failures: expected a non-negative integer"),
-        (corrupt(revision=5), r"revision: expected a string"),
-        (corrupt(stable_template=[1]), r"stable_template: expected an object or null"),
-        (corrupt(verdicts=5), r"verdicts: expected a list"),
-        (corrupt(verdicts=["pass"]), r"verdicts\[0\]: expected an object, got 'pass'"),
-        (corrupt(verdicts=[{"step": 0, "verdict": "pass"}]), r"verdicts\[0\].at: expected an ISO"),
-        (corrupt(verdicts=[{"at": None, "step": 0, "verdict": "pass"}]), r"verdicts\[0\].at"),
-        (corrupt(verdicts=[{"at": "noon", "step": 0, "verdict": "pass"}]), r"verdicts\[0\].at"),
+        (corrupt(ready_at=1700000000), r"^ready_at: input should be a valid datetime, got 17"),
+        (corrupt(total="10"), r"^total: input should be a valid integer, got '10'$"),
+        (corrupt(step=-1), r"^step: input should be greater than or equal to 0, got -1$"),
+        (corrupt(failures=True), r"^failures: input should be a valid integer, got True$"),
+        (corrupt(revision=5), r"^revision: input should be a valid string, got 5$"),
+        (corrupt(stable_template=[1]), r"^stable_template: input should be an object, got \[1\]$"),
+        (corrupt(verdicts=5), r"^verdicts: input should be a valid array, got 5$"),
+        (corrupt(verdicts=["pass"]), r"^verdicts\[0\]: input should be an object, got 'pass'$"),
         (
-            corrupt(verdicts=[{"at": T.isoformat(), "step": "x", "verdict": "p"}]),
-            r"verdicts\[0\].step: expected int, got 'x'",
+            corrupt(verdicts=[{"step": 0, "verdict": "pass", "reason": ""}]),
+            r"^verdicts\[0\].at: field required$",
+        ),
+        (
+            corrupt(verdicts=[{"at": None, "step": 0, "verdict": "pass", "reason": ""}]),
+            r"^verdicts\[0\].at: input should be a valid datetime, got None$",
+        ),
+        (
+            corrupt(verdicts=[{"at": "noon", "step": 0, "verdict": "pass", "reason": ""}]),
+            r"^verdicts\[0\].at: input should be a valid datetime",
+        ),
+        (
+            corrupt(verdicts=[{"at": T.isoformat(), "step": "x", "verdict": "p", "reason": ""}]),
+            r"^verdicts\[0\].step: input should be a valid integer, got 'x'$",
         ),
         # Values a hand edit leaves that once crashed a tick with a traceback.
-        (corrupt(canary_generation="x"), r"canary_generation: expected a non-negative integer"),
+        (corrupt(canary_generation="x"), r"^canary_generation: input should be a valid integer"),
         (corrupt(total=0), r"total: a progressing release needs at least 1 replica, got 0"),
         (corrupt(revision=""), r"revision: a progressing release needs its canary revision"),
-        (corrupt(judge=[]), r"judge: expected an object or null"),
-        (corrupt(notices=-3), r"notices: expected a non-negative integer"),
-        (corrupt(pending={}), r"pending: expected a list"),
-        (corrupt(pending=[1]), r"pending\[0\]: expected an object, got 1"),
-        (corrupt(pending=[{"reason": "RolledBack"}]), r"pending\[0\].id: expected str, got None"),
+        (corrupt(judge=[]), r"^judge: input should be an object, got \[\]$"),
+        (corrupt(notices=-3), r"^notices: input should be greater than or equal to 0, got -3$"),
+        (corrupt(pending={}), r"^pending: input should be a valid array, got \{\}$"),
+        (corrupt(pending=[1]), r"^pending\[0\]: input should be an object, got 1$"),
+        (corrupt(pending=[{"reason": "RolledBack"}]), r"^pending\[0\].id: field required; "),
         (
             corrupt(pending=[{**NOTICE_JSON, "sinks": "oncall"}]),
-            r"pending\[0\].sinks: expected list",
+            r"^pending\[0\].sinks: input should be a valid array, got 'oncall'$",
         ),
         (
             corrupt(pending=[{**NOTICE_JSON, "target": "ingress"}]),
-            r"pending\[0\].target: expected canary or stable",
+            r"^pending\[0\].target: input should be 'canary' or 'stable', got 'ingress'$",
         ),
-        (corrupt(pending=[{**NOTICE_JSON, "colour": 1}]), r"unknown fields \['colour'\]"),
+        (corrupt(pending=[{**NOTICE_JSON, "colour": 1}]), r"^pending\[0\].colour: unknown field$"),
+        # Every problem is named, not just the first.
+        (
+            corrupt(total="10", step=-1),
+            r"^total: input should be a valid integer, got '10'; step: ",
+        ),
         ('{"schema": 1, "verdicts": [' * 2000, r"not JSON"),
     ],
 )
@@ -216,3 +240,46 @@ def test_non_finite_numbers_are_written_as_null_so_the_annotation_is_strict_json
     text = dumps(RolloutState(verdicts=(record,)))
     assert "NaN" not in text.replace('"reason":"NaN"', "")
     assert loads(text).verdicts[0].checks["latency"]["value"] is None
+
+
+# ---- states as the previous release stored them ---------------------------------------------
+# Written by the release before states were validated by pydantic (schema 1, judge
+# evidence in version 2, and a v1 copy): an upgraded daemon must resume them.
+STORED = Path(__file__).parent / "stored"
+
+
+def test_a_stored_state_loads_typed_and_is_written_back_byte_for_byte() -> None:
+    text = (STORED / "progressing-with-evidence.json").read_text().strip()
+    state = loads(text)
+    assert (state.phase, state.total, state.step) == ("progressing", 10, 2)
+    assert state.step_started_at == T
+    assert state.pending[0].at == T
+    assert state.verdicts[0].checks["errors"]["value"] == 0.001
+    assert isinstance(state.judge, JudgeState)
+    assert [m.safe for m in state.judge.metrics] == [True, True]
+    assert state.judge.polls == 1
+    assert state.judge.latency_pairs == ((0.25, 0.25),)
+    assert dumps(state) == text
+
+
+def test_stored_evidence_of_an_older_format_is_dropped_and_the_rest_kept() -> None:
+    """An upgrade mid-release restarts the judge's evidence (see JudgeState.outdated)."""
+    current = loads((STORED / "progressing-with-evidence.json").read_text())
+    older = loads((STORED / "progressing-with-v1-evidence.json").read_text())
+    assert older.judge is None
+    assert older == dataclasses.replace(current, judge=None, pending=(), notices=0)
+
+
+def test_damaged_evidence_is_named_by_its_path_in_the_state() -> None:
+    data = json.loads((STORED / "progressing-with-evidence.json").read_text())
+    data["judge"]["metrics"][0]["totals"] = [1, 2]
+    missing = r"^judge.metrics\[0\].totals\[2\]: field required; judge.metrics\[0\].totals\[3\]"
+    with pytest.raises(StateCorrupt, match=missing):
+        loads(json.dumps(data))
+    data["judge"]["metrics"][0]["totals"] = [1, 2, 3, 4]
+    data["judge"]["metrics"][0]["evidence"] = [0.0]
+    with pytest.raises(StateCorrupt, match=r"^judge: value error, judge state evidence for err"):
+        loads(json.dumps(data))
+    data["judge"]["version"] = 3
+    with pytest.raises(StateCorrupt, match=r"^judge.version: input should be 2, got 3$"):
+        loads(json.dumps(data))

@@ -19,7 +19,6 @@ import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from autocanary import promql
 from autocanary.analysis.thresholds import (
@@ -141,7 +140,7 @@ def judge_config(cfg: SequentialAnalysisConfig) -> SequentialConfig:
 
 def judge_interval(
     cfg: SequentialAnalysisConfig,
-    persisted: Mapping[str, Any] | None,
+    persisted: JudgeState | None,
     baseline: tuple[CounterSnapshot, CounterSnapshot] | None,
     now: tuple[CounterSnapshot, CounterSnapshot],
 ) -> tuple[JudgeState, Judgement]:
@@ -151,24 +150,19 @@ def judge_interval(
     release's evidence, or moves an existing baseline past the warm-up.
     """
     config = judge_config(cfg)
-    if persisted is not None and JudgeState.outdated(persisted):
-        persisted = None
     if persisted is None:
         start = baseline or now
         state = initial(config, start[0], start[1])
     else:
-        state = JudgeState.from_dict(persisted)
+        state = persisted
         if baseline is not None:
             state = skip(state, baseline[0], baseline[1])
     return update(config, state, now[0], now[1])
 
 
-def all_safe(persisted: Mapping[str, Any] | None) -> bool:
+def all_safe(state: JudgeState | None) -> bool:
     """Whether the persisted evidence has proven safety for every metric."""
-    if persisted is None or JudgeState.outdated(persisted):
-        return False
-    state = JudgeState.from_dict(persisted)
-    return bool(state.metrics) and all(m.safe for m in state.metrics)
+    return state is not None and bool(state.metrics) and all(m.safe for m in state.metrics)
 
 
 def results(judgement: Judgement) -> tuple[CheckResult, ...]:
@@ -227,7 +221,7 @@ def combine(verdict: IntervalVerdict, judgement: Judgement, state: JudgeState) -
         checks=checks,
         reason=reason,
         judgement=judgement,
-        judge_state=state.to_dict(),
+        judge_state=state,
     )
 
 

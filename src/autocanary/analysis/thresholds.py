@@ -14,13 +14,13 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Literal
 
 from autocanary import promql
 from autocanary.analysis.verdict import CheckSummary, Verdict
 from autocanary.config.models import AnalysisConfig, CheckConfig, RolloutConfig
 from autocanary.config.units import format_duration
-from autocanary.judge import Judgement
+from autocanary.judge import Judgement, JudgeState
 
 Role = Literal["canary", "stable"]
 
@@ -88,7 +88,7 @@ class IntervalVerdict:
     canary_requests: float | None
     reason: str
     judgement: Judgement | None = None
-    judge_state: dict[str, Any] | None = None
+    judge_state: JudgeState | None = None
 
 
 #: ``increase()``/``rate()`` need two samples in their window, and a window

@@ -17,6 +17,7 @@ from typing import Any
 from autocanary.backtest.errors import BacktestError, PlotUnavailable
 from autocanary.backtest.render import outcome_text
 from autocanary.backtest.report import Replay, Report
+from autocanary.rollout.state import Reason
 
 _VERDICT_COLOURS = {"pass": "tab:green", "fail": "tab:red", "inconclusive": "tab:gray"}
 _DECISION_COLOURS = {
@@ -67,7 +68,7 @@ def _draw(ax: Any, replay: Replay, check: str, dates: Any) -> None:
         _bound(ax, times, uppers, "tab:red", "max")
         _bound(ax, times, lowers, "tab:purple", "min")
     for entry in replay.timeline:
-        if any(e.reason == "StepAdvanced" for e in entry.events):
+        if any(e.reason is Reason.STEP_ADVANCED for e in entry.events):
             ax.axvline(entry.at, color="0.6", linestyle=":", linewidth=1)
     outcome = replay.outcome
     end = replay.release.end

@@ -32,14 +32,14 @@ from autocanary.backtest.simulation import SimulatedCluster
 from autocanary.config.models import CheckConfig, RolloutConfig
 from autocanary.rollout import decision
 from autocanary.rollout import steps as step_math
-from autocanary.rollout.state import RolloutState
+from autocanary.rollout.state import Reason, RolloutState
 
 #: Ticks one instant may take while the simulated cluster settles; more means a bug.
 _MAX_TICKS_AT_ONCE = 20
-_FINAL: dict[str, DecisionKind] = {
-    "Promoted": "promoted",
-    "RolledBack": "rolledBack",
-    "Paused": "paused",
+_FINAL: dict[Reason, DecisionKind] = {
+    Reason.PROMOTED: "promoted",
+    Reason.ROLLED_BACK: "rolledBack",
+    Reason.PAUSED: "paused",
 }
 
 
@@ -149,8 +149,8 @@ def replay(
         if verdict is not None or outcome.transitions:
             _append(timeline, _entry(rollout, basis, now, verdict, outcome.transitions))
         for transition in outcome.transitions:
-            if transition.reason == "Promoting":
-                promoting_why = transition.message.split(";")[0]
+            if transition.reason is Reason.PROMOTING:
+                promoting_why = transition.cause
             final = _FINAL.get(transition.reason)
             if final is not None:
                 reason = promoting_why if final == "promoted" else transition.message

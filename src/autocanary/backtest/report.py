@@ -19,6 +19,7 @@ from pydantic.alias_generators import to_camel
 
 from autocanary.analysis.verdict import Verdict
 from autocanary.backtest.errors import BacktestInputError
+from autocanary.rollout.state import Reason
 
 _JSON = ConfigDict(
     alias_generator=to_camel,
@@ -73,7 +74,7 @@ class CheckPoint:
 class Event:
     """A transition the daemon would have recorded as a Kubernetes Event."""
 
-    reason: str  # ReleaseDetected, StepAdvanced, AnalysisFailed, RolledBack, Promoted, ...
+    reason: Reason
     message: str
 
 

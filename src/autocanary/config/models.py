@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -333,17 +334,19 @@ class PrometheusConfig(Model):
 
 # ---------------------------------------------------------------- alerts
 
-AlertKind = Literal[
-    "releaseDetected",
-    "stepAdvanced",
-    "analysisFailed",
-    "inconclusive",
-    "paused",
-    "resumed",
-    "progressDeadlineExceeded",
-    "rolledBack",
-    "promoted",
-]
+
+class AlertKind(StrEnum):
+    """The transitions an alert sink can hear (``on:``), spelled as the config spells them."""
+
+    RELEASE_DETECTED = "releaseDetected"
+    STEP_ADVANCED = "stepAdvanced"
+    ANALYSIS_FAILED = "analysisFailed"
+    INCONCLUSIVE = "inconclusive"
+    PAUSED = "paused"
+    RESUMED = "resumed"
+    PROGRESS_DEADLINE_EXCEEDED = "progressDeadlineExceeded"
+    ROLLED_BACK = "rolledBack"
+    PROMOTED = "promoted"
 
 
 class SinkBase(Model):
@@ -351,7 +354,7 @@ class SinkBase(Model):
 
     name: DnsLabel = Field(description="Unique sink name, used by rollouts")
     on: list[AlertKind] = Field(
-        default_factory=lambda: list[AlertKind](["rolledBack", "paused"]),
+        default_factory=lambda: [AlertKind.ROLLED_BACK, AlertKind.PAUSED],
         min_length=1,
         description="Transitions sent to this sink; rollbacks and pauses by default",
     )

@@ -63,6 +63,7 @@ from autocanary.rollout.state import (
     RELEASE_ANNOTATION,
     STATE_ANNOTATION,
     Notice,
+    Reason,
     RolloutState,
 )
 
@@ -137,7 +138,7 @@ def _view(record: DeploymentRecord) -> decision.DeploymentView:
 
 
 def _severity(notice: Notice) -> str:
-    return SEVERITY.get(notice.kind, "info") if notice.kind else "info"  # type: ignore[call-overload]
+    return SEVERITY[notice.kind] if notice.kind is not None else "info"
 
 
 class _Budgeted:
@@ -522,10 +523,10 @@ class RolloutEngine:
             )
         return tuple(kept)
 
-    def _alert(self, notice: Notice) -> Alert:
+    def _alert(self, notice: Notice, kind: AlertKind) -> Alert:
         r = self.rollout
         return Alert(
-            kind=notice.kind,  # type: ignore[arg-type]  # validated when the notice was made
+            kind=kind,
             reason=notice.reason,
             rollout=r.name,
             namespace=r.namespace,
@@ -573,16 +574,16 @@ class RolloutEngine:
                 notice=notice.id,
             )
             return dataclasses.replace(notice, sinks=())
-        states = self.notifier.deliver(self._alert(notice), notice.sinks)
+        states = self.notifier.deliver(self._alert(notice, notice.kind), notice.sinks)
         left = tuple(s for s in notice.sinks if states.get(s) not in ("ok", "rejected"))
         return dataclasses.replace(notice, sinks=left)
 
     def _count(self, notice: Notice) -> None:
         r = self.rollout
-        ended = notice.reason in ("RolledBack", "Promoted", "CanaryDeleted")
-        if ended and notice.kind == "rolledBack":
+        ended = notice.reason in (Reason.ROLLED_BACK, Reason.PROMOTED, Reason.CANARY_DELETED)
+        if ended and notice.kind is AlertKind.ROLLED_BACK:
             self.metrics.rollbacks.labels(r.name, r.namespace).inc()
-        elif ended and notice.kind == "promoted":
+        elif ended and notice.kind is AlertKind.PROMOTED:
             self.metrics.promotions.labels(r.name, r.namespace).inc()
 
     def _tell_all(
@@ -661,7 +662,7 @@ class RolloutEngine:
             f"replicas from the stable's {RELEASE_ANNOTATION}"
             + ("; its steps start over" if phase == "progressing" else "")
         )
-        return state, (decision.Transition("StateRecovered", message, None, warning=True),)
+        return state, (decision.Transition(Reason.STATE_RECOVERED, message, None, warning=True),)
 
     def _canary_missing(
         self, stable: DeploymentRecord, record: RolloutState | None, started: float
@@ -681,13 +682,13 @@ class RolloutEngine:
         changed = original is not None and stable.template != original
         promoted = record.phase == "promoting" and changed
         if promoted:
-            kind: AlertKind = "promoted"
+            kind = AlertKind.PROMOTED
             outcome = (
                 f"the stable keeps the release's template (the promotion had begun) and is "
                 f"scaled back to its {record.total} replicas"
             )
         else:
-            kind = "rolledBack"
+            kind = AlertKind.ROLLED_BACK
             outcome = f"the stable is scaled back to its {record.total} replicas" + (
                 " and gets its original template back" if changed else ""
             )
@@ -695,7 +696,7 @@ class RolloutEngine:
             f"the canary Deployment {r.canary_name} was deleted during the {record.phase} "
             f"release of {record.canary_version} (revision {record.revision}); {outcome}"
         )
-        transition = decision.Transition("CanaryDeleted", message, kind, warning=True)
+        transition = decision.Transition(Reason.CANARY_DELETED, message, kind, warning=True)
         notice = self._notice(
             record, record.notices + 1, transition, now, target="stable", source="s"
         )
@@ -760,7 +761,9 @@ class RolloutEngine:
         base = record if record is not None else RolloutState()
         if base.corrupt_seen != digest:
             message = self._corrupt_message(error, record)
-            transition = decision.Transition("StateCorrupt", message, "paused", warning=True)
+            transition = decision.Transition(
+                Reason.STATE_CORRUPT, message, AlertKind.PAUSED, warning=True
+            )
             about = dataclasses.replace(
                 base,
                 canary_version=base.canary_version or obs.canary_version,
@@ -859,12 +862,12 @@ class RolloutEngine:
                 f"Deployment {obs.stable.name}; its promotion was superseded by revision "
                 f"{new.revision}, which starts from it"
             )
-            return (decision.Transition("Promoted", message, "promoted"),)
+            return (decision.Transition(Reason.PROMOTED, message, AlertKind.PROMOTED),)
         message = (
             f"the promotion of {current.canary_version} (revision {current.revision}) was "
             f"superseded by revision {new.revision} before the stable took its template"
         )
-        return (decision.Transition("Superseded", message, None, warning=True),)
+        return (decision.Transition(Reason.SUPERSEDED, message, None, warning=True),)
 
     def _services(self) -> _Services:
         """Blue/green's active and preview Services as read (``None``: not there)."""
@@ -965,9 +968,9 @@ class RolloutEngine:
             "replicas set by someone else reverted", deployment=before.name, message=message
         )
         try:
-            self.kube.record_event(about, "ReplicasOverridden", message, warning=True)
+            self.kube.record_event(about, Reason.REPLICAS_OVERRIDDEN, message, warning=True)
         except AutocanaryError as e:
-            log.warning("could not record Event", reason="ReplicasOverridden", error=str(e))
+            log.warning("could not record Event", reason=Reason.REPLICAS_OVERRIDDEN, error=str(e))
 
     def _export(self, new: RolloutState, obs: decision.Observation | None) -> None:
         r = self.rollout

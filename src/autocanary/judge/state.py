@@ -12,21 +12,28 @@ is taken from the counters stored with the evidence they produced.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 
 from autocanary.errors import StateCorrupt
 from autocanary.judge.counts import fields_for
 from autocanary.judge.eprocess import Grid
 
-STATE_VERSION = 2
+STATE_VERSION: Final = 2
+#: Strict: a value of the wrong JSON type is an error, never coerced.
+_STRICT = ConfigDict(strict=True, extra="forbid")
 
 
 @dataclass(frozen=True)
 class MetricState:
     """Evidence about one metric (errors, or one latency threshold)."""
+
+    __pydantic_config__ = _STRICT
 
     name: str
     evidence: tuple[float, ...]  # Lambda(theta) on the grid, relative to psi0
@@ -41,25 +48,38 @@ class MetricState:
 
 @dataclass(frozen=True)
 class JudgeState:
-    """The judge's state for one release; JSON-serialisable with ``to_dict``/``from_dict``."""
+    """The judge's state for one release; stored as JSON with camelCase names.
+
+    Validated (strictly) when the rollout state is read back, so the pure core
+    only ever sees a typed, well-shaped state.
+    """
+
+    __pydantic_config__ = _STRICT
 
     psi0: float
     psi1: float
-    grid_points: int
-    grid_max: float
-    prior_sd: float
+    grid_points: Annotated[int, Field(alias="gridPoints")]
+    grid_max: Annotated[float, Field(alias="gridMax")]
+    prior_sd: Annotated[float, Field(alias="priorSd")]
     thresholds: tuple[float, ...]  # every bucket boundary read, ascending
     metrics: tuple[MetricState, ...]
     alpha: float = 0.05
     beta: float = 0.05
     # per latency metric: (stable's boundary, canary's boundary), canary's >= (1+tolerance) x
-    latency_pairs: tuple[tuple[float, float], ...] = ()
-    noise_floor: float = 0.0  # least per-poll sd of the log odds ratio assumed
+    latency_pairs: Annotated[tuple[tuple[float, float], ...], Field(alias="latencyPairs")] = ()
+    # least per-poll sd of the log odds ratio assumed
+    noise_floor: Annotated[float, Field(alias="noiseFloor")] = 0.0
     canary: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     stable: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
-    canary_starts: Mapping[str, float] = field(default_factory=dict)
-    stable_starts: Mapping[str, float] = field(default_factory=dict)
+    canary_starts: Annotated[Mapping[str, float], Field(alias="canaryStarts")] = field(
+        default_factory=dict
+    )
+    stable_starts: Annotated[Mapping[str, float], Field(alias="stableStarts")] = field(
+        default_factory=dict
+    )
     polls: int = 0
+    #: The format's version: evidence of an older one is not read back (see :meth:`outdated`).
+    version: Literal[2] = STATE_VERSION
 
     def grid(self) -> Grid:
         """The grid of the error metric (odds ratio tolerance psi0)."""
@@ -75,36 +95,8 @@ class JudgeState:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data; floats keep full precision (``repr`` round-trips)."""
-        return {
-            "version": STATE_VERSION,
-            "psi0": self.psi0,
-            "psi1": self.psi1,
-            "gridPoints": self.grid_points,
-            "gridMax": self.grid_max,
-            "priorSd": self.prior_sd,
-            "thresholds": list(self.thresholds),
-            "alpha": self.alpha,
-            "beta": self.beta,
-            "latencyPairs": [list(p) for p in self.latency_pairs],
-            "noiseFloor": self.noise_floor,
-            "polls": self.polls,
-            "metrics": [
-                {
-                    "name": m.name,
-                    "evidence": list(m.evidence),
-                    "safe": m.safe,
-                    "mh": list(m.mh),
-                    "totals": list(m.totals),
-                    "change": list(m.change),
-                    "noise": list(m.noise),
-                }
-                for m in self.metrics
-            ],
-            "canary": {k: list(v) for k, v in self.canary.items()},
-            "stable": {k: list(v) for k, v in self.stable.items()},
-            "canaryStarts": dict(self.canary_starts),
-            "stableStarts": dict(self.stable_starts),
-        }
+        data: dict[str, Any] = _CODEC.dump_python(self, mode="json", by_alias=True)
+        return data
 
     @staticmethod
     def outdated(data: Mapping[str, Any]) -> bool:
@@ -122,76 +114,42 @@ class JudgeState:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> JudgeState:
         """Read back ``to_dict`` output; anything malformed raises ``StateCorrupt``."""
-        if not isinstance(data, Mapping) or data.get("version") != STATE_VERSION:
-            version = data.get("version") if isinstance(data, Mapping) else None
+        version = data.get("version") if isinstance(data, Mapping) else None
+        if not isinstance(data, Mapping) or version != STATE_VERSION or isinstance(version, bool):
             raise StateCorrupt(f"judge state version {version!r} is not {STATE_VERSION}")
         try:
-            state = cls(
-                psi0=float(data["psi0"]),
-                psi1=float(data["psi1"]),
-                grid_points=int(data["gridPoints"]),
-                grid_max=float(data["gridMax"]),
-                prior_sd=float(data["priorSd"]),
-                thresholds=tuple(float(t) for t in data["thresholds"]),
-                alpha=float(data["alpha"]),
-                beta=float(data["beta"]),
-                latency_pairs=tuple(_pair(p) for p in data["latencyPairs"]),
-                noise_floor=float(data["noiseFloor"]),
-                polls=int(data["polls"]),
-                metrics=tuple(_metric(m) for m in data["metrics"]),
-                canary=_counters(data["canary"]),
-                stable=_counters(data["stable"]),
-                canary_starts=_starts(data["canaryStarts"]),
-                stable_starts=_starts(data["stableStarts"]),
-            )
-            size = state.grid().size
-        except (KeyError, TypeError, ValueError) as e:
+            state = _CODEC.validate_json(json.dumps(dict(data)))
+        except ValidationError as e:
             raise StateCorrupt(f"judge state is malformed: {e}") from e
-        _check_shapes(state, size)
-        return state
+        try:
+            return check_judge_state(state)
+        except ValueError as e:
+            raise StateCorrupt(str(e)) from e
 
 
-def _pair(data: Any) -> tuple[float, float]:
-    low, high = (float(v) for v in data)
-    return low, high
+_CODEC: TypeAdapter[JudgeState] = TypeAdapter(JudgeState)
 
 
-def _metric(data: Mapping[str, Any]) -> MetricState:
-    mh = tuple(float(v) for v in data["mh"])
-    totals = tuple(int(v) for v in data["totals"])
-    noise = tuple(float(v) for v in data["noise"])
-    if len(mh) != 2 or len(totals) != 4 or len(noise) != 5:
-        raise ValueError("mh needs 2 numbers, totals 4 and noise 5")
-    return MetricState(
-        name=str(data["name"]),
-        evidence=tuple(float(v) for v in data["evidence"]),
-        safe=bool(data["safe"]),
-        mh=(mh[0], mh[1]),
-        totals=(totals[0], totals[1], totals[2], totals[3]),
-        change=tuple(float(v) for v in data["change"]),
-        noise=(noise[0], noise[1], noise[2], noise[3], noise[4]),
-    )
+def check_judge_state(state: JudgeState) -> JudgeState:
+    """``state`` if its parts fit together (sizes, pairs, counters); ``ValueError`` if not.
 
-
-def _starts(data: Mapping[str, Any]) -> dict[str, float]:
-    return {str(k): float(v) for k, v in data.items()}
-
-
-def _counters(data: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
-    return {str(k): tuple(int(v) for v in values) for k, values in data.items()}
+    Types are pydantic's to check; this is what types cannot say.
+    """
+    _check_shapes(state, state.grid().size)
+    return state
 
 
 def _check_shapes(state: JudgeState, size: int) -> None:
     fields = fields_for(state.thresholds)
     if len(state.metrics) != 1 + len(state.latency_pairs):
-        raise StateCorrupt("judge state has a metric count that does not match its bucket pairs")
+        raise ValueError("judge state has a metric count that does not match its bucket pairs")
     if any(le not in state.thresholds for pair in state.latency_pairs for le in pair):
-        raise StateCorrupt("judge state has a bucket pair outside its thresholds")
+        raise ValueError("judge state has a bucket pair outside its thresholds")
     for m in state.metrics:
         if len(m.evidence) != size or not all(math.isfinite(v) for v in m.evidence):
-            raise StateCorrupt(f"judge state evidence for {m.name} is not {size} finite numbers")
+            raise ValueError(f"judge state evidence for {m.name} is not {size} finite numbers")
         if m.change and len(m.change) != state.grid().points:
-            raise StateCorrupt(f"judge state change-point statistic for {m.name} has a bad length")
+            raise ValueError(f"judge state change-point statistic for {m.name} has a bad length")
     for version in (state.canary, state.stable):
         if any(len(v) != fields for v in version.values()):
-            raise StateCorrupt(f"judge state counters are not {fields} numbers per series")
+            raise ValueError(f"judge state counters are not {fields} numbers per series")

@@ -8,20 +8,21 @@ from typing import Literal
 
 from autocanary.analysis.verdict import CheckSummary
 from autocanary.config.models import AlertKind
+from autocanary.rollout.state import Reason
 
 Severity = Literal["critical", "warning", "info"]
 
 #: How urgent each kind of transition is; rollbacks wake people up.
 SEVERITY: dict[AlertKind, Severity] = {
-    "rolledBack": "critical",
-    "progressDeadlineExceeded": "critical",
-    "paused": "warning",
-    "analysisFailed": "warning",
-    "inconclusive": "warning",
-    "releaseDetected": "info",
-    "stepAdvanced": "info",
-    "resumed": "info",
-    "promoted": "info",
+    AlertKind.ROLLED_BACK: "critical",
+    AlertKind.PROGRESS_DEADLINE_EXCEEDED: "critical",
+    AlertKind.PAUSED: "warning",
+    AlertKind.ANALYSIS_FAILED: "warning",
+    AlertKind.INCONCLUSIVE: "warning",
+    AlertKind.RELEASE_DETECTED: "info",
+    AlertKind.STEP_ADVANCED: "info",
+    AlertKind.RESUMED: "info",
+    AlertKind.PROMOTED: "info",
 }
 
 
@@ -30,7 +31,7 @@ class Alert:
     """A rollout transition worth telling people about."""
 
     kind: AlertKind
-    reason: str  # the Kubernetes Event reason, e.g. RolledBack
+    reason: Reason  # the Kubernetes Event reason
     rollout: str
     namespace: str
     revision: str

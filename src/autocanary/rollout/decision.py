@@ -34,7 +34,7 @@ from autocanary.config.units import format_duration
 from autocanary.rollout import pods as pod_math
 from autocanary.rollout import steps as step_math
 from autocanary.rollout.revision import promoted_template
-from autocanary.rollout.state import COMMANDS, RolloutState, VerdictRecord
+from autocanary.rollout.state import COMMANDS, Reason, RolloutState, VerdictRecord
 
 JSON = dict[str, Any]
 
@@ -96,11 +96,13 @@ class Desired:
 class Transition:
     """Something worth an Event (and, when ``kind`` is routed, an alert)."""
 
-    reason: str  # Kubernetes Event reason
+    reason: Reason  # Kubernetes Event reason
     message: str
     kind: AlertKind | None
     warning: bool = False
     checks: tuple[CheckSummary, ...] = ()
+    #: Why it happened, in words, where ``message`` goes on to say what follows from it.
+    cause: str = ""
 
 
 @dataclass(frozen=True)
@@ -339,7 +341,9 @@ def _cannot_start(state: RolloutState, obs: Observation, message: str) -> Decisi
     paused = dataclasses.replace(
         state, phase="paused", revision=obs.canary_revision, total=0, message=message
     )
-    return Decision(paused, Desired(), (Transition("Paused", message, "paused", warning=True),))
+    return Decision(
+        paused, Desired(), (Transition(Reason.PAUSED, message, AlertKind.PAUSED, warning=True),)
+    )
 
 
 def _start_release(t: _Tick, state: RolloutState, why: str) -> Decision:
@@ -399,7 +403,7 @@ def _start_release(t: _Tick, state: RolloutState, why: str) -> Decision:
     return Decision(
         new,
         desired_for(rollout, new, obs),
-        (Transition("ReleaseDetected", message, "releaseDetected"),),
+        (Transition(Reason.RELEASE_DETECTED, message, AlertKind.RELEASE_DETECTED),),
         requeue_after=POLL,
     )
 
@@ -445,7 +449,9 @@ def _roll_back(
             f"{message}; the active Service {rollout.blue_green.active_service} switches back "
             f"to {state.stable_version}"
         )
-    transition = Transition("RolledBack", told, "rolledBack", warning=True, checks=checks)
+    transition = Transition(
+        Reason.ROLLED_BACK, told, AlertKind.ROLLED_BACK, warning=True, checks=checks
+    )
     return Decision(new, desired_for(rollout, new, obs), (*extra, transition), requeue_after=POLL)
 
 
@@ -462,7 +468,10 @@ def _promote(t: _Tick, state: RolloutState, why: str) -> Decision:
         desired_for(rollout, new, obs),
         (
             Transition(
-                "Promoting", f"{why}; the stable Deployment gets the canary's template", None
+                Reason.PROMOTING,
+                f"{why}; the stable Deployment gets the canary's template",
+                None,
+                cause=why,
             ),
         ),
         requeue_after=POLL,
@@ -471,7 +480,9 @@ def _promote(t: _Tick, state: RolloutState, why: str) -> Decision:
 
 def _pause(state: RolloutState, message: str) -> Decision:
     new = dataclasses.replace(state, phase="paused", message=f"paused: {message}")
-    return Decision(new, Desired(), (Transition("Paused", message, "paused", warning=True),))
+    return Decision(
+        new, Desired(), (Transition(Reason.PAUSED, message, AlertKind.PAUSED, warning=True),)
+    )
 
 
 #: Characters of an ignored command quoted back in its Event and log line.
@@ -486,7 +497,7 @@ def _ignore_command(decision: Decision, command: str, why: str) -> Decision:
         if len(command) <= _COMMAND_SHOWN
         else f"{command[:_COMMAND_SHOWN]!r}... ({len(command)} characters)"
     )
-    note = Transition("CommandIgnored", f"command {shown} ignored: {why}", None, warning=True)
+    note = Transition(Reason.COMMAND_IGNORED, f"command {shown} ignored: {why}", None, warning=True)
     return dataclasses.replace(
         decision, transitions=(*decision.transitions, note), consume_command=True
     )
@@ -603,7 +614,10 @@ def _decide_settled(t: _Tick, state: RolloutState, command: str | None) -> Decis
 def _deadline_rollback(t: _Tick, state: RolloutState, what: str) -> Decision:
     message = f"{what} within progressDeadline {format_duration(t.rollout.progress_deadline)}"
     exceeded = Transition(
-        "ProgressDeadlineExceeded", message, "progressDeadlineExceeded", warning=True
+        Reason.PROGRESS_DEADLINE_EXCEEDED,
+        message,
+        AlertKind.PROGRESS_DEADLINE_EXCEEDED,
+        warning=True,
     )
     return _roll_back(t, state, message, extra=(exceeded,))
 
@@ -624,7 +638,7 @@ def _decide_progressing(
     )
     if failing is not None:
         message = f"{failing}, at {_step_label(rollout, state)}"
-        pod_failed = Transition("CanaryPodFailed", message, None, warning=True)
+        pod_failed = Transition(Reason.CANARY_POD_FAILED, message, None, warning=True)
         decision = _roll_back(t, state, message, extra=(pod_failed,))
         if command is not None:
             return _ignore_command(decision, command, "the canary's pods are failing")
@@ -701,9 +715,9 @@ def _judge(t: _Tick, state: RolloutState, verdict: IntervalVerdict) -> Decision 
         # Proven harm needs no second opinion: failureLimit is for noisy thresholds.
         state = dataclasses.replace(state, failures=state.failures + 1, inconclusive=0)
         failed = Transition(
-            "AnalysisFailed",
+            Reason.ANALYSIS_FAILED,
             f"analysis failed at {where}: {verdict.reason}",
-            "analysisFailed",
+            AlertKind.ANALYSIS_FAILED,
             warning=True,
             checks=checks,
         )
@@ -713,9 +727,9 @@ def _judge(t: _Tick, state: RolloutState, verdict: IntervalVerdict) -> Decision 
     if verdict.verdict == "fail":
         state = dataclasses.replace(state, failures=state.failures + 1, inconclusive=0)
         failed = Transition(
-            "AnalysisFailed",
+            Reason.ANALYSIS_FAILED,
             f"analysis failed at {where}: {verdict.reason}",
-            "analysisFailed",
+            AlertKind.ANALYSIS_FAILED,
             warning=True,
             checks=checks,
         )
@@ -728,9 +742,9 @@ def _judge(t: _Tick, state: RolloutState, verdict: IntervalVerdict) -> Decision 
         return Decision(state, Desired(), (failed,))
     state = dataclasses.replace(state, inconclusive=state.inconclusive + 1)
     unsure = Transition(
-        "AnalysisInconclusive",
+        Reason.ANALYSIS_INCONCLUSIVE,
         f"analysis inconclusive at {where} ({state.inconclusive} in a row): {verdict.reason}",
-        "inconclusive",
+        AlertKind.INCONCLUSIVE,
         warning=True,
         checks=checks,
     )
@@ -861,21 +875,21 @@ def _advance(t: _Tick, state: RolloutState, transitions: tuple[Transition, ...])
     new = dataclasses.replace(new, message=f"waiting for {_step_label(rollout, new)}")
     if rollout.blue_green is not None:
         switched = Transition(
-            "Switched",
+            Reason.SWITCHED,
             f"the preview held {hold} with {state.step_passes} passing interval(s): the active "
             f"Service {rollout.blue_green.active_service} switches from {state.stable_version} "
             f"to {state.canary_version}; {state.stable_version} stays up for "
             f"{format_duration(rollout.blue_green.window)}",
-            "stepAdvanced",
+            AlertKind.STEP_ADVANCED,
         )
         return Decision(
             new, desired_for(rollout, new, t.obs), (*transitions, switched), requeue_after=POLL
         )
     advanced = Transition(
-        "StepAdvanced",
+        Reason.STEP_ADVANCED,
         f"advanced to {_step_label(rollout, new)} after step {state.step + 1} held {hold} "
         f"with {state.step_passes} passing interval(s)",
-        "stepAdvanced",
+        AlertKind.STEP_ADVANCED,
     )
     return Decision(
         new, desired_for(rollout, new, t.obs), (*transitions, advanced), requeue_after=POLL
@@ -910,7 +924,7 @@ def _decide_paused(t: _Tick, state: RolloutState, command: str | None) -> Decisi
         return Decision(
             new,
             desired_for(rollout, new, obs),
-            (Transition("Resumed", f"resumed at {label}", "resumed"),),
+            (Transition(Reason.RESUMED, f"resumed at {label}", AlertKind.RESUMED),),
             requeue_after=POLL,
         )
     stay = Decision(state, Desired())
@@ -952,10 +966,10 @@ def _decide_promoting(t: _Tick, state: RolloutState, command: str | None) -> Dec
             message=f"promoted {state.canary_version} (revision {state.revision})",
         )
         promoted = Transition(
-            "Promoted",
+            Reason.PROMOTED,
             f"promoted {state.canary_version} (revision {state.revision}) to the stable "
             f"Deployment {obs.stable.name} with {state.total} replicas; canary scaled to 0",
-            "promoted",
+            AlertKind.PROMOTED,
         )
         decision = Decision(new, desired_for(rollout, new, obs), (promoted,))
     elif not _stable_complete(obs, state) and now - started > rollout.progress_deadline:

@@ -3,17 +3,33 @@
 It lives in the cluster, as a JSON annotation on the canary Deployment, so a
 restarted daemon (or the other replica) resumes every rollout where it stood.
 Everything else is re-read from the cluster each tick.
+
+The annotation is read back by pydantic in strict mode (a value of the wrong
+JSON type is an error, never coerced), and every problem is reported with its
+field path, e.g. ``pending[0].at``. The stored format is plain JSON: snake_case
+fields, ISO 8601 times in UTC, the judge's evidence in its own camelCase form.
 """
 
 from __future__ import annotations
 
 import json
-import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal, get_args
+from enum import StrEnum
+from typing import Annotated, Any, Literal, get_args
 
+from pydantic import (
+    AfterValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    TypeAdapter,
+    ValidationError,
+)
+
+from autocanary.config.models import AlertKind
 from autocanary.errors import StateCorrupt
+from autocanary.judge.state import JudgeState, check_judge_state
 
 STATE_ANNOTATION = "autocanary.io/state"
 COMMAND_ANNOTATION = "autocanary.io/command"
@@ -40,6 +56,58 @@ MAX_PENDING = 20
 NoticeTarget = Literal["canary", "stable"]
 
 
+class Reason(StrEnum):
+    """What happened to a rollout: each transition's Kubernetes Event reason, one spelling."""
+
+    RELEASE_DETECTED = "ReleaseDetected"
+    STEP_ADVANCED = "StepAdvanced"
+    SWITCHED = "Switched"  # blue/green: the active Service moved to the new version
+    ANALYSIS_FAILED = "AnalysisFailed"
+    ANALYSIS_INCONCLUSIVE = "AnalysisInconclusive"
+    PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
+    CANARY_POD_FAILED = "CanaryPodFailed"
+    ROLLED_BACK = "RolledBack"
+    PROMOTING = "Promoting"
+    PROMOTED = "Promoted"
+    SUPERSEDED = "Superseded"
+    PAUSED = "Paused"
+    RESUMED = "Resumed"
+    COMMAND_IGNORED = "CommandIgnored"
+    CANARY_DELETED = "CanaryDeleted"
+    STATE_CORRUPT = "StateCorrupt"
+    STATE_RECOVERED = "StateRecovered"
+    REPLICAS_OVERRIDDEN = "ReplicasOverridden"
+
+
+#: Strict: a value of the wrong JSON type is an error, never coerced (``"10"`` is no total).
+_STRICT = ConfigDict(strict=True, extra="forbid")
+
+
+def _utc(value: datetime) -> datetime:
+    # Hand edits may lack an offset; every time the daemon writes is UTC.
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _iso(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat()
+
+
+#: A point in time: an ISO 8601 string in the annotation, always timezone-aware once read.
+Time = Annotated[datetime, AfterValidator(_utc), PlainSerializer(_iso, when_used="json")]
+#: A counter: never negative.
+Count = Annotated[int, Field(ge=0)]
+#: A duration in seconds: never negative.
+Seconds = Annotated[float, Field(ge=0)]
+
+
+def _fits(value: JudgeState | None) -> JudgeState | None:
+    return None if value is None else check_judge_state(value)
+
+
+#: The sequential judge's evidence, its parts checked to fit together.
+Evidence = Annotated[JudgeState | None, AfterValidator(_fits)]
+
+
 @dataclass(frozen=True)
 class Notice:
     """A transition still to be told: its Event and its alerts, persisted until done.
@@ -52,12 +120,14 @@ class Notice:
     drop repeats.
     """
 
+    __pydantic_config__ = _STRICT
+
     id: str
-    reason: str  # the Kubernetes Event reason, e.g. RolledBack
+    reason: Reason  # the Kubernetes Event reason
     message: str
-    kind: str | None  # the alert kind (config.AlertKind), None for an Event only
+    kind: AlertKind | None  # None for an Event only
     warning: bool
-    at: datetime
+    at: Time
     revision: str
     canary_version: str
     stable_version: str
@@ -77,7 +147,9 @@ class Notice:
 class VerdictRecord:
     """A compact record of one interval's verdict, kept for ``status`` and alerts."""
 
-    at: datetime
+    __pydantic_config__ = _STRICT
+
+    at: Time
     step: int
     verdict: str
     reason: str
@@ -88,32 +160,34 @@ class VerdictRecord:
 class RolloutState:
     """Everything about a rollout's release that cannot be re-read from the cluster."""
 
+    __pydantic_config__ = _STRICT
+
     phase: Phase = "idle"
     revision: str = ""  # the canary revision this release is about
     stable_revision: str = ""  # the stable's revision when the release started
     canary_version: str = ""
     stable_version: str = ""
     stable_template: dict[str, Any] | None = None  # restored if a promotion must be undone
-    canary_generation: int = 0  # the canary's generation holding this release's template
-    total: int = 0
-    step: int = 0  # 0-based index into the rollout's steps
+    canary_generation: Count = 0  # the canary's generation holding this release's template
+    total: Count = 0
+    step: Count = 0  # 0-based index into the rollout's steps
     stage: Stage = "waitingReady"
-    step_started_at: datetime | None = None
-    ready_at: datetime | None = None
-    not_ready_since: datetime | None = None
-    not_ready_seconds: float = 0.0  # earlier spells of this step's canary not Ready, in all
-    last_analysis_at: datetime | None = None
-    step_passes: int = 0
-    failures: int = 0
-    inconclusive: int = 0  # consecutive
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
+    step_started_at: Time | None = None
+    ready_at: Time | None = None
+    not_ready_since: Time | None = None
+    not_ready_seconds: Seconds = 0.0  # earlier spells of this step's canary not Ready, in all
+    last_analysis_at: Time | None = None
+    step_passes: Count = 0
+    failures: Count = 0
+    inconclusive: Count = 0  # consecutive
+    started_at: Time | None = None
+    finished_at: Time | None = None
     rolled_back_revision: str = ""
     message: str = ""
     verdicts: tuple[VerdictRecord, ...] = ()
-    judge: dict[str, Any] | None = None  # the sequential judge's evidence, when enabled
+    judge: Evidence = None  # the sequential judge's evidence, when enabled
     pending: tuple[Notice, ...] = ()  # transitions still to be told (Events, alerts)
-    notices: int = 0  # notices created for this rollout so far: makes each notice's id unique
+    notices: Count = 0  # notices created for this rollout so far: makes each notice's id unique
     corrupt_seen: str = ""  # on the stable's record: digest of a corrupt canary state reported
 
     def with_verdict(self, record: VerdictRecord) -> tuple[VerdictRecord, ...]:
@@ -121,39 +195,18 @@ class RolloutState:
         return (*self.verdicts, record)[-MAX_VERDICTS:]
 
 
-def _encode(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.astimezone(UTC).isoformat()
-    if isinstance(value, dict):
-        return {k: _encode(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_encode(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        # NaN and infinities are not JSON; other tools reading the annotation would choke.
-        return None
-    return value
+_CODEC: TypeAdapter[RolloutState] = TypeAdapter(RolloutState)
 
 
 def dumps(state: RolloutState) -> str:
-    """Serialise a state for the annotation (compact JSON with a schema version)."""
-    data = _encode(asdict(state))
+    """Serialise a state for the annotation (compact JSON with a schema version).
+
+    NaN and infinities are written as null: they are not JSON, and other
+    tools reading the annotation would choke on them.
+    """
+    data = _CODEC.dump_python(state, mode="json", by_alias=True)
     data["schema"] = SCHEMA_VERSION
     return json.dumps(data, separators=(",", ":"), sort_keys=True, allow_nan=False)
-
-
-_TIME_FIELDS = {f.name for f in fields(RolloutState) if "datetime" in str(f.type)}
-
-
-def _time(value: Any, where: str) -> datetime | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise StateCorrupt(f"{where}: expected an ISO timestamp, got {value!r}")
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError as e:
-        raise StateCorrupt(f"{where}: expected an ISO timestamp, got {value!r}") from e
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def essentials(state: RolloutState, record: RolloutState | None) -> RolloutState:
@@ -179,49 +232,24 @@ def essentials(state: RolloutState, record: RolloutState | None) -> RolloutState
     )
 
 
-_INT_FIELDS = (
-    "canary_generation",
-    "total",
-    "step",
-    "step_passes",
-    "failures",
-    "inconclusive",
-    "notices",
-)
-_STR_FIELDS = (
-    "revision",
-    "stable_revision",
-    "canary_version",
-    "stable_version",
-    "rolled_back_revision",
-    "message",
-    "corrupt_seen",
-)
-_DICT_FIELDS = ("stable_template", "judge")
+def _where(location: tuple[int | str, ...]) -> str:
+    """A pydantic error location as a field path: ``pending[0].at``."""
+    path = ""
+    for part in location:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)
+    return path
 
 
-def _check_types(data: dict[str, Any]) -> None:
-    """Reject values of the wrong type, which would otherwise fail later, deep in a decision."""
-    for name in _INT_FIELDS:
-        value = data.get(name, 0)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise StateCorrupt(f"{name}: expected a non-negative integer, got {value!r}")
-    for name in _STR_FIELDS:
-        if not isinstance(data.get(name, ""), str):
-            raise StateCorrupt(f"{name}: expected a string, got {data[name]!r}")
-    for name in _DICT_FIELDS:
-        if not isinstance(data.get(name), dict | None):
-            raise StateCorrupt(f"{name}: expected an object or null, got {data[name]!r}")
-    seconds = data.get("not_ready_seconds", 0.0)
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
-        raise StateCorrupt(f"not_ready_seconds: expected a non-negative number, got {seconds!r}")
-    if data.get("phase", "idle") not in PHASES:
-        raise StateCorrupt(f"phase: unknown phase {data['phase']!r}; expected one of {PHASES}")
-    if data.get("stage", "waitingReady") not in get_args(Stage):
-        raise StateCorrupt(f"stage: unknown stage {data['stage']!r}")
-    for name in ("verdicts", "pending"):
-        if not isinstance(data.get(name, []), list):
-            raise StateCorrupt(f"{name}: expected a list, got {data[name]!r}")
+def _problems(error: ValidationError) -> str:
+    problems = []
+    for e in error.errors(include_url=False):
+        where = _where(e["loc"])
+        if e["type"] in ("unexpected_keyword_argument", "extra_forbidden"):
+            problems.append(f"{where}: unknown field")
+            continue
+        got = "" if e["type"] in ("missing", "value_error") else f", got {e['input']!r:.80}"
+        problems.append(f"{where}: {e['msg'][:1].lower()}{e['msg'][1:]}{got}")
+    return "; ".join(problems)
 
 
 def _check_meaning(state: RolloutState) -> None:
@@ -235,69 +263,8 @@ def _check_meaning(state: RolloutState) -> None:
             raise StateCorrupt(f"revision: a {state.phase} release needs its canary revision")
 
 
-def _required_time(value: Any, where: str) -> datetime:
-    parsed = _time(value, where)
-    if parsed is None:
-        raise StateCorrupt(f"{where}: expected an ISO timestamp, got None")
-    return parsed
-
-
-def _object(value: Any, where: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise StateCorrupt(f"{where}: expected an object, got {value!r:.80}")
-    return value
-
-
-def _typed(value: Any, kind: type[Any], where: str) -> Any:
-    if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
-        raise StateCorrupt(f"{where}: expected {kind.__name__}, got {value!r:.80}")
-    return value
-
-
-def _verdict(value: Any, i: int) -> VerdictRecord:
-    where = f"verdicts[{i}]"
-    v = _object(value, where)
-    return VerdictRecord(
-        at=_required_time(v.get("at"), f"{where}.at"),
-        step=_typed(v.get("step"), int, f"{where}.step"),
-        verdict=_typed(v.get("verdict"), str, f"{where}.verdict"),
-        reason=_typed(v.get("reason", ""), str, f"{where}.reason"),
-        checks=_object(v.get("checks", {}), f"{where}.checks"),
-    )
-
-
-def _notice(value: Any, i: int) -> Notice:
-    where = f"pending[{i}]"
-    n = _object(value, where)
-    unknown = set(n) - {f.name for f in fields(Notice)}
-    if unknown:
-        raise StateCorrupt(f"{where}: unknown fields {sorted(unknown)}")
-    step = n.get("step")
-    target = n.get("target", "canary")
-    if target not in get_args(NoticeTarget):
-        raise StateCorrupt(f"{where}.target: expected canary or stable, got {target!r:.80}")
-    sinks = _typed(n.get("sinks", []), list, f"{where}.sinks")
-    checks = _typed(n.get("checks", []), list, f"{where}.checks")
-    return Notice(
-        id=_typed(n.get("id"), str, f"{where}.id"),
-        reason=_typed(n.get("reason"), str, f"{where}.reason"),
-        message=_typed(n.get("message", ""), str, f"{where}.message"),
-        kind=None if n.get("kind") is None else _typed(n["kind"], str, f"{where}.kind"),
-        warning=_typed(n.get("warning", False), bool, f"{where}.warning"),
-        at=_required_time(n.get("at"), f"{where}.at"),
-        revision=_typed(n.get("revision", ""), str, f"{where}.revision"),
-        canary_version=_typed(n.get("canary_version", ""), str, f"{where}.canary_version"),
-        stable_version=_typed(n.get("stable_version", ""), str, f"{where}.stable_version"),
-        step=None if step is None else _typed(step, int, f"{where}.step"),
-        event=_typed(n.get("event", True), bool, f"{where}.event"),
-        sinks=tuple(_typed(x, str, f"{where}.sinks") for x in sinks),
-        target=target,
-        checks=tuple(_object(c, f"{where}.checks") for c in checks),
-    )
-
-
 def loads(text: str) -> RolloutState:
-    """Parse the annotation; raise :class:`StateCorrupt` (only) saying what is wrong."""
+    """Parse the annotation; raise :class:`StateCorrupt` (only) naming each wrong field."""
     try:
         data = json.loads(text)
     except (json.JSONDecodeError, RecursionError) as e:
@@ -309,15 +276,14 @@ def loads(text: str) -> RolloutState:
         raise StateCorrupt(
             f"state annotation has schema {schema!r}; this daemon reads schema {SCHEMA_VERSION}"
         )
-    known = {f.name for f in fields(RolloutState)}
-    unknown = set(data) - known
-    if unknown:
-        raise StateCorrupt(f"state annotation has unknown fields {sorted(unknown)}")
-    for name in _TIME_FIELDS:
-        data[name] = _time(data.get(name), name)
-    _check_types(data)
-    data["verdicts"] = tuple(_verdict(v, i) for i, v in enumerate(data.get("verdicts", [])))
-    data["pending"] = tuple(_notice(n, i) for i, n in enumerate(data.get("pending", [])))
-    state = RolloutState(**data)
+    if isinstance(data.get("judge"), dict) and JudgeState.outdated(data["judge"]):
+        # Evidence in a format before this daemon's is not read back: the judge
+        # starts afresh (see JudgeState.outdated); the rest of the state is kept.
+        data["judge"] = None
+    try:
+        # Validated as JSON (not Python) data: strict, yet arrays are tuples, strings times.
+        state = _CODEC.validate_json(json.dumps(data))
+    except ValidationError as e:
+        raise StateCorrupt(_problems(e)) from e
     _check_meaning(state)
     return state
