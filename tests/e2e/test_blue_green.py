@@ -258,3 +258,41 @@ def test_a_daemon_killed_between_the_switch_and_the_end_of_the_window_resumes(
     assert reasons.count("Switched") == 1
     assert reasons.count("Promoted") == 1
     assert stack.replicas() == (3, 0)
+
+
+def test_commands_and_status_on_a_blue_green_release(stack_factory: StackFactory) -> None:
+    stack = stack_factory(blue_green=True, window="10m")
+    common = ("--config", str(stack.config_path), "--kubeconfig", str(stack.cp.kubeconfig_path))
+    with ActiveWatch(stack) as active:
+        stack.release("v2")
+        stack.wait_for(lambda s: s.phase == "progressing" and s.step == 1, 180, "in the window")
+
+        table = stack.cli("status", *common)
+        _, row, *_ = table.splitlines()
+        assert row.split()[:4] == [stack.settings.app, stack.namespace, "progressing", "2/2"]
+        stack.cli("pause", stack.settings.app, *common)
+        stack.wait_for(lambda s: s.phase == "paused", 30, "paused by command")
+        assert selector(stack, stack.settings.app)["version"] == "v2", "users stay on v2"
+        stack.cli("resume", stack.settings.app, *common)
+        stack.wait_for(lambda s: s.phase == "progressing", 30, "resumed")
+
+        stack.cli("abort", stack.settings.app, *common)
+        aborted = stack.wait_for(lambda s: s.phase == "rolledBack", 60, "rolled back by abort")
+        assert "aborted by command" in aborted.message
+        assert selector(stack, stack.settings.app)["version"] == "v1"
+
+        stack.cli("retry", stack.settings.app, *common)
+        stack.wait_for(lambda s: s.phase == "progressing", 60, "the retried release")
+        stack.cli("promote", stack.settings.app, *common)
+        final = stack.wait_for(lambda s: s.phase == "succeeded", 180, "promoted by command")
+        time.sleep(2)
+
+    assert final.canary_version == "v2"
+    assert active.selector_history() == ["v2", "v1", "v2"], "switch, back by abort, promote"
+    assert_one_version_at_a_time_and_whole(active)
+    assert stable_labels(stack)["version"] == "v2"
+    assert stack.replicas() == (3, 0)
+    reasons = our_reasons(stack)
+    assert reasons.count("RolledBack") == 1
+    assert reasons.count("Promoted") == 1
+    stack.receiver.wait_for(lambda b: b.get("kind") == "rolledBack", 10, "/oncall")
