@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 import pytest
-from e2e_helpers import StackFactory, our_reasons, stable_labels
+from e2e_helpers import StackFactory, stable_labels, told_reasons
 from kubernetes import client, watch
 
 from autocanary_testbed.errors import HarnessError
@@ -172,7 +172,7 @@ def test_a_healthy_release_is_switched_in_one_write_and_promoted(blue_green: Can
     assert stable_labels(stack)["version"] == "v2"
     assert stack.replicas() == (3, 0)
     assert selector(stack, stack.preview_service) == {"app": "testpage", "version": "v2"}
-    reasons = our_reasons(stack)
+    reasons = told_reasons(stack)
     assert reasons[0] == "ReleaseDetected"
     assert reasons.count("Switched") == 1
     assert reasons[-1] == "Promoted"
@@ -194,7 +194,7 @@ def test_a_bad_release_fails_on_the_preview_and_the_active_service_is_never_writ
     assert {v for r in active.versions() for v in r} == {"v1"}, "users never met v2"
     assert_one_version_at_a_time_and_whole(active)
     assert stack.replicas() == (3, 0)
-    assert "Switched" not in our_reasons(stack)
+    assert "Switched" not in told_reasons(stack)
     alert = stack.receiver.wait_for(lambda b: b.get("kind") == "rolledBack", 10, "/oncall")
     assert [c["name"] for c in alert["checks"] if c["verdict"] == "fail"] == ["error-rate"]
 
@@ -211,7 +211,7 @@ def test_a_failure_after_the_switch_switches_back_within_one_interval(
         time.sleep(2)
 
     assert final.phase == "rolledBack", final.message
-    reasons = our_reasons(stack)
+    reasons = told_reasons(stack)
     assert "Switched" in reasons, f"the faults began before the switch: {reasons}"
     assert final.step == 1, "failed in the window after the switch"
     assert active.selector_history() == ["v2", "v1"], "switched, then switched back"
@@ -254,7 +254,7 @@ def test_a_daemon_killed_between_the_switch_and_the_end_of_the_window_resumes(
     assert active.selector_history() == ["v2"], "one switch, never repeated nor undone"
     assert_one_version_at_a_time_and_whole(active)
     assert active.versions()[-1] == ["v2", "v2", "v2"]
-    reasons = our_reasons(stack)
+    reasons = told_reasons(stack)
     assert reasons.count("Switched") == 1
     assert reasons.count("Promoted") == 1
     assert stack.replicas() == (3, 0)
@@ -292,7 +292,7 @@ def test_commands_and_status_on_a_blue_green_release(stack_factory: StackFactory
     assert_one_version_at_a_time_and_whole(active)
     assert stable_labels(stack)["version"] == "v2"
     assert stack.replicas() == (3, 0)
-    reasons = our_reasons(stack)
+    reasons = told_reasons(stack)
     assert reasons.count("RolledBack") == 1
     assert reasons.count("Promoted") == 1
     stack.receiver.wait_for(lambda b: b.get("kind") == "rolledBack", 10, "/oncall")
