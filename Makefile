@@ -27,8 +27,8 @@ lint:
 # Each step prints its duration, so a slow CI run shows where the time went.
 test: setup
 	@start=$$SECONDS; $(MAKE) --no-print-directory lint && echo "[test] lint: $$((SECONDS - start))s"
-	@start=$$SECONDS; $(VENV)/pytest -n $(TEST_WORKERS) --reruns 1 tests/e2e && echo "[test] e2e: $$((SECONDS - start))s"
-	@start=$$SECONDS; $(VENV)/pytest tests/unit tests/integration && echo "[test] unit and integration: $$((SECONDS - start))s"
+	@start=$$SECONDS; $(VENV)/pytest -n $(TEST_WORKERS) --reruns 1 --durations=15 tests/e2e && echo "[test] e2e: $$((SECONDS - start))s"
+	@start=$$SECONDS; $(VENV)/pytest --durations=15 tests/unit tests/integration && echo "[test] unit and integration: $$((SECONDS - start))s"
 
 test-unit:
 	$(VENV)/pytest tests/unit
