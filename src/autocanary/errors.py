@@ -17,8 +17,11 @@ the boundary (``raise ... from e``) so the engine reacts on the type alone::
     │   ├── ResourceNotFound        a configured Deployment does not exist (404)
     │   ├── InvalidResource         the API rejected our request (422) or an object is malformed
     │   └── QueryError              Prometheus rejected a query (bad PromQL)
-    ├── StateCorrupt                the state annotation cannot be read back
-    └── AlertDeliveryError          a sink failed after all retries (never stops a rollout)
+    └── StateCorrupt                the state annotation cannot be read back
+
+The class decides the daemon's reaction to a failed tick (see ``autocanary.daemon.retry``):
+a transient error is retried at the rollout's next interval; a permanent one is
+retried with exponential backoff and told as a metric and an Event.
 """
 
 from __future__ import annotations
@@ -99,7 +102,3 @@ class QueryError(PermanentError):
 
 class StateCorrupt(AutocanaryError):
     """The state annotation on a canary Deployment cannot be parsed."""
-
-
-class AlertDeliveryError(AutocanaryError):
-    """An alert sink failed after its retries."""

@@ -218,7 +218,7 @@ def test_serves_health_readiness_and_metrics(daemon: Daemon) -> None:
 # ---- one broken rollout never breaks the others ---------------------------------------------
 
 
-def test_a_broken_rollout_logs_every_tick_while_a_healthy_one_progresses(daemon: Daemon) -> None:
+def test_a_broken_rollout_backs_off_while_a_healthy_one_progresses(daemon: Daemon) -> None:
     daemon.wait_logged("tick", rollout="web")
     # Ship v2 to the healthy rollout's canary.
     template = daemon.kube.read_deployment(daemon.namespace, "web-canary").template
@@ -231,7 +231,12 @@ def test_a_broken_rollout_logs_every_tick_while_a_healthy_one_progresses(daemon:
         timeout=WAIT_S,
         what="the web rollout analysing its first step",
     )
-    failures = daemon.wait_logged("tick failed", count=3, rollout="broken")
+    failures = daemon.wait_logged("tick failed", rollout="broken")
+    # A missing Deployment is permanent: no retry every interval (2s) but after 30s.
+    # Five more ticks of the healthy rollout pass without a second attempt.
+    ticks = len(daemon.logged("tick", rollout="web"))
+    daemon.wait_logged("tick", count=ticks + 5, rollout="web")
+    assert len(daemon.logged("tick failed", rollout="broken")) == 1
 
     state = daemon.state("web-canary")
     assert state.phase == "progressing"
@@ -241,24 +246,218 @@ def test_a_broken_rollout_logs_every_tick_while_a_healthy_one_progresses(daemon:
     reasons = [e["reason"] for e in daemon.kube.list_events(daemon.namespace, "web-canary")]
     assert "ReleaseDetected" in reasons
 
-    for failure in failures:
-        assert failure["level"] == "error"
-        assert failure["error_type"] == "ResourceNotFound"
-        assert failure["namespace"] == daemon.namespace
-        # Every line of a rollout names revision and step, unknown while nothing can be read.
-        assert (failure["revision"], failure["step"]) == (None, None)
-        assert f"{daemon.namespace}/ghost-canary" in failure["error"]
-        assert "not found" in failure["error"]
+    (failure,) = failures
+    assert failure["level"] == "error"
+    assert failure["error_type"] == "ResourceNotFound"
+    assert (failure["kind"], failure["failures"], failure["retry_in"]) == ("permanent", 1, "30s")
+    assert failure["namespace"] == daemon.namespace
+    # Every line of a rollout names revision and step, unknown while nothing can be read.
+    assert (failure["revision"], failure["step"]) == (None, None)
+    assert f"{daemon.namespace}/ghost-canary" in failure["error"]
+    assert "not found" in failure["error"]
     errors = daemon.metric(
         'autocanary_tick_errors_total{error="ResourceNotFound",rollout="broken"}'
     )
-    assert errors is not None
-    assert errors >= 3
+    assert errors == 1.0
+    ns = daemon.namespace
+    broken = f'namespace="{ns}",rollout="broken"'
+    assert daemon.metric(f'autocanary_rollout_error{{kind="permanent",{broken}}}') == 1.0
+    assert daemon.metric(f'autocanary_rollout_error{{kind="transient",{broken}}}') == 0.0
+    web = f'namespace="{ns}",rollout="web"'
+    assert daemon.metric(f'autocanary_rollout_error{{kind="permanent",{web}}}') == 0.0
+    # Every line about a rollout names it, its namespace, revision and step (null if unknown).
+    lines = [e for e in daemon.logs() if e.get("rollout")]
+    assert {e["rollout"] for e in lines} == {"broken", "web"}
+    for line in lines:
+        assert {"namespace", "revision", "step"} <= line.keys(), line
+        assert line["namespace"] == ns, line
+    progressing = [e for e in lines if e["rollout"] == "web" and e.get("phase") == "progressing"]
+    assert progressing
+    assert all(e["step"] == 1 and e["revision"] for e in progressing)
     assert (
         daemon.metric('autocanary_tick_errors_total{error="ResourceNotFound",rollout="web"}')
         is None
     )
     assert daemon.process.is_running()
+
+
+# ---- a permanent error: RBAC denies one rollout -----------------------------------------------
+
+
+def _role(namespace: str, deployment_verbs: list[str]) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "autocanary", "namespace": namespace},
+        "rules": [
+            {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": deployment_verbs},
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+            {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+        ],
+    }
+
+
+def service_account_kubeconfig(
+    control_plane: ControlPlane,
+    kube_api: client.ApiClient,
+    grants: dict[str, list[str]],
+    path: Path,
+) -> Path:
+    """A kubeconfig for a ServiceAccount with deploy/rbac.yaml's rules in each namespace.
+
+    Only the verbs on Deployments differ, as ``grants`` says per namespace. The
+    account lives in the first namespace; each one gets a Role and RoleBinding.
+    """
+    core: Any = client.CoreV1Api(kube_api)
+    rbac: Any = client.RbacAuthorizationV1Api(kube_api)
+    home = next(iter(grants))
+    core.create_namespaced_service_account(home, {"metadata": {"name": "autocanary"}})
+    for namespace, verbs in grants.items():
+        rbac.create_namespaced_role(namespace, _role(namespace, verbs))
+        rbac.create_namespaced_role_binding(
+            namespace,
+            {
+                "metadata": {"name": "autocanary", "namespace": namespace},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "Role",
+                    "name": "autocanary",
+                },
+                "subjects": [{"kind": "ServiceAccount", "name": "autocanary", "namespace": home}],
+            },
+        )
+    token = core.create_namespaced_service_account_token(
+        "autocanary", home, {"spec": {"expirationSeconds": 3600}}
+    ).status.token
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {
+                        "name": "bed",
+                        "cluster": {
+                            "server": control_plane.server_url,
+                            "certificate-authority": str(control_plane.ca_cert_path),
+                        },
+                    }
+                ],
+                "users": [{"name": "autocanary", "user": {"token": token}}],
+                "contexts": [{"name": "bed", "context": {"cluster": "bed", "user": "autocanary"}}],
+                "current-context": "bed",
+            }
+        )
+    )
+    return path
+
+
+@pytest.fixture
+def denied_namespace(control_plane: ControlPlane, namespace: str) -> Iterator[str]:
+    name = f"{namespace[:50]}-denied"
+    control_plane.create_namespace(name)
+    try:
+        yield name
+    finally:
+        control_plane.delete_namespace(name)
+
+
+def test_a_rollout_forbidden_by_rbac_backs_off_and_says_so_while_the_other_progresses(
+    control_plane: ControlPlane,
+    kube_api: client.ApiClient,
+    namespace: str,
+    denied_namespace: str,
+    prometheus_factory: PrometheusFactory,
+    tmp_workdir: Path,
+) -> None:
+    """The daemon may read but not patch the shop's Deployments: it cannot start its release."""
+    admin = KubeClient(kube_api, identity="itest-admin")
+    apps = {namespace: "web", denied_namespace: "shop"}
+    for ns, app in apps.items():
+        for name, track, replicas in ((app, "stable", 3), (f"{app}-canary", "canary", 0)):
+            admin.create_deployment(ns, app_deployment(name, app, track, "v1", replicas=replicas))
+    kubeconfig = service_account_kubeconfig(
+        control_plane,
+        kube_api,
+        {namespace: ["get", "patch"], denied_namespace: ["get"]},
+        tmp_workdir / "autocanary.kubeconfig",
+    )
+    port = free_port()
+    config = daemon_config(namespace, prometheus_factory([]).url, port)
+    config["daemon"]["leaderElection"] = {"enabled": False}
+    config["rollouts"] = [rollout(ns, app, app) for ns, app in apps.items()]
+    config_path = tmp_workdir / "autocanary.yaml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    process = ManagedProcess.start(
+        IDENTITY,
+        [
+            sys.executable,
+            "-m",
+            "autocanary",
+            "run",
+            "-c",
+            str(config_path),
+            "--kubeconfig",
+            str(kubeconfig),
+            "--identity",
+            IDENTITY,
+        ],
+        log_dir=tmp_workdir / "logs",
+    )
+    try:
+        process.wait_ready(lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), WAIT_S, "healthy")
+        daemon = Daemon(process, port, config_path, config, admin, namespace)
+        for ns, app in apps.items():
+            template = admin.read_deployment(ns, f"{app}-canary").template
+            template["metadata"]["labels"]["version"] = "v2"
+            template["spec"]["containers"][0]["image"] = "autocanary/testpage:v2"
+            admin.replace_template(ns, f"{app}-canary", template)
+
+        (failure,) = daemon.wait_logged("tick failed", rollout="shop")
+        assert failure["level"] == "error"
+        assert failure["error_type"] == "KubernetesForbidden"
+        assert (failure["kind"], failure["failures"], failure["retry_in"]) == (
+            "permanent",
+            1,
+            "30s",
+        )
+        assert failure["namespace"] == denied_namespace
+        assert "forbidden (403)" in failure["error"]
+        assert "shop-canary" in failure["error"]
+        # The release was found: the line names the canary's revision (no step before it starts).
+        assert isinstance(failure["revision"], str)
+        assert len(failure["revision"]) >= 8
+        assert failure["step"] is None
+
+        # The other rollout goes on; the forbidden one is not retried every interval (2s).
+        wait_until(
+            lambda: daemon.state("web-canary").stage == "analysing",
+            timeout=WAIT_S,
+            what="the web rollout analysing its first step",
+        )
+        ticks = len(daemon.logged("tick", rollout="web"))
+        daemon.wait_logged("tick", count=ticks + 5, rollout="web")
+        assert len(daemon.logged("tick failed", rollout="shop")) == 1
+        assert admin.read_deployment(namespace, "web-canary").replicas == 1
+        shop = admin.read_deployment(denied_namespace, "shop-canary")
+        assert (shop.replicas, shop.annotations.get(STATE_ANNOTATION)) == (0, None)
+
+        denied = f'namespace="{denied_namespace}",rollout="shop"'
+        assert daemon.metric(f'autocanary_rollout_error{{kind="permanent",{denied}}}') == 1.0
+        assert daemon.metric(f'autocanary_rollout_error{{kind="transient",{denied}}}') == 0.0
+        granted = f'namespace="{namespace}",rollout="web"'
+        assert daemon.metric(f'autocanary_rollout_error{{kind="permanent",{granted}}}') == 0.0
+
+        events = [
+            e
+            for e in admin.list_events(denied_namespace, "shop-canary")
+            if e["reason"] == "PermanentError"
+        ]
+        assert len(events) == 1
+        assert events[0]["type"] == "Warning"
+        assert "forbidden (403)" in events[0]["message"]
+        assert "Retried with backoff (from 30s, doubling up to 10m)" in events[0]["message"]
+        assert process.is_running()
+    finally:
+        process.stop(timeout=30)
 
 
 # ---- reloading the config -------------------------------------------------------------------

@@ -181,7 +181,7 @@ class Notifier:
                 "alert routed to unknown sinks",
                 sinks=sorted(wanted - self._workers.keys()),
                 kind=alert.kind,
-                rollout=alert.rollout,
+                **alert.log_fields(),
             )
         for name, worker in self._workers.items():
             if alert.kind in worker.sink.on and (wanted is None or name in wanted):
@@ -334,8 +334,7 @@ class _SinkWorker:
                 "alert dropped",
                 why="notifier closed" if self._stopping else "queue full",
                 kind=dropped.alert.kind,
-                rollout=dropped.alert.rollout,
-                namespace=dropped.alert.namespace,
+                **dropped.alert.log_fields(),
             )
         return "dropped" if dropped is not None and dropped.key == key else "queued"
 
@@ -403,7 +402,7 @@ class _SinkWorker:
                     self._log.error(
                         "alert delivery failed",
                         kind=item.alert.kind,
-                        rollout=item.alert.rollout,
+                        **item.alert.log_fields(),
                         attempts=item.attempts,
                         status=item.status,
                         error=item.error,
@@ -415,7 +414,7 @@ class _SinkWorker:
                         "alert dropped",
                         why="notifier closed",
                         kind=item.alert.kind,
-                        rollout=item.alert.rollout,
+                        **item.alert.log_fields(),
                     )
 
     def _next(self) -> _Item | None:
@@ -436,7 +435,7 @@ class _SinkWorker:
     def _attempt_item(self, item: _Item) -> None:
         """One attempt at ``item``: delivered, given up, or queued again for a retry."""
         alert = item.alert
-        log = self._log.bind(kind=alert.kind, rollout=alert.rollout, namespace=alert.namespace)
+        log = self._log.bind(kind=alert.kind, **alert.log_fields())
         item.attempts += 1
         try:
             url = self.sink.url.resolve()

@@ -42,6 +42,7 @@ from autocanary.analysis import thresholds
 from autocanary.analysis.verdict import CheckSummary
 from autocanary.config.models import AlertKind, RolloutConfig
 from autocanary.config.units import format_duration
+from autocanary.daemon import retry
 from autocanary.daemon.metrics import DaemonMetrics
 from autocanary.errors import (
     AutocanaryError,
@@ -190,15 +191,42 @@ class RolloutEngine:
         self._log = structlog.get_logger("autocanary.daemon.engine").bind(
             rollout=rollout.name, namespace=rollout.namespace
         )
-        #: revision and step of the rollout as last read, for the caller's log lines
-        #: about a tick that failed (every line of a rollout carries them).
-        self.log_context: dict[str, object] = {"revision": None, "step": None}
         self._scrape_interval: timedelta | None = None
         self._scrape_asked_at: float | None = None
         # Series exist from the start at 0, so the first rollback after a restart is an
         # increase that alert rules see, not a series appearing at 1.
         metrics.rollbacks.labels(rollout.name, rollout.namespace)
         metrics.promotions.labels(rollout.name, rollout.namespace)
+
+    def report_permanent(self, error: PermanentError) -> None:
+        """Say a permanent error as a Warning Event on the rollout's canary, else its stable.
+
+        One Event per distinct error: it is named after the error, so the
+        retries that follow (with backoff) find it and add none. Nothing is
+        recorded when neither Deployment can be read (the error may be that).
+        """
+        r = self.rollout
+        message = (
+            f"rollout {r.name}: {error}. Retried with backoff (from "
+            f"{format_duration(retry.FIRST_BACKOFF)}, doubling up to "
+            f"{format_duration(retry.MAX_BACKOFF)}) until the cause is fixed; a config "
+            f"reload retries at once"
+        )
+        key = "error-" + hashlib.sha256(str(error).encode()).hexdigest()[:16]
+        for name in (r.canary_name, r.stable):
+            try:
+                about = self.kube.read_deployment(r.namespace, name)
+            except AutocanaryError:
+                continue
+            try:
+                self.kube.record_event(
+                    about, Reason.PERMANENT_ERROR, message, warning=True, key=key
+                )
+            except AutocanaryError as e:
+                self._log.warning(
+                    "could not record Event", reason=Reason.PERMANENT_ERROR, error=str(e)
+                )
+            return
 
     # ---- the analysis window ---------------------------------------------------------------
 
@@ -208,6 +236,13 @@ class RolloutEngine:
         When first known, logs the window the analysis uses, and warns when a
         configured ``thresholds.window`` is too short for it.
         """
+        # Asked at start-up and reload too, outside any tick: no revision or step then.
+        outside = {"revision": None, "step": None}
+        known = structlog.contextvars.get_contextvars()
+        with structlog.contextvars.bound_contextvars(**{**outside, **known}):
+            return self._scrape_interval_now()
+
+    def _scrape_interval_now(self) -> timedelta | None:
         if self._scrape_interval is not None:
             return self._scrape_interval
         now = time.monotonic()
@@ -335,8 +370,17 @@ class RolloutEngine:
     # ---- the tick --------------------------------------------------------------------------
 
     def tick(self) -> TickResult:
-        """Read, decide, act and tell, once. Raises autocanary errors for the caller to count."""
+        """Read, decide, act and tell, once. Raises autocanary errors for the caller to count.
+
+        Binds the rollout, its namespace, revision and step to structlog's
+        context as they become known, so every line logged during the tick
+        (and the caller's line about a tick that failed) carries them.
+        """
         started = time.monotonic()
+        r = self.rollout
+        structlog.contextvars.bind_contextvars(
+            rollout=r.name, namespace=r.namespace, revision=None, step=None
+        )
         r = self.effective_rollout()
         read = self._read(started)
         if isinstance(read, TickResult):
@@ -354,11 +398,11 @@ class RolloutEngine:
         current, recovered = self._current(canary, stable, record, obs, now)
         obs = self._with_pods(obs, canary, current)
 
-        self.log_context = {
-            "revision": current.revision or obs.canary_revision,
-            "step": current.step + 1 if current.phase in state_codec.ACTIVE_PHASES else None,
-        }
-        log = self._log.bind(**self.log_context)
+        structlog.contextvars.bind_contextvars(
+            revision=current.revision or obs.canary_revision,
+            step=current.step + 1 if current.phase in state_codec.ACTIVE_PHASES else None,
+        )
+        log = self._log
         verdict = None
         # A pending command is decided first: a slow Prometheus must not delay an abort.
         if not (obs.command or "").strip() and decision.analysis_due(r, current, obs, now):
@@ -391,11 +435,10 @@ class RolloutEngine:
                 kind=transition.kind,
             )
 
-        self.log_context = {
-            "revision": new.revision or obs.canary_revision,
-            "step": new.step + 1 if new.phase in state_codec.ACTIVE_PHASES else None,
-        }
-        log = log.bind(**self.log_context)
+        structlog.contextvars.bind_contextvars(
+            revision=new.revision or obs.canary_revision,
+            step=new.step + 1 if new.phase in state_codec.ACTIVE_PHASES else None,
+        )
         stable, record = self._keep_record(stable, record, new)
         self._switch(outcome.desired, services, log)
         canary, stable = self._actuate(outcome.desired, canary, stable, new, log)
@@ -669,7 +712,10 @@ class RolloutEngine:
     ) -> TickResult:
         """The canary Deployment does not exist: restore the stable if a release was under way."""
         r = self.rollout
-        log = self._log.bind(revision=record.revision if record else None, step=None)
+        structlog.contextvars.bind_contextvars(
+            revision=record.revision if record else None, step=None
+        )
+        log = self._log
         missing = ResourceNotFound(
             f"rollout {r.name}: the canary Deployment {r.namespace}/{r.canary_name} does not exist"
         )
@@ -756,7 +802,8 @@ class RolloutEngine:
         error: StateCorrupt,
     ) -> None:
         """Tell people (once per corrupt value) that the rollout is stuck on its state."""
-        log = self._log.bind(revision=obs.canary_revision, step=None)
+        structlog.contextvars.bind_contextvars(revision=obs.canary_revision, step=None)
+        log = self._log
         digest = hashlib.sha256(raw.encode("utf-8", "replace")).hexdigest()[:16]
         base = record if record is not None else RolloutState()
         if base.corrupt_seen != digest:

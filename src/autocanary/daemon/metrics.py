@@ -73,6 +73,13 @@ class DaemonMetrics:
             ["rollout", "error"],
             registry=r,
         )
+        self.rollout_error = Gauge(
+            "autocanary_rollout_error",
+            "1 while the rollout's ticks fail with an error of this kind (permanent: retried "
+            "with backoff until someone acts; transient: retried every interval)",
+            ["rollout", "namespace", "kind"],
+            registry=r,
+        )
         self.query_errors = Counter(
             "autocanary_query_errors",
             "Prometheus queries that failed or returned unusable data",

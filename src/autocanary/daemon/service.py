@@ -33,10 +33,11 @@ from autocanary.adapters.notify import Notifier
 from autocanary.adapters.prometheus import PrometheusClient
 from autocanary.config.loader import load_config
 from autocanary.config.models import Config, RolloutConfig
-from autocanary.daemon import startup
+from autocanary.config.units import format_duration
+from autocanary.daemon import retry, startup
 from autocanary.daemon.engine import RolloutEngine
 from autocanary.daemon.metrics import DaemonMetrics
-from autocanary.errors import AutocanaryError, ConfigError, StartupError
+from autocanary.errors import AutocanaryError, ConfigError, PermanentError, StartupError
 
 log = structlog.get_logger("autocanary.daemon.service")
 
@@ -79,6 +80,7 @@ class Daemon:
         self._config_mtime = _mtime(config_path)
         self._engines: dict[str, RolloutEngine] = {}
         self._ticking: dict[str, float] = {}  # rollout -> monotonic start of its running tick
+        self._permanent: dict[str, int] = {}  # rollout -> permanent errors in a row
         self._lock = threading.Lock()
         self._prometheus = PrometheusClient(config.prometheus)
         self._notifier = Notifier(config.alerts.sinks, metrics=self.metrics)
@@ -206,31 +208,68 @@ class Daemon:
         rollout = engine.rollout
         with self._lock:
             self._ticking[name] = time.monotonic()
-        try:
-            result = engine.tick()
-        except AutocanaryError as e:
-            self.metrics.tick_errors.labels(name, type(e).__name__).inc()
-            log.error(
-                "tick failed",
-                rollout=name,
-                namespace=rollout.namespace,
-                **engine.log_context,
-                error_type=type(e).__name__,
-                error=str(e),
-            )
-            return
-        except Exception as e:
-            # A bug must not kill the job (and with it the rollout); it must be loud.
-            self.metrics.tick_errors.labels(name, type(e).__name__).inc()
-            log.exception(
-                "tick crashed", rollout=name, namespace=rollout.namespace, **engine.log_context
-            )
-            return
-        finally:
-            with self._lock:
-                self._ticking.pop(name, None)
-            self.metrics.tick_running.labels(name).set(0)
+        # The tick binds revision and step as it learns them; the failure line below
+        # carries them too. Unbound afterwards: the pool's thread runs other rollouts.
+        with structlog.contextvars.bound_contextvars(
+            rollout=name, namespace=rollout.namespace, revision=None, step=None
+        ):
+            try:
+                result = engine.tick()
+            except AutocanaryError as e:
+                self._failed(engine, e)
+                return
+            except Exception as e:
+                # A bug must not kill the job (and with it the rollout); it must be loud.
+                self.metrics.tick_errors.labels(name, type(e).__name__).inc()
+                log.exception("tick crashed")
+                return
+            finally:
+                with self._lock:
+                    self._ticking.pop(name, None)
+                self.metrics.tick_running.labels(name).set(0)
+        self._succeeded(rollout)
         self._requeue(rollout, result.requeue_after)
+
+    def _failed(self, engine: RolloutEngine, error: AutocanaryError) -> None:
+        """Count and log a failed tick; a permanent error also backs off and is told."""
+        rollout = engine.rollout
+        name = rollout.name
+        self.metrics.tick_errors.labels(name, type(error).__name__).inc()
+        kind = retry.kind_of(error)
+        for each in retry.ErrorKind:
+            self.metrics.rollout_error.labels(name, rollout.namespace, each).set(
+                1 if each is kind else 0
+            )
+        if not isinstance(error, PermanentError):
+            self._permanent.pop(name, None)
+            log.error("tick failed", error_type=type(error).__name__, error=str(error), kind=kind)
+            return
+        failures = self._permanent.get(name, 0) + 1
+        self._permanent[name] = failures
+        wait = retry.backoff(failures, rollout.interval)
+        log.error(
+            "tick failed",
+            error_type=type(error).__name__,
+            error=str(error),
+            kind=kind,
+            failures=failures,
+            retry_in=format_duration(wait),
+        )
+        if failures == 1:
+            engine.report_permanent(error)
+        self._postpone(rollout, wait)
+
+    def _succeeded(self, rollout: RolloutConfig) -> None:
+        if self._permanent.pop(rollout.name, None) is not None:
+            log.info("tick succeeded again after permanent errors", rollout=rollout.name)
+        for each in retry.ErrorKind:
+            self.metrics.rollout_error.labels(rollout.name, rollout.namespace, each).set(0)
+
+    def _postpone(self, rollout: RolloutConfig, wait: timedelta) -> None:
+        """Run the rollout's job next in ``wait`` (its interval follows on from then)."""
+        job = self._scheduler.get_job(rollout.name)
+        if job is not None and not self._stop.is_set():
+            job.modify(next_run_time=datetime.now(UTC) + wait)
 
     def _tick_limit(self, name: str) -> float:
         engine = self._engines.get(name)
@@ -254,9 +293,13 @@ class Daemon:
         for name, since in running.items():
             self.metrics.tick_running.labels(name).set(now - since)
         for name, age in self.stuck_ticks().items():
+            engine = self._engines.get(name)
             log.error(
                 "tick stuck; /healthz reports it",
                 rollout=name,
+                namespace=engine.rollout.namespace if engine is not None else None,
+                revision=None,  # known to the stuck tick's thread only
+                step=None,
                 running_s=round(age, 1),
                 limit_s=self._tick_limit(name),
             )
@@ -310,6 +353,9 @@ class Daemon:
             self._notifier = Notifier(new.alerts.sinks, metrics=self.metrics)
             threading.Thread(target=old_notifier.close, kwargs={"timeout": 30}, daemon=True).start()
         self.config = new
+        # Every job runs at once after a reload: a fix in the config is tried now,
+        # and a permanent error's backoff starts over.
+        self._permanent.clear()
         self._install_jobs(new)
         self._check_requirements(new)
         self.metrics.config_reloads.labels("applied").inc()
@@ -324,6 +370,7 @@ class Daemon:
                 config, self.kube, self._prometheus, lease_namespace=self._lease_namespace
             )
             self.metrics.requirement_missing.clear()
+            namespaces = {r.name: r.namespace for r in config.rollouts}
             for item in missing:
                 self.metrics.requirement_missing.labels(
                     item.requirement, item.rollout, item.subject
@@ -331,7 +378,11 @@ class Daemon:
                 log.error(
                     "missing requirement",
                     requirement=item.requirement,
+                    # Like every line about a rollout; no release is read at start-up.
                     rollout=item.rollout or None,
+                    namespace=namespaces.get(item.rollout),
+                    revision=None,
+                    step=None,
                     subject=item.subject,
                     error=item.message,
                 )

@@ -46,6 +46,15 @@ class Alert:
     #: crash, say) carries the same id, so receivers can drop the repeat.
     id: str = ""
 
+    def log_fields(self) -> dict[str, object]:
+        """What every log line about this alert's rollout carries."""
+        return {
+            "rollout": self.rollout,
+            "namespace": self.namespace,
+            "revision": self.revision,
+            "step": self.step,
+        }
+
     @property
     def severity(self) -> Severity:
         """How urgent this alert is."""

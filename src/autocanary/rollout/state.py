@@ -77,6 +77,7 @@ class Reason(StrEnum):
     STATE_CORRUPT = "StateCorrupt"
     STATE_RECOVERED = "StateRecovered"
     REPLICAS_OVERRIDDEN = "ReplicasOverridden"
+    PERMANENT_ERROR = "PermanentError"  # a tick failed in a way retrying alone cannot fix
 
 
 #: Strict: a value of the wrong JSON type is an error, never coerced (``"10"`` is no total).
