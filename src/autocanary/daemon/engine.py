@@ -377,9 +377,8 @@ class RolloutEngine:
         (and the caller's line about a tick that failed) carries them.
         """
         started = time.monotonic()
-        r = self.rollout
         structlog.contextvars.bind_contextvars(
-            rollout=r.name, namespace=r.namespace, revision=None, step=None
+            rollout=self.rollout.name, namespace=self.rollout.namespace, revision=None, step=None
         )
         r = self.effective_rollout()
         read = self._read(started)
