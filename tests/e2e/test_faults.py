@@ -213,7 +213,9 @@ def test_a_canary_deleted_mid_release_never_costs_capacity(
     client.AppsV1Api(stack.api).create_namespaced_deployment(
         stack.namespace, body, _request_timeout=(5, 10)
     )
-    again = stack.wait_for(lambda s: s.phase == "progressing", 60, "the release started again")
+    # Meanwhile the missing canary is a permanent error, retried with backoff (30s, then
+    # 60s): the new one is found at the next retry, not the next interval.
+    again = stack.wait_for(lambda s: s.phase == "progressing", 150, "the release started again")
     assert again.total == 3
     stack.wait_for(lambda s: s.stage == "analysing", 60, "step 1 analysing again")
     assert stack.replicas() == (2, 1)
