@@ -525,9 +525,9 @@ def test_a_corrupt_state_annotation_raises_state_corrupt_telling_how_to_recover(
 @pytest.mark.parametrize(
     ("field", "value", "says"),
     [
-        ("canary_generation", "x", "canary_generation: expected a non-negative integer"),
+        ("canary_generation", "x", "canary_generation: input should be a valid integer, got 'x'"),
         ("total", 0, "total: a progressing release needs at least 1 replica, got 0"),
-        ("verdicts", [{"at": "noon"}], "verdicts[0].at: expected an ISO timestamp"),
+        ("verdicts", [{"at": "noon"}], "(verdicts[0].at: input should be a valid datetime"),
     ],
 )
 def test_every_corrupt_value_is_a_message_an_event_and_an_alert_never_a_crash(
