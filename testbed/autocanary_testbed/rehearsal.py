@@ -1,10 +1,12 @@
-"""The rehearsal: a good release and a bad one, end to end on the local control plane, narrated.
+"""The rehearsal: good and bad releases, end to end on the local control plane, narrated.
 
 ``python -m autocanary_testbed.rehearsal`` (``make rehearsal``) starts the
 control plane, the demo app with three stable replicas of testpage v1, the
 probe, Prometheus, Alertmanager, a webhook receiver and the daemon; ships v2
-(healthy) and v3 (10% errors); tells what happens as it happens; prints a
-timeline per release; and leaves nothing running.
+(healthy) and v3 (10% errors) by canary; then does the same by blue/green in a
+namespace of its own (the active and preview Services, a probe on each); tells
+what happens as it happens; prints a timeline per release; and leaves nothing
+running.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class Release:
     version: str
     expect: str
     env: dict[str, str] = field(default_factory=dict)
+    strategy: str = "canary"
     timeline: list[tuple[float, str]] = field(default_factory=list)
     outcome: str = ""
 
@@ -68,7 +71,8 @@ class Narrator:
             served = self.stack.served_versions()
             share = ", ".join(f"{v}: {n}" for v, n in sorted(served.items()))
             self.say(
-                f"  {state.phase:<11} {_where(state)} replicas stable={stable} canary={canary}"
+                f"  {state.phase:<11} {_where(state, self.stack.settings.blue_green)} "
+                f"replicas stable={stable} canary={canary}"
                 f"  (pods serving {share or 'none'})"
             )
         for verdict in state.verdicts[self._verdicts_index(state) :]:
@@ -76,7 +80,10 @@ class Narrator:
                 f"{name}={_num(c.get('value'))} ({c['verdict']}, {c['threshold']})"
                 for name, c in verdict.checks.items()
             )
-            self.say(f"  analysis step {verdict.step + 1}: {verdict.verdict.upper():<12} {checks}")
+            where = f"step {verdict.step + 1}"
+            if self.stack.settings.blue_green:
+                where = ("on the preview", "on live traffic")[min(verdict.step, 1)]
+            self.say(f"  analysis {where}: {verdict.verdict.upper():<12} {checks}")
         self._verdicts = len(state.verdicts)
         for event in self.stack.events():
             uid = event["metadata"]["uid"]
@@ -100,7 +107,10 @@ class Narrator:
         return self._verdicts if self._verdicts <= len(state.verdicts) else 0
 
 
-def _where(state: RolloutState) -> str:
+def _where(state: RolloutState, blue_green: bool) -> str:
+    if state.phase in ("progressing", "paused") and blue_green:
+        # Blue/green's two steps: the preview, then the window after the switch.
+        return f"{('preview', 'window ')[min(state.step, 1)]} {state.stage:<12}"
     if state.phase in ("progressing", "paused"):
         return f"step {state.step + 1} {state.stage:<12}"
     return " " * 19
@@ -111,24 +121,42 @@ def _num(value: Any) -> str:
 
 
 def rehearse(workdir: Path, out: TextIO, releases: Sequence[Release]) -> bool:
-    """Run the releases on a fresh stack; True when each ended as expected."""
+    """Run the releases on fresh stacks (one per strategy); True when each ended as expected."""
+    ok = True
     with ControlPlane() as cp:
         out.write(f"control plane up at {cp.server_url}\n")
+        for strategy in dict.fromkeys(r.strategy for r in releases):
+            mine = [r for r in releases if r.strategy == strategy]
+            ok = _rehearse_strategy(cp, workdir / strategy, out, strategy, mine) and ok
+    return ok
+
+
+def _rehearse_strategy(
+    cp: ControlPlane, workdir: Path, out: TextIO, strategy: str, releases: Sequence[Release]
+) -> bool:
+    blue_green = strategy == "blueGreen"
+    settings = StackSettings(namespace="demo-bg", blue_green=True)
+    if not blue_green:
         settings = StackSettings()
-        with CanaryStack(cp, workdir, settings) as stack:
-            narrator = Narrator(stack, out)
-            narrator.say(
-                f"demo app up: {settings.replicas} x testpage {settings.stable_version} "
-                f"in namespace "
-                f"{settings.namespace} (each pod on its own IP), probe at {settings.probe_rate} "
-                f"through the Service's EndpointSlices, Prometheus discovering the pods and "
-                f"scraping every {settings.scrape_interval}, daemon running "
-                f"(interval {settings.interval}, steps "
-                f"{[s['canary'] for s in settings.steps]})"
-            )
-            for release in releases:
-                _run_release(stack, narrator, release)
-            return _summary(out, releases, stack)
+    with CanaryStack(cp, workdir, settings) as stack:
+        narrator = Narrator(stack, out)
+        pace = (
+            f"preview {settings.preview_hold} on Service {stack.preview_service}, then the "
+            f"Service {settings.app} switched, the old version kept {settings.window}"
+            if blue_green
+            else f"steps {[s['canary'] for s in settings.steps]}"
+        )
+        narrator.say(
+            f"== {strategy}: demo app up: {settings.replicas} x testpage "
+            f"{settings.stable_version} in namespace "
+            f"{settings.namespace} (each pod on its own IP), probe at {settings.probe_rate} "
+            f"through the Service's EndpointSlices, Prometheus discovering the pods and "
+            f"scraping every {settings.scrape_interval}, daemon running "
+            f"(interval {settings.interval}, {pace})"
+        )
+        for release in releases:
+            _run_release(stack, narrator, release)
+        return _summary(out, releases, stack)
 
 
 def _run_release(stack: CanaryStack, narrator: Narrator, release: Release) -> None:
@@ -190,6 +218,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     releases = [
         Release("v2", "promoted"),
         Release("v3", "rolled back", env={"FAULT_ERROR_RATE": "0.1"}),
+        Release("v2", "promoted", strategy="blueGreen"),
+        Release("v3", "rolled back", env={"FAULT_ERROR_RATE": "0.1"}, strategy="blueGreen"),
     ]
     started = time.monotonic()
     try:
