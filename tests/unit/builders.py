@@ -6,7 +6,8 @@
 - :class:`FakeCluster`: two Deployments that apply a :class:`Desired` and, on ``settle()``,
   do what the Deployment controller would (create pods, make them Ready unless the
   template is marked broken, keep old pods while new ones are not Ready).
-- :class:`Driver`: runs ``analysis_due`` -> ``decide`` -> apply -> settle tick after tick
+- :class:`Driver`: runs the daemon's tick sequence (:func:`autocanary.rollout.tick.run`,
+  with the FakeCluster and its verdicts as the ports), then settles, tick after tick
   with an injected clock, recording every decision.
 
 No network, no processes, no sleeping: time is a value the tests move.
@@ -24,19 +25,12 @@ from autocanary.analysis.judging import Sample
 from autocanary.analysis.thresholds import CheckResult, IntervalVerdict
 from autocanary.analysis.verdict import Verdict
 from autocanary.config.models import RolloutConfig
-from autocanary.rollout.decision import (
-    Decision,
-    DeploymentView,
-    Desired,
-    Observation,
-    analysis_due,
-    decide,
-)
+from autocanary.rollout import tick
+from autocanary.rollout.decision import Decision, DeploymentView, Desired, Observation
 from autocanary.rollout.pods import PodView
-from autocanary.rollout.revision import revision_of, version_of
+from autocanary.rollout.revision import JSON, revision_of
 from autocanary.rollout.state import RolloutState
 
-JSON = dict[str, Any]
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 ROLE_LABELS = frozenset({"track"})
 
@@ -246,17 +240,19 @@ class FakeCluster:
         return revision_of(self.canary.template, ROLE_LABELS)
 
     def observe(self) -> Observation:
-        return Observation(
-            stable=self.stable.view(),
-            canary=self.canary.view(),
-            stable_revision=self.stable_revision,
-            canary_revision=self.canary_revision,
-            stable_version=version_of(self.stable.template, "version"),
-            canary_version=version_of(self.canary.template, "version"),
+        return tick.observation(
+            self.stable.view(),
+            self.canary.view(),
             role_labels=ROLE_LABELS,
+            version_label="version",
             command=self.command,
             canary_pods=self.canary_pods,
         )
+
+    def commit(self, current: RolloutState, outcome: Decision) -> bool:
+        if outcome.consume_command:
+            self.command = None
+        return True
 
     def apply(self, desired: Desired) -> None:
         if desired.stable_template is not None:
@@ -318,18 +314,12 @@ class Driver:
     def tick(self, command: str | None = None) -> TickRecord:
         if command is not None:
             self.cluster.command = command
-        obs = self.cluster.observe()
-        verdict = None
-        if analysis_due(self.rollout, self.state, obs, self.now):
-            verdict = self.analyse(self.state)
-        decision = decide(self.rollout, self.state, obs, self.now, verdict)
-        self.cluster.apply(decision.desired)
-        if decision.consume_command:
-            self.cluster.command = None
+        done = tick.run(self.rollout, self.state, self.cluster, self, self.now)
+        decision = done.decision
         record = TickRecord(
             self.now,
-            obs,
-            verdict,
+            done.obs,
+            done.verdict,
             decision,
             self.cluster.serving(),
             self.cluster.stable.replicas,
@@ -340,6 +330,10 @@ class Driver:
         self.cluster.settle()
         self.now += self.tick_every
         return record
+
+    def evaluate(self, state: RolloutState, at: datetime) -> IntervalVerdict:
+        """The Metrics port of the tick: the verdict at ``at`` (= ``now``)."""
+        return self.analyse(state)
 
     def analyse(self, state: RolloutState) -> IntervalVerdict:
         """The interval's verdict, where the engine would query Prometheus (subclasses judge)."""

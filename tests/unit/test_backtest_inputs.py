@@ -9,7 +9,7 @@ import pytest
 from builders import make_rollout
 
 from autocanary import cli
-from autocanary.adapters.prometheus_history import Retention, Sample, parse_prometheus_duration
+from autocanary.adapters.prometheus_history import Retention, parse_prometheus_duration
 from autocanary.backtest import preflight
 from autocanary.backtest.errors import (
     BacktestInputError,
@@ -19,6 +19,7 @@ from autocanary.backtest.errors import (
 )
 from autocanary.backtest.report import Release
 from autocanary.backtest.windows import load_releases, make_release, parse_time
+from autocanary.rollout.interval import Sample
 
 NOW = datetime(2025, 3, 2, 12, 0, tzinfo=UTC)
 

@@ -32,9 +32,8 @@ from autocanary.errors import (
     ResourceNotFound,
     StateConflict,
 )
+from autocanary.rollout.revision import JSON
 from autocanary.rollout.state import COMMAND_ANNOTATION, RELEASE_ANNOTATION, STATE_ANNOTATION
-
-JSON = dict[str, Any]
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from autocanary.config.models import PrometheusConfig
 from autocanary.config.redact import redact
 from autocanary.config.units import parse_duration
 from autocanary.errors import PrometheusUnavailable, QueryError
+from autocanary.rollout.interval import Sample
 
 _STATUS = re.compile(r"HTTP Status Code (\d{3})")
 _ERRNO = re.compile(r"\[Errno -?\d+\] ([^'\")]+)")
@@ -219,9 +220,6 @@ class PrometheusClient:
             raise PrometheusUnavailable(
                 f"Prometheus at {self.url} gave an unreadable answer: {redact(str(e))}"
             ) from e
-
-
-Sample = tuple[dict[str, str], float]
 
 
 def _samples(result: Any, promql: str) -> list[Sample]:

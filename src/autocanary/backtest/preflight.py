@@ -11,7 +11,6 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Protocol
 
-from autocanary.adapters.prometheus import Sample
 from autocanary.adapters.prometheus_history import Retention
 from autocanary.analysis import thresholds
 from autocanary.backtest.errors import (
@@ -23,6 +22,7 @@ from autocanary.backtest.errors import (
 from autocanary.backtest.report import Release
 from autocanary.config.models import RolloutConfig
 from autocanary.config.units import format_duration
+from autocanary.rollout.interval import Sample
 
 
 class History(Protocol):

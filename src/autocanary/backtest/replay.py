@@ -1,8 +1,10 @@
 """Replaying one release: the daemon's own schedule and decisions, on a simulated cluster.
 
-The loop is the engine's tick without I/O: :func:`autocanary.rollout.decision.analysis_due`,
-then the evaluator for a due interval, then :func:`autocanary.rollout.decision.decide`,
-then the simulated cluster takes the desired replicas. Ticks come when the
+Each tick is the engine's own sequence (:func:`autocanary.rollout.tick.run`)
+with the simulated cluster as its :class:`~autocanary.rollout.tick.Cluster`
+and the evaluator as its :class:`~autocanary.rollout.tick.Metrics`: the
+evaluator judges a due interval, ``decide()`` decides, the simulated cluster
+takes the desired replicas. Ticks come when the
 daemon's would: every ``interval``, sooner when a decision asks to be woken
 (a hold ending), and, since the simulated cluster settles at once, a tick that
 only waits on the cluster (:data:`autocanary.rollout.decision.POLL`) happens at the
@@ -30,7 +32,7 @@ from autocanary.backtest.report import (
 )
 from autocanary.backtest.simulation import SimulatedCluster
 from autocanary.config.models import CheckConfig, RolloutConfig
-from autocanary.rollout import decision
+from autocanary.rollout import decision, tick
 from autocanary.rollout import steps as step_math
 from autocanary.rollout.state import Reason, RolloutState
 
@@ -139,12 +141,8 @@ def replay(
     at_once = 0
     promoting_why = ""
     while now <= release.end:
-        obs = cluster.observe()
-        verdict = None
-        if decision.analysis_due(rollout, state, obs, now):
-            verdict = evaluator.evaluate(state, now)
-        outcome = decision.decide(rollout, state, obs, now, verdict)
-        cluster.apply(outcome.desired)
+        done = tick.run(rollout, state, cluster, evaluator, now)
+        verdict, outcome = done.verdict, done.decision
         basis = state if state.phase == "progressing" else outcome.state
         if verdict is not None or outcome.transitions:
             _append(timeline, _entry(rollout, basis, now, verdict, outcome.transitions))

@@ -8,14 +8,12 @@ stable finishes rolling out at once. Only the analysis can hold a release back.
 
 from __future__ import annotations
 
-from typing import Any
-
 from autocanary.backtest.report import Release
 from autocanary.config.models import RolloutConfig
-from autocanary.rollout import revision
-from autocanary.rollout.decision import DeploymentView, Desired, Observation
-
-JSON = dict[str, Any]
+from autocanary.rollout import tick
+from autocanary.rollout.decision import Decision, DeploymentView, Desired, Observation
+from autocanary.rollout.revision import JSON
+from autocanary.rollout.state import RolloutState
 
 
 def _template(rollout: RolloutConfig, version: str, role: str) -> JSON:
@@ -43,7 +41,10 @@ def _view(name: str, template: JSON, replicas: int) -> DeploymentView:
 
 class SimulatedCluster:
     """The stable at ``replicas`` running the stable version; the canary template set to the
-    release's version at 0 replicas, i.e. a release waiting to be noticed."""
+    release's version at 0 replicas, i.e. a release waiting to be noticed.
+
+    A :class:`~autocanary.rollout.tick.Cluster` for the replay's ticks.
+    """
 
     def __init__(self, rollout: RolloutConfig, release: Release, replicas: int) -> None:
         """Lay out both Deployments for ``release``; ``replicas`` sizes percentage steps."""
@@ -63,17 +64,18 @@ class SimulatedCluster:
     def observe(self) -> Observation:
         """Both Deployments as the engine would read them: settled, every pod Ready."""
         r = self._rollout
-        return Observation(
-            stable=_view(r.stable, self.stable_template, self.stable_replicas),
-            canary=_view(r.canary_name, self.canary_template, self.canary_replicas),
-            stable_revision=revision.revision_of(self.stable_template, self._roles),
-            canary_revision=revision.revision_of(self.canary_template, self._roles),
-            stable_version=revision.version_of(self.stable_template, r.version_label),
-            canary_version=revision.version_of(self.canary_template, r.version_label),
+        return tick.observation(
+            _view(r.stable, self.stable_template, self.stable_replicas),
+            _view(r.canary_name, self.canary_template, self.canary_replicas),
             role_labels=self._roles,
+            version_label=r.version_label,
             active_selector=self.active_selector,
             preview_selector=self.preview_selector,
         )
+
+    def commit(self, current: RolloutState, outcome: Decision) -> bool:
+        """Nothing to keep: the replay holds the state; no one else writes it."""
+        return True
 
     def apply(self, desired: Desired) -> None:
         """Take the desired template and replica counts; they are settled at once."""

@@ -37,7 +37,7 @@ from autocanary.adapters.kubernetes import (
     ServiceRecord,
 )
 from autocanary.adapters.notify import Notifier
-from autocanary.adapters.prometheus import PrometheusClient, Sample
+from autocanary.adapters.prometheus import PrometheusClient
 from autocanary.analysis import thresholds
 from autocanary.analysis.verdict import CheckSummary
 from autocanary.config.models import AlertKind, RolloutConfig
@@ -55,9 +55,10 @@ from autocanary.errors import (
     StateCorrupt,
     TransientError,
 )
-from autocanary.rollout import decision, interval, revision
+from autocanary.rollout import decision, interval, revision, tick
 from autocanary.rollout import state as state_codec
 from autocanary.rollout.alert import SEVERITY, Alert
+from autocanary.rollout.interval import Sample
 from autocanary.rollout.pods import PodView
 from autocanary.rollout.state import (
     COMMAND_ANNOTATION,
@@ -285,15 +286,13 @@ class RolloutEngine:
         self, canary: DeploymentRecord, stable: DeploymentRecord
     ) -> decision.Observation:
         r = self.rollout
-        roles = revision.role_labels(r.role_labels, stable.selector, canary.selector)
-        return decision.Observation(
-            stable=_view(stable),
-            canary=_view(canary),
-            stable_revision=revision.revision_of(stable.template, roles),
-            canary_revision=revision.revision_of(canary.template, roles),
-            stable_version=revision.version_of(stable.template, r.version_label),
-            canary_version=revision.version_of(canary.template, r.version_label),
-            role_labels=frozenset(roles),
+        return tick.observation(
+            _view(stable),
+            _view(canary),
+            role_labels=frozenset(
+                revision.role_labels(r.role_labels, stable.selector, canary.selector)
+            ),
+            version_label=r.version_label,
             command=canary.annotations.get(COMMAND_ANNOTATION),
         )
 
@@ -392,7 +391,6 @@ class RolloutEngine:
             active_selector=services.active.selector if services.active else None,
             preview_selector=services.preview.selector if services.preview else None,
         )
-        raw = canary.annotations.get(STATE_ANNOTATION)
         now = self.clock()
         current, recovered = self._current(canary, stable, record, obs, now)
         obs = self._with_pods(obs, canary, current)
@@ -402,48 +400,15 @@ class RolloutEngine:
             step=current.step + 1 if current.phase in state_codec.ACTIVE_PHASES else None,
         )
         log = self._log
-        verdict = None
-        # A pending command is decided first: a slow Prometheus must not delay an abort.
-        if not (obs.command or "").strip() and decision.analysis_due(r, current, obs, now):
-            pods = self._pod_sets(canary, stable) if thresholds.uses_pods(r) else None
-            verdict = self._analyse(current, now, log, pods)
-        outcome = decision.decide(r, current, obs, now, verdict)
-        told = [
-            *((t, outcome.state) for t in recovered),
-            *((t, current) for t in self._superseded(current, outcome, obs)),
-            *((t, outcome.state) for t in outcome.transitions),
-        ]
-        transitions = tuple(t for t, _ in told)
-        new = self._with_notices(current, outcome.state, told, now)
-
-        new_json = state_codec.dumps(new)
-        if new_json != raw or outcome.consume_command:
-            try:
-                canary = self.kube.write_state(
-                    canary, new_json, consume_command=outcome.consume_command
-                )
-            except StateConflict:
-                log.info("state changed meanwhile; deciding again on the next tick")
-                return TickResult(current.phase, timedelta(seconds=1), (), current)
-            _kill_point(transitions)
-        for transition in transitions:
-            log.info(
-                "transition",
-                reason=transition.reason,
-                message=transition.message,
-                kind=transition.kind,
-            )
-
-        structlog.contextvars.bind_contextvars(
-            revision=new.revision or obs.canary_revision,
-            step=new.step + 1 if new.phase in state_codec.ACTIVE_PHASES else None,
-        )
-        stable, record = self._keep_record(stable, record, new)
-        self._switch(outcome.desired, services, log)
-        canary, stable = self._actuate(outcome.desired, canary, stable, new, log)
-        new = self._tell_pending(new, canary, stable, log)
-        if record is not None and record.pending:
-            self._write_record_pending(stable, record, canary, log)
+        cluster = _KubeCluster(self, read, services, obs=obs, recovered=recovered, now=now, log=log)
+        done = tick.run(r, current, cluster, _PrometheusMetrics(self, cluster), now)
+        if not done.committed:
+            log.info("state changed meanwhile; deciding again on the next tick")
+            return TickResult(current.phase, timedelta(seconds=1), (), current)
+        canary, stable, log, transitions = cluster.canary, cluster.stable, cluster.log, cluster.told
+        new = self._tell_pending(cluster.new, canary, stable, log)
+        if cluster.record is not None and cluster.record.pending:
+            self._write_record_pending(stable, cluster.record, canary, log)
         self._export(new, obs)
         elapsed = time.monotonic() - started
         self.metrics.tick_duration.labels(r.name).observe(elapsed)
@@ -453,13 +418,13 @@ class RolloutEngine:
             stage=new.stage if new.phase == "progressing" else None,
             canary_replicas=obs.canary.replicas,
             stable_replicas=obs.stable.replicas,
-            verdict=verdict.verdict if verdict else None,
+            verdict=done.verdict.verdict if done.verdict else None,
             transitions=[t.reason for t in transitions] or None,
             pending=len(new.pending) or None,
             message=new.message,
             duration_ms=round(elapsed * 1000, 1),
         )
-        requeue = outcome.requeue_after
+        requeue = done.decision.requeue_after
         if new.pending:
             requeue = min(requeue, NOTICE_POLL) if requeue is not None else NOTICE_POLL
         return TickResult(new.phase, requeue, transitions, new)
@@ -1031,3 +996,97 @@ class RolloutEngine:
         self.metrics.canary_weight.labels(r.name, r.namespace).set(
             obs.canary.ready / ready if ready else 0.0
         )
+
+
+class _KubeCluster:
+    """The :class:`~autocanary.rollout.tick.Cluster` of one engine tick, on the Deployments read.
+
+    Keeps what the tick wrote (the Deployments as last returned, the state with
+    its notices) for the engine to tell and export afterwards.
+    """
+
+    def __init__(
+        self,
+        engine: RolloutEngine,
+        read: tuple[DeploymentRecord, DeploymentRecord, RolloutState | None],
+        services: _Services,
+        *,
+        obs: decision.Observation,
+        recovered: tuple[decision.Transition, ...],
+        now: datetime,
+        log: Log,
+    ) -> None:
+        self._engine = engine
+        #: The Deployments as last returned by the API, and the stable's release record.
+        self.canary, self.stable, self.record = read
+        self._services = services
+        self._obs = obs
+        self._recovered = recovered
+        self._now = now
+        self.log = log
+        self.new = RolloutState()
+        self.told: tuple[decision.Transition, ...] = ()
+
+    def observe(self) -> decision.Observation:
+        """The observation the engine read at the start of the tick."""
+        return self._obs
+
+    def commit(self, current: RolloutState, outcome: decision.Decision) -> bool:
+        """Write the new state with a notice per transition (guarded), then the stable's record."""
+        engine, obs = self._engine, self._obs
+        told = [
+            *((t, outcome.state) for t in self._recovered),
+            *((t, current) for t in engine._superseded(current, outcome, obs)),
+            *((t, outcome.state) for t in outcome.transitions),
+        ]
+        transitions = tuple(t for t, _ in told)
+        new = engine._with_notices(current, outcome.state, told, self._now)
+        new_json = state_codec.dumps(new)
+        if new_json != self.canary.annotations.get(STATE_ANNOTATION) or outcome.consume_command:
+            try:
+                self.canary = engine.kube.write_state(
+                    self.canary, new_json, consume_command=outcome.consume_command
+                )
+            except StateConflict:
+                return False
+            _kill_point(transitions)
+        for transition in transitions:
+            self.log.info(
+                "transition",
+                reason=transition.reason,
+                message=transition.message,
+                kind=transition.kind,
+            )
+        structlog.contextvars.bind_contextvars(
+            revision=new.revision or obs.canary_revision,
+            step=new.step + 1 if new.phase in state_codec.ACTIVE_PHASES else None,
+        )
+        self.new, self.told = new, transitions
+        self.stable, self.record = engine._keep_record(self.stable, self.record, new)
+        return True
+
+    def apply(self, desired: decision.Desired) -> None:
+        """Switch blue/green's Services, then replace the stable's template and scale both
+        Deployments, as ``desired`` says."""
+        self._engine._switch(desired, self._services, self.log)
+        self.canary, self.stable = self._engine._actuate(
+            desired, self.canary, self.stable, self.new, self.log
+        )
+
+
+class _PrometheusMetrics:
+    """The :class:`~autocanary.rollout.tick.Metrics` of one engine tick: the daemon's analysis."""
+
+    def __init__(self, engine: RolloutEngine, cluster: _KubeCluster) -> None:
+        self._engine = engine
+        self._cluster = cluster
+
+    def evaluate(self, state: RolloutState, at: datetime) -> thresholds.IntervalVerdict:
+        """Query Prometheus for the interval ending at ``at`` and judge it, within the budget."""
+        engine, cluster = self._engine, self._cluster
+        pods = (
+            engine._pod_sets(cluster.canary, cluster.stable)
+            if thresholds.uses_pods(engine.effective_rollout())
+            else None
+        )
+        return engine._analyse(state, at, cluster.log, pods)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from autocanary.analysis import judging
 from autocanary.analysis.thresholds import IntervalVerdict
@@ -33,10 +32,8 @@ from autocanary.config.models import AlertKind, RolloutConfig
 from autocanary.config.units import format_duration
 from autocanary.rollout import pods as pod_math
 from autocanary.rollout import steps as step_math
-from autocanary.rollout.revision import promoted_template
+from autocanary.rollout.revision import JSON, promoted_template
 from autocanary.rollout.state import COMMANDS, Reason, RolloutState, VerdictRecord
-
-JSON = dict[str, Any]
 
 #: How soon to look again while waiting on the cluster (pods Ready, rollouts done).
 POLL = timedelta(seconds=2)

@@ -14,6 +14,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+#: A Kubernetes object (or part of one, such as a pod template) as JSON.
 JSON = dict[str, Any]
 
 # Fields the API server defaults, with their default values: a manifest that
