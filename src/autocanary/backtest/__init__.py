@@ -1,8 +1,7 @@
 """``autocanary backtest``: what would this config have decided, over past Prometheus data?
 
-A replay runs the daemon's own schedule and decisions
-(:func:`autocanary.rollout.decision.analysis_due`, :func:`autocanary.rollout.decision.decide`)
-against a simulated cluster whose pods are Ready at once, starting the
+A replay runs the daemon's own tick (:func:`autocanary.rollout.tick.run`: its
+schedule and its decisions) against a simulated cluster whose pods are Ready at once, starting the
 release at the window's start, and judges each due interval with the daemon's
 queries evaluated at that past time (:mod:`autocanary.backtest.evaluate`, the
 seam for another judge). Variants (``--set``) change the rollout's config and
