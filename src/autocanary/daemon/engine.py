@@ -1084,9 +1084,6 @@ class _PrometheusMetrics:
     def evaluate(self, state: RolloutState, at: datetime) -> thresholds.IntervalVerdict:
         """Query Prometheus for the interval ending at ``at`` and judge it, within the budget."""
         engine, cluster = self._engine, self._cluster
-        pods = (
-            engine._pod_sets(cluster.canary, cluster.stable)
-            if thresholds.uses_pods(engine.effective_rollout())
-            else None
-        )
+        uses_pods = thresholds.uses_pods(engine.rollout)
+        pods = engine._pod_sets(cluster.canary, cluster.stable) if uses_pods else None
         return engine._analyse(state, at, cluster.log, pods)
