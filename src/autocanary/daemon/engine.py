@@ -235,7 +235,7 @@ class RolloutEngine:
         """How often Prometheus scrapes the rollout's series, once known (asked once a minute).
 
         When first known, logs the window the analysis uses, and warns when a
-        configured ``thresholds.window`` is too short for it.
+        configured ``analysis.window`` is too short for it.
         """
         # Asked at start-up and reload too, outside any tick: no revision or step then.
         outside = {"revision": None, "step": None}

@@ -154,10 +154,11 @@ def _canary_ready(view: DeploymentView, want: int, since_generation: int) -> boo
     )
 
 
-def _stable_complete(obs: Observation, state: RolloutState) -> bool:
+def _stable_runs(obs: Observation, state: RolloutState, revision: str) -> bool:
+    """The stable runs template ``revision`` at the whole total, every pod available."""
     s = obs.stable
     return (
-        obs.stable_revision == state.revision
+        obs.stable_revision == revision
         and s.observed
         and s.replicas == state.total
         and s.updated >= state.total
@@ -203,15 +204,12 @@ def _serves(obs: Observation, label: str, version: str) -> bool:
 
 def _stable_restored(obs: Observation, state: RolloutState) -> bool:
     """The stable runs its own template again at the whole total, every pod available."""
-    s = obs.stable
-    return (
-        obs.stable_revision == state.stable_revision
-        and s.observed
-        and s.replicas == state.total
-        and s.updated >= state.total
-        and s.available >= state.total
-        and s.current == state.total
-    )
+    return _stable_runs(obs, state, state.stable_revision)
+
+
+def _stable_complete(obs: Observation, state: RolloutState) -> bool:
+    """The stable runs the release's template at the whole total, every pod available."""
+    return _stable_runs(obs, state, state.revision)
 
 
 def _blue_green_desired(rollout: RolloutConfig, state: RolloutState, obs: Observation) -> Desired:
