@@ -18,6 +18,9 @@ TemplateName = Literal["error-rate", "latency", "request-rate"]
 Source = Literal["probe", "testpage", "app"]
 BuiltinSource = Literal["probe", "testpage"]
 
+#: One sample of an instant vector as Prometheus answers a query: labels, value.
+Sample = tuple[Mapping[str, str], float]
+
 #: Variables a query template may use, with what each holds.
 VARIABLES: Mapping[str, str] = {
     "namespace": "the rollout's namespace",

@@ -24,8 +24,7 @@ import pytest
 from autocanary.adapters.prometheus import PrometheusClient
 from autocanary.analysis import judging
 from autocanary.config.models import PrometheusConfig, RolloutConfig, SequentialAnalysisConfig
-from autocanary.judge import CounterSnapshot, Judgement, JudgeState, counts
-from autocanary.judge import Verdict as JudgeVerdict
+from autocanary.judge import CounterSnapshot, Judgement, JudgeState, JudgeVerdict, counts
 from autocanary_testbed.apps import ProbeProcess, start_probe, start_testpage
 from autocanary_testbed.monitoring import PrometheusServer, ScrapeTarget
 from autocanary_testbed.procs import ProcessGroup

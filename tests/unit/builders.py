@@ -21,10 +21,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from autocanary.analysis import judging
-from autocanary.analysis.judging import Sample
 from autocanary.analysis.thresholds import CheckResult, IntervalVerdict
 from autocanary.analysis.verdict import Verdict
 from autocanary.config.models import RolloutConfig
+from autocanary.promql import Sample
 from autocanary.rollout import tick
 from autocanary.rollout.decision import Decision, DeploymentView, Desired, Observation
 from autocanary.rollout.pods import PodView

@@ -19,7 +19,7 @@ from autocanary.backtest.errors import (
 )
 from autocanary.backtest.report import Release
 from autocanary.backtest.windows import load_releases, make_release, parse_time
-from autocanary.rollout.interval import Sample
+from autocanary.promql import Sample
 
 NOW = datetime(2025, 3, 2, 12, 0, tzinfo=UTC)
 

@@ -29,10 +29,9 @@ from builders import (
 )
 
 from autocanary.analysis import judging
-from autocanary.analysis.judging import Sample
 from autocanary.analysis.thresholds import IntervalVerdict
-from autocanary.judge import CounterSnapshot, JudgeState
-from autocanary.judge import Verdict as JudgeVerdict
+from autocanary.judge import CounterSnapshot, JudgeState, JudgeVerdict
+from autocanary.promql import Sample
 from autocanary.rollout.state import RolloutState, dumps, loads
 
 V2 = "registry.local/shop/web:2.0"

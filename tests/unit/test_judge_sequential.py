@@ -13,8 +13,8 @@ from autocanary.errors import StateCorrupt
 from autocanary.judge import (
     CounterSnapshot,
     JudgeState,
+    JudgeVerdict,
     SequentialConfig,
-    Verdict,
     eprocess,
     sequential,
 )
@@ -71,7 +71,7 @@ def run(release: Release, polls: int, config: SequentialConfig = CONFIG) -> list
     for _ in range(polls):
         state, judgement = sequential.update(config, state, *release.poll())
         out.append(judgement)
-        if judgement.verdict is not Verdict.CONTINUE:
+        if judgement.verdict is not JudgeVerdict.CONTINUE:
             break
     return out
 
@@ -79,7 +79,7 @@ def run(release: Release, polls: int, config: SequentialConfig = CONFIG) -> list
 def test_a_five_times_error_rate_is_rolled_back_with_a_reason() -> None:
     judgements = run(Release(canary_errors=0.05), polls=10)
     last = judgements[-1]
-    assert last.verdict is Verdict.ROLLBACK
+    assert last.verdict is JudgeVerdict.ROLLBACK
     assert len(judgements) <= 2
     errors = last.metrics[0]
     assert errors.harmful
@@ -94,7 +94,7 @@ def test_a_five_times_error_rate_is_rolled_back_with_a_reason() -> None:
 def test_an_identical_canary_is_promoted_and_never_rolled_back() -> None:
     judgements = run(Release(canary_errors=0.01, per_poll=20000), polls=60)
     last = judgements[-1]
-    assert last.verdict is Verdict.PROMOTE
+    assert last.verdict is JudgeVerdict.PROMOTE
     assert all(m.safe for m in last.metrics)
     assert all(m.ci_low < 1.0 < m.ci_high for m in last.metrics)
     assert last.reason.startswith("safety proven for every metric")
@@ -102,7 +102,7 @@ def test_an_identical_canary_is_promoted_and_never_rolled_back() -> None:
 
 def test_an_undecided_poll_says_where_the_evidence_stands() -> None:
     (first, *_) = run(Release(canary_errors=0.01, per_poll=500), polls=1)
-    assert first.verdict is Verdict.CONTINUE
+    assert first.verdict is JudgeVerdict.CONTINUE
     assert first.reason.startswith("undecided: errors")
     assert "latency>0.25s" in first.reason
     assert first.poll.canary_requests + first.poll.stable_requests > 0
@@ -140,7 +140,7 @@ def test_skip_moves_the_counters_without_evidence() -> None:
     assert all(not any(m.evidence) for m in state.metrics)
     release.canary_errors = 0.01
     _, judgement = sequential.update(CONFIG, state, *release.poll())
-    assert judgement.verdict is Verdict.CONTINUE
+    assert judgement.verdict is JudgeVerdict.CONTINUE
     assert judgement.metrics[0].canary_requests == judgement.poll.canary_requests
 
 
@@ -148,7 +148,7 @@ def test_critical_guard_trips_without_statistics_and_only_relative_to_the_stable
     config = SequentialConfig(alpha=1e-12, critical_error_excess=0.2)  # the e-process would wait
     judgements = run(Release(canary_errors=0.4, per_poll=600), polls=5, config=config)
     last = judgements[-1]
-    assert last.verdict is Verdict.ROLLBACK
+    assert last.verdict is JudgeVerdict.ROLLBACK
     assert last.critical
     assert last.reason.startswith("errors: critical guard, canary error share")
     assert "over the stable's" in last.reason
@@ -197,7 +197,7 @@ def test_a_slowdown_within_the_tolerance_is_not_rolled_back_and_beyond_it_is() -
         cells = rng.multinomial(n, np.diff(cdf, prepend=0.0, append=1.0))
         return dict(zip((*bounds, INF), np.cumsum(cells).tolist(), strict=True))
 
-    def verdict(slowdown: float) -> Verdict:
+    def verdict(slowdown: float) -> JudgeVerdict:
         rng = np.random.default_rng(3)
         config = SequentialConfig(latency_quantiles=(0.99,), latency_tolerance=0.2)
         cum = {"c": dict.fromkeys((*bounds, INF), 0), "s": dict.fromkeys((*bounds, INF), 0)}
@@ -215,12 +215,12 @@ def test_a_slowdown_within_the_tolerance_is_not_rolled_back_and_beyond_it_is() -
                 for le, v in counts(rng, n, slow).items():
                     cum[key][le] += v
             state, judgement = sequential.update(config, state, snap("c"), snap("s"))
-            if judgement.verdict is not Verdict.CONTINUE:
+            if judgement.verdict is not JudgeVerdict.CONTINUE:
                 return judgement.verdict
-        return Verdict.CONTINUE
+        return JudgeVerdict.CONTINUE
 
-    assert verdict(1.15) is not Verdict.ROLLBACK  # (no errors at all: never proven safe)
-    assert verdict(1.6) is Verdict.ROLLBACK
+    assert verdict(1.15) is not JudgeVerdict.ROLLBACK  # (no errors at all: never proven safe)
+    assert verdict(1.6) is JudgeVerdict.ROLLBACK
 
 
 def test_hypotheses_stay_those_of_release_start() -> None:
@@ -308,13 +308,13 @@ def test_a_regression_after_safety_was_proven_is_caught_by_the_change_point_mixt
     state = sequential.initial(CONFIG, release.canary.snapshot(), release.stable.snapshot())
     for _ in range(40):  # 40 good polls: lots of evidence that psi is about 1
         state, judgement = sequential.update(CONFIG, state, *release.poll())
-        assert judgement.verdict is not Verdict.ROLLBACK
+        assert judgement.verdict is not JudgeVerdict.ROLLBACK
     release.canary_errors = 0.05
     late = 0
-    while judgement.verdict is not Verdict.ROLLBACK and late < 10:
+    while judgement.verdict is not JudgeVerdict.ROLLBACK and late < 10:
         state, judgement = sequential.update(CONFIG, state, *release.poll())
         late += 1
-    assert judgement.verdict is Verdict.ROLLBACK
+    assert judgement.verdict is JudgeVerdict.ROLLBACK
     # the e-process from release start alone is still far from the threshold
     evidence = np.array([m.evidence for m in state.metrics])
     main = eprocess.harm_log_evalue(state.grid(), evidence)[0]

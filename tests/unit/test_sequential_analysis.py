@@ -16,14 +16,13 @@ import pytest
 from builders import tagged
 
 from autocanary.analysis import judging
-from autocanary.analysis.judging import Sample
 from autocanary.analysis.thresholds import CheckResult, IntervalVerdict
 from autocanary.analysis.verdict import Verdict
 from autocanary.config.models import SequentialAnalysisConfig
 from autocanary.errors import StateCorrupt
-from autocanary.judge import CounterSnapshot, Judgement, JudgeState, counts
-from autocanary.judge import Verdict as JudgeVerdict
+from autocanary.judge import CounterSnapshot, Judgement, JudgeState, JudgeVerdict, counts
 from autocanary.judge.state import STATE_VERSION
+from autocanary.promql import Sample
 from autocanary.rollout.state import RolloutState, dumps, loads
 
 AT = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)

@@ -28,7 +28,7 @@ from autocanary.config.models import PrometheusConfig
 from autocanary.config.redact import redact
 from autocanary.config.units import parse_duration
 from autocanary.errors import PrometheusUnavailable, QueryError
-from autocanary.rollout.interval import Sample
+from autocanary.promql import Sample
 
 _STATUS = re.compile(r"HTTP Status Code (\d{3})")
 _ERRNO = re.compile(r"\[Errno -?\d+\] ([^'\")]+)")

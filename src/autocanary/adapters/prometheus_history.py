@@ -19,7 +19,7 @@ from autocanary.adapters.prometheus import PrometheusClient, auth_headers
 from autocanary.config.models import PrometheusConfig
 from autocanary.config.redact import redact
 from autocanary.errors import PrometheusUnavailable
-from autocanary.rollout.interval import Sample
+from autocanary.promql import Sample
 
 _PROM_DURATION = re.compile(r"^(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 _UNITS = (365 * 86400, 7 * 86400, 86400, 3600, 60, 1)

@@ -35,17 +35,15 @@ from autocanary.judge import (
     CounterSnapshot,
     Judgement,
     JudgeState,
+    JudgeVerdict,
     SequentialConfig,
     SeriesCounters,
     initial,
     skip,
     update,
 )
-from autocanary.judge import Verdict as JudgeVerdict
 from autocanary.judge.report import number
-
-Sample = tuple[Mapping[str, str], float]
-
+from autocanary.promql import Sample
 
 # The label that tags each sample of the joined counter query with its counter.
 COUNTER_LABEL = "autocanary_counter"

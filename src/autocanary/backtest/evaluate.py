@@ -25,8 +25,9 @@ from typing import Protocol
 from autocanary.analysis import thresholds
 from autocanary.config.models import RolloutConfig
 from autocanary.errors import QueryError
+from autocanary.promql import Sample
 from autocanary.rollout import interval
-from autocanary.rollout.interval import QuerySource, Sample
+from autocanary.rollout.interval import QuerySource
 from autocanary.rollout.state import RolloutState
 
 

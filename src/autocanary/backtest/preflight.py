@@ -22,7 +22,7 @@ from autocanary.backtest.errors import (
 from autocanary.backtest.report import Release
 from autocanary.config.models import RolloutConfig
 from autocanary.config.units import format_duration
-from autocanary.rollout.interval import Sample
+from autocanary.promql import Sample
 
 
 class History(Protocol):

@@ -55,10 +55,10 @@ from autocanary.errors import (
     StateCorrupt,
     TransientError,
 )
+from autocanary.promql import Sample
 from autocanary.rollout import decision, interval, revision, tick
 from autocanary.rollout import state as state_codec
 from autocanary.rollout.alert import SEVERITY, Alert
-from autocanary.rollout.interval import Sample
 from autocanary.rollout.pods import PodView
 from autocanary.rollout.state import (
     COMMAND_ANNOTATION,

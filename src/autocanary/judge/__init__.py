@@ -15,19 +15,19 @@ conditional likelihood, e-processes, confidence sequences), ``sequential``
 """
 
 from autocanary.judge.counts import CounterSnapshot, PollCounts, SeriesCounters
-from autocanary.judge.report import Judgement, MetricEvidence, Verdict
+from autocanary.judge.report import Judgement, JudgeVerdict, MetricEvidence
 from autocanary.judge.sequential import SequentialConfig, initial, skip, update
 from autocanary.judge.state import JudgeState
 
 __all__ = [
     "CounterSnapshot",
     "JudgeState",
+    "JudgeVerdict",
     "Judgement",
     "MetricEvidence",
     "PollCounts",
     "SequentialConfig",
     "SeriesCounters",
-    "Verdict",
     "initial",
     "skip",
     "update",

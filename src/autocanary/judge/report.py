@@ -14,7 +14,7 @@ from enum import StrEnum
 from autocanary.judge.counts import PollCounts
 
 
-class Verdict(StrEnum):
+class JudgeVerdict(StrEnum):
     """The judge's decision after a poll."""
 
     CONTINUE = "continue"  # neither harm nor safety proven yet (at the deadline: inconclusive)
@@ -57,7 +57,7 @@ class MetricEvidence:
 class Judgement:
     """The verdict after one poll, with the evidence behind it."""
 
-    verdict: Verdict
+    verdict: JudgeVerdict
     reason: str
     metrics: tuple[MetricEvidence, ...]
     poll: PollCounts

@@ -49,14 +49,18 @@ from numpy.typing import NDArray
 from autocanary.judge import counts, eprocess, report
 from autocanary.judge.counts import CounterSnapshot, PollCounts
 from autocanary.judge.eprocess import FloatArray, Grid, IntArray
-from autocanary.judge.report import Judgement, MetricEvidence, Verdict
+from autocanary.judge.report import Judgement, JudgeVerdict, MetricEvidence
 from autocanary.judge.state import JudgeState, MetricState
 
 BoolArray = NDArray[np.bool_]
 
 # Verdict codes in batch arrays.
 CONTINUE, ROLLBACK, PROMOTE = 0, 1, 2
-_VERDICTS = {CONTINUE: Verdict.CONTINUE, ROLLBACK: Verdict.ROLLBACK, PROMOTE: Verdict.PROMOTE}
+_VERDICTS = {
+    CONTINUE: JudgeVerdict.CONTINUE,
+    ROLLBACK: JudgeVerdict.ROLLBACK,
+    PROMOTE: JudgeVerdict.PROMOTE,
+}
 
 # e-values are reported as floats that JSON can carry; beyond this they are "huge" anyway.
 _MAX_LOG_EVALUE = math.log(1e300)
@@ -389,7 +393,7 @@ def _judgement(
         )
     metrics = tuple(evidence)
     verdict = _VERDICTS[int(decided.verdict)]
-    if verdict is Verdict.ROLLBACK:
+    if verdict is JudgeVerdict.ROLLBACK:
         harmful = [m for m in metrics if m.harmful]
         reasons = [report.harm_reason(m, confidence) for m in harmful]
         if critical:
@@ -397,7 +401,7 @@ def _judgement(
             excess = config.critical_error_excess or 0.0
             reasons.insert(0, report.critical_reason(n, x, mm, y, excess))
         reason = "; ".join(reasons)
-    elif verdict is Verdict.PROMOTE:
+    elif verdict is JudgeVerdict.PROMOTE:
         reason = report.promote_reason(metrics, confidence)
     else:
         reason = report.continue_reason(metrics, confidence)

@@ -17,10 +17,10 @@ from autocanary.analysis import judging, thresholds
 from autocanary.config.models import RolloutConfig
 from autocanary.errors import AutocanaryError, PrometheusUnavailable, QueryError
 from autocanary.judge import CounterSnapshot
+from autocanary.promql import Sample
 from autocanary.rollout import decision
 from autocanary.rollout.state import RolloutState
 
-Sample = tuple[dict[str, str], float]
 #: Called with (what the query is for, the error) for each query that failed.
 ErrorHook = Callable[[str, AutocanaryError], None]
 
