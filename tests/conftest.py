@@ -63,19 +63,29 @@ def _keep(request: pytest.FixtureRequest, path: Path) -> None:
     request.config.stash.setdefault(_KEPT, []).append(path)
 
 
+def _timeout(item: pytest.Item) -> float:
+    marker = item.get_closest_marker("timeout")
+    return float(marker.args[0]) if marker is not None and marker.args else 0.0
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Start the longest scenarios first, so that parallel workers finish together.
+    """Start the longest scenarios first, each on its own worker, so that workers finish together.
 
     A test's timeout above the default is what marks it long (the shipped configs
-    hold for about 15 minutes each); the rest keep their order.
+    hold for many minutes each). pytest-xdist's load scheduling first hands each
+    worker a chunk of consecutive tests (at least 2, a quarter of its share), so
+    the long ones are spaced a chunk apart: three shipped configs side by side
+    would all go to the first worker, one after another. The rest keep their order.
     """
-
-    def longest_first(item: pytest.Item) -> float:
-        marker = item.get_closest_marker("timeout")
-        limit = marker.args[0] if marker is not None and marker.args else 0
-        return -float(limit) if float(limit) > 900 else 0.0
-
-    items.sort(key=longest_first)
+    long = sorted((i for i in items if _timeout(i) > 900), key=_timeout, reverse=True)
+    rest = [i for i in items if _timeout(i) <= 900]
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    chunk = max(len(items) // workers // 4, 2)
+    ordered: list[pytest.Item] = []
+    for first in long[:workers]:
+        ordered += [first, *rest[: chunk - 1]]
+        rest = rest[chunk - 1 :]
+    items[:] = [*ordered, *long[workers:], *rest]
 
 
 def pytest_terminal_summary(
