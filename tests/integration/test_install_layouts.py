@@ -47,7 +47,11 @@ def test_the_overlay_example_replaces_config_image_and_rbac_without_editing_depl
 
 def test_the_operator_scrapes_the_demos_probe() -> None:
     monitors = [o for o in render(DEPLOY / "prometheus") if o["kind"] == "PodMonitor"]
-    probe = next(o for o in render(DEPLOY / "example") if o["metadata"]["name"] == "probe")
+    probe = next(
+        o
+        for o in render(DEPLOY / "example")
+        if o["kind"] == "Deployment" and o["metadata"]["name"] == "probe"
+    )
     template = probe["spec"]["template"]
     probe_ports = {p["name"] for c in template["spec"]["containers"] for p in c.get("ports", [])}
     scraping = [
