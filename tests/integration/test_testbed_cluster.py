@@ -264,16 +264,11 @@ def test_prometheus_discovers_a_new_pod_and_labels_its_series_with_the_pods_labe
         assert labels["instance"] == control_plane.pod_network.host_address(new.status.pod_ip, 8080)
 
         # The app's own version label is kept beside the pod's (honorLabels: false).
-        wait_until(
-            lambda: bool(
-                _instant(prometheus, f'testpage_requests_total{{pod="{new.metadata.name}"}}')
-            ),
-            timeout=30,
-            what="the app's series",
-        )
-        (app,) = _instant(
-            prometheus, f'testpage_requests_total{{pod="{new.metadata.name}",path="/healthz"}}'
-        )
+        # Prometheus scrapes a pod from when it has an IP, Ready or not: its first
+        # scrape can come before the readiness probe's first /healthz was counted.
+        healthz = f'testpage_requests_total{{pod="{new.metadata.name}",path="/healthz"}}'
+        wait_until(lambda: bool(_instant(prometheus, healthz)), timeout=30, what="the app's series")
+        (app,) = _instant(prometheus, healthz)
         assert app["metric"]["version"] == "v7"
         assert app["metric"]["exported_version"] == "v7"
 
