@@ -222,10 +222,14 @@ def test_bad_canary_is_rolled_back_on_series_that_name_only_their_pod(
     assert 0.08 < failed[-1].checks["error-rate"]["value"] < 0.4  # 20% of the canary's fail
     assert stack.replicas() == (3, 0)
 
-    # The judged series really had no version: only the pod named the side.
+    # The judged series really had no version: only the pod named the side. The canary's pod
+    # is gone by now and its series went stale when its target left discovery, so an instant
+    # selector would miss it: look back over the whole release instead.
     prometheus = PrometheusClient(PrometheusConfig(url=stack.prometheus.url))
     try:
-        series = prometheus.query_vector(f'http_requests_total{{namespace="{stack.namespace}"}}')
+        series = prometheus.query_vector(
+            f'last_over_time(http_requests_total{{namespace="{stack.namespace}"}}[15m])'
+        )
     finally:
         prometheus.close()
     assert series
