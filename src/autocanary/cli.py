@@ -30,8 +30,9 @@ from typing import Any
 from autocanary.config.loader import load_config, parse_config
 from autocanary.config.models import Config, RolloutConfig
 from autocanary.config.units import parse_duration
-from autocanary.errors import AutocanaryError, ConfigError, ConfigProblem
+from autocanary.errors import AutocanaryError, ConfigError, ConfigProblem, ResourceNotFound
 from autocanary.rollout import revision
+from autocanary.rollout import route as route_math
 from autocanary.rollout import state as state_codec
 
 #: The config file when -c is not given: $AUTOCANARY_CONFIG, else this file if it exists.
@@ -516,7 +517,31 @@ def rollout_status(kube: Any, rollout: RolloutConfig) -> dict[str, Any]:
         message=st.message,
         commandPending=canary.annotations.get(state_codec.COMMAND_ANNOTATION),
     )
+    if rollout.gateway is not None:
+        row["route"] = _route_status(kube, rollout)
     return row
+
+
+def _route_status(kube: Any, rollout: RolloutConfig) -> dict[str, Any]:
+    """A gateway rollout's HTTPRoute weights as read now (or why they cannot be)."""
+    gw = rollout.gateway
+    assert gw is not None
+    label = route_math.describe(gw, rollout.namespace)
+    try:
+        obj = kube.read_httproute(gw.namespace or rollout.namespace, gw.http_route)
+    except ResourceNotFound:
+        obj = None
+    except AutocanaryError as e:
+        return {"route": label, "problem": str(e)}
+    view = route_math.read(obj, gw, rollout.namespace)
+    if view.problem is not None:
+        return {"route": label, "problem": view.problem}
+    return {
+        "route": label,
+        "stableWeight": view.stable_weight,
+        "canaryWeight": view.canary_weight,
+        "abRule": view.ab,
+    }
 
 
 def format_status(rows: Sequence[dict[str, Any]]) -> str:
@@ -542,13 +567,23 @@ def format_status(rows: Sequence[dict[str, Any]]) -> str:
                 row["message"],
             )
         )
+        route = row.get("route")
+        if route:
+            details[i + 1] = [
+                f"    {route['route']}: {route['problem']}"
+                if "problem" in route
+                else f"    {route['route']}: stable {route['stableWeight']}, canary "
+                f"{route['canaryWeight']}" + (", A/B rule on" if route["abRule"] else "")
+            ]
         verdict = row.get("lastVerdict")
         if verdict:
-            details[i + 1] = [
-                f"    {name}: {c['verdict']} value={_fmt(c.get('value'))} "
-                f"threshold {c['threshold']}"
-                for name, c in verdict["checks"].items()
-            ]
+            details.setdefault(i + 1, []).extend(
+                [
+                    f"    {name}: {c['verdict']} value={_fmt(c.get('value'))} "
+                    f"threshold {c['threshold']}"
+                    for name, c in verdict["checks"].items()
+                ]
+            )
     widths = [max(len(str(line[k])) for line in lines) for k in range(len(header) - 1)]
     out = []
     for i, line in enumerate(lines):

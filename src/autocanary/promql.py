@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 TemplateName = Literal["error-rate", "latency", "request-rate"]
-Source = Literal["probe", "testpage", "app"]
+Source = Literal["probe", "testpage", "app", "gateway"]
 BuiltinSource = Literal["probe", "testpage"]
 
 #: One sample of an instant vector as Prometheus answers a query: labels, value.
@@ -38,6 +38,10 @@ VARIABLES: Mapping[str, str] = {
     "at least the time since the previous analysis); use it in range selectors: [{{ window }}]",
     "quantile": "the check's quantile (latency checks)",
     "selector": "the traffic source's label matchers (see analysis.selector)",
+    "service": "gateway rollouts: the measured side's backend Service (canaryService or "
+    "stableService)",
+    "canary_service": "gateway rollouts: the canary's backend Service (gateway.canaryService)",
+    "stable_service": "gateway rollouts: the stable's backend Service (gateway.stableService)",
 }
 
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
@@ -49,6 +53,8 @@ DEFAULT_SELECTORS: Mapping[Source, str] = {
     "probe": 'target="{{ rollout }}"',
     "testpage": 'namespace="{{ namespace }}"',
     "app": 'namespace="{{ namespace }}"',
+    # The backend Service names the side (see analysis.gateway.servicePattern).
+    "gateway": 'service=~".+"',
 }
 
 

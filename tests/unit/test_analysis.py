@@ -59,6 +59,9 @@ def test_template_variables() -> None:
         "interval": "30s",
         "window": "30s",
         "selector": 'target="web"',
+        # Gateway rollouts only: their backend Services.
+        "canary_service": "",
+        "stable_service": "",
     }
 
 

@@ -60,6 +60,9 @@ TIMEOUT = (5.0, 15.0)
 #: answer resets the per-read timeout with every byte, and must not hang a tick.
 CALL_DEADLINE = 20.0
 FIELD_MANAGER = "autocanary"
+#: The Gateway API's group and the version of its HTTPRoute that autocanary reads and writes.
+GATEWAY_GROUP = "gateway.networking.k8s.io"
+GATEWAY_VERSION = "v1"
 _MAX_EVENT_MESSAGE = 1024
 #: Attempts at a state write whose resourceVersion went stale through status updates only.
 _STATUS_RETRIES = 5
@@ -325,6 +328,7 @@ class KubeClient:
         self._core = client.CoreV1Api(api_client)
         self._coordination = client.CoordinationV1Api(api_client)
         self._authorization = client.AuthorizationV1Api(api_client)
+        self._custom = client.CustomObjectsApi(api_client)
 
     def _json(self, what: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> JSON:
         def whole_call() -> JSON:
@@ -607,6 +611,48 @@ class KubeClient:
             _content_type="application/merge-patch+json",
         )
         return ServiceRecord.from_json(obj)
+
+    # ---- Gateway API -----------------------------------------------------------------------
+
+    def read_httproute(self, namespace: str, name: str) -> JSON:
+        """Read one Gateway API HTTPRoute as plain JSON."""
+        return self._json(
+            f"read HTTPRoute {namespace}/{name}",
+            self._custom.get_namespaced_custom_object,
+            GATEWAY_GROUP,
+            GATEWAY_VERSION,
+            namespace,
+            "httproutes",
+            name,
+        )
+
+    def write_route_rules(self, route: JSON, rules: list[JSON]) -> JSON:
+        """Replace an HTTPRoute's whole list of rules in ONE write, guarded by its resourceVersion.
+
+        The gateway sees the old rules or the new ones, never a mixture: both
+        weights of a rule (and autocanary's A/B rule) change together. A merge
+        patch replaces a list whole. If the route changed since ``route`` was
+        read the write fails with :class:`StateConflict` and the caller
+        decides again on a fresh read. Returns the route as written.
+        """
+        meta = route.get("metadata") or {}
+        namespace, name = str(meta.get("namespace")), str(meta.get("name"))
+        patch: JSON = {
+            "metadata": {"resourceVersion": meta.get("resourceVersion")},
+            "spec": {"rules": rules},
+        }
+        return self._json(
+            f"set the rules of HTTPRoute {namespace}/{name}",
+            self._custom.patch_namespaced_custom_object,
+            GATEWAY_GROUP,
+            GATEWAY_VERSION,
+            namespace,
+            "httproutes",
+            name,
+            patch,
+            field_manager=FIELD_MANAGER,
+            _content_type="application/merge-patch+json",
+        )
 
     # ---- RBAC ------------------------------------------------------------------------------
 

@@ -18,7 +18,12 @@ from typing import Literal
 
 from autocanary import promql
 from autocanary.analysis.verdict import CheckSummary, Verdict
-from autocanary.config.models import AnalysisConfig, CheckConfig, RolloutConfig
+from autocanary.config.models import (
+    AnalysisConfig,
+    CheckConfig,
+    GatewayMetricsConfig,
+    RolloutConfig,
+)
 from autocanary.config.units import format_duration
 from autocanary.judge import Judgement, JudgeState
 
@@ -164,6 +169,13 @@ class PodSets:
 def metrics_of(rollout: RolloutConfig, source: promql.Source | None = None) -> promql.Metrics:
     """The metrics of a traffic source (default the rollout's), with its version matcher."""
     source = source or rollout.analysis.source
+    if source == "gateway":
+        gw = rollout.analysis.gateway or GatewayMetricsConfig()
+        # The pattern is a regex inside a PromQL string: its own backslashes and quotes
+        # are escaped here; its {{ service }} and {{ namespace }} are filled per side.
+        pattern = promql.escape_label_value(gw.service_pattern)
+        version = f'{gw.service_label}=~"{pattern}"'
+        return promql.Metrics(gw.requests, gw.duration, gw.status_label, gw.error_status, version)
     if source != "app":
         return promql.BUILTIN_METRICS[source]
     app = rollout.analysis.app
@@ -226,7 +238,17 @@ def template_variables(
         "interval": format_duration(rollout.interval),
         "window": format_duration(window or rollout.window),
     }
-    blank = {"version": "", "quantile": "", "selector": "", "pods": "", "pod_template_hashes": ""}
+    gateway = rollout.gateway
+    base["canary_service"] = gateway.canary_service if gateway else ""
+    base["stable_service"] = gateway.stable_service if gateway else ""
+    blank = {
+        "version": "",
+        "quantile": "",
+        "selector": "",
+        "pods": "",
+        "pod_template_hashes": "",
+        "service": "",
+    }
     base["selector"] = promql.render(rollout.analysis.effective_selector, {**base, **blank})
     return base
 
@@ -234,9 +256,16 @@ def template_variables(
 def side_variables(
     variables: Mapping[str, str], version: str, pods: Pods, quantile: str = ""
 ) -> dict[str, str]:
-    """``variables`` completed for one side: its version and pods (and a check's quantile)."""
+    """``variables`` completed for one side: its version and pods (and a check's quantile).
+
+    A gateway rollout's side is also its backend Service (``service``): the
+    canary's when ``version`` is the canary's (a release never starts with
+    both sides on one version).
+    """
+    canary = version == variables.get("canary_version")
     return {
         **variables,
+        "service": variables.get("canary_service" if canary else "stable_service", ""),
         "version": version,
         "quantile": quantile,
         "pods": promql.names_regex(pods.names),

@@ -13,6 +13,7 @@ from autocanary.config.models import RolloutConfig
 from autocanary.rollout import tick
 from autocanary.rollout.decision import Decision, DeploymentView, Desired, Observation
 from autocanary.rollout.revision import JSON
+from autocanary.rollout.route import RouteView
 from autocanary.rollout.state import RolloutState
 
 
@@ -60,6 +61,8 @@ class SimulatedCluster:
         if rollout.blue_green is not None:
             before = {"app": rollout.stable, rollout.version_label: release.stable_version}
             self.active_selector, self.preview_selector = dict(before), dict(before)
+        # A gateway's HTTPRoute, sending every request to the stable before the release.
+        self.route = RouteView(stable_weight=100) if rollout.gateway is not None else None
 
     def observe(self) -> Observation:
         """Both Deployments as the engine would read them: settled, every pod Ready."""
@@ -71,6 +74,7 @@ class SimulatedCluster:
             version_label=r.version_label,
             active_selector=self.active_selector,
             preview_selector=self.preview_selector,
+            route=self.route,
         )
 
     def commit(self, current: RolloutState, outcome: Decision) -> bool:
@@ -89,3 +93,9 @@ class SimulatedCluster:
             self.active_selector = desired.active_selector
         if desired.preview_selector is not None:
             self.preview_selector = desired.preview_selector
+        if self.route is not None and (desired.canary_weight, desired.ab) != (None, None):
+            weight = (
+                self.route.canary_weight if desired.canary_weight is None else desired.canary_weight
+            )
+            ab = self.route.ab if desired.ab is None else desired.ab
+            self.route = RouteView(stable_weight=100 - weight, canary_weight=weight, ab=ab)

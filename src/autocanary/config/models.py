@@ -26,6 +26,7 @@ from pydantic import (
     Field,
     PlainSerializer,
     SerializerFunctionWrapHandler,
+    ValidationError,
     ValidationInfo,
     WithJsonSchema,
     field_validator,
@@ -867,15 +868,72 @@ class AppMetricsConfig(Model):
         return self
 
 
+class GatewayMetricsConfig(Model):
+    """The gateway's own per-backend metrics, for ``source: gateway``.
+
+    Defaults are Traefik v3's: ``traefik_service_requests_total{service, code}``
+    and ``traefik_service_request_duration_seconds``, where a Kubernetes
+    Gateway backend's ``service`` label reads
+    ``<router>-svc-<namespace>-<Service>-<backend index>@kubernetesgateway``.
+    A series belongs to the canary or the stable by the backend Service it
+    names (``gateway.canaryService``, ``gateway.stableService``).
+    """
+
+    requests: str = Field(
+        default="traefik_service_requests_total",
+        pattern=_METRIC_PATTERN,
+        description="The gateway's per-backend request counter",
+    )
+    duration: str = Field(
+        default="traefik_service_request_duration_seconds",
+        pattern=_METRIC_PATTERN,
+        description="The gateway's per-backend request-duration histogram, without _bucket",
+    )
+    status_label: str = Field(
+        default="code", pattern=_LABEL_PATTERN, description="The counter's status-code label"
+    )
+    error_status: str = Field(
+        default="5..", min_length=1, description="Regex of statusLabel values that are errors"
+    )
+    service_label: str = Field(
+        default="service",
+        pattern=_LABEL_PATTERN,
+        description="The label naming the backend a series belongs to",
+    )
+    service_pattern: str = Field(
+        default=".*-svc-{{ namespace }}-{{ service }}-[0-9]+@kubernetesgateway",
+        min_length=1,
+        description="Regex of serviceLabel values of one backend Service ({{ service }}: the "
+        "canary's or the stable's Service, {{ namespace }}: the rollout's namespace, where "
+        "both Services are)",
+    )
+
+    @field_validator("error_status", "service_pattern")
+    @classmethod
+    def _regex(cls, value: str) -> str:
+        try:
+            re.compile(promql.render(value, {"namespace": "ns", "service": "svc"}))
+        except re.error as e:
+            raise ValueError(f"not a regular expression: {e}") from None
+        except KeyError as e:
+            raise ValueError(f"unknown template variable {e}; known: namespace, service") from None
+        return value
+
+
 class AnalysisConfig(Model):
     """How each interval is judged: threshold checks, the sequential judge, or both."""
 
     source: promql.Source = Field(
         default="probe",
-        description="Where request counts come from: probe, testpage or app (analysis.app)",
+        description="Where request counts come from: probe, testpage, app (analysis.app) or "
+        "gateway (the gateway's per-backend metrics, strategy gateway only)",
     )
     app: AppMetricsConfig | None = Field(
         default=None, description="The app's own metrics, for source: app"
+    )
+    gateway: GatewayMetricsConfig | None = Field(
+        default=None,
+        description="The gateway's per-backend metrics, for source: gateway (default Traefik's)",
     )
     selector: str | None = Field(
         default=None,
@@ -924,7 +982,7 @@ class AnalysisConfig(Model):
                 "duration histogram, e.g. {requests: http_requests_total, statusLabel: status, "
                 "duration: http_request_duration_seconds}"
             )
-        if self.sequential is not None and self.source != "app":
+        if self.sequential is not None and self.source not in ("app", "gateway"):
             # The built-in sources share one bucket layout; a threshold must be a boundary.
             off = [t for t in self.sequential.latency_thresholds if t not in LATENCY_BUCKETS]
             if off:
@@ -950,6 +1008,9 @@ class AnalysisConfig(Model):
     @property
     def effective_selector(self) -> str:
         """The label matchers selecting this rollout's series in the traffic source."""
+        if self.selector is None and self.source == "gateway":
+            # The backend Service names the side; any series with a backend is the gateway's.
+            return f'{(self.gateway or GatewayMetricsConfig()).service_label}=~".+"'
         return self.selector or promql.DEFAULT_SELECTORS[self.source]
 
 
@@ -1003,6 +1064,97 @@ class BlueGreenConfig(Model):
         return self
 
 
+_HEADER_NAME_PATTERN = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"
+
+
+class HeaderMatch(Model):
+    """An HTTP request header and the exact value that sends a request to the canary."""
+
+    name: str = Field(
+        pattern=_HEADER_NAME_PATTERN, max_length=256, description="Header name, e.g. X-Canary"
+    )
+    value: str = Field(min_length=1, max_length=4096, description="Exact value, e.g. always")
+
+
+class CookieMatch(Model):
+    """A cookie and the exact value that sends a request to the canary."""
+
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$", max_length=256, description="Cookie name"
+    )
+    value: str = Field(
+        pattern=r"^[A-Za-z0-9!#$%&'()*+./:<=>?@\[\]^_`{|}~-]+$",
+        max_length=4096,
+        description="Exact value (cookie-value characters only)",
+    )
+
+
+class ABMatch(Model):
+    """Requests that always reach the canary during a release (testers, internal users)."""
+
+    header: HeaderMatch | None = Field(default=None, description="Match a request header")
+    cookie: CookieMatch | None = Field(default=None, description="Or: match a cookie")
+
+    @model_validator(mode="after")
+    def _one(self) -> ABMatch:
+        if (self.header is None) == (self.cookie is None):
+            raise ValueError("a match needs exactly one of 'header' or 'cookie'")
+        return self
+
+
+class GatewayConfig(Model):
+    """Gateway API weights: the canary's share of traffic set in an HTTPRoute rule."""
+
+    http_route: DnsSubdomain = Field(description="The HTTPRoute whose rule splits the traffic")
+    namespace: DnsLabel | None = Field(
+        default=None, description="The HTTPRoute's namespace; default the rollout's"
+    )
+    rule: int | DnsLabel = Field(
+        default=0,
+        description="Which rule of the HTTPRoute: its index (0 is the first) or its 'name'",
+    )
+    stable_service: DnsLabel = Field(
+        description="The Service (a backendRef of the rule) selecting the stable's pods only"
+    )
+    canary_service: DnsLabel = Field(
+        description="The Service (a backendRef of the rule) selecting the canary's pods only"
+    )
+    headroom: Fraction = Field(
+        default=0.2,
+        description="Extra canary capacity over its share: ceil(total x weight x (1 + headroom))",
+    )
+    match: ABMatch | None = Field(
+        default=None,
+        description="Requests matching this always reach the canary during the release (an "
+        "extra rule autocanary adds to the HTTPRoute and removes at the end)",
+    )
+
+    @field_validator("rule", mode="before")
+    @classmethod
+    def _rule_ref(cls, value: object) -> object:
+        if isinstance(value, bool) or (isinstance(value, int) and value < 0):
+            raise ValueError(f"expected a rule index (0, 1, ...) or a rule name, got {value!r}")
+        return value
+
+    @field_validator("headroom")
+    @classmethod
+    def _headroom(cls, value: float) -> float:
+        if value > 10:
+            raise ValueError(f"expected a headroom of at most 1000%, got {value * 100:g}%")
+        return value
+
+    @model_validator(mode="after")
+    def _two_services(self) -> GatewayConfig:
+        if self.stable_service == self.canary_service:
+            raise ValueError(SAME_BACKEND)
+        return self
+
+    @property
+    def rule_label(self) -> str:
+        """The rule in words: ``rule 0`` or ``rule 'main'``."""
+        return f"rule {self.rule}" if isinstance(self.rule, int) else f"rule {self.rule!r}"
+
+
 class RolloutConfig(Model):
     """One service released by canary: its two Deployments, steps and analysis."""
 
@@ -1038,14 +1190,18 @@ class RolloutConfig(Model):
         min_length=1,
         description="Batches in order; counts never decrease (pods, or percentages of the total)",
     )
-    strategy: Literal["canary", "blueGreen"] = Field(
+    strategy: Literal["canary", "blueGreen", "gateway"] = Field(
         default="canary",
         description="canary: the new version's share of one Service grows by steps; blueGreen: "
         "the whole new version beside the old, judged on a preview Service, then switched "
-        "(see blueGreen)",
+        "(see blueGreen); gateway: the steps are traffic weights in a Gateway API HTTPRoute "
+        "(see gateway)",
     )
     blue_green: BlueGreenConfig | None = Field(
         default=None, description="The Services of a blueGreen rollout (required by it)"
+    )
+    gateway: GatewayConfig | None = Field(
+        default=None, description="The HTTPRoute of a gateway rollout (required by it)"
     )
     analysis: AnalysisConfig = Field(description="How each interval is judged")
     alerts: list[str] | None = Field(
@@ -1095,8 +1251,8 @@ class RolloutConfig(Model):
 
     @property
     def scales_down_stable(self) -> bool:
-        """Whether the stable shrinks as the canary grows (never for blue/green)."""
-        return self.scale_down_stable and self.blue_green is None
+        """Whether the stable shrinks as the canary grows (never for blue/green or gateway)."""
+        return self.scale_down_stable and self.blue_green is None and self.gateway is None
 
     @property
     def plan(self) -> list[StepConfig]:
@@ -1120,6 +1276,7 @@ class RolloutConfig(Model):
         if self.canary_name == self.stable:
             raise ValueError(SAME_DEPLOYMENT)
         self._strategy_fits()
+        self._gateway_source()
         if len(self.canary_name) > 253:
             raise ValueError(
                 f"the default canary name {self.canary_name!r} is longer than 253 characters; "
@@ -1138,9 +1295,14 @@ class RolloutConfig(Model):
         return self
 
     def _strategy_fits(self) -> None:
+        if self.blue_green is not None and self.strategy != "blueGreen":
+            raise ValueError("'blueGreen' applies only to strategy: blueGreen")
+        if self.gateway is not None and self.strategy != "gateway":
+            raise ValueError("'gateway' applies only to strategy: gateway")
         if self.strategy == "canary":
-            if self.blue_green is not None:
-                raise ValueError("'blueGreen' applies only to strategy: blueGreen")
+            return
+        if self.strategy == "gateway":
+            self._gateway_fits()
             return
         if self.blue_green is None:
             raise ValueError(
@@ -1160,6 +1322,81 @@ class RolloutConfig(Model):
                     "comes up whole beside the old (previewHold and window set the pace)"
                 )
 
+    def _gateway_source(self) -> None:
+        analysis = self.analysis
+        sources = {analysis.source} | {c.source for c in analysis.checks if c.source is not None}
+        if "gateway" in sources and self.gateway is None:
+            raise ValueError(
+                "source 'gateway' reads the gateway's metrics per backend Service: it needs "
+                "strategy gateway (with gateway.stableService and gateway.canaryService)"
+            )
+        if analysis.gateway is not None and "gateway" not in sources:
+            raise ValueError("'analysis.gateway' applies only to source: gateway")
+
+    def _gateway_fits(self) -> None:
+        if self.gateway is None:
+            raise ValueError(
+                "strategy gateway needs 'gateway' with its httpRoute, stableService and "
+                "canaryService"
+            )
+        if "scale_down_stable" in self.model_fields_set:
+            raise ValueError(
+                "'scaleDownStable' does not apply to strategy gateway: the stable keeps its "
+                "capacity until promotion, and the HTTPRoute's weights set the traffic"
+            )
+        for _, problem in gateway_step_problems(self.steps):
+            raise ValueError(problem)
+
+    @property
+    def weights(self) -> list[int]:
+        """A gateway rollout's steps as the canary's traffic weight in percent (1 to 100)."""
+        return [round(_size_value(step.canary) * 100) for step in self.steps]
+
+
+def gateway_step_problems(
+    steps: list[tuple[int, StepConfig]] | list[StepConfig],
+) -> list[tuple[int, str]]:
+    """Why ``steps`` cannot be a gateway rollout's traffic weights: (index, message) each.
+
+    Each step is the canary's share of requests, a whole percentage from 1% to
+    100% (an HTTPRoute's weights are integers), strictly growing: a pod count
+    means nothing when the route, not the replicas, splits the traffic.
+    """
+    problems: list[tuple[int, str]] = []
+    last: tuple[int, float] | None = None
+    indexed = [s if isinstance(s, tuple) else (i, s) for i, s in enumerate(steps)]
+    for i, step in indexed:
+        size = step.canary
+        if not isinstance(size, Percentage):
+            problems.append(
+                (
+                    i,
+                    f"steps[{i}]: strategy gateway's steps are traffic weights: write a percentage "
+                    f"of requests ({size}%), not a pod count ({size})",
+                )
+            )
+            continue
+        percent = size.fraction * 100
+        if abs(percent - round(percent)) > 1e-9:
+            problems.append(
+                (
+                    i,
+                    f"steps[{i}]: a traffic weight is a whole percentage from 1% to 100% "
+                    f"(HTTPRoute weights are integers), got {size}",
+                )
+            )
+            continue
+        if last is not None and percent <= last[1]:
+            problems.append(
+                (
+                    i,
+                    f"steps[{i}] ({size}) is not above steps[{last[0]}] ({last[1]:g}%): traffic "
+                    "weights grow strictly from step to step",
+                )
+            )
+        last = (i, percent)
+    return problems
+
 
 def _size_value(size: int | Percentage) -> float:
     return size.fraction if isinstance(size, Percentage) else float(size)
@@ -1169,6 +1406,7 @@ def _size_value(size: int | Percentage) -> float:
 #: so a problem found by both is reported once.
 SAME_DEPLOYMENT = "'canary' must name a different Deployment than 'stable'"
 SAME_SERVICE = "'previewService' must name a different Service than 'activeService'"
+SAME_BACKEND = "'canaryService' must name a different Service than 'stableService'"
 
 
 def _known_sinks(rollout: RolloutConfig, info: ValidationInfo) -> RolloutConfig:
@@ -1328,6 +1566,8 @@ def cross_reference_problems(data: object) -> list[tuple[Loc, str]]:
                     _duplicate("check name", check_names[k]),
                 )
             )
+        if rollout.get("strategy") == "gateway":
+            found.extend(_gateway_steps_located(i, rollout.get("steps")))
         namespace = rollout.get("namespace")
         if all(isinstance(v, str) for v in (rollout.get("name"), namespace, stable)):
             canary_name = canary if isinstance(canary, str) else f"{stable}-canary"
@@ -1338,6 +1578,20 @@ def cross_reference_problems(data: object) -> list[tuple[Loc, str]]:
     for k, message in _deployment_roles([identity for _, identity in identities]):
         found.append((("rollouts", identities[k][0], "stable"), message))
     return found
+
+
+def _gateway_steps_located(rollout: int, raw: object) -> list[tuple[Loc, str]]:
+    """A gateway rollout's step problems, each at its step (steps valid on their own only)."""
+    valid: list[tuple[int, StepConfig]] = []
+    for k, step in _dicts(raw):
+        try:
+            valid.append((k, StepConfig.model_validate(step)))
+        except ValidationError:
+            continue  # reported by pydantic at that step
+    return [
+        (("rollouts", rollout, "steps", k, "canary"), message)
+        for k, message in gateway_step_problems(valid)
+    ]
 
 
 def _nested(data: object, *keys: str) -> object:

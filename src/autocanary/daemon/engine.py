@@ -46,6 +46,7 @@ from autocanary.daemon import retry
 from autocanary.daemon.metrics import DaemonMetrics
 from autocanary.errors import (
     AutocanaryError,
+    InvalidResource,
     KubernetesForbidden,
     PermanentError,
     PrometheusUnavailable,
@@ -57,6 +58,7 @@ from autocanary.errors import (
 )
 from autocanary.promql import Sample
 from autocanary.rollout import decision, interval, revision, tick
+from autocanary.rollout import route as route_math
 from autocanary.rollout import state as state_codec
 from autocanary.rollout.alert import SEVERITY, Alert
 from autocanary.rollout.pods import PodView
@@ -113,6 +115,14 @@ class _Services:
 
     active: ServiceRecord | None = None
     preview: ServiceRecord | None = None
+
+
+@dataclass(frozen=True)
+class _Route:
+    """A gateway rollout's HTTPRoute as read this tick (``None``: not found)."""
+
+    obj: revision.JSON | None = None
+    view: route_math.RouteView | None = None
 
 
 @dataclass(frozen=True)
@@ -386,10 +396,12 @@ class RolloutEngine:
         canary, stable, record = read
         obs = self._observation(canary, stable)
         services = self._services()
+        route = self._route()
         obs = dataclasses.replace(
             obs,
             active_selector=services.active.selector if services.active else None,
             preview_selector=services.preview.selector if services.preview else None,
+            route=route.view,
         )
         now = self.clock()
         current, recovered = self._current(canary, stable, record, obs, now)
@@ -400,7 +412,9 @@ class RolloutEngine:
             step=current.step + 1 if current.phase in state_codec.ACTIVE_PHASES else None,
         )
         log = self._log
-        cluster = _KubeCluster(self, read, services, obs=obs, recovered=recovered, now=now, log=log)
+        cluster = _KubeCluster(
+            self, read, services, route, obs=obs, recovered=recovered, now=now, log=log
+        )
         done = tick.run(r, current, cluster, _PrometheusMetrics(self, cluster), now)
         if not done.committed:
             log.info("state changed meanwhile; deciding again on the next tick")
@@ -894,6 +908,56 @@ class RolloutEngine:
 
         return _Services(read(bg.active_service), read(bg.preview_service))
 
+    def _route(self) -> _Route:
+        """A gateway rollout's HTTPRoute as read, and its named rule's weights."""
+        gw = self.rollout.gateway
+        if gw is None:
+            return _Route()
+        namespace = gw.namespace or self.rollout.namespace
+        try:
+            obj = self.kube.read_httproute(namespace, gw.http_route)
+        except ResourceNotFound:
+            obj = None  # the decision says so (a release cannot start, or pauses, without it)
+        return _Route(obj, route_math.read(obj, gw, self.rollout.namespace))
+
+    def _steer(self, desired: decision.Desired, route: _Route, log: Log) -> None:
+        """Write the HTTPRoute's weights (and A/B rule) the decision asks for, in one write.
+
+        First of the tick's effects: taking the canary's weight away must not
+        wait behind scaling. The route is read back from the write's answer;
+        a conflict (someone changed it since it was read) is left to the next
+        tick, which reads it again and decides again.
+        """
+        gw = self.rollout.gateway
+        if gw is None or route.obj is None or route.view is None or route.view.problem:
+            return
+        if desired.canary_weight is None and desired.ab is None:
+            return
+        weight = (
+            route.view.canary_weight if desired.canary_weight is None else desired.canary_weight
+        )
+        ab = route.view.ab if desired.ab is None else desired.ab
+        if (weight, ab) == (route.view.canary_weight, route.view.ab) and (
+            route.view.stable_weight == 100 - weight
+        ):
+            return
+        rules = route_math.rules_with(route.obj, gw, weight, ab)
+        label = route_math.describe(gw, self.rollout.namespace)
+        log.info("setting route weights", route=label, stable=100 - weight, canary=weight, ab=ab)
+        try:
+            written = self.kube.write_route_rules(route.obj, rules)
+        except StateConflict:
+            log.info("HTTPRoute changed meanwhile; setting its weights on the next tick")
+            return
+        back = route_math.read(written, gw, self.rollout.namespace)
+        if (back.canary_weight, back.stable_weight, back.ab) != (weight, 100 - weight, ab):
+            # An admission webhook or a defaulting rule changed what was written.
+            raise InvalidResource(
+                f"{label}: wrote stable {100 - weight}, canary {weight}, A/B rule {ab}; read "
+                f"back stable {back.stable_weight}, canary {back.canary_weight}, A/B rule "
+                f"{back.ab}{': ' + back.problem if back.problem else ''}"
+            )
+
     def _switch(self, desired: decision.Desired, services: _Services, log: Log) -> None:
         """Write the Services' selectors the decision asks for, each in one guarded write.
 
@@ -992,6 +1056,11 @@ class RolloutEngine:
         if obs is None:
             self.metrics.canary_weight.labels(r.name, r.namespace).set(0.0)
             return
+        if obs.route is not None and obs.route.problem is None:
+            self.metrics.canary_weight.labels(r.name, r.namespace).set(
+                obs.route.canary_percent / 100
+            )
+            return
         ready = obs.canary.ready + obs.stable.ready
         self.metrics.canary_weight.labels(r.name, r.namespace).set(
             obs.canary.ready / ready if ready else 0.0
@@ -1010,6 +1079,7 @@ class _KubeCluster:
         engine: RolloutEngine,
         read: tuple[DeploymentRecord, DeploymentRecord, RolloutState | None],
         services: _Services,
+        route: _Route,
         *,
         obs: decision.Observation,
         recovered: tuple[decision.Transition, ...],
@@ -1020,6 +1090,7 @@ class _KubeCluster:
         #: The Deployments as last returned by the API, and the stable's release record.
         self.canary, self.stable, self.record = read
         self._services = services
+        self._route = route
         self._obs = obs
         self._recovered = recovered
         self._now = now
@@ -1066,8 +1137,9 @@ class _KubeCluster:
         return True
 
     def apply(self, desired: decision.Desired) -> None:
-        """Switch blue/green's Services, then replace the stable's template and scale both
-        Deployments, as ``desired`` says."""
+        """Set the gateway's weights or switch blue/green's Services, then replace the stable's
+        template and scale both Deployments, as ``desired`` says."""
+        self._engine._steer(desired, self._route, self.log)
         self._engine._switch(desired, self._services, self.log)
         self.canary, self.stable = self._engine._actuate(
             desired, self.canary, self.stable, self.new, self.log

@@ -73,6 +73,22 @@ def needed_access(config: Config, lease_namespace: str | None) -> list[tuple[str
                     needed.append(
                         (rollout.name, Access(verb, "services", "", rollout.namespace, name))
                     )
+        if rollout.gateway is not None:
+            # A gateway rollout reads and writes exactly its HTTPRoute.
+            gw = rollout.gateway
+            for verb in ("get", "patch"):
+                needed.append(
+                    (
+                        rollout.name,
+                        Access(
+                            verb,
+                            "httproutes",
+                            "gateway.networking.k8s.io",
+                            gw.namespace or rollout.namespace,
+                            gw.http_route,
+                        ),
+                    )
+                )
         needed.append((rollout.name, Access("list", "pods", "", rollout.namespace)))
         needed.append((rollout.name, Access("create", "events", "", rollout.namespace)))
     election = config.daemon.leader_election

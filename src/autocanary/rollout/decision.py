@@ -31,6 +31,7 @@ from autocanary.analysis.verdict import CheckSummary
 from autocanary.config.models import AlertKind, RolloutConfig
 from autocanary.config.units import format_duration
 from autocanary.rollout import pods as pod_math
+from autocanary.rollout import route as route_math
 from autocanary.rollout import steps as step_math
 from autocanary.rollout.revision import JSON, promoted_template
 from autocanary.rollout.state import COMMANDS, Reason, RolloutState, VerdictRecord
@@ -75,6 +76,8 @@ class Observation:
     # Blue/green only: the selectors of the active and preview Services as read.
     active_selector: dict[str, str] | None = None
     preview_selector: dict[str, str] | None = None
+    # Gateway only: the named rule of the HTTPRoute as read.
+    route: route_math.RouteView | None = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,10 @@ class Desired:
     # Blue/green: whole selectors for the Services, each written in one write.
     active_selector: dict[str, str] | None = None
     preview_selector: dict[str, str] | None = None
+    # Gateway: the canary's weight in percent (the stable gets the rest) and whether
+    # the A/B rule is there, written together in one write of the HTTPRoute.
+    canary_weight: int | None = None
+    ab: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -126,6 +133,9 @@ class _Tick:
 
 
 def _pods(rollout: RolloutConfig, state: RolloutState) -> list[int]:
+    if rollout.gateway is not None:
+        headroom = rollout.gateway.headroom
+        return [step_math.weighted_pods(w, state.total, headroom) for w in rollout.weights]
     return step_math.plan(rollout.plan, state.total)
 
 
@@ -173,6 +183,11 @@ def _step_label(rollout: RolloutConfig, state: RolloutState) -> str:
         if state.step == 0:
             return f"the preview ({pods[0]} pods on {rollout.blue_green.preview_service})"
         return f"the window after the switch ({rollout.blue_green.active_service} live)"
+    if rollout.gateway is not None:
+        return (
+            f"step {state.step + 1}/{len(pods)} ({rollout.weights[state.step]}% of traffic, "
+            f"{pods[state.step]} canary pods)"
+        )
     return f"step {state.step + 1}/{len(pods)} ({pods[state.step]} canary pods)"
 
 
@@ -255,10 +270,116 @@ def _blue_green_desired(rollout: RolloutConfig, state: RolloutState, obs: Observ
     return desired
 
 
+# ------------------------------------------------------------------ gateway
+
+
+def _weight_at(rollout: RolloutConfig, step: int) -> int:
+    """The canary's traffic weight at ``step`` (0 before the first)."""
+    return rollout.weights[step] if step >= 0 else 0
+
+
+def _route_fit(obs: Observation) -> bool:
+    return obs.route is not None and obs.route.problem is None
+
+
+def _route_carries_canary(obs: Observation) -> bool:
+    """Whether the HTTPRoute, as read, may still send requests to the canary."""
+    view = obs.route
+    return view is not None and view.problem is None and (view.canary_weight > 0 or view.ab)
+
+
+def _route_problem(rollout: RolloutConfig, obs: Observation) -> str | None:
+    """Why a running release cannot steer its traffic any more: the route gone, or edited.
+
+    autocanary writes only weights adding up to 100 with the canary at 0 or a
+    step's weight; anything else was written by someone else.
+    """
+    assert rollout.gateway is not None
+    view = obs.route
+    if view is None:
+        return "the HTTPRoute could not be read"
+    if view.problem is not None:
+        return view.problem
+    allowed = {0, *rollout.weights}
+    if view.stable_weight + view.canary_weight != 100 or view.canary_weight not in allowed:
+        return (
+            f"the weights of the {route_math.describe(rollout.gateway, rollout.namespace)} were "
+            f"changed by someone else (stable {view.stable_weight}, canary "
+            f"{view.canary_weight}); autocanary writes stable + canary = 100 with the canary "
+            f"at one of {sorted(allowed)}"
+        )
+    return None
+
+
+def _gateway_unfit(rollout: RolloutConfig, obs: Observation) -> str | None:
+    """Why a gateway release cannot start on this HTTPRoute, if it cannot."""
+    assert rollout.gateway is not None
+    view = obs.route
+    if view is None or view.problem is not None:
+        return view.problem if view is not None else "the HTTPRoute could not be read"
+    if view.canary_weight != 0 or view.ab:
+        return (
+            f"the {route_math.describe(rollout.gateway, rollout.namespace)} must send every "
+            f"request to the stable Service {rollout.gateway.stable_service} before a release "
+            f"starts; it gives the canary weight {view.canary_weight} of "
+            f"{view.stable_weight + view.canary_weight}"
+            + (" and has autocanary's A/B rule" if view.ab else "")
+        )
+    return None
+
+
+def _gateway_desired(rollout: RolloutConfig, state: RolloutState, obs: Observation) -> Desired:
+    """The canary's desired replicas with the HTTPRoute's weights on top.
+
+    The canary's weight rises only once the step's pods are Ready (the
+    analysing stage); until then it keeps the previous step's. Whatever ends
+    the release takes the canary's weight (and the A/B rule) away first, and
+    scales the canary to zero only once the route is read back without them.
+    """
+    assert rollout.gateway is not None
+    desired = _canary_desired(rollout, state, obs)
+    if state.phase == "progressing":
+        ready = state.stage == "analysing"
+        weight = _weight_at(rollout, state.step if ready else state.step - 1)
+        # Testers reach the canary once its first pods are Ready.
+        ab = rollout.gateway.match is not None and (ready or state.step > 0)
+        return dataclasses.replace(desired, canary_weight=weight, ab=ab)
+    ending = state.phase == "rollingBack" or (
+        state.phase == "promoting" and _stable_complete(obs, state)
+    )
+    if not ending:
+        return desired
+    if not _route_fit(obs):
+        # No route to steer (deleted or broken: the release paused on it first).
+        return desired
+    back = dataclasses.replace(desired, canary_weight=0, ab=False)
+    if _route_carries_canary(obs):
+        # The canary keeps its pods until the route is read back without it.
+        return dataclasses.replace(back, canary_replicas=None)
+    return back
+
+
+def _route_changed(t: _Tick, state: RolloutState, problem: str) -> Decision:
+    """Pause a release whose HTTPRoute someone else deleted or edited: never promote on it."""
+    message = (
+        f"{problem}; the release of {state.canary_version} is paused at "
+        f"{_step_label(t.rollout, state)} and will not be promoted: fix the HTTPRoute and "
+        "resume, or abort"
+    )
+    new = dataclasses.replace(state, phase="paused", message=f"paused: {message}")
+    return Decision(
+        new,
+        Desired(),
+        (Transition(Reason.ROUTE_CHANGED, message, AlertKind.PAUSED, warning=True),),
+    )
+
+
 def desired_for(rollout: RolloutConfig, state: RolloutState, obs: Observation) -> Desired:
-    """The replica counts, stable template and (blue/green) selectors the state calls for."""
+    """The replica counts, stable template, (blue/green) selectors and (gateway) weights."""
     if rollout.blue_green is not None:
         return _blue_green_desired(rollout, state, obs)
+    if rollout.gateway is not None:
+        return _gateway_desired(rollout, state, obs)
     return _canary_desired(rollout, state, obs)
 
 
@@ -306,6 +427,13 @@ def analysis_due(
     if state.step >= len(rollout.plan) or obs.canary_revision != state.revision:
         return False
     if not _canary_ready(obs.canary, _pods(rollout, state)[state.step], state.canary_generation):
+        return False
+    if rollout.gateway is not None and (
+        not _route_fit(obs)
+        or obs.route is None
+        or obs.route.canary_weight != _weight_at(rollout, state.step)
+    ):
+        # The step's weight is not (yet) in the route: its traffic is not this step's.
         return False
     first = state.ready_at + rollout.analysis.warmup + max(rollout.interval, rollout.window)
     if now < first:
@@ -367,6 +495,11 @@ def _start_release(t: _Tick, state: RolloutState, why: str) -> Decision:
         unfit = _blue_green_unfit(rollout, obs)
         if unfit is not None:
             return _cannot_start(state, obs, unfit)
+    if rollout.gateway is not None:
+        # A superseded release's weights are its own: the new one lowers them first.
+        unfit = _gateway_unfit(rollout, obs) if not superseding else _route_problem(rollout, obs)
+        if unfit is not None:
+            return _cannot_start(state, obs, unfit)
     new = RolloutState(
         phase="progressing",
         revision=obs.canary_revision,
@@ -389,6 +522,14 @@ def _start_release(t: _Tick, state: RolloutState, why: str) -> Decision:
         f"{why}: canary {obs.canary_version} (revision {obs.canary_revision}) against stable "
         f"{obs.stable_version}; total {total} replicas, steps {_pods(rollout, new)}"
     )
+    if rollout.gateway is not None:
+        message = (
+            f"{why}: canary {obs.canary_version} (revision {obs.canary_revision}) against "
+            f"stable {obs.stable_version} through the "
+            f"{route_math.describe(rollout.gateway, rollout.namespace)}; the stable keeps its "
+            f"{total} replicas, canary weights {rollout.weights}% with "
+            f"{_pods(rollout, new)} canary pods"
+        )
     if rollout.blue_green is not None:
         message = (
             f"{why}: {obs.canary_version} (revision {obs.canary_revision}) comes up whole "
@@ -627,6 +768,13 @@ def _decide_progressing(
         return _promote(t, state, "promotion requested by command")
     if command == "pause":
         return _pause(state, f"paused by command at {_step_label(rollout, state)}")
+    if rollout.gateway is not None:
+        problem = _route_problem(rollout, obs)
+        if problem is not None:
+            paused = _route_changed(t, state, problem)
+            if command is not None:
+                return _ignore_command(paused, command, "the HTTPRoute changed")
+            return paused
     # Pods of this release only: a superseded release's pods are on their way out.
     failing = pod_math.failure(
         [p for p in obs.canary_pods if p.version == state.canary_version], rollout.max_restarts
@@ -800,7 +948,11 @@ def _analysing(t: _Tick, state: RolloutState, verdict: IntervalVerdict | None) -
     final = state.step + 1 >= len(rollout.plan)
     # Blue/green: after the switch the old version has no traffic to compare with.
     comparable_next = (
-        not final and _stable_for(rollout, state, state.step + 1) > 0 and rollout.blue_green is None
+        not final
+        and _stable_for(rollout, state, state.step + 1) > 0
+        and rollout.blue_green is None
+        # Gateway: at 100% the stable keeps its pods but gets no requests to compare.
+        and (rollout.gateway is None or rollout.weights[state.step + 1] < 100)
     )
     if held and passed and state.step_passes >= 1 and (proven or comparable_next):
         return _advance(t, state, transitions)
@@ -953,7 +1105,18 @@ def _decide_promoting(t: _Tick, state: RolloutState, command: str | None) -> Dec
         # step_started_at marks when the promotion began, for its deadline.
         state = dataclasses.replace(state, step_started_at=now)
     started = state.step_started_at or now
-    if _stable_complete(obs, state) and obs.canary.replicas == 0:
+    if rollout.gateway is not None:
+        problem = _route_problem(rollout, obs)
+        if problem is not None:
+            paused = _route_changed(t, state, problem)
+            if command is not None:
+                return _ignore_command(paused, command, "the HTTPRoute changed")
+            return paused
+    if (
+        _stable_complete(obs, state)
+        and obs.canary.replicas == 0
+        and (rollout.gateway is None or not _route_carries_canary(obs))
+    ):
         new = dataclasses.replace(
             state,
             phase="succeeded",
@@ -993,6 +1156,7 @@ def _decide_rolling_back(t: _Tick, state: RolloutState, command: str | None) -> 
         and (
             rollout.blue_green is None or _serves(obs, rollout.version_label, state.stable_version)
         )
+        and (rollout.gateway is None or not _route_carries_canary(obs))
     )
     if done:
         new = dataclasses.replace(state, phase="rolledBack")

@@ -62,6 +62,7 @@ class Reason(StrEnum):
     RELEASE_DETECTED = "ReleaseDetected"
     STEP_ADVANCED = "StepAdvanced"
     SWITCHED = "Switched"  # blue/green: the active Service moved to the new version
+    ROUTE_CHANGED = "RouteChanged"  # gateway: the HTTPRoute was deleted or edited by others
     ANALYSIS_FAILED = "AnalysisFailed"
     ANALYSIS_INCONCLUSIVE = "AnalysisInconclusive"
     PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"

@@ -29,3 +29,15 @@ def plan(steps: Sequence[StepConfig], total: int) -> list[int]:
 def stable_pods(total: int, canary: int, *, scale_down_stable: bool) -> int:
     """Stable pods beside ``canary`` canary pods: total minus canary, or the total when surging."""
     return max(total - canary, 0) if scale_down_stable else total
+
+
+def weighted_pods(weight: int, total: int, headroom: float) -> int:
+    """Canary pods to carry ``weight`` percent of the traffic the stable's ``total`` carries.
+
+    ``ceil(total x weight/100 x (1 + headroom))``, at least 1 and at most the
+    total (at 100% the canary carries what the whole stable did).
+    """
+    if total < 1:
+        raise ValueError(f"a release needs a total of at least 1 replica, got {total}")
+    pods = math.ceil(total * weight / 100 * (1 + headroom) - 1e-9)
+    return min(max(pods, 1), total)

@@ -23,6 +23,7 @@ from autocanary.analysis.thresholds import IntervalVerdict
 from autocanary.config.models import RolloutConfig
 from autocanary.rollout import decision, revision
 from autocanary.rollout.pods import PodView
+from autocanary.rollout.route import RouteView
 from autocanary.rollout.state import RolloutState
 
 
@@ -94,10 +95,12 @@ def observation(
     canary_pods: tuple[PodView, ...] = (),
     active_selector: dict[str, str] | None = None,
     preview_selector: dict[str, str] | None = None,
+    route: RouteView | None = None,
 ) -> decision.Observation:
     """The observation of two Deployments: their revisions and versions read off the templates.
 
-    Blue/green adds the selectors of its active and preview Services as read.
+    Blue/green adds the selectors of its active and preview Services as read;
+    a gateway rollout its HTTPRoute's rule.
     """
     return decision.Observation(
         stable=stable,
@@ -111,4 +114,5 @@ def observation(
         canary_pods=canary_pods,
         active_selector=active_selector,
         preview_selector=preview_selector,
+        route=route,
     )

@@ -37,3 +37,18 @@ app.kubernetes.io/component: daemon
 {{- end -}}
 {{- toYaml $byNamespace -}}
 {{- end -}}
+
+{{- /* HTTPRoute names per namespace that gateway rollouts set the weights of (gateway.httpRoute). */ -}}
+{{- define "autocanary.routesByNamespace" -}}
+{{- $config := .Values.config | fromYaml -}}
+{{- $byNamespace := dict -}}
+{{- range $config.rollouts -}}
+{{- if .gateway -}}
+{{- $namespace := .gateway.namespace | default .namespace -}}
+{{- $names := get $byNamespace $namespace | default list -}}
+{{- $names = append $names .gateway.httpRoute -}}
+{{- $_ := set $byNamespace $namespace $names -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml $byNamespace -}}
+{{- end -}}
