@@ -46,6 +46,11 @@ def requests_metric(rollout: RolloutConfig) -> str:
 
 def versions_query(rollout: RolloutConfig, release: Release) -> str:
     """Counts the traffic series per version over the whole window (evaluated at its end)."""
+    if rollout.analysis.source == "gateway":
+        raise BacktestInputError(
+            f"rollout {rollout.name!r} reads the gateway's metrics (source gateway), whose "
+            "series name a backend Service, not a version: backtest cannot replay it yet"
+        )
     label = thresholds.series_version_label(rollout)
     if label is None:
         raise BacktestInputError(
