@@ -118,6 +118,8 @@ class GatewayCluster(FakeCluster):
     route_obj: JSON | None = field(default_factory=http_route)
     writes: list[RouteWrite] = field(default_factory=list)
     phase: str = ""
+    # The canary's weight each time the stable's template changed.
+    template_changed_at: list[int] = field(default_factory=list)
 
     @classmethod
     def make(cls, total: int = TOTAL) -> GatewayCluster:
@@ -160,6 +162,8 @@ class GatewayCluster(FakeCluster):
                         self.phase,
                     )
                 )
+        if desired.stable_template is not None and desired.stable_template != self.stable.template:
+            self.template_changed_at.append(self.view().canary_weight)
         super().apply(desired)
 
 
@@ -393,6 +397,7 @@ def test_a_healthy_release_raises_the_weight_step_by_step_then_hands_back_to_the
     assert back.stable_ready >= TOTAL
     assert back.canary_replicas == TOTAL
     assert d.cluster.stable_revision == d.cluster.canary_revision
+    assert cluster(d).template_changed_at == [100], "the stable rolled with no requests"
     # ...and the canary loses its pods only after.
     assert d.cluster.canary.replicas == 0
     assert cluster(d).view() == route.RouteView(stable_weight=100, canary_weight=0, ab=False)
@@ -516,3 +521,17 @@ def test_gateway_metrics_tie_series_to_a_side_by_the_backend_service_traefik_nam
     ), "the A/B rule's backend is the canary too"
     assert not matcher.fullmatch(f"{router}-svc-shop-web-stable-0@kubernetesgateway")
     assert not matcher.fullmatch(f"{router}-wrr@kubernetesgateway")
+
+
+def test_a_promotion_by_command_moves_all_requests_to_the_whole_canary_first() -> None:
+    d = driver()
+    run(d, lambda s: s.phase == "progressing" and s.step == 1 and s.stage == "analysing")
+    before = len(cluster(d).writes)
+    d.tick("promote")
+    run(d, phase_is("succeeded"))
+    after = cluster(d).writes[before:]
+    assert [(w.canary_weight, w.ab) for w in after] == [(100, True), (0, False)]
+    assert after[0].canary_ready == TOTAL, "all of it only onto the whole canary, Ready"
+    assert cluster(d).template_changed_at == [100], "the stable rolled with no requests"
+    assert_weights_carried_and_capacity_kept(d)
+    assert d.cluster.canary.replicas == 0

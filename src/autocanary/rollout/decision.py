@@ -300,7 +300,7 @@ def _route_problem(rollout: RolloutConfig, obs: Observation) -> str | None:
         return "the HTTPRoute could not be read"
     if view.problem is not None:
         return view.problem
-    allowed = {0, *rollout.weights}
+    allowed = {0, *rollout.weights, 100}
     if view.stable_weight + view.canary_weight != 100 or view.canary_weight not in allowed:
         return (
             f"the weights of the {route_math.describe(rollout.gateway, rollout.namespace)} were "
@@ -344,6 +344,8 @@ def _gateway_desired(rollout: RolloutConfig, state: RolloutState, obs: Observati
         # Testers reach the canary once its first pods are Ready.
         ab = rollout.gateway.match is not None and (ready or state.step > 0)
         return dataclasses.replace(desired, canary_weight=weight, ab=ab)
+    if state.phase == "promoting" and not _stable_complete(obs, state):
+        return _gateway_promoting(state, obs, desired)
     ending = state.phase == "rollingBack" or (
         state.phase == "promoting" and _stable_complete(obs, state)
     )
@@ -357,6 +359,22 @@ def _gateway_desired(rollout: RolloutConfig, state: RolloutState, obs: Observati
         # The canary keeps its pods until the route is read back without it.
         return dataclasses.replace(back, canary_replicas=None)
     return back
+
+
+def _gateway_promoting(state: RolloutState, obs: Observation, desired: Desired) -> Desired:
+    """Before the stable takes the release's template: every request on the whole canary.
+
+    The stable's pods are replaced by a rolling update, which takes some out
+    of service; so the canary first runs the whole total, Ready, then carries
+    all of the traffic (100), and only then does the stable roll. After the
+    last step (100%) both already hold.
+    """
+    whole = Desired(canary_replicas=state.total, stable_replicas=state.total)
+    if not _canary_ready(obs.canary, state.total, state.canary_generation) or not _route_fit(obs):
+        return whole
+    if obs.route is not None and obs.route.canary_weight != 100:
+        return dataclasses.replace(whole, canary_weight=100)
+    return dataclasses.replace(desired, canary_replicas=state.total)
 
 
 def _route_changed(t: _Tick, state: RolloutState, problem: str) -> Decision:
