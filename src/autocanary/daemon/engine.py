@@ -716,6 +716,11 @@ class RolloutEngine:
             outcome = f"the stable is scaled back to its {record.total} replicas" + (
                 " and gets its original template back" if changed else ""
             )
+        if r.gateway is not None:
+            outcome += (
+                f"; the {route_math.describe(r.gateway, r.namespace)} sends every request to "
+                f"{r.gateway.stable_service} again"
+            )
         message = (
             f"the canary Deployment {r.canary_name} was deleted during the {record.phase} "
             f"release of {record.canary_version} (revision {record.revision}); {outcome}"
@@ -743,6 +748,9 @@ class RolloutEngine:
         )
         if changed and not promoted and original is not None:
             stable = self.kube.replace_template(r.namespace, r.stable, original)
+        # Requests the route still sends to the canary's Service find no pods: back to the stable.
+        route = self._route()
+        self._steer(decision.Desired(canary_weight=0, ab=False), route, log)
         self._write_record_pending(stable, ended, None, log)
         self._export(ended, None)
         self.metrics.tick_duration.labels(r.name).observe(time.monotonic() - started)
