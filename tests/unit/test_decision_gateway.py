@@ -535,3 +535,23 @@ def test_a_promotion_by_command_moves_all_requests_to_the_whole_canary_first() -
     assert cluster(d).template_changed_at == [100], "the stable rolled with no requests"
     assert_weights_carried_and_capacity_kept(d)
     assert d.cluster.canary.replicas == 0
+
+
+def test_pause_leaves_the_route_alone_and_retry_starts_a_rolled_back_revision_from_zero() -> None:
+    d = driver()
+    run(d, lambda s: s.phase == "progressing" and s.step == 2 and s.stage == "analysing")
+    writes = len(cluster(d).writes)
+    d.tick("pause")
+    d.run(20)
+    assert d.state.phase == "paused"
+    assert len(cluster(d).writes) == writes, "users stay where they are while paused"
+    assert cluster(d).view().canary_weight == 25
+    d.tick("abort")
+    run(d, phase_is("rolledBack"))
+    assert cluster(d).view() == route.RouteView(stable_weight=100)
+    d.run(5)
+    assert d.state.phase == "rolledBack", "a rolled-back revision is not retried by itself"
+    d.tick("retry")
+    run(d, phase_is("succeeded"))
+    retried = [(w.canary_weight, w.ab) for w in cluster(d).writes[writes + 1 :]]
+    assert retried == [(1, True), (5, True), (25, True), (50, True), (100, True), (0, False)]
