@@ -87,9 +87,37 @@ def blue_green_rollout(namespace: str) -> str:
 """
 
 
+def gateway_rollout(namespace: str, route_namespace: str) -> str:
+    """A gateway rollout to append to :func:`config_text`: it sets the weights of one HTTPRoute."""
+    return f"""\
+  - name: store
+    namespace: {namespace}
+    stable: store
+    strategy: gateway
+    gateway:
+      httpRoute: store
+      namespace: {route_namespace}
+      stableService: store-stable
+      canaryService: store-canary
+    steps: [{{canary: 5%}}, {{canary: 50%}}]
+    analysis:
+      source: gateway
+      checks: [{{name: errors, template: error-rate, max: 1%}}]
+"""
+
+
 @pytest.fixture
 def release_namespace(control_plane: ControlPlane) -> Iterator[str]:
     name = f"helm-{uuid.uuid4().hex[:6]}"
+    control_plane.create_namespace(name)
+    yield name
+    control_plane.delete_namespace(name)
+
+
+@pytest.fixture
+def route_namespace(control_plane: ControlPlane) -> Iterator[str]:
+    """A namespace of its own for a gateway rollout's HTTPRoute: its Role goes there."""
+    name = f"routes-{uuid.uuid4().hex[:6]}"
     control_plane.create_namespace(name)
     yield name
     control_plane.delete_namespace(name)
@@ -103,10 +131,18 @@ def test_the_chart_lints_and_renders_the_default_values() -> None:
 
 
 def test_the_chart_applies_and_its_rbac_is_what_the_daemon_needs(
-    control_plane: ControlPlane, namespace: str, release_namespace: str, tmp_path: Path
+    control_plane: ControlPlane,
+    namespace: str,
+    release_namespace: str,
+    route_namespace: str,
+    tmp_path: Path,
 ) -> None:
     values = tmp_path / "config.yaml"
-    values.write_text(config_text(namespace) + blue_green_rollout(namespace))
+    values.write_text(
+        config_text(namespace)
+        + blue_green_rollout(namespace)
+        + gateway_rollout(namespace, route_namespace)
+    )
     rendered = run(
         helm(),
         "template",
@@ -133,7 +169,7 @@ def test_the_chart_applies_and_its_rbac_is_what_the_daemon_needs(
     kube = KubeClient(control_plane.api_client(), identity="test")
     text, _ = kube.daemon_config(release_namespace)
     config = parse_config(text, "chart ConfigMap")
-    assert [r.name for r in config.rollouts] == ["web", "api", "shop"]
+    assert [r.name for r in config.rollouts] == ["web", "api", "shop", "store"]
     labels = dict(pair.split("=") for pair in DAEMON_SELECTOR.split(","))
     deployment = client.AppsV1Api(control_plane.api_client()).read_namespaced_deployment(
         "autocanary", release_namespace
@@ -159,6 +195,9 @@ def test_the_chart_applies_and_its_rbac_is_what_the_daemon_needs(
     finally:
         prometheus.close()
     assert [m for m in missing if m.requirement == "rbac"] == []
+    for verb in ("get", "patch"):
+        route = Access(verb, "httproutes", "gateway.networking.k8s.io", route_namespace, "store")
+        assert as_daemon.can_i(route), route
     # ...and what it does not do is not.
     for access in (
         Access("get", "deployments", "apps", namespace, "other"),
@@ -169,6 +208,13 @@ def test_the_chart_applies_and_its_rbac_is_what_the_daemon_needs(
         Access("patch", "services", "", namespace, "web"),
         Access("delete", "services", "", namespace, "shop"),
         Access("create", "services", "", namespace),
+        # The gateway rollout's HTTPRoute only, in its own namespace, get and patch only.
+        Access("patch", "httproutes", "gateway.networking.k8s.io", route_namespace, "other"),
+        Access("get", "httproutes", "gateway.networking.k8s.io", namespace, "store"),
+        Access("delete", "httproutes", "gateway.networking.k8s.io", route_namespace, "store"),
+        Access("update", "httproutes", "gateway.networking.k8s.io", route_namespace, "store"),
+        Access("create", "httproutes", "gateway.networking.k8s.io", route_namespace),
+        Access("patch", "gateways", "gateway.networking.k8s.io", route_namespace, "store"),
         Access("update", "leases", "coordination.k8s.io", release_namespace, "autocanary"),
     ):
         assert not as_daemon.can_i(access), access
