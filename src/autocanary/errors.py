@@ -11,7 +11,8 @@ the boundary (``raise ... from e``) so the engine reacts on the type alone::
     ├── TransientError              worth retrying next tick (network, 5xx, 429, timeouts)
     │   ├── KubernetesUnavailable
     │   ├── PrometheusUnavailable
-    │   └── StateConflict           someone else wrote the rollout first (409)
+    │   ├── StateConflict           someone else wrote the rollout first (409)
+    │   └── NotHolder               this replica no longer holds the rollout's Lease: no write
     ├── PermanentError              retrying will not help until someone acts
     │   ├── KubernetesForbidden     RBAC denies what the daemon needs (403)
     │   ├── ResourceNotFound        a configured Deployment does not exist (404)
@@ -78,6 +79,14 @@ class PrometheusUnavailable(TransientError):
 
 class StateConflict(TransientError):
     """The object changed since it was read (HTTP 409); re-read and decide again."""
+
+
+class NotHolder(TransientError):
+    """A write was refused before it was sent: this replica no longer holds the Lease it needs.
+
+    Raised by the write fence (``autocanary.adapters.kubernetes.fenced``); the
+    replica that holds the Lease now acts on the rollout.
+    """
 
 
 class PermanentError(AutocanaryError):

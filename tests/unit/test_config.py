@@ -451,7 +451,12 @@ def test_missing_top_level_fields() -> None:
     problems = problems_of("alerts: {}\n")
     assert {(p.line, p.path, p.message) for p in problems} == {
         (1, "", "required field 'prometheus' is missing"),
-        (1, "", "required field 'rollouts' is missing"),
+        (
+            1,
+            "",
+            "'rollouts' needs at least one rollout, unless discovery is enabled "
+            "(rollouts declared on their Deployments)",
+        ),
     }
 
 
@@ -778,7 +783,7 @@ def test_schema_is_json_with_camel_case_keys() -> None:
     schema = Config.model_json_schema(by_alias=True)
     json.loads(json.dumps(schema))  # plain JSON
     assert schema["type"] == "object"
-    assert set(schema["required"]) == {"prometheus", "rollouts"}
+    assert set(schema["required"]) == {"prometheus"}
     assert schema["additionalProperties"] is False
     keys = _keys(schema)
     for key in (

@@ -13,6 +13,7 @@ import os
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +30,7 @@ from autocanary.errors import (
     KubeconfigError,
     KubernetesForbidden,
     KubernetesUnavailable,
+    NotHolder,
     ResourceNotFound,
     StateConflict,
 )
@@ -230,6 +232,28 @@ def _calling(what: str) -> Iterator[None]:
         raise KubernetesUnavailable(f"{what}: the API server timed out: {e}") from e
 
 
+#: Set around a rollout's tick (see :func:`fenced`).
+_fence: ContextVar[Callable[[], float] | None] = ContextVar("autocanary_fence", default=None)
+#: The client methods that change the cluster (every write the daemon makes is one of these).
+_WRITES = ("create_namespaced_", "patch_namespaced_", "replace_namespaced_", "delete_namespaced_")
+
+
+@contextmanager
+def fenced(fence: Callable[[], float]) -> Iterator[None]:
+    """Check ``fence`` before every write made in this context (this thread's tick).
+
+    ``fence`` returns how many seconds a write may still take (until another
+    replica could hold the Lease this one acts under) or raises
+    :class:`NotHolder`; a write is then sent with at most that deadline, or not
+    at all. Reads are never fenced.
+    """
+    token = _fence.set(fence)
+    try:
+        yield
+    finally:
+        _fence.reset(token)
+
+
 def load_api_client(kubeconfig: str | None = None, context: str | None = None) -> client.ApiClient:
     """An ApiClient from a kubeconfig file, else in-cluster config, else ``$KUBECONFIG``.
 
@@ -336,8 +360,15 @@ class KubeClient:
             data: JSON = json.loads(response.data)
             return data
 
+        deadline = self.deadline
+        fence = _fence.get()
+        if fence is not None and getattr(call, "__name__", "").startswith(_WRITES):
+            left = fence()
+            if left <= 0:
+                raise NotHolder(f"{what}: not sent, this replica no longer holds the Lease")
+            deadline = min(deadline, left)
         with _calling(what):
-            return self._runner.call(whole_call, self.deadline)
+            return self._runner.call(whole_call, deadline)
 
     # ---- Deployments -----------------------------------------------------------------------
 
@@ -350,6 +381,24 @@ class KubeClient:
             namespace,
         )
         return DeploymentRecord.from_json(obj)
+
+    def list_deployments(self, namespace: str | None, label_selector: str) -> list[JSON]:
+        """The Deployments carrying ``label_selector`` in ``namespace`` (None: every namespace)."""
+        where = f"in {namespace}" if namespace else "in every namespace"
+        what = f"list Deployments {label_selector} {where}"
+        if namespace:
+            data = self._json(
+                what,
+                self._apps.list_namespaced_deployment,
+                namespace,
+                label_selector=label_selector,
+            )
+        else:
+            data = self._json(
+                what, self._apps.list_deployment_for_all_namespaces, label_selector=label_selector
+            )
+        items: list[JSON] = data.get("items", [])
+        return items
 
     def patch_deployment(
         self, namespace: str, name: str, patch: JSON | list[JSON], what: str
@@ -706,6 +755,17 @@ class KubeClient:
         except ResourceNotFound:
             return None
 
+    def list_leases(self, namespace: str, label_selector: str) -> list[JSON]:
+        """The Leases in ``namespace`` carrying ``label_selector``."""
+        data = self._json(
+            f"list Leases {label_selector} in {namespace}",
+            self._coordination.list_namespaced_lease,
+            namespace,
+            label_selector=label_selector,
+        )
+        items: list[JSON] = data.get("items", [])
+        return items
+
     def create_lease(self, namespace: str, body: JSON) -> JSON:
         """Create a Lease; :class:`StateConflict` if someone created it first."""
         return self._json(
@@ -713,6 +773,17 @@ class KubeClient:
             self._coordination.create_namespaced_lease,
             namespace,
             body,
+        )
+
+    def delete_lease(self, namespace: str, body: JSON) -> None:
+        """Delete a Lease, only if it is still the version in ``body`` (else StateConflict)."""
+        meta = body["metadata"]
+        self._json(
+            f"delete Lease {namespace}/{meta['name']}",
+            self._coordination.delete_namespaced_lease,
+            meta["name"],
+            namespace,
+            body={"preconditions": {"resourceVersion": meta["resourceVersion"]}},
         )
 
     def replace_lease(self, namespace: str, body: JSON) -> JSON:

@@ -9,6 +9,7 @@ take over at ``leaseDuration``.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -19,7 +20,7 @@ import structlog
 
 from autocanary.adapters.kubernetes import KubeClient
 from autocanary.config.models import LeaderElectionConfig
-from autocanary.errors import AutocanaryError, StateConflict
+from autocanary.errors import AutocanaryError, NotHolder, StateConflict
 
 log = structlog.get_logger("autocanary.adapters.leader")
 
@@ -66,6 +67,22 @@ class LeaderElector:
                 and self._renewed_at is not None
                 and self._monotonic() - self._renewed_at < self.cfg.renew_deadline.total_seconds()
             )
+
+    def fence(self) -> Callable[[], float]:
+        """The write fence of a tick (see ``kubernetes.fenced``): the time a write may take."""
+
+        def check() -> float:
+            with self._lock:
+                since = (
+                    self._monotonic() - self._renewed_at
+                    if self._leading and self._renewed_at is not None
+                    else math.inf
+                )
+            if since >= self.cfg.renew_deadline.total_seconds():
+                raise NotHolder("this replica no longer holds the leader Lease")
+            return self.cfg.lease_duration.total_seconds() - since
+
+        return check
 
     def _set_leading(self, leading: bool) -> None:
         with self._lock:

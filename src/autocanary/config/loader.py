@@ -25,7 +25,13 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from autocanary.config.models import Config, cross_reference_problems
+from autocanary.config.models import (
+    DECLARED_BY_THE_DEPLOYMENT,
+    Config,
+    RolloutConfig,
+    cross_reference_problems,
+    merged_settings,
+)
 from autocanary.config.redact import redact
 from autocanary.errors import ConfigError, ConfigProblem
 
@@ -212,12 +218,8 @@ def _expanded_size(root: yaml.Node, source: str) -> int:
     return size(root)
 
 
-def parse_config(text: str, source: str = "<config>") -> Config:
-    """Validate YAML text as a :class:`Config`; raise :class:`ConfigError` listing every problem."""
-    if len(text) > MAX_BYTES:
-        raise ConfigError(
-            [ConfigProblem(source, None, "", f"larger than {MAX_BYTES} bytes, a ConfigMap's limit")]
-        )
+def _parse_yaml(text: str, source: str) -> tuple[yaml.Node | None, object]:
+    """The node tree (for lines) and the data of YAML ``text``, hostile input refused first."""
     try:
         _check_shape(text, source)
         root = yaml.compose(text, Loader=_UniqueKeyLoader)
@@ -243,6 +245,101 @@ def parse_config(text: str, source: str = "<config>") -> Config:
         raise ConfigError(
             [ConfigProblem(source, None, "", f"invalid YAML: {_one_line(str(e))}")]
         ) from e
+    return root, data
+
+
+def parse_declaration(
+    text: str,
+    source: str,
+    *,
+    namespace: str,
+    deployment: str,
+    defaults: dict[str, Any],
+    sinks: Sequence[str],
+) -> RolloutConfig:
+    """A rollout declared on its stable Deployment: its annotation's settings over ``defaults``.
+
+    ``text`` is the annotation's YAML (or JSON, which is YAML; empty means the
+    defaults alone). The namespace and stable are the annotated Deployment's
+    own, the name defaults to the Deployment's. Problems are reported as a
+    config file's are (:class:`ConfigError`), lines counted in ``text``;
+    ``sinks`` are the central config's alert sinks a declaration may route to.
+    """
+    if len(text) > MAX_BYTES:
+        raise ConfigError([ConfigProblem(source, None, "", f"larger than {MAX_BYTES} bytes")])
+    root, data = _parse_yaml(text, source) if text.strip() else (None, None)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            [
+                ConfigProblem(
+                    source,
+                    1,
+                    "",
+                    "expected a mapping of rollout settings, e.g. "
+                    "{analysis: {checks: [{name: errors, template: error-rate, max: 1%}]}}",
+                )
+            ]
+        )
+    values = {"namespace": namespace, "stable": deployment}
+    own = [
+        _located(
+            source,
+            root,
+            (key,),
+            f"'{key}' is the annotated Deployment's own ({values[key]}); remove it",
+        )
+        for key in DECLARED_BY_THE_DEPLOYMENT
+        if key in data
+    ]
+    if own:
+        raise ConfigError(own)
+    merged = {**merged_settings(defaults, data), "namespace": namespace, "stable": deployment}
+    merged.setdefault("name", deployment)
+    wrapped = {"alerts": {"sinks": [{"name": name} for name in sinks]}, "rollouts": [merged]}
+    cross = [
+        (loc[2:], message)
+        for loc, message in cross_reference_problems(wrapped)
+        if tuple(loc[:2]) == ("rollouts", 0)
+    ]
+    try:
+        rollout = RolloutConfig.model_validate(merged)
+    except ValidationError as e:
+        raise ConfigError(_problems(source, root, e, cross)) from e
+    if cross:
+        raise ConfigError([_located(source, root, loc, message) for loc, message in cross])
+    return rollout
+
+
+def _problems(
+    source: str,
+    root: yaml.Node | None,
+    error: ValidationError,
+    cross: list[tuple[tuple[int | str, ...], str]],
+) -> list[ConfigProblem]:
+    """Every problem of a failed validation, located, each once, in line order."""
+    problems = [_located(source, root, loc, message) for loc, message in cross]
+    for each in error.errors():
+        message = _message(each)
+        # A model validator may find what the cross-reference pass found
+        # (located more precisely, inside the validator's location): once.
+        if not any(
+            message == found and tuple(loc[: len(each["loc"])]) == tuple(each["loc"])
+            for loc, found in cross
+        ):
+            problems.append(_located(source, root, each["loc"], message))
+    problems.sort(key=lambda p: (p.line is None, p.line or 0))
+    return problems
+
+
+def parse_config(text: str, source: str = "<config>") -> Config:
+    """Validate YAML text as a :class:`Config`; raise :class:`ConfigError` listing every problem."""
+    if len(text) > MAX_BYTES:
+        raise ConfigError(
+            [ConfigProblem(source, None, "", f"larger than {MAX_BYTES} bytes, a ConfigMap's limit")]
+        )
+    root, data = _parse_yaml(text, source)
     if not isinstance(data, dict):
         raise ConfigError(
             [ConfigProblem(source, 1, "", "expected a mapping with 'prometheus' and 'rollouts'")]
@@ -251,18 +348,7 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     try:
         config = Config.model_validate(data)
     except ValidationError as e:
-        problems = [_located(source, root, loc, message) for loc, message in cross]
-        for error in e.errors():
-            message = _message(error)
-            # A model validator may find what the cross-reference pass found
-            # (located more precisely, inside the validator's location): once.
-            if not any(
-                message == found and tuple(loc[: len(error["loc"])]) == tuple(error["loc"])
-                for loc, found in cross
-            ):
-                problems.append(_located(source, root, error["loc"], message))
-        problems.sort(key=lambda p: (p.line is None, p.line or 0))
-        raise ConfigError(problems) from e
+        raise ConfigError(_problems(source, root, e, cross)) from e
     if cross:  # the models check the same; a difference is a bug, still reported located
         raise ConfigError([_located(source, root, loc, message) for loc, message in cross])
     return config
@@ -272,6 +358,14 @@ def _located(
     source: str, root: yaml.Node | None, loc: Sequence[int | str], message: str
 ) -> ConfigProblem:
     line, path = _line_of(root, loc)
+    if root is None:
+        # Nothing written to walk (a declaration left to its defaults): the path from loc,
+        # without pydantic's union-member and validator tags.
+        for part in loc:
+            if isinstance(part, int):
+                path += f"[{part}]"
+            elif re.match(r"^[A-Za-z][A-Za-z0-9]*$", part):
+                path = f"{path}.{part}" if path else part
     return ConfigProblem(source, line, path, _one_line(message))
 
 

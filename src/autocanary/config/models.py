@@ -437,6 +437,16 @@ class LeaderElectionConfig(Model):
     retry_period: Duration = Field(
         default=timedelta(seconds=2), description="How often to try to take or renew the Lease"
     )
+    shards: int = Field(
+        default=1,
+        ge=1,
+        le=1024,
+        description="Rollouts are split into this many shards, one Lease each "
+        "(<leaseName>-shard-<i>); each replica holds a fair share and acts on its shards' "
+        "rollouts only. 1: one Lease named leaseName, its holder acts on every rollout. "
+        "Change it with every replica stopped: replicas counting differently map rollouts "
+        "to different Leases",
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> LeaderElectionConfig:
@@ -1398,6 +1408,92 @@ def gateway_step_problems(
     return problems
 
 
+# ---------------------------------------------------------------- declared rollouts
+
+#: The label that marks a stable Deployment as declaring its rollout (value "true").
+ROLLOUT_LABEL = "autocanary.io/rollout"
+#: The annotation on that Deployment holding the rollout's settings (YAML or JSON, optional).
+ROLLOUT_ANNOTATION = "autocanary.io/rollout"
+#: Keys a declaration never sets: they are the annotated Deployment's own.
+DECLARED_BY_THE_DEPLOYMENT = ("namespace", "stable")
+#: Stands in for what each declaration brings when ``discovery.defaults`` is validated alone.
+_PLACEHOLDER: dict[str, Any] = {
+    "name": "defaults",
+    "namespace": "defaults",
+    "stable": "defaults",
+    "analysis": {"checks": [{"name": "placeholder", "query": "vector(0)", "max": 1}]},
+}
+
+
+def merged_settings(defaults: dict[str, Any], declared: dict[str, Any]) -> dict[str, Any]:
+    """``declared`` over ``defaults``: mappings merged key by key, anything else replaced.
+
+    A declaration's ``analysis: {checks: [...]}`` thus keeps the defaults'
+    warm-up and limits, and replaces their checks as a whole.
+    """
+    out = dict(defaults)
+    for key, value in declared.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged_settings(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+class DiscoveryConfig(Model):
+    """Rollouts declared on their stable Deployments, found without editing this file."""
+
+    enabled: bool = Field(
+        default=False,
+        description=f"Find Deployments labelled {ROLLOUT_LABEL}=true; each declares a rollout "
+        f"(settings in its {ROLLOUT_ANNOTATION} annotation, over the defaults below)",
+    )
+    namespaces: list[DnsLabel] = Field(
+        default_factory=list,
+        description="Namespaces searched (a Role in each lets the daemon list Deployments); "
+        "empty: every namespace (a ClusterRole)",
+    )
+    interval: Duration = Field(
+        default=timedelta(seconds=10), description="How often the declarations are read again"
+    )
+    defaults: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Rollout settings every declared rollout starts from (any rollout key but "
+        "name, namespace and stable); its annotation overrides them",
+    )
+
+    @field_validator("interval")
+    @classmethod
+    def _at_least_a_second(cls, value: timedelta) -> timedelta:
+        if value < timedelta(seconds=1):
+            raise ValueError(f"expected an interval of at least 1s, got {format_duration(value)}")
+        return value
+
+    @field_validator("defaults")
+    @classmethod
+    def _valid_defaults(cls, defaults: dict[str, Any]) -> dict[str, Any]:
+        own = [key for key in ("name", *DECLARED_BY_THE_DEPLOYMENT) if key in defaults]
+        if own:
+            raise ValueError(f"{own[0]!r} cannot have a default: each declaration has its own")
+        try:
+            RolloutConfig.model_validate(merged_settings(_PLACEHOLDER, defaults))
+        except ValidationError as e:
+            raise ValueError(
+                "; ".join(
+                    f"{_dotted(error['loc'])}: {error['msg'].removeprefix('Value error, ')}"
+                    for error in e.errors()
+                )
+            ) from None
+        return defaults
+
+
+def _dotted(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
 def _size_value(size: int | Percentage) -> float:
     return size.fraction if isinstance(size, Percentage) else float(size)
 
@@ -1440,13 +1536,28 @@ class Config(Model):
     daemon: DaemonConfig = Field(
         default_factory=DaemonConfig, description="The daemon process: HTTP, logs, leader election"
     )
+    discovery: DiscoveryConfig = Field(
+        default_factory=DiscoveryConfig,
+        description="Rollouts declared on their stable Deployments (by label and annotation)",
+    )
     rollouts: list[Annotated[RolloutConfig, AfterValidator(_known_sinks)]] = Field(
-        min_length=1, description="The services released by canary"
+        default_factory=list,
+        validate_default=True,
+        description="The services released by canary (at least one, unless discovery is enabled)",
     )
 
     @field_validator("rollouts")
     @classmethod
-    def _unique_rollouts(cls, rollouts: list[RolloutConfig]) -> list[RolloutConfig]:
+    def _unique_rollouts(
+        cls, rollouts: list[RolloutConfig], info: ValidationInfo
+    ) -> list[RolloutConfig]:
+        # An invalid discovery section is missing from info.data; its own error is reported.
+        discovery = info.data.get("discovery")
+        if not rollouts and isinstance(discovery, DiscoveryConfig) and not discovery.enabled:
+            raise ValueError(
+                "'rollouts' needs at least one rollout, unless discovery is enabled "
+                "(rollouts declared on their Deployments)"
+            )
         _require_unique([r.name for r in rollouts], "rollout name")
         _require_unique([f"{r.namespace}/{r.canary_name}" for r in rollouts], "canary Deployment")
         roles = _deployment_roles(

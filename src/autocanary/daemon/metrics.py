@@ -93,7 +93,14 @@ class DaemonMetrics:
             registry=r,
         )
         self.is_leader = Gauge(
-            "autocanary_leader", "1 while this replica holds the leader lease", registry=r
+            "autocanary_leader",
+            "1 while this replica acts: it holds the leader Lease, or at least one shard Lease",
+            registry=r,
+        )
+        self.shards_held = Gauge(
+            "autocanary_shards_held",
+            "Shard Leases this replica holds and acts on (daemon.leaderElection.shards > 1)",
+            registry=r,
         )
         self.config_reloads = Counter(
             "autocanary_config_reloads", "Config reloads by outcome", ["outcome"], registry=r

@@ -1,4 +1,4 @@
-"""The daemon: one APScheduler job per rollout, leader election, reload, /metrics and probes.
+"""The daemon: one APScheduler job per rollout, leader election or shards, reload, /metrics, probes.
 
 The timer is kept apart from the work (as Flagger's job.go is): each job is a
 thin wrapper around :meth:`RolloutEngine.tick`, never overlapping itself
@@ -9,6 +9,7 @@ its next interval.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import socket
@@ -27,17 +28,25 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from autocanary.adapters.kubernetes import KubeClient
+from autocanary.adapters.kubernetes import KubeClient, fenced
 from autocanary.adapters.leader import LeaderElector
 from autocanary.adapters.notify import Notifier
 from autocanary.adapters.prometheus import PrometheusClient
+from autocanary.adapters.shards import ShardManager
 from autocanary.config.loader import load_config
 from autocanary.config.models import Config, RolloutConfig
 from autocanary.config.units import format_duration
 from autocanary.daemon import retry, startup
+from autocanary.daemon.discovery import Discovery
 from autocanary.daemon.engine import RolloutEngine
 from autocanary.daemon.metrics import DaemonMetrics
-from autocanary.errors import AutocanaryError, ConfigError, PermanentError, StartupError
+from autocanary.errors import (
+    AutocanaryError,
+    ConfigError,
+    NotHolder,
+    PermanentError,
+    StartupError,
+)
 
 log = structlog.get_logger("autocanary.daemon.service")
 
@@ -90,9 +99,21 @@ class Daemon:
             timezone=UTC,
         )
         self._elector: LeaderElector | None = None
+        self._shards: ShardManager | None = None
         election = config.daemon.leader_election
         self._lease_namespace: str | None = None
-        if election.enabled:
+        if election.enabled and election.shards > 1:
+            namespace = election.namespace or os.environ.get("POD_NAMESPACE") or "default"
+            self._lease_namespace = namespace
+            self._shards = ShardManager(
+                kube,
+                election,
+                namespace,
+                self.identity,
+                busy=self._shard_busy,
+                on_change=self._shards_changed,
+            )
+        elif election.enabled:
             namespace = election.namespace or os.environ.get("POD_NAMESPACE") or "default"
             self._lease_namespace = namespace
             self._elector = LeaderElector(
@@ -102,6 +123,9 @@ class Daemon:
                 self.identity,
                 on_change=lambda leading: self.metrics.is_leader.set(1 if leading else 0),
             )
+        self._discovery = Discovery(kube, may_tell=self._may_tell)
+        self._declared: list[RolloutConfig] = []  # found on their Deployments, valid
+        self._discovered_at: float | None = None  # monotonic time of the last discovery round
         self._http: ThreadingHTTPServer | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -111,17 +135,22 @@ class Daemon:
         self._install_signals()
         self._start_http()
         self._check_requirements(self.config)
+        self._discover()
         if self._elector is not None:
             self._elector.start()
+        elif self._shards is not None:
+            self._shards.start()
         else:
             self.metrics.is_leader.set(1)
-        self._install_jobs(self.config)
+        self._install_jobs(self._effective(self.config))
         self._scheduler.start()
         log.info(
             "daemon started",
             identity=self.identity,
             rollouts=[r.name for r in self.config.rollouts],
+            declared=[r.name for r in self._declared],
             leader_election=self._elector is not None,
+            shards=self._shards.shards if self._shards is not None else None,
             listen=self.config.daemon.listen,
         )
         while not self._stop.is_set():
@@ -130,6 +159,8 @@ class Daemon:
             if self._reload.is_set() or self._config_changed():
                 self._reload.clear()
                 self.reload()
+            elif self._discovery_due() and self._discover():
+                self._install_jobs(self._effective(self.config))
             self._stop.wait(CONFIG_POLL_SECONDS)
         self.shutdown()
         return 0
@@ -144,6 +175,8 @@ class Daemon:
         self._scheduler.shutdown(wait=True)
         if self._elector is not None:
             self._elector.stop(release=True)
+        if self._shards is not None:
+            self._shards.stop(release=True)
         self._notifier.close(timeout=10)
         self._prometheus.close()
         if self._http is not None:
@@ -162,6 +195,59 @@ class Daemon:
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGHUP, hup)
+
+    # ---- declared rollouts -------------------------------------------------------------------
+
+    def _discovery_due(self) -> bool:
+        discovery = self.config.discovery
+        return discovery.enabled and (
+            self._discovered_at is None
+            or time.monotonic() - self._discovered_at >= discovery.interval.total_seconds()
+        )
+
+    def _discover(self) -> bool:
+        """Read the declared rollouts again; whether they changed (the jobs are then installed)."""
+        if not self.config.discovery.enabled:
+            changed = bool(self._declared)
+            self._declared = []
+            return changed
+        self._discovered_at = time.monotonic()
+        try:
+            declared = self._discovery.find(self.config)
+        except AutocanaryError as e:
+            log.warning(
+                "reading the rollout declarations failed; the ones found before run on",
+                error=str(e),
+            )
+            return False
+        if declared == self._declared:
+            return False
+        before = {r.name for r in self._declared}
+        now = {r.name for r in declared}
+        log.info(
+            "declared rollouts changed",
+            added=sorted(now - before),
+            removed=sorted(before - now),
+            changed=sorted(
+                r.name for r in declared if r.name in before and r not in self._declared
+            ),
+        )
+        self._declared = declared
+        return True
+
+    def _effective(self, config: Config) -> Config:
+        """``config`` with the declared rollouts after its own."""
+        if not self._declared:
+            return config
+        return config.model_copy(update={"rollouts": [*config.rollouts, *self._declared]})
+
+    def _may_tell(self, namespace: str, name: str) -> bool:
+        """Whether this replica writes Events about Deployment ``namespace/name``'s declaration."""
+        if self._shards is not None:
+            return self._shards.may_act(self._shards.shard_of(namespace, name))
+        if self._elector is not None:
+            return self._elector.is_leader()
+        return True
 
     # ---- jobs ------------------------------------------------------------------------------
 
@@ -196,16 +282,37 @@ class Daemon:
         for engine in engines:
             engine.scrape_interval()
 
+    def _fence(self, rollout: RolloutConfig) -> Callable[[], float] | None:
+        """The write fence of ``rollout``'s tick, or None when this replica must not act on it."""
+        if self._shards is not None:
+            shard = self._shards.shard_of(rollout.namespace, rollout.name)
+            return self._shards.fence(shard) if self._shards.may_act(shard) else None
+        if self._elector is not None:
+            return self._elector.fence() if self._elector.is_leader() else None
+        return lambda: math.inf  # the only replica: nothing to fence against
+
+    def _shard_busy(self, shard: int) -> bool:
+        """Whether a tick of one of ``shard``'s rollouts is running (it is not released then)."""
+        assert self._shards is not None
+        with self._lock:
+            running = [self._engines[n].rollout for n in self._ticking if n in self._engines]
+        return any(self._shards.shard_of(r.namespace, r.name) == shard for r in running)
+
+    def _shards_changed(self, acting: list[int]) -> None:
+        self.metrics.shards_held.set(len(acting))
+        self.metrics.is_leader.set(1 if acting else 0)
+
     def _run_rollout(self, name: str) -> None:
         if self._stop.is_set():
-            return
-        if self._elector is not None and not self._elector.is_leader():
             return
         with self._lock:
             engine = self._engines.get(name)
         if engine is None:
             return
         rollout = engine.rollout
+        fence = self._fence(rollout)
+        if fence is None:
+            return
         with self._lock:
             self._ticking[name] = time.monotonic()
         # The tick binds revision and step as it learns them; the failure line below
@@ -214,7 +321,12 @@ class Daemon:
             rollout=name, namespace=rollout.namespace, revision=None, step=None
         ):
             try:
-                result = engine.tick()
+                with fenced(fence):
+                    result = engine.tick()
+            except NotHolder as e:
+                # The rollout's Lease was lost mid-tick; its new holder carries on.
+                log.info("tick stopped: this replica no longer holds the rollout", error=str(e))
+                return
             except AutocanaryError as e:
                 self._failed(engine, e)
                 return
@@ -356,7 +468,8 @@ class Daemon:
         # Every job runs at once after a reload: a fix in the config is tried now,
         # and a permanent error's backoff starts over.
         self._permanent.clear()
-        self._install_jobs(new)
+        self._discover()  # the declarations again, over the new defaults
+        self._install_jobs(self._effective(new))
         self._check_requirements(new)
         self.metrics.config_reloads.labels("applied").inc()
         log.info("config reloaded", rollouts=[r.name for r in new.rollouts])
@@ -420,9 +533,10 @@ class Daemon:
         """Ready: healthy, and the Kubernetes API answered recently (when electing a leader)."""
         if not self.healthy():
             return False
-        if self._elector is None:
+        manager = self._elector or self._shards
+        if manager is None:
             return True
-        contact = self._elector.last_contact
+        contact = manager.last_contact
         limit = self.config.daemon.leader_election.lease_duration.total_seconds() * 2
         return contact is not None and time.monotonic() - contact < limit
 

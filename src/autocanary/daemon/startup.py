@@ -91,12 +91,25 @@ def needed_access(config: Config, lease_namespace: str | None) -> list[tuple[str
                 )
         needed.append((rollout.name, Access("list", "pods", "", rollout.namespace)))
         needed.append((rollout.name, Access("create", "events", "", rollout.namespace)))
+    if config.discovery.enabled:
+        # Declarations are read with a list per namespace served ("": every namespace).
+        for namespace in config.discovery.namespaces or [""]:
+            needed.append(("", Access("list", "deployments", "apps", namespace)))
     election = config.daemon.leader_election
     if election.enabled and lease_namespace is not None:
         group = "coordination.k8s.io"
         needed.append(("", Access("create", "leases", group, lease_namespace)))
-        for verb in ("get", "update"):
-            needed.append(("", Access(verb, "leases", group, lease_namespace, election.lease_name)))
+        if election.shards == 1:
+            for verb in ("get", "update"):
+                needed.append(
+                    ("", Access(verb, "leases", group, lease_namespace, election.lease_name))
+                )
+        else:
+            # Shard and presence Leases are listed by label, renewed and taken over
+            # (update), and a dead replica's presence Lease deleted: names vary, so
+            # the permissions cannot be limited by name.
+            for verb in ("get", "list", "update", "delete"):
+                needed.append(("", Access(verb, "leases", group, lease_namespace)))
     return needed
 
 

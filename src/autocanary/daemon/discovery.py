@@ -1,0 +1,178 @@
+"""Rollouts declared where their teams work: on the stable Deployment itself.
+
+A Deployment labelled ``autocanary.io/rollout=true`` declares a rollout of
+itself; its annotation ``autocanary.io/rollout`` holds the rollout's settings
+(YAML or JSON, e.g. ``{analysis: {checks: [...]}}``), laid over the central
+config's ``discovery.defaults``. The namespace and stable are the
+Deployment's own; the name defaults to the Deployment's.
+
+Why the Deployment and not a ConfigMap or a resource of our own: Flagger's
+users declare a Canary next to the Deployment it targets, Argo's a Rollout
+that references it (``workloadRef``); both keep the release's settings in the
+same manifests, the same GitOps repository and the same pull request as the
+workload. An annotation on the Deployment keeps exactly that, with no CRD to
+install cluster-wide, no extra object to keep in step, and no extra RBAC for
+the team (they already edit their Deployment). The label lets the API server
+select the declaring Deployments, so a round is one filtered list per
+namespace served, whatever else runs there.
+
+A declaration is validated as the config file is, its problems located by
+line in the annotation; an invalid one is skipped, logged, and told once as
+a Warning Event (``InvalidRolloutDeclaration``) on its Deployment, while every
+other rollout runs on. One whose name or Deployments are already another
+rollout's is refused the same way: the config file's rollouts come first,
+then declarations in namespace/name order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+
+import structlog
+
+from autocanary.adapters.kubernetes import DeploymentRecord, KubeClient
+from autocanary.config.loader import parse_declaration
+from autocanary.config.models import ROLLOUT_ANNOTATION, ROLLOUT_LABEL, Config, RolloutConfig
+from autocanary.errors import AutocanaryError, ConfigError, InvalidResource
+
+log = structlog.get_logger("autocanary.daemon.discovery")
+
+#: Event reasons on the declaring Deployment.
+INVALID = "InvalidRolloutDeclaration"
+DECLARED = "RolloutDeclared"
+
+
+class Discovery:
+    """Reads the declarations each round; tells each Deployment's owner what became of its own."""
+
+    def __init__(self, kube: KubeClient, *, may_tell: Callable[[str, str], bool]) -> None:
+        """``may_tell(namespace, deployment)``: whether this replica writes Events about it.
+
+        Every replica reads every declaration (any of them may come to act on
+        it); only the one acting on the Deployment's shard writes the Event.
+        """
+        self.kube = kube
+        self._may_tell = may_tell
+        self._told: set[str] = set()  # Event keys this replica recorded (or found recorded)
+        self._logged: set[str] = set()
+
+    def find(self, config: Config) -> list[RolloutConfig]:
+        """The valid declared rollouts, in namespace/name order, that clash with no other."""
+        items = []
+        served: list[str | None] = [*config.discovery.namespaces] or [None]
+        for namespace in served:
+            items += self.kube.list_deployments(namespace, f"{ROLLOUT_LABEL}=true")
+        names = {r.name: f"rollout {r.name!r} of the config file" for r in config.rollouts}
+        deployments: dict[tuple[str, str], str] = {}
+        for r in config.rollouts:
+            for deployment in (r.stable, r.canary_name):
+                deployments[(r.namespace, deployment)] = f"rollout {r.name!r} of the config file"
+        found = []
+        for item in sorted(items, key=_key):
+            try:
+                record = DeploymentRecord.from_json(item)
+            except InvalidResource as e:
+                log.warning("unreadable Deployment skipped by discovery", error=str(e))
+                continue
+            text = record.annotations.get(ROLLOUT_ANNOTATION, "")
+            source = f"Deployment {record.namespace}/{record.name} annotation {ROLLOUT_ANNOTATION}"
+            try:
+                rollout = parse_declaration(
+                    text,
+                    source,
+                    namespace=record.namespace,
+                    deployment=record.name,
+                    defaults=config.discovery.defaults,
+                    sinks=[sink.name for sink in config.alerts.sinks],
+                )
+            except ConfigError as e:
+                self._reject(record, text, [str(p) for p in e.problems])
+                continue
+            clash = _clash(rollout, names, deployments)
+            if clash:
+                self._reject(record, text, [f"{source}: {clash}"])
+                continue
+            names[rollout.name] = f"rollout {rollout.name!r} declared on {source}"
+            for deployment in (rollout.stable, rollout.canary_name):
+                deployments[(rollout.namespace, deployment)] = names[rollout.name]
+            self._accept(record, text, rollout)
+            found.append(rollout)
+        return found
+
+    def _reject(self, record: DeploymentRecord, text: str, problems: list[str]) -> None:
+        key = _key_of(INVALID, text, problems)
+        if key not in self._logged:
+            self._logged.add(key)
+            log.error(
+                "invalid rollout declaration skipped; the other rollouts run on",
+                namespace=record.namespace,
+                deployment=record.name,
+                problems=problems,
+            )
+        message = "autocanary skips this rollout declaration: " + "; ".join(problems)
+        self._tell(record, key, INVALID, message, warning=True)
+
+    def _accept(self, record: DeploymentRecord, text: str, rollout: RolloutConfig) -> None:
+        key = _key_of(DECLARED, text, [rollout.name])
+        if key not in self._logged:
+            self._logged.add(key)
+            log.info(
+                "rollout declared on its Deployment",
+                rollout=rollout.name,
+                namespace=rollout.namespace,
+                deployment=record.name,
+            )
+        message = (
+            f"autocanary runs rollout {rollout.name!r} declared here: canary "
+            f"{rollout.canary_name}, {len(rollout.plan)} steps, interval "
+            f"{rollout.interval.total_seconds():g}s"
+        )
+        self._tell(record, key, DECLARED, message, warning=False)
+
+    def _tell(
+        self, record: DeploymentRecord, key: str, reason: str, message: str, *, warning: bool
+    ) -> None:
+        if key in self._told or not self._may_tell(record.namespace, record.name):
+            return
+        try:
+            # Keyed by the declaration's content: told once whichever replica tells it.
+            self.kube.record_event(record, reason, message, warning=warning, key=key)
+            self._told.add(key)
+        except AutocanaryError as e:
+            log.warning(
+                "could not record an Event about a rollout declaration",
+                namespace=record.namespace,
+                deployment=record.name,
+                error=str(e),
+            )
+
+
+def _key(item: dict[str, object]) -> tuple[str, str]:
+    meta = item.get("metadata")
+    if not isinstance(meta, dict):
+        return ("", "")
+    return (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+
+
+def _key_of(reason: str, text: str, details: list[str]) -> str:
+    digest = hashlib.sha256("\n".join([text, *details]).encode()).hexdigest()[:12]
+    return f"{reason.lower()}-{digest}"
+
+
+def _clash(
+    rollout: RolloutConfig, names: dict[str, str], deployments: dict[tuple[str, str], str]
+) -> str | None:
+    if rollout.name in names:
+        return (
+            f"the rollout name {rollout.name!r} is taken by {names[rollout.name]}; "
+            "set another 'name' in the annotation"
+        )
+    for deployment in (rollout.stable, rollout.canary_name):
+        owner = deployments.get((rollout.namespace, deployment))
+        if owner is not None:
+            return (
+                f"Deployment {rollout.namespace}/{deployment} already belongs to {owner}: "
+                "one Deployment belongs to one rollout"
+            )
+    return None

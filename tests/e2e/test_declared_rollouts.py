@@ -1,0 +1,145 @@
+"""Rollouts declared on their stable Deployments, found by a running daemon without a restart.
+
+The daemon starts with no rollout of its own and discovery on. A team then
+labels and annotates its Deployment: the daemon picks the rollout up (an
+Event says so) and releases it; another team's invalid declaration is told
+as a Warning Event on that Deployment naming the problem and its line, while
+the valid one runs on. The pods are KWOK's (Ready at once, nothing runs in
+them): what is shown is discovery, so the check is a query Prometheus
+answers without traffic.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+
+from autocanary_testbed.controlplane import ControlPlane
+from autocanary_testbed.http_checks import http_ok
+from autocanary_testbed.monitoring import PrometheusServer
+from autocanary_testbed.procs import ProcessGroup, free_port
+from autocanary_testbed.stack import app_deployment
+from autocanary_testbed.waiting import wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]
+
+PrometheusFactory = Callable[..., PrometheusServer]
+WAIT_S = 120.0  # a bound for a hang, not a timing expectation
+
+
+def _events(core: client.CoreV1Api, namespace: str, name: str) -> list[dict[str, Any]]:
+    response: Any = core.list_namespaced_event(
+        namespace, field_selector=f"involvedObject.name={name}", _preload_content=False
+    )
+    items: list[dict[str, Any]] = json.loads(response.data)["items"]
+    return [e for e in items if (e.get("source") or {}).get("component") == "autocanary"]
+
+
+def _declared(name: str, version: str, annotation: str) -> Any:
+    body: Any = app_deployment(name, name, "stable", version, replicas=2)
+    body["metadata"]["labels"]["autocanary.io/rollout"] = "true"
+    body["metadata"]["annotations"] = {"autocanary.io/rollout": annotation}
+    return body
+
+
+def test_a_declared_rollout_is_found_without_a_restart_and_a_bad_one_is_told(
+    control_plane: ControlPlane,
+    kube_api: client.ApiClient,
+    namespace: str,
+    prometheus_factory: PrometheusFactory,
+    group: ProcessGroup,
+    tmp_workdir: Path,
+) -> None:
+    apps, core = client.AppsV1Api(kube_api), client.CoreV1Api(kube_api)
+    prometheus = prometheus_factory([])
+    port = free_port()
+    config = {
+        "prometheus": {"url": prometheus.url, "timeout": "3s"},
+        "daemon": {"listen": f"127.0.0.1:{port}", "logFormat": "json"},
+        "discovery": {
+            "enabled": True,
+            "namespaces": [namespace],
+            "interval": "1s",
+            "defaults": {
+                "interval": "2s",
+                "steps": [{"canary": 1, "hold": "2s"}, {"canary": "100%", "hold": "2s"}],
+                "analysis": {
+                    "warmup": "1s",
+                    "window": "2s",
+                    "minRequests": 0,
+                    "checks": [{"name": "answers", "query": "vector(0)", "max": 1}],
+                },
+            },
+        },
+    }
+    (tmp_workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    daemon = group.start(
+        "daemon",
+        [
+            sys.executable,
+            "-m",
+            "autocanary",
+            "run",
+            "--config",
+            str(tmp_workdir / "config.yaml"),
+            "--kubeconfig",
+            str(control_plane.kubeconfig_path),
+            "--identity",
+            "daemon-a",
+        ],
+    )
+    daemon.wait_ready(lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), 60, "serving /healthz")
+
+    # Declared after the daemon started: a bad one (line 3 is wrong) and a good one.
+    bad = "interval: 5s\nanalysis:\n  warmpu: 10s\n"
+    apps.create_namespaced_deployment(namespace, _declared("cart", "v1", bad))
+    good = json.dumps({"name": "web", "steps": [{"canary": 1, "hold": "2s"}]})
+    apps.create_namespaced_deployment(namespace, _declared("web", "v1", good))
+    canary: Any = app_deployment("web-canary", "web", "canary", "v1", replicas=0)
+    apps.create_namespaced_deployment(namespace, canary)
+
+    wait_until(
+        lambda: any(e["reason"] == "RolloutDeclared" for e in _events(core, namespace, "web")),
+        timeout=WAIT_S,
+        what="the declared rollout picked up",
+    )
+    wait_until(
+        lambda: bool(_events(core, namespace, "cart")),
+        timeout=WAIT_S,
+        what="an Event about the invalid declaration",
+    )
+    [told] = _events(core, namespace, "cart")
+    assert (told["type"], told["reason"]) == ("Warning", "InvalidRolloutDeclaration")
+    assert (
+        "Deployment "
+        f"{namespace}/cart annotation autocanary.io/rollout:3: analysis.warmpu: "
+        "unknown field 'warmpu' (did you mean 'warmup'?)"
+    ) in told["message"], told["message"]
+
+    # The valid one releases while the invalid one is skipped.
+    canary = app_deployment("web-canary", "web", "canary", "v2", replicas=0)
+    apps.patch_namespaced_deployment(
+        "web-canary",
+        namespace,
+        [{"op": "replace", "path": "/spec/template", "value": canary["spec"]["template"]}],
+    )
+
+    def promoted() -> bool:
+        return any(e["reason"] == "Promoted" for e in _events(core, namespace, "web-canary"))
+
+    wait_until(promoted, timeout=WAIT_S, what="the declared rollout's release promoted")
+    response: Any = apps.read_namespaced_deployment("web", namespace, _preload_content=False)
+    stable = json.loads(response.data)
+    assert stable["spec"]["template"]["metadata"]["labels"]["version"] == "v2"
+    reasons = [e["reason"] for e in _events(core, namespace, "web-canary")]
+    assert reasons.count("ReleaseDetected") == 1, reasons
+    assert "RolledBack" not in reasons, reasons
+    assert daemon.is_running()
+    assert not any(e["reason"] == "RolloutDeclared" for e in _events(core, namespace, "cart"))
