@@ -328,7 +328,8 @@ class Daemon:
                 log.info("tick stopped: this replica no longer holds the rollout", error=str(e))
                 return
             except AutocanaryError as e:
-                self._failed(engine, e)
+                with fenced(fence):  # a permanent error's Event is a write too
+                    self._failed(engine, e)
                 return
             except Exception as e:
                 # A bug must not kill the job (and with it the rollout); it must be loud.
