@@ -245,7 +245,7 @@ class ControlPlane:
     def _boot(self, bin_dir: Path) -> None:
         w = self.workdir
         self._network = network = PodNetwork.reserve()
-        self._pki = pki = make_pki(w / "pki")
+        self._pki = pki = make_pki(w / "pki", network.kubernetes_service_ip)
         tls = ssl.create_default_context(cafile=str(pki.ca_cert))
         tls.load_cert_chain(str(pki.admin_cert), str(pki.admin_key))
         ports = {n: free_port() for n in ("etcd", "peer", "api", "kcm", "sched", "kwok")}
@@ -290,7 +290,8 @@ class ControlPlane:
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                 f"--service-account-key-file={pki.sa_public_key}",
                 f"--service-account-signing-key-file={pki.sa_private_key}",
-                "--service-cluster-ip-range=10.0.0.0/24",
+                # Loopback cluster IPs, served by the test bed's kube-proxy (see network).
+                f"--service-cluster-ip-range={network.service_cidr}",
                 "--authorization-mode=RBAC",
             ],
             ready=http_ready(f"{self.server_url}/readyz", tls=tls),

@@ -9,6 +9,12 @@ its endpoint turns terminating or not ready; nothing but the Kubernetes API
 says which pods exist. Addresses are pod IPs, dialled on their loopback twins
 (see :mod:`autocanary_testbed.network`).
 
+It listens on 127.0.0.1 and a free port, or, given ``cluster_ip``, on the
+Service's cluster IP and port as kube-proxy's rules catch them (the test bed's
+cluster IPs are loopback addresses, see :mod:`autocanary_testbed.network`), for
+clients that dial cluster IPs themselves, such as a gateway in native
+load-balancing mode.
+
 Like kube-proxy it runs as a process of its own (``KubeProxyProcess``, which
 starts ``python -m autocanary_testbed.kubeproxy``), so the test harness's own
 threads never slow the traffic down; it writes its address and backends to a
@@ -18,6 +24,7 @@ state file the harness reads.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import logging
 import os
@@ -244,8 +251,13 @@ class KubeProxyProcess:
         workdir: Path,
         *,
         port_name: str = "",
+        cluster_ip: tuple[str, int] | None = None,
     ) -> None:
-        """Prepare; :meth:`start` runs it. Its log and state file go to ``workdir``."""
+        """Prepare; :meth:`start` runs it. Its log and state file go to ``workdir``.
+
+        ``cluster_ip`` (address, port) is the Service's cluster IP and port to listen
+        on; without it the proxy listens on 127.0.0.1 and a free port.
+        """
         self._argv_tail = [
             f"--kubeconfig={kubeconfig}",
             f"--pod-network={network.octet}",
@@ -256,15 +268,17 @@ class KubeProxyProcess:
         self.workdir = workdir
         self._service = service
         self.state_path = workdir / f"kube-proxy-{service}.json"
+        self._cluster_ip = cluster_ip
+        self._host = cluster_ip[0] if cluster_ip else "127.0.0.1"
         self._port: int | None = None
         self._process: ManagedProcess | None = None
 
     @property
     def url(self) -> str:
-        """``http://127.0.0.1:<port>``, where the Service answers."""
+        """``http://<host>:<port>``, where the Service answers."""
         if self._port is None:
             raise HarnessError("kube-proxy not started")
-        return f"http://127.0.0.1:{self._port}"
+        return f"http://{self._host}:{self._port}"
 
     @property
     def backends(self) -> list[str]:
@@ -277,7 +291,7 @@ class KubeProxyProcess:
 
     def start(self) -> Self:
         """Start the process; return once it listens and has listed the EndpointSlices."""
-        self._port = free_port()
+        self._port = self._cluster_ip[1] if self._cluster_ip else free_port()
         self._process = ManagedProcess.start(
             f"kube-proxy-{self._service}",
             [
@@ -285,6 +299,7 @@ class KubeProxyProcess:
                 "-m",
                 "autocanary_testbed.kubeproxy",
                 *self._argv_tail,
+                f"--host={self._host}",
                 f"--port={self._port}",
                 f"--state-file={self.state_path}",
             ],
@@ -322,7 +337,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--namespace", required=True)
     parser.add_argument("--service", required=True)
     parser.add_argument("--port-name", default="")
-    parser.add_argument("--port", type=int, required=True, help="port on 127.0.0.1")
+    parser.add_argument("--host", default="127.0.0.1", help="a loopback address to listen on")
+    parser.add_argument("--port", type=int, required=True, help="port on --host")
     parser.add_argument("--state-file", type=Path, required=True)
     args = parser.parse_args(argv)
     structlog.configure(
@@ -331,7 +347,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     signal.signal(signal.SIGTERM, _raise_terminated)
     api = config.new_client_from_config(config_file=str(args.kubeconfig))  # type: ignore[no-untyped-call]
-    proxy = ServiceProxy(port=args.port)
+    if not ipaddress.ip_address(args.host).is_loopback:
+        parser.error(f"--host must be a loopback address, got {args.host}")
+    proxy = ServiceProxy(port=args.port, host=args.host)
     try:
         proxy.start()
         follower = ServiceEndpoints(

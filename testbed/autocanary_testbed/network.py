@@ -9,6 +9,13 @@ loopback on Linux). That one fixed translation stands in for the routing of a
 real pod network; everything else (which pods exist, their IPs and ports) is
 read from the Kubernetes API.
 
+Service cluster IPs are loopback addresses themselves, ``127.1.<n>.0/24``
+(``service_cidr``): the API server accepts a loopback service range (only
+endpoint addresses are refused), and the test bed's kube-proxy listens on a
+Service's cluster IP and port as kube-proxy's rules catch it, so a client that
+dials cluster IPs, as a gateway in native load-balancing mode does, stays on
+loopback. ``127.1.0.0/16`` lies outside every pod twin range (``n`` >= 64).
+
 ``<n>`` is chosen at random per control plane and reserved with a lock file
 held for the control plane's life, so two control planes on one machine (other
 test runs at the same time) never hand out the same address.
@@ -87,6 +94,16 @@ class PodNetwork:
     def pod_cidr(self) -> str:
         """The range KWOK hands pod IPs from, e.g. ``10.77.0.0/16``."""
         return f"10.{self.octet}.0.0/16"
+
+    @property
+    def service_cidr(self) -> str:
+        """The range Service cluster IPs come from, e.g. ``127.1.77.0/24`` (loopback)."""
+        return f"127.1.{self.octet}.0/24"
+
+    @property
+    def kubernetes_service_ip(self) -> str:
+        """The ``kubernetes`` Service's cluster IP: the first address of :attr:`service_cidr`."""
+        return f"127.1.{self.octet}.1"
 
     @property
     def node_ip(self) -> str:

@@ -36,8 +36,11 @@ class Pki:
     sa_public_key: Path
 
 
-def make_pki(directory: Path) -> Pki:
+def make_pki(directory: Path, service_ip: str) -> Pki:
     """Create the CA, the serving and admin certificates and the SA key pair in ``directory``.
+
+    ``service_ip`` is the ``kubernetes`` Service's cluster IP, named in the serving
+    certificate beside 127.0.0.1 as a cluster's apiserver certificate names it.
 
     Raises HarnessError when openssl is missing or fails.
     """
@@ -58,7 +61,7 @@ def make_pki(directory: Path) -> Pki:
         "serving",
         "/CN=autocanary-test-serving",
         "serverAuth",
-        "IP:127.0.0.1,DNS:localhost,IP:10.0.0.1,DNS:kubernetes.default.svc",
+        f"IP:127.0.0.1,DNS:localhost,IP:{service_ip},DNS:kubernetes.default.svc",
     )
     _leaf(d, "admin", "/O=system:masters/CN=autocanary-test-admin", "clientAuth", None)
     _openssl(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,6 +23,19 @@ def test_a_pod_ip_listens_on_its_loopback_twin() -> None:
     assert network.host_address("10.77.0.1", 8080) == "127.77.0.1:8080"
     with pytest.raises(ValueError, match=r"10\.78\.0\.1 is not in the pod network 10\.77\.0\.0/16"):
         network.host_ip("10.78.0.1")
+
+
+def test_service_cluster_ips_are_loopback_apart_from_every_pod_twin() -> None:
+    network = PodNetwork(77)
+    assert network.service_cidr == "127.1.77.0/24"
+    assert network.kubernetes_service_ip == "127.1.77.1"
+    services = ipaddress.ip_network(network.service_cidr)
+    assert services.subnet_of(ipaddress.ip_network("127.0.0.0/8"))
+    # Pod twins are 127.<n>.0.0/16 with n in 64-250; 127.0.0.1 serves the control plane.
+    assert not any(
+        services.overlaps(ipaddress.ip_network(f"127.{n}.0.0/16")) for n in range(64, 251)
+    )
+    assert ipaddress.ip_address("127.0.0.1") not in services
 
 
 def test_the_prometheus_relabel_rule_is_the_same_translation() -> None:
