@@ -23,8 +23,10 @@ from kustomize_render import REPO, kubectl
 
 from autocanary.adapters.kubernetes import DAEMON_SELECTOR, Access, KubeClient
 from autocanary.adapters.prometheus import PrometheusClient
+from autocanary.adapters.shards import ShardManager
 from autocanary.config.loader import parse_config
 from autocanary.daemon import startup
+from autocanary.daemon.discovery import Discovery
 from autocanary_testbed.controlplane import ControlPlane
 from autocanary_testbed.waiting import wait_until
 
@@ -216,6 +218,77 @@ def test_the_chart_applies_and_its_rbac_is_what_the_daemon_needs(
         Access("create", "httproutes", "gateway.networking.k8s.io", route_namespace),
         Access("patch", "gateways", "gateway.networking.k8s.io", route_namespace, "store"),
         Access("update", "leases", "coordination.k8s.io", release_namespace, "autocanary"),
+    ):
+        assert not as_daemon.can_i(access), access
+
+
+def test_with_shards_and_discovery_the_chart_grants_leases_and_the_served_namespaces(
+    control_plane: ControlPlane, namespace: str, release_namespace: str, tmp_path: Path
+) -> None:
+    values = tmp_path / "config.yaml"
+    values.write_text(
+        "prometheus: {url: 'http://127.0.0.1:9'}\n"
+        "daemon: {leaderElection: {enabled: true, leaseName: fleet, shards: 4}}\n"
+        f"discovery: {{enabled: true, namespaces: [{namespace}], defaults: "
+        "{analysis: {checks: [{name: errors, template: error-rate, max: 1%}]}}}\n"
+    )
+    rendered = run(
+        helm(),
+        "template",
+        "autocanary",
+        str(CHART),
+        "--namespace",
+        release_namespace,
+        "--set-file",
+        f"config={values}",
+    )
+    objects: list[dict[str, Any]] = [d for d in yaml.safe_load_all(rendered) if d]
+    assert not [o for o in objects if o["kind"].startswith("Cluster")], "nothing cluster-scoped"
+    run(
+        kubectl(),
+        "--kubeconfig",
+        str(control_plane.kubeconfig_path),
+        "apply",
+        "-f",
+        "-",
+        stdin=rendered,
+    )
+    config = parse_config(values.read_text(), "values")
+    as_daemon = KubeClient(
+        control_plane.impersonating_client(
+            f"system:serviceaccount:{release_namespace}:autocanary",
+            ["system:serviceaccounts", "system:authenticated"],
+        ),
+        identity="autocanary-0",
+    )
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    prometheus = PrometheusClient(
+        config.prometheus.model_copy(update={"url": f"http://127.0.0.1:{closed}"})
+    )
+    try:
+        missing = startup.check(config, as_daemon, prometheus, lease_namespace=release_namespace)
+    finally:
+        prometheus.close()
+    assert [m for m in missing if m.requirement == "rbac"] == []
+
+    # What the daemon does with them works as its ServiceAccount: a shard round
+    # (presence Lease created, shard Leases listed and taken), a graceful leave
+    # (released, presence Lease deleted), and a discovery round in the namespace served.
+    shards = ShardManager(
+        as_daemon, config.daemon.leader_election, release_namespace, "autocanary-0"
+    )
+    shards.run_round()
+    assert shards.acting() == [0, 1, 2, 3]
+    shards.stop(release=True)
+    assert shards.acting() == []
+    assert Discovery(as_daemon, may_tell=lambda ns, name: True).find(config) == []
+    for access in (
+        Access("list", "deployments", "apps", release_namespace),
+        Access("delete", "deployments", "apps", namespace, "web"),
+        Access("list", "leases", "coordination.k8s.io", namespace),
+        Access("get", "secrets", "", namespace),
     ):
         assert not as_daemon.can_i(access), access
 
