@@ -12,6 +12,8 @@ from autocanary.adapters.shards import (
     shard_lease_name,
     shard_of,
 )
+from autocanary.config.loader import parse_config
+from autocanary.errors import ConfigError
 
 KEYS = [(f"team-{i % 37}", f"svc-{i}") for i in range(4000)]
 
@@ -84,3 +86,18 @@ def test_lease_names_are_valid_object_names() -> None:
     assert len(name) == len("autocanary-member-") + 16
     assert name == member_lease_name("autocanary", "Host_Name.with:odd/chars-123")
     assert name != member_lease_name("autocanary", "other")
+
+
+def test_shards_need_leader_election_on() -> None:
+    text = (
+        "prometheus: {url: http://prometheus:9090}\n"
+        "daemon: {leaderElection: {enabled: false, shards: 4}}\n"
+        "discovery: {enabled: true}\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text)
+    [problem] = caught.value.problems
+    assert problem.path == "daemon.leaderElection"
+    assert problem.message == (
+        "shards: 4 needs enabled: true (a replica acts only on the shards whose Leases it holds)"
+    )

@@ -452,6 +452,11 @@ class LeaderElectionConfig(Model):
     def _ordered(self) -> LeaderElectionConfig:
         if not self.retry_period < self.renew_deadline < self.lease_duration:
             raise ValueError("expected retryPeriod < renewDeadline < leaseDuration")
+        if self.shards > 1 and not self.enabled:
+            raise ValueError(
+                f"shards: {self.shards} needs enabled: true (a replica acts only on the shards "
+                "whose Leases it holds)"
+            )
         return self
 
 
