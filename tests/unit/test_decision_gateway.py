@@ -507,12 +507,13 @@ def test_gateway_metrics_tie_series_to_a_side_by_the_backend_service_traefik_nam
     assert stable is not None
     assert "traefik_service_requests_total{" in canary
     assert 'code=~"5.."' in canary
-    assert 'service=~".*-svc-shop-web-canary-[0-9]+@kubernetesgateway"' in canary
-    assert 'service=~".*-svc-shop-web-stable-[0-9]+@kubernetesgateway"' in stable
+    assert "shop-web-canary-http-[0-9]+|.*-svc-shop-web-canary-[0-9]+)@kubernetesgateway" in canary
+    assert "shop-web-stable-http-[0-9]+|.*-svc-shop-web-stable-[0-9]+)@kubernetesgateway" in stable
     assert "traefik_service_requests_total{" in planned.canary_requests_query
-    # Traefik v3's name for a Kubernetes Gateway backend: <router>-svc-<ns>-<Service>-<index>.
+    # Traefik's names for a Kubernetes Gateway backend: <ns>-<Service>-http-<port> (v3.6),
+    # <router>-svc-<ns>-<Service>-<index> (v3.7).
     router = "httproute-shop-web-gw-shop-gw-ep-web-0-1c0cf64bde"
-    canary_pattern = re.search(r'service=~"([^"]*-svc-[^"]+)"', canary)
+    canary_pattern = re.search(r'service=~"(\([^"]+)"', canary)
     assert canary_pattern is not None
     matcher = re.compile(canary_pattern.group(1))
     assert matcher.fullmatch(f"{router}-svc-shop-web-canary-1@kubernetesgateway")
@@ -520,6 +521,9 @@ def test_gateway_metrics_tie_series_to_a_side_by_the_backend_service_traefik_nam
         "httproute-shop-web-gw-shop-gw-ep-web-2-0a1b2c3d4e-svc-shop-web-canary-0@kubernetesgateway"
     ), "the A/B rule's backend is the canary too"
     assert not matcher.fullmatch(f"{router}-svc-shop-web-stable-0@kubernetesgateway")
+    assert matcher.fullmatch("shop-web-canary-http-8080@kubernetesgateway")
+    assert not matcher.fullmatch("shop-web-stable-http-8080@kubernetesgateway")
+    assert not matcher.fullmatch("shop-web-canary-extra-http-8080@kubernetesgateway")
     assert not matcher.fullmatch(f"{router}-wrr@kubernetesgateway")
 
 

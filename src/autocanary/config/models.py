@@ -883,13 +883,22 @@ class AppMetricsConfig(Model):
         return self
 
 
+#: Traefik's name of a Kubernetes Gateway backend Service: ``<namespace>-<Service>-http-<port>``
+#: up to v3.6, ``<router>-svc-<namespace>-<Service>-<backend index>`` from v3.7.
+_TRAEFIK_BACKEND = (
+    "({{ namespace }}-{{ service }}-http-[0-9]+|.*-svc-{{ namespace }}-{{ service }}-[0-9]+)"
+    "@kubernetesgateway"
+)
+
+
 class GatewayMetricsConfig(Model):
     """The gateway's own per-backend metrics, for ``source: gateway``.
 
     Defaults are Traefik v3's: ``traefik_service_requests_total{service, code}``
     and ``traefik_service_request_duration_seconds``, where a Kubernetes
     Gateway backend's ``service`` label reads
-    ``<router>-svc-<namespace>-<Service>-<backend index>@kubernetesgateway``.
+    ``<namespace>-<Service>-http-<port>@kubernetesgateway`` (up to v3.6) or
+    ``<router>-svc-<namespace>-<Service>-<backend index>@kubernetesgateway`` (v3.7).
     A series belongs to the canary or the stable by the backend Service it
     names (``gateway.canaryService``, ``gateway.stableService``).
     """
@@ -916,7 +925,7 @@ class GatewayMetricsConfig(Model):
         description="The label naming the backend a series belongs to",
     )
     service_pattern: str = Field(
-        default=".*-svc-{{ namespace }}-{{ service }}-[0-9]+@kubernetesgateway",
+        default=_TRAEFIK_BACKEND,
         min_length=1,
         description="Regex of serviceLabel values of one backend Service ({{ service }}: the "
         "canary's or the stable's Service, {{ namespace }}: the rollout's namespace, where "
