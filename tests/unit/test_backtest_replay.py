@@ -364,3 +364,41 @@ def test_a_blue_green_release_is_replayed_through_its_preview_switch_and_window(
     assert failing_live.outcome.decision == "rolledBack"
     assert (T0 + 60 * S, "Switched") in events(failing_live)
     assert events(failing_live)[-1] == (T0 + 90 * S, "RolledBack")
+
+
+def test_a_gateway_release_is_replayed_through_its_weights() -> None:
+    rollout = RolloutConfig.model_validate(
+        {
+            "name": "web",
+            "namespace": "shop",
+            "stable": "web",
+            "interval": "30s",
+            "strategy": "gateway",
+            "gateway": {
+                "httpRoute": "web",
+                "stableService": "web-stable",
+                "canaryService": "web-canary",
+            },
+            "steps": [{"canary": "5%", "hold": "1m"}, {"canary": "100%", "hold": "1m"}],
+            "analysis": {
+                "minRequests": 10,
+                "warmup": "0s",
+                "checks": [{"name": "errors", "template": "error-rate", "max": "1%"}],
+            },
+        }
+    )
+
+    passing, _ = run(rollout, lambda _: "pass")
+    failing, _ = run(rollout, lambda at: "fail" if at >= T0 + 30 * S else "pass")
+
+    assert passing.outcome.decision == "promoted"
+    assert [reason for _, reason in events(passing)] == [
+        "ReleaseDetected",
+        "StepAdvanced",
+        "Promoting",
+        "Promoted",
+    ]
+    # 5% of 4 stable pods with 20% headroom is one canary pod; 100% is all four.
+    assert {(e.step, e.canary_pods) for e in passing.timeline if e.verdict} == {(1, 1), (2, 4)}
+    assert failing.outcome.decision == "rolledBack"
+    assert events(failing)[-1] == (T0 + 30 * S, "RolledBack")
