@@ -1,9 +1,10 @@
-"""Where ``hack/controlplane/build.sh`` and ``hack/prometheus/build.sh`` leave their binaries.
+"""Where the build scripts of hack/ (control plane, Prometheus, Argo Rollouts) leave their output.
 
 The pins and the directory layout mirror the scripts (a unit test keeps the pins
 in step): ``${AUTOCANARY_CACHE:-${XDG_CACHE_HOME:-~/.cache}/autocanary}/testbin/
 k8s<K8S>-etcd<ETCD>-kwok<KWOK>-<go version>/`` for the control plane and
-``.../prometheus/<PROMETHEUS>-<go version>/prometheus`` for Prometheus, each
+``.../prometheus/<PROMETHEUS>-<go version>/prometheus`` for Prometheus,
+``.../argo-rollouts/<ARGO_ROLLOUTS>-<go version>/`` for Argo Rollouts' controller and CRDs, each
 complete once ``.complete`` exists. ``AUTOCANARY_TESTBIN`` names the control
 plane's directory outright.
 """
@@ -21,6 +22,7 @@ K8S_VERSION = "1.36.3"
 ETCD_VERSION = "3.6.16"
 KWOK_VERSION = "0.8.0"
 PROMETHEUS_VERSION = "3.16.0"
+ARGO_ROLLOUTS_VERSION = "1.10.1"
 
 EXECUTABLES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 STAGES = (
@@ -32,6 +34,14 @@ STAGES = (
 )
 BUILD_COMMAND = "hack/controlplane/build.sh"
 PROMETHEUS_BUILD_COMMAND = "hack/prometheus/build.sh"
+ARGO_ROLLOUTS_BUILD_COMMAND = "hack/argo-rollouts/build.sh"
+ARGO_ROLLOUTS_CRDS = (
+    "rollout-crd.yaml",
+    "analysis-template-crd.yaml",
+    "analysis-run-crd.yaml",
+    "cluster-analysis-template-crd.yaml",
+    "experiment-crd.yaml",
+)
 
 _GO_TIMEOUT_S = 30.0
 
@@ -84,6 +94,31 @@ def find_prometheus() -> Path:
             "a few minutes cold, cached afterwards)"
         )
     return binary
+
+
+def find_argo_rollouts() -> Path:
+    """Return the directory of a complete ``hack/argo-rollouts/build.sh`` output.
+
+    Raises HarnessError, naming the command that builds it, when there is none.
+    """
+    version = os.environ.get("ARGO_ROLLOUTS", ARGO_ROLLOUTS_VERSION)
+    root = _cache_root() / "argo-rollouts"
+    go_version = _go_version()
+    if go_version is not None:
+        directory = root / f"{version}-{go_version}"
+    else:
+        # Without Go, a build by any Go version will do.
+        built = sorted(p.parent for p in root.glob(f"{version}-*/.complete"))
+        directory = built[-1] if built else root / f"{version}-<go version>"
+    missing = [n for n in ("rollouts-controller", ".complete") if not (directory / n).exists()]
+    missing += [f"crds/{n}" for n in ARGO_ROLLOUTS_CRDS if not (directory / "crds" / n).is_file()]
+    if missing:
+        raise HarnessError(
+            f"no complete Argo Rollouts {version} build in {directory} "
+            f"(missing: {', '.join(missing)}): build it with `{ARGO_ROLLOUTS_BUILD_COMMAND}` "
+            "from the repository root (Go >= 1.26.1; minutes cold, cached afterwards)"
+        )
+    return directory
 
 
 def _cache_root() -> Path:

@@ -105,3 +105,37 @@ def test_finds_prometheus_under_the_cache_root_or_names_its_build_command(
         binaries.find_prometheus()
     (directory / ".complete").write_text("")
     assert binaries.find_prometheus() == directory / "prometheus"
+
+
+ARGO_BUILD_SH = Path(__file__).parents[2] / "hack" / "argo-rollouts" / "build.sh"
+
+
+def test_argo_rollouts_pin_matches_its_build_sh() -> None:
+    text = ARGO_BUILD_SH.read_text()
+    (pin,) = re.findall(r"^ARGO_ROLLOUTS=\$\{ARGO_ROLLOUTS:-([0-9.]+)\}$", text, re.M)
+    assert pin == binaries.ARGO_ROLLOUTS_VERSION
+    # build.sh's post-build check names each CRD file the test bed installs.
+    for crd in binaries.ARGO_ROLLOUTS_CRDS:
+        assert crd.removesuffix("-crd.yaml") in text
+
+
+@pytest.mark.usefixtures("fake_go")
+def test_finds_argo_rollouts_under_the_cache_root_or_names_what_is_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AUTOCANARY_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("ARGO_ROLLOUTS", raising=False)
+    directory = tmp_path / "cache" / "argo-rollouts" / "1.10.1-go9.9.9"
+    with pytest.raises(HarnessError, match=r"hack/argo-rollouts/build\.sh") as info:
+        binaries.find_argo_rollouts()
+    assert str(directory) in str(info.value)
+
+    (directory / "crds").mkdir(parents=True)
+    (directory / "rollouts-controller").write_text("")
+    (directory / ".complete").write_text("")
+    for crd in binaries.ARGO_ROLLOUTS_CRDS[1:]:
+        (directory / "crds" / crd).write_text("")
+    with pytest.raises(HarnessError, match=r"missing: crds/rollout-crd\.yaml\)"):
+        binaries.find_argo_rollouts()
+    (directory / "crds" / "rollout-crd.yaml").write_text("")
+    assert binaries.find_argo_rollouts() == directory
