@@ -106,6 +106,9 @@ class StackSettings:
     # addresses are replaced, see shipped_config).
     manifests: Path | None = None
     config_file: Path | None = None
+    # Another controller's objects instead of the two Deployments (e.g. an Argo Rollout,
+    # see autocanary_testbed.argo): created as given, custom resources included.
+    app_objects: Sequence[Mapping[str, Any]] = ()
     # The image ``release`` ships, ``{version}`` filled in (default: image:version).
     release_image: str | None = None
     # Blue/green: Service <app> selects the stable's version, Service <app>-preview the
@@ -353,7 +356,9 @@ class CanaryStack:
     def _create_app(self) -> None:
         s = self.settings
         objects: list[Any]
-        if s.manifests is not None:
+        if s.app_objects:
+            objects = [json.loads(json.dumps(o)) for o in s.app_objects]
+        elif s.manifests is not None:
             objects = [
                 doc
                 for doc in yaml.safe_load_all(s.manifests.read_text())
@@ -386,6 +391,16 @@ class CanaryStack:
             if body["kind"] == "Service":
                 self.core.create_namespaced_service(
                     s.namespace, body, _request_timeout=_API_TIMEOUT
+                )
+            elif body["kind"] != "Deployment":
+                group, version = body["apiVersion"].split("/")
+                client.CustomObjectsApi(self.api).create_namespaced_custom_object(
+                    group,
+                    version,
+                    s.namespace,
+                    f"{body['kind'].lower()}s",
+                    body,
+                    _request_timeout=_API_TIMEOUT,
                 )
             else:
                 self.apps.create_namespaced_deployment(
