@@ -236,7 +236,12 @@ class ArgoRollout:
         )
 
     def outcome(self, version: str) -> str | None:
-        """``promoted``, ``rolledBack`` (aborted) or None while undecided, for ``version``."""
+        """What Argo made of the release of ``version``, None while it is undecided.
+
+        ``rolledBack`` (aborted), ``promoted`` (its ReplicaSet is the stable, Healthy),
+        or ``stuck``: its progress deadline passed without an abort, so the canary
+        stays as it is until someone acts.
+        """
         status = self.get().get("status") or {}
         if status.get("abort"):
             return "rolledBack"
@@ -245,6 +250,11 @@ class ArgoRollout:
         )
         if done and self.serving_pods(version) and status.get("phase") == "Healthy":
             return "promoted"
+        if any(
+            c.get("type") == "Progressing" and c.get("reason") == "ProgressDeadlineExceeded"
+            for c in status.get("conditions") or []
+        ):
+            return "stuck"
         return None
 
     def serving_pods(self, version: str) -> list[dict[str, Any]]:
