@@ -28,6 +28,7 @@ import structlog
 from kubernetes import client
 
 from autocanary_testbed import argo
+from autocanary_testbed.binaries import find_argo_rollouts
 from autocanary_testbed.controlplane import ControlPlane, find_binaries
 from autocanary_testbed.errors import HarnessError
 from autocanary_testbed.monitoring import AlertmanagerServer, PrometheusServer, ScrapeTarget
@@ -249,7 +250,7 @@ def argo_rollouts(control_plane: ControlPlane) -> Path:
     Fails, never skips, when the build is missing: the message names the build command.
     """
     try:
-        build = argo.find_argo_rollouts()
+        build = find_argo_rollouts()
     except HarnessError as e:
         pytest.fail(str(e), pytrace=False)
     with control_plane.api_client() as api:

@@ -190,11 +190,20 @@ class ArgoRollout:
         rollout: dict[str, Any] = body
         return rollout
 
-    def release(self, version: str, template: str, env: Mapping[str, str] | None = None) -> None:
-        """Ship ``version`` (faults via ``env``), judged from its first step by ``template``.
+    def release(
+        self,
+        version: str,
+        template: str,
+        env: Mapping[str, str] | None = None,
+        starting_step: int = 0,
+    ) -> None:
+        """Ship ``version`` (faults via ``env``), judged from ``starting_step`` by ``template``.
 
         One patch: the pod template, and the background analysis with the canary's
-        and the stable's versions as arguments.
+        and the stable's versions as arguments. A measurement with no data is an
+        Error, retried every 10 s, and five in a row abort the release: starting
+        after the first ``setWeight`` (step 1), as Argo's documentation shows,
+        waits until the canary's pods are available.
         """
         current = self.get()
         stable = current["spec"]["template"]["metadata"]["labels"]["version"]
@@ -216,6 +225,7 @@ class ArgoRollout:
                     "canary": {
                         "analysis": {
                             "templates": [{"templateName": template}],
+                            "startingStep": starting_step,
                             "args": [
                                 {"name": "version", "value": version},
                                 {"name": "stable-version", "value": stable},

@@ -574,11 +574,13 @@ class CanaryStack:
         *,
         env: Mapping[str, str] | None = None,
         config: Mapping[str, Any] | None = None,
+        ready_timeout: float = 30.0,
     ) -> ManagedProcess:
         """Start ``autocanary run`` as a subprocess; return once it serves /healthz.
 
         ``env`` is added to its environment (e.g. a test-only fault hook);
-        ``config`` replaces this stack's config (see :meth:`config`).
+        ``config`` replaces this stack's config (see :meth:`config`);
+        ``ready_timeout`` bounds the wait for /healthz.
         """
         port = free_port()
         path = self.workdir / f"{name}.yaml"
@@ -609,7 +611,7 @@ class CanaryStack:
         self.daemons[name] = process
         self.daemon_ports[name] = port
         process.wait_ready(
-            lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), 30, "serving /healthz"
+            lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), ready_timeout, "serving /healthz"
         )
         self._update_static_targets()
         return process

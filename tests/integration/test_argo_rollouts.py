@@ -68,7 +68,7 @@ def test_a_canary_failing_its_analysis_is_aborted_and_scaled_to_zero(
         [
             {
                 "name": "error-rate",
-                "initialDelay": "20s",
+                "initialDelay": "10s",
                 "interval": "5s",
                 "successCondition": "result[0] <= 0.1",
                 "failureLimit": 1,
@@ -81,7 +81,7 @@ def test_a_canary_failing_its_analysis_is_aborted_and_scaled_to_zero(
         argo.GROUP, argo.API_VERSION, stack.namespace, "analysistemplates", template
     )
 
-    rollout.release("v2", "error-rate", env={"FAULT_ERROR_RATE": "0.5"})
+    rollout.release("v2", "error-rate", env={"FAULT_ERROR_RATE": "0.5"}, starting_step=1)
     wait_until(
         lambda: stack.served_versions().get("v2", 0) >= 1,
         timeout=90,
