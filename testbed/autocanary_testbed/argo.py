@@ -252,13 +252,26 @@ class ArgoRollout:
         or ``stuck``: its progress deadline passed without an abort, so the canary
         stays as it is until someone acts.
         """
-        status = self.get().get("status") or {}
+        body = self.get()
+        status = body.get("status") or {}
         if status.get("abort"):
             return "rolledBack"
-        done = status.get("currentPodHash") and status.get("stableRS") == status.get(
-            "currentPodHash"
-        )
-        if done and self.serving_pods(version) and status.get("phase") == "Healthy":
+        # The status must be of the current spec, and name the version's own pods as the
+        # stable: right after a release the old status (stable == current, Healthy)
+        # stands beside the new ReplicaSet's first pods.
+        observed = str(status.get("observedGeneration")) == str(body["metadata"]["generation"])
+        stable = status.get("stableRS")
+        hashes = {
+            p["metadata"]["labels"].get("rollouts-pod-template-hash")
+            for p in self.serving_pods(version)
+        }
+        if (
+            observed
+            and stable
+            and hashes == {stable}
+            and status.get("currentPodHash") == stable
+            and status.get("phase") == "Healthy"
+        ):
             return "promoted"
         if any(
             c.get("type") == "Progressing" and c.get("reason") == "ProgressDeadlineExceeded"
