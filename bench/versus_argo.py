@@ -367,12 +367,13 @@ def run_one(
     return run
 
 
-def _fmt(values: Sequence[float], unit: str = "") -> str:
+def _fmt(values: Sequence[float], digits: int = 0) -> str:
     if not values:
         return "-"
     if len(values) == 1:
-        return f"{values[0]:.0f}{unit}"
-    return f"{statistics.median(values):.0f}{unit} ({min(values):.0f}-{max(values):.0f})"
+        return f"{values[0]:.{digits}f}"
+    low, mid, high = min(values), statistics.median(values), max(values)
+    return f"{mid:.{digits}f} ({low:.{digits}f}-{high:.{digits}f})"
 
 
 def table(runs: Sequence[Run]) -> str:
@@ -399,7 +400,7 @@ def table(runs: Sequence[Run]) -> str:
             err = _fmt([r.canary_errors for r in served])
             lines.append(
                 f"| {config} | {scenario} | {len(cell)} | {said} | {_fmt(zero)} | {req} / {err} | "
-                f"{_fmt([r.cpu_s for r in served])} | {_fmt([r.peak_rss_mib for r in served])} |"
+                f"{_fmt([r.cpu_s for r in served], 1)} | {_fmt([r.peak_rss_mib for r in served])} |"
             )
     return "\n".join(lines)
 
