@@ -494,7 +494,7 @@ def rollout_status(kube: Any, rollout: RolloutConfig) -> dict[str, Any]:
     try:
         canary = kube.read_deployment(rollout.namespace, rollout.canary_name)
         stable = kube.read_deployment(rollout.namespace, rollout.stable)
-        raw = canary.annotations.get(state_codec.STATE_ANNOTATION)
+        raw = kube.read_state(canary).text
         st = state_codec.loads(raw) if raw else state_codec.RolloutState()
     except AutocanaryError as e:
         row.update(phase="error", error=str(e))

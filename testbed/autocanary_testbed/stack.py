@@ -34,6 +34,7 @@ import structlog
 import yaml
 from kubernetes import client
 
+from autocanary.adapters.kubernetes import DeploymentRecord, KubeClient
 from autocanary.rollout import state as state_codec
 from autocanary_testbed.apps import ProbeProcess, start_probe
 from autocanary_testbed.controlplane import ControlPlane
@@ -228,6 +229,7 @@ class CanaryStack:
         self.api = control_plane.api_client()
         self.apps = client.AppsV1Api(self.api)
         self.core = client.CoreV1Api(self.api)
+        self._kube = KubeClient(self.api, identity="testbed")
         self.group = ProcessGroup(workdir / "logs")
         # The Service, as kube-proxy serves it: its own process following EndpointSlices.
         self.proxy = KubeProxyProcess(
@@ -673,10 +675,9 @@ class CanaryStack:
         return data
 
     def state(self) -> state_codec.RolloutState:
-        """The rollout's persisted state (idle when there is none yet)."""
-        raw = (self.deployment(self.canary_name)["metadata"].get("annotations") or {}).get(
-            state_codec.STATE_ANNOTATION
-        )
+        """The rollout's persisted state, read where the daemon reads it (idle when none yet)."""
+        canary = DeploymentRecord.from_json(self.deployment(self.canary_name))
+        raw = self._kube.read_state(canary).text
         return state_codec.loads(raw) if raw else state_codec.RolloutState()
 
     def wait_for(

@@ -1,4 +1,5 @@
-"""The daemon survives what production does to it: SIGKILL mid-step, and a second replica."""
+"""The daemon survives what production does to it: SIGKILL mid-step, a second replica, and
+an upgrade from a daemon that kept the state in an annotation, killed mid-move."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import pytest
 from e2e_helpers import StackFactory, told_reasons
 from kubernetes import client
 
+from autocanary.daemon.engine import KILL_AFTER_WRITE_ENV, MIGRATED
+from autocanary.rollout.state import STATE_ANNOTATION, state_object_name
 from autocanary_testbed.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -46,6 +49,54 @@ def test_daemon_killed_mid_step_resumes_without_repeating_or_skipping(
     assert reasons.count("ReleaseDetected") == 1
     assert reasons.count("StepAdvanced") == 2, reasons
     assert reasons.count("Promoted") == 1
+    assert stack.replicas() == (3, 0)
+
+
+def test_a_release_under_an_older_daemon_is_taken_over_mid_step_even_if_the_move_is_killed(
+    stack_factory: StackFactory,
+) -> None:
+    stack = stack_factory(steps=_SLOW_STEPS)
+    stack.release("v2")
+    before = stack.wait_for(
+        lambda s: s.phase == "progressing" and s.step == 1 and s.stage == "analysing",
+        90,
+        "analysing step 2",
+    )
+    stack.stop_daemon("daemon-a", kill=True)
+    # As a daemon before the state ConfigMap left it: the state in the canary's annotation.
+    core = client.CoreV1Api(stack.api)
+    name = state_object_name(stack.canary_name)
+    text = core.read_namespaced_config_map(name, stack.namespace).data["state"]
+    core.delete_namespaced_config_map(name, stack.namespace)
+    client.AppsV1Api(stack.api).patch_namespaced_deployment(
+        stack.canary_name,
+        stack.namespace,
+        {"metadata": {"annotations": {STATE_ANNOTATION: text}}},
+    )
+
+    # This version moves it, and dies between writing the ConfigMap and removing the annotation.
+    mover = stack.start_daemon("daemon-b", env={KILL_AFTER_WRITE_ENV: MIGRATED})
+    wait_until(
+        lambda: mover.returncode is not None, timeout=180, what="daemon-b killed after the move"
+    )
+    stack.stop_daemon("daemon-b")
+    annotations = stack.deployment(stack.canary_name)["metadata"]["annotations"]
+    assert annotations[STATE_ANNOTATION] == text  # both there now
+    assert stack.state().step == 1  # read from the ConfigMap
+
+    stack.start_daemon("daemon-c")
+    final = stack.wait_for(
+        lambda s: s.phase in ("succeeded", "rolledBack"), 150, "the release settled"
+    )
+
+    assert final.phase == "succeeded", final.message
+    assert final.started_at == before.started_at, "the same release, taken over"
+    assert STATE_ANNOTATION not in stack.deployment(stack.canary_name)["metadata"]["annotations"]
+    reasons = told_reasons(stack)
+    assert reasons.count("ReleaseDetected") == 1
+    assert reasons.count("StepAdvanced") == 2, reasons  # not started over at step 1
+    assert reasons.count("Promoted") == 1
+    assert "StateRecovered" not in reasons
     assert stack.replicas() == (3, 0)
 
 

@@ -127,7 +127,9 @@ def release(control_plane: ControlPlane, namespace: str, daemon_namespace: str) 
         stable_version="v1",
         message="analysing step 1",
     )
-    kube.write_state(canary, state_codec.dumps(st), consume_command=False)
+    # As the daemon keeps it: the state in its ConfigMap, the phase mirrored in a label.
+    kube.save_state(canary, kube.read_state(canary), state_codec.dumps(st))
+    kube.label_phase(canary, st.phase)
     return kube
 
 
@@ -246,10 +248,12 @@ def test_kubectl_shows_the_phase_label_mirrored_from_the_state(
     assert header.split()[-1] == "PHASE"
     by_name = {row.split()[0]: row.split() for row in rows}
     assert by_name["web-canary"][-1] == "progressing"
-    # Phases move on: the label follows the state annotation.
-    st = state_codec.loads(canary.annotations[state_codec.STATE_ANNOTATION])
+    # Phases move on: the label follows the state.
+    stored = release.read_state(canary)
+    st = state_codec.loads(str(stored.text))
     rolled = state_codec.RolloutState(**{**st.__dict__, "phase": "rolledBack"})
-    release.write_state(canary, state_codec.dumps(rolled), consume_command=False)
+    release.save_state(canary, stored, state_codec.dumps(rolled))
+    release.label_phase(canary, rolled.phase)
     selected = run(
         str(KUBECTL),
         "get",

@@ -33,6 +33,7 @@ from autocanary.config.loader import parse_config
 from autocanary.config.models import Config, SlackSink
 from autocanary.daemon.metrics import DaemonMetrics
 from autocanary.rollout.revision import revision_of
+from autocanary.rollout.state import state_object_name
 
 pytestmark = pytest.mark.integration
 
@@ -254,6 +255,14 @@ def test_rbac_grants_exactly_the_daemons_calls_for_the_configured_rollouts(
         }
         expected = {("apps", "deployments", verb, n) for verb in ("get", "patch") for n in names}
         expected |= {("", "events", "create", "*"), ("", "pods", "list", "*")}
+        # The state's ConfigMaps: created (a create names nothing), then only they.
+        expected |= {("", "configmaps", "create", "*")}
+        expected |= {
+            ("", "configmaps", verb, state_object_name(r.canary_name))
+            for r in config.rollouts
+            if r.namespace == namespace
+            for verb in ("get", "update")
+        }
         assert _grants(_rules_for(daemon_objects, namespace)) == expected
     lease = config.daemon.leader_election.lease_name
     assert _grants(_rules_for(daemon_objects, DAEMON_NAMESPACE)) == {

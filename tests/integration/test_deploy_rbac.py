@@ -43,7 +43,7 @@ from autocanary.config.loader import parse_config
 from autocanary.config.models import Config, RolloutConfig
 from autocanary.errors import KubernetesForbidden, StateConflict
 from autocanary.rollout import state as state_codec
-from autocanary.rollout.state import STATE_ANNOTATION, RolloutState
+from autocanary.rollout.state import RolloutState, state_object_name
 from autocanary_testbed.controlplane import ControlPlane
 from autocanary_testbed.waiting import wait_until
 
@@ -235,15 +235,27 @@ def test_daemon_service_account_can_do_everything_the_daemon_does(
         stable = kube.scale(app_namespace, rollout.stable, 2)
         assert stable.replicas == 2
 
-        # ... its state written, guarded by the resourceVersion read ...
+        # ... its state kept in its own ConfigMap, created once, then replaced guarded by
+        # the resourceVersion read; the phase mirrored on the canary; a command consumed;
+        # the release's record on the stable ...
         canary = kube.read_deployment(app_namespace, rollout.canary_name)
         state = RolloutState(phase="progressing", total=3, revision="0123abcd", canary_version="v2")
-        written = kube.write_state(
-            canary, state_codec.dumps(state), consume_command=True, replicas=1
-        )
-        assert state_codec.loads(written.annotations[STATE_ANNOTATION]).phase == "progressing"
+        created = kube.save_state(canary, kube.read_state(canary), state_codec.dumps(state))
+        state = dataclasses.replace(state, message="analysing step 1")
+        kube.save_state(canary, created, state_codec.dumps(state))
+        stored = kube.read_state(canary)
+        assert stored.name == state_object_name(rollout.canary_name)
+        assert state_codec.loads(str(stored.text)).phase == "progressing"
         with pytest.raises(StateConflict):
-            kube.write_state(canary, state_codec.dumps(state), consume_command=False)
+            kube.save_state(canary, created, state_codec.dumps(state))
+        written = kube.label_phase(canary, "progressing")
+        kube.set_command(app_namespace, rollout.canary_name, "pause")
+        assert kube.consume_command(
+            kube.read_deployment(app_namespace, rollout.canary_name), "pause"
+        )
+        kube.write_record(
+            kube.read_deployment(app_namespace, rollout.stable), state_codec.dumps(state)
+        )
 
         # ... an Event recorded, and the promotion: the stable gets the canary's template.
         # ... its pods read (crash loops, pull errors, restarts) ...
@@ -356,6 +368,19 @@ def test_daemon_service_account_can_do_nothing_else(
             "list ConfigMaps": lambda: core.list_namespaced_config_map(
                 namespace, _request_timeout=_T
             ),
+            # Only the state's ConfigMaps, by name (creating one cannot be limited by name).
+            "read another ConfigMap": lambda: core.read_namespaced_config_map(
+                "other", app_namespace, _request_timeout=_T
+            ),
+            "replace another ConfigMap": lambda: core.replace_namespaced_config_map(
+                "other", app_namespace, {"metadata": {"name": "other"}}, _request_timeout=_T
+            ),
+            "delete the state's ConfigMap": lambda: core.delete_namespaced_config_map(
+                state_object_name(rollout.canary_name), app_namespace, _request_timeout=_T
+            ),
+            "list ConfigMaps (app)": lambda: core.list_namespaced_config_map(
+                app_namespace, _request_timeout=_T
+            ),
             "list Pods elsewhere": lambda: core.list_namespaced_pod(elsewhere, _request_timeout=_T),
             "delete Pods": lambda: core.delete_collection_namespaced_pod(
                 app_namespace, _request_timeout=_T
@@ -382,9 +407,16 @@ def test_daemon_service_account_can_do_nothing_else(
 
         # The API server's summary of the account's permissions: these and nothing more.
         names = {rollout.stable, rollout.canary_name}
+        state = state_object_name(rollout.canary_name)
         assert rules_in(sa, app_namespace) == {
             ("apps", "deployments", verb, name) for verb in ("get", "patch") for name in names
-        } | {("", "events", "create", "*"), ("", "pods", "list", "*")}
+        } | {
+            ("", "events", "create", "*"),
+            ("", "pods", "list", "*"),
+            ("", "configmaps", "create", "*"),
+            ("", "configmaps", "get", state),
+            ("", "configmaps", "update", state),
+        }
         lease = config.daemon.leader_election.lease_name
         assert rules_in(sa, namespace) == {
             ("coordination.k8s.io", "leases", "create", "*"),

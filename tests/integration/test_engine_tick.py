@@ -4,7 +4,7 @@ A real kube-apiserver (KWOK makes pods Ready), a real Prometheus (empty: every
 query answers nothing, so every interval is inconclusive), a Notifier posting
 to a local webhook receiver, and a clock the test moves. No scheduler: each
 ``tick()`` is called by the test, and what it did is read back from the
-cluster (replicas, the state annotation, Events), the receiver and the metrics.
+cluster (replicas, the state's ConfigMap, Events), the receiver and the metrics.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import pytest
 from kubernetes import client
 from prometheus_client import generate_latest
 
-from autocanary.adapters.kubernetes import DeploymentRecord, KubeClient
+from autocanary.adapters.kubernetes import DeploymentRecord, KubeClient, StoredState
 from autocanary.adapters.notify import Backoff, Notifier
 from autocanary.adapters.prometheus import PrometheusClient
 from autocanary.config.models import PrometheusConfig, RolloutConfig, WebhookSink
@@ -31,7 +31,12 @@ from autocanary.daemon.engine import RolloutEngine, TickResult
 from autocanary.daemon.metrics import DaemonMetrics
 from autocanary.errors import ResourceNotFound, StateCorrupt
 from autocanary.rollout import state as state_codec
-from autocanary.rollout.state import COMMAND_ANNOTATION, STATE_ANNOTATION, RolloutState
+from autocanary.rollout.state import (
+    COMMAND_ANNOTATION,
+    STATE_ANNOTATION,
+    RolloutState,
+    state_object_name,
+)
 from autocanary_testbed.apps import start_probe, start_testpage
 from autocanary_testbed.monitoring import PrometheusServer, ScrapeTarget
 from autocanary_testbed.procs import ProcessGroup
@@ -90,38 +95,34 @@ class InterleavingKube(KubeClient):
         super().__init__(api, identity="itest-engine")
         self.before_write: Callable[[], None] | None = None
         self.kill_after: str | None = None  # an Event reason
+        self.kill_after_migration = False
         self.decisions: list[tuple[str, str]] = []
 
-    def write_state(
+    def save_state(
         self,
-        deployment: DeploymentRecord,
+        canary: DeploymentRecord,
+        stored: StoredState,
         state_json: str,
         *,
-        consume_command: bool,
-        replicas: int | None = None,
-        annotation: str = STATE_ANNOTATION,
-    ) -> DeploymentRecord:
+        consumed: str | None = None,
+    ) -> StoredState:
         hook, self.before_write = self.before_write, None
         if hook is not None:
             hook()
         written = state_codec.loads(state_json)
-        if annotation == STATE_ANNOTATION:
-            decided = (written.phase, written.stage)
-            if not self.decisions or self.decisions[-1] != decided:
-                self.decisions.append(decided)
-        record = super().write_state(
-            deployment,
-            state_json,
-            consume_command=consume_command,
-            replicas=replicas,
-            annotation=annotation,
-        )
+        decided = (written.phase, written.stage)
+        if not self.decisions or self.decisions[-1] != decided:
+            self.decisions.append(decided)
+        saved = super().save_state(canary, stored, state_json, consumed=consumed)
         if self.kill_after is not None and any(
             n.reason == self.kill_after and n.event for n in written.pending
         ):
             self.kill_after = None
             raise Killed
-        return record
+        if self.kill_after_migration and stored.source == "annotation":
+            self.kill_after_migration = False
+            raise Killed
+        return saved
 
 
 @dataclasses.dataclass
@@ -140,10 +141,17 @@ class Rig:
     def deployment(self, name: str) -> DeploymentRecord:
         return self.admin.read_deployment(self.namespace, name)
 
+    def stored(self) -> StoredState:
+        return self.admin.read_state(self.deployment(CANARY))
+
     def state(self) -> RolloutState:
-        raw = self.deployment(CANARY).annotations.get(STATE_ANNOTATION)
+        raw = self.stored().text
         assert raw is not None
         return state_codec.loads(raw)
+
+    def write_raw_state(self, text: str) -> None:
+        """Write the state's ConfigMap by hand (as ``kubectl edit`` would)."""
+        self.admin.save_state(self.deployment(CANARY), self.stored(), text)
 
     def replicas(self) -> tuple[int, int]:
         return self.deployment(STABLE).replicas, self.deployment(CANARY).replicas
@@ -302,10 +310,14 @@ def start_release(rig: Rig) -> None:
 
 
 def test_a_release_is_detected_scaled_awaited_and_never_advanced_on_no_data(rig: Rig) -> None:
-    first = rig.tick()
-    assert first.phase == "idle"
-    assert first.transitions == ()
-    assert rig.state().phase == "idle"  # the state annotation exists from the first tick
+    generation = rig.deployment(CANARY).generation
+    for _ in range(3):
+        first = rig.tick()
+        assert first.phase == "idle"
+        assert first.transitions == ()
+    # An idle rollout costs no write: no state object, the canary untouched.
+    assert rig.stored().source == "none"
+    assert rig.deployment(CANARY).generation == generation
     assert rig.replicas() == (3, 0)
 
     rig.release("v2")
@@ -325,6 +337,12 @@ def test_a_release_is_detected_scaled_awaited_and_never_advanced_on_no_data(rig:
     assert rig.state().stage == "analysing"
     assert rig.state().ready_at == rig.clock.now
     assert rig.replicas() == (2, 1)
+    # Nothing changed, nothing written: neither the state nor the canary.
+    written = rig.stored().resource_version
+    generation = rig.deployment(CANARY).generation
+    rig.tick()
+    assert rig.stored().resource_version == written
+    assert rig.deployment(CANARY).generation == generation
 
     # Before a whole interval of data exists, nothing is queried or judged.
     rig.clock.advance(timedelta(seconds=5))
@@ -419,18 +437,28 @@ def test_a_concurrent_writer_aborts_the_tick_and_the_next_tick_consumes_the_comm
     assert rig.tick().phase == "idle"
     rig.release("v2")
     assert rig.tick().phase == "progressing"
-    before = rig.deployment(CANARY).annotations[STATE_ANNOTATION]
+    before = rig.stored()
     events_before = rig.reasons()
-    # This tick would start analysing and shrink the stable; the CLI writes first.
-    rig.kube.before_write = lambda: rig.admin.set_command(rig.namespace, CANARY, "pause")
+
+    theirs = state_codec.dumps(
+        dataclasses.replace(state_codec.loads(str(before.text)), message="another replica")
+    )
+
+    def another_replica() -> None:
+        # Another replica writes the state, and the CLI a command.
+        rig.admin.save_state(rig.deployment(CANARY), before, theirs)
+        rig.admin.set_command(rig.namespace, CANARY, "pause")
+
+    # This tick would start analysing and shrink the stable; the others write first.
+    rig.kube.before_write = another_replica
 
     raced = rig.tick()
 
     assert raced.phase == "progressing"
     assert raced.transitions == ()
     assert raced.state.stage == "waitingReady"  # what was read: nothing was decided on it
+    assert rig.stored().text == theirs  # not overwritten
     annotations = rig.deployment(CANARY).annotations
-    assert annotations[STATE_ANNOTATION] == before  # not overwritten
     assert annotations[COMMAND_ANNOTATION] == "pause"  # the other writer's change stands
     assert rig.replicas() == (3, 1)  # and nothing was acted on
     assert rig.reasons() == events_before
@@ -440,15 +468,15 @@ def test_a_concurrent_writer_aborts_the_tick_and_the_next_tick_consumes_the_comm
     assert after.phase == "paused"
     assert [t.reason for t in after.transitions] == ["Paused"]
     annotations = rig.deployment(CANARY).annotations
-    assert COMMAND_ANNOTATION not in annotations  # consumed in the same guarded write
+    assert COMMAND_ANNOTATION not in annotations  # consumed right after the state's write
     state = rig.state()
     assert state.phase == "paused"
     assert "paused by command" in state.message
     assert rig.replicas() == (3, 1)
     assert rig.reasons() == [*events_before, "Paused"]
-    # Decided: idle, the release, the start of analysing that conflicted, then pause.
+    # Decided: the release, the start of analysing that conflicted, then pause.
+    # (Idle was never written: nothing had changed.)
     assert rig.kube.decisions == [
-        ("idle", "waitingReady"),
         ("progressing", "waitingReady"),
         ("progressing", "analysing"),
         ("paused", "waitingReady"),
@@ -479,12 +507,7 @@ def test_a_corrupt_state_annotation_raises_state_corrupt_telling_how_to_recover(
     replicas = rig.replicas()
     assert replicas == (2, 1)
     reasons = rig.reasons()
-    rig.admin.patch_deployment(
-        rig.namespace,
-        CANARY,
-        {"metadata": {"annotations": {STATE_ANNOTATION: '{"phase": "progressing", '}}},
-        "hand edit",
-    )
+    rig.write_raw_state('{"phase": "progressing", ')
 
     for _ in range(2):
         with pytest.raises(StateCorrupt) as caught:
@@ -492,11 +515,9 @@ def test_a_corrupt_state_annotation_raises_state_corrupt_telling_how_to_recover(
 
     message = str(caught.value)
     assert "not JSON" in message  # what is wrong
-    assert f"{rig.namespace}/{CANARY}" in message  # where
-    assert STATE_ANNOTATION in message
-    assert f"kubectl annotate deployment -n {rig.namespace} {CANARY} {STATE_ANNOTATION}-" in (
-        message
-    )  # and how to recover
+    name = state_object_name(CANARY)
+    assert f"ConfigMap {rig.namespace}/{name}" in message  # where
+    assert f"kubectl delete configmap -n {rig.namespace} {name}" in message  # how to recover
     assert "restarts release v2 at step 1 with its total of 3 replicas" in message
     assert rig.replicas() == replicas  # nothing was done on a state it could not read
     # People are told, once however many ticks find it so: an Event and an alert.
@@ -509,9 +530,7 @@ def test_a_corrupt_state_annotation_raises_state_corrupt_telling_how_to_recover(
     assert "not JSON" in corrupt[0]["message"]
 
     # Following the advice: the release starts over with its total, never shrinking.
-    rig.admin.patch_deployment(
-        rig.namespace, CANARY, {"metadata": {"annotations": {STATE_ANNOTATION: None}}}, "remove"
-    )
+    client.CoreV1Api(rig.kube.api_client).delete_namespaced_config_map(name, rig.namespace)
     again = rig.tick()
     assert again.phase == "progressing"
     assert [t.reason for t in again.transitions] == ["StateRecovered"]
@@ -534,14 +553,9 @@ def test_every_corrupt_value_is_a_message_an_event_and_an_alert_never_a_crash(
     rig: Rig, field: str, value: object, says: str
 ) -> None:
     start_release(rig)
-    data = json.loads(rig.deployment(CANARY).annotations[STATE_ANNOTATION])
+    data = json.loads(str(rig.stored().text))
     data[field] = value
-    rig.admin.patch_deployment(
-        rig.namespace,
-        CANARY,
-        {"metadata": {"annotations": {STATE_ANNOTATION: json.dumps(data)}}},
-        "hand edit",
-    )
+    rig.write_raw_state(json.dumps(data))
     with pytest.raises(StateCorrupt, match=re.escape(says)):
         rig.tick()
     assert rig.reasons()[-1] == "StateCorrupt"
@@ -605,6 +619,83 @@ def test_a_crash_right_after_a_transition_is_written_loses_no_event_or_alert(
     assert rolled_back[0]["id"].startswith("web.")
     assert rig.state().pending == ()
     assert f'autocanary_rollbacks_total{{namespace="{rig.namespace}",rollout="web"}} 1.0' in text
+    # The abort was consumed once: marked with the state, removed by the next daemon unapplied.
+    assert "CommandIgnored" not in rig.reasons()
+    assert COMMAND_ANNOTATION not in rig.deployment(CANARY).annotations
+
+
+# ---- a release in flight under a daemon that kept the state in an annotation -----------------
+
+
+def as_an_older_daemon_left_it(rig: Rig) -> str:
+    """Move the state from its ConfigMap onto the canary, where daemons before it kept it."""
+    text = str(rig.stored().text)
+    client.CoreV1Api(rig.kube.api_client).delete_namespaced_config_map(
+        state_object_name(CANARY), rig.namespace
+    )
+    rig.admin.patch_deployment(
+        rig.namespace,
+        CANARY,
+        {"metadata": {"annotations": {STATE_ANNOTATION: text}}},
+        "an older daemon's state write",
+    )
+    assert rig.stored().source == "annotation"
+    return text
+
+
+def test_a_release_in_flight_under_an_older_daemon_goes_on_where_it_stood(rig: Rig) -> None:
+    start_release(rig)
+    for seconds in (15, 10):
+        rig.clock.advance(timedelta(seconds=seconds))
+        assert [t.reason for t in rig.tick().transitions] == ["AnalysisInconclusive"]
+    before = rig.state()
+    assert (before.step, before.stage, before.inconclusive) == (0, "analysing", 2)
+    reasons = rig.reasons()
+    as_an_older_daemon_left_it(rig)
+
+    moved = rig.tick()
+
+    stored = rig.stored()
+    assert (stored.source, stored.legacy) == ("configmap", None)
+    assert STATE_ANNOTATION not in rig.deployment(CANARY).annotations
+    after = rig.state()
+    # The same release at the same step, with its evidence; nothing started over.
+    assert after.revision == before.revision
+    assert (after.step, after.stage, after.started_at) == (0, "analysing", before.started_at)
+    assert after.verdicts == before.verdicts
+    assert moved.transitions == ()
+    assert rig.replicas() == (2, 1)
+    assert rig.reasons() == reasons
+    # Its counters carried over: a third inconclusive interval in a row pauses (limit 2).
+    rig.clock.advance(timedelta(seconds=10))
+    assert [t.reason for t in rig.tick().transitions] == ["AnalysisInconclusive", "Paused"]
+
+
+def test_a_daemon_killed_between_moving_the_state_and_removing_the_annotation_loses_nothing(
+    rig: Rig,
+) -> None:
+    start_release(rig)
+    rig.clock.advance(timedelta(seconds=15))
+    rig.tick()
+    old = as_an_older_daemon_left_it(rig)
+    assert state_codec.loads(old).inconclusive == 1
+    # The tick that moves the state judges an interval too, and dies before the annotation goes.
+    rig.clock.advance(timedelta(seconds=10))
+    rig.kube.kill_after_migration = True
+    with pytest.raises(Killed):
+        rig.tick()
+    both = rig.stored()
+    assert (both.source, both.legacy) == ("configmap", old)
+    assert state_codec.loads(str(both.text)).inconclusive == 2  # newer than the annotation
+
+    rig.tick()  # the ConfigMap wins, the annotation goes, the pending notice is told
+
+    assert STATE_ANNOTATION not in rig.deployment(CANARY).annotations
+    assert rig.state().inconclusive == 2
+    assert rig.reasons().count("AnalysisInconclusive") == 2  # the one written before the kill
+    rig.clock.advance(timedelta(seconds=10))
+    assert [t.reason for t in rig.tick().transitions] == ["AnalysisInconclusive", "Paused"]
+    assert rig.reasons().count("AnalysisInconclusive") == 3
 
 
 def stable_reasons(rig: Rig) -> list[str]:
@@ -696,7 +787,7 @@ def test_a_promotion_superseded_by_a_new_release_is_still_announced(rig: Rig) ->
     assert "promoted" in rig.alert_kinds()
 
 
-def test_a_state_annotation_from_an_unknown_schema_is_corrupt(rig: Rig) -> None:
+def test_an_older_daemons_state_annotation_from_an_unknown_schema_is_corrupt(rig: Rig) -> None:
     rig.admin.patch_deployment(
         rig.namespace,
         CANARY,

@@ -27,6 +27,7 @@ from autocanary.adapters.shards import ShardManager
 from autocanary.config.loader import parse_config
 from autocanary.daemon import startup
 from autocanary.daemon.discovery import Discovery
+from autocanary.rollout.state import state_object_name
 from autocanary_testbed.controlplane import ControlPlane
 from autocanary_testbed.waiting import wait_until
 
@@ -218,6 +219,11 @@ def test_the_chart_applies_and_its_rbac_is_what_the_daemon_needs(
         Access("create", "httproutes", "gateway.networking.k8s.io", route_namespace),
         Access("patch", "gateways", "gateway.networking.k8s.io", route_namespace, "store"),
         Access("update", "leases", "coordination.k8s.io", release_namespace, "autocanary"),
+        # The rollouts' state ConfigMaps only, and only read and replaced.
+        Access("get", "configmaps", "", namespace, "other"),
+        Access("update", "configmaps", "", namespace, "other"),
+        Access("delete", "configmaps", "", namespace, state_object_name("web-canary")),
+        Access("patch", "configmaps", "", namespace, state_object_name("web-canary")),
     ):
         assert not as_daemon.can_i(access), access
 

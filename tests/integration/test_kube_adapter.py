@@ -1,6 +1,8 @@
 """``adapters.kubernetes.KubeClient`` against the real kube-apiserver of the local control plane.
 
-Deployments (read, scale, whole-template replace, the guarded state write),
+Deployments (read, scale, whole-template replace, the guarded release record),
+the rollout's state ConfigMap (owned by the canary, guarded, migrated from the
+annotation of older daemons), commands consumed as read,
 Events, Leases, and the translation of every failure into autocanary's error
 types: 404, 403 (RBAC, by impersonating a ServiceAccount that was granted
 nothing), 422, 409 and an API server that is not there at all.
@@ -15,7 +17,12 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from autocanary.adapters.kubernetes import DeploymentRecord, KubeClient, load_api_client
+from autocanary.adapters.kubernetes import (
+    DeploymentRecord,
+    KubeClient,
+    command_mark,
+    load_api_client,
+)
 from autocanary.errors import (
     InvalidResource,
     KubernetesForbidden,
@@ -23,7 +30,13 @@ from autocanary.errors import (
     ResourceNotFound,
     StateConflict,
 )
-from autocanary.rollout.state import COMMAND_ANNOTATION, STATE_ANNOTATION
+from autocanary.rollout.state import (
+    COMMAND_ANNOTATION,
+    RELEASE_ANNOTATION,
+    STATE_ANNOTATION,
+    STATE_KEY,
+    state_object_name,
+)
 from autocanary_testbed.controlplane import ControlPlane
 from autocanary_testbed.procs import free_port
 from autocanary_testbed.stack import app_deployment
@@ -139,67 +152,14 @@ def test_replace_template_removes_keys_a_merge_patch_would_keep(
         assert record.selector == {"app": "web", "track": "stable"}
 
 
-# ---- the state annotation --------------------------------------------------------------------
+# ---- the rollout's state and the stable's release record -----------------------------------
 
 
-def test_write_state_with_the_read_version_succeeds_and_consumes_the_command(
-    kube: KubeClient, namespace: str
-) -> None:
-    create_web(kube, namespace, replicas=1)
-    kube.set_command(namespace, "web", "pause")
-    read = kube.read_deployment(namespace, "web")
-    assert read.annotations[COMMAND_ANNOTATION] == "pause"
-
-    written = kube.write_state(read, '{"phase":"paused"}', consume_command=True, replicas=2)
-
-    again = kube.read_deployment(namespace, "web")
-    for record in (written, again):
-        assert record.annotations[STATE_ANNOTATION] == '{"phase":"paused"}'
-        assert COMMAND_ANNOTATION not in record.annotations
-        assert record.replicas == 2  # rode along in the same patch
-    assert int(written.resource_version) > int(read.resource_version)
-
-
-def test_write_state_keeps_the_command_unless_asked_to_consume_it(
-    kube: KubeClient, namespace: str
-) -> None:
-    create_web(kube, namespace, replicas=1)
-    kube.set_command(namespace, "web", "resume")
-
-    written = kube.write_state(
-        kube.read_deployment(namespace, "web"), '{"phase":"paused"}', consume_command=False
-    )
-
-    assert written.annotations[COMMAND_ANNOTATION] == "resume"
-    assert written.annotations[STATE_ANNOTATION] == '{"phase":"paused"}'
-    assert written.replicas == 1
-
-
-def test_write_state_after_a_concurrent_writer_conflicts_and_overwrites_nothing(
-    kube: KubeClient, namespace: str
-) -> None:
-    create_web(kube, namespace, replicas=1)
-    first = kube.write_state(
-        kube.read_deployment(namespace, "web"), '{"phase":"idle"}', consume_command=False
-    )
-    # Someone (the CLI) writes between our read and our write.
-    kube.set_command(namespace, "web", "abort")
-
-    with pytest.raises(StateConflict, match="changed meanwhile") as caught:
-        kube.write_state(first, '{"phase":"progressing"}', consume_command=True, replicas=3)
-
-    assert f"{namespace}/web" in str(caught.value)
-    after = kube.read_deployment(namespace, "web")
-    assert after.annotations[STATE_ANNOTATION] == '{"phase":"idle"}'
-    assert after.annotations[COMMAND_ANNOTATION] == "abort"
-    assert after.replicas == 1
-
-
-def test_write_state_survives_changes_that_do_not_touch_what_was_decided_on(
+def test_write_record_rides_the_replicas_along_and_survives_status_changes(
     kube: KubeClient, namespace: str
 ) -> None:
     # The deployment controller's status updates (and label edits) bump the
-    # resourceVersion all the time; they must not make every state write conflict.
+    # resourceVersion all the time; they must not make every record write conflict.
     create_web(kube, namespace, replicas=1)
     read = kube.read_deployment(namespace, "web")
     kube.patch_deployment(
@@ -207,10 +167,134 @@ def test_write_state_survives_changes_that_do_not_touch_what_was_decided_on(
     )
     assert kube.read_deployment(namespace, "web").resource_version != read.resource_version
 
-    written = kube.write_state(read, '{"phase":"progressing"}', consume_command=False)
+    written = kube.write_record(read, '{"phase":"progressing"}', replicas=2)
 
-    assert written.annotations[STATE_ANNOTATION] == '{"phase":"progressing"}'
-    assert written.raw["metadata"]["labels"]["team"] == "web"
+    for record in (written, kube.read_deployment(namespace, "web")):
+        assert record.annotations[RELEASE_ANNOTATION] == '{"phase":"progressing"}'
+        assert record.replicas == 2  # rode along in the same patch
+        assert record.raw["metadata"]["labels"]["team"] == "web"
+
+
+def test_write_record_after_a_concurrent_writer_conflicts_and_overwrites_nothing(
+    kube: KubeClient, namespace: str
+) -> None:
+    create_web(kube, namespace, replicas=1)
+    first = kube.write_record(kube.read_deployment(namespace, "web"), '{"phase":"idle"}')
+    # Another replica writes the record between our read and our write.
+    kube.write_record(kube.read_deployment(namespace, "web"), '{"phase":"succeeded"}')
+
+    with pytest.raises(StateConflict, match="changed meanwhile") as caught:
+        kube.write_record(first, '{"phase":"progressing"}', replicas=3)
+
+    assert f"{namespace}/web" in str(caught.value)
+    after = kube.read_deployment(namespace, "web")
+    assert after.annotations[RELEASE_ANNOTATION] == '{"phase":"succeeded"}'
+    assert after.replicas == 1
+
+
+def test_state_lives_in_a_configmap_owned_by_the_canary_and_guarded_by_its_version(
+    kube: KubeClient, namespace: str, kube_api: client.ApiClient
+) -> None:
+    canary = create_web(kube, namespace, replicas=0)
+    before = kube.read_state(canary)
+    assert (before.source, before.text, before.resource_version) == ("none", None, "")
+    state = json.dumps({"phase": "progressing", "message": 'quotes " and\nnewlines ✓'})
+
+    created = kube.save_state(canary, before, state)
+
+    config_map = client.CoreV1Api(kube_api).read_namespaced_config_map(
+        state_object_name("web"), namespace
+    )
+    assert config_map.data == {STATE_KEY: state}
+    (owner,) = config_map.metadata.owner_references
+    assert (owner.kind, owner.name, owner.uid) == ("Deployment", "web", canary.uid)
+    read = kube.read_state(kube.read_deployment(namespace, "web"))
+    assert (read.source, read.text) == ("configmap", state)
+    assert read.resource_version == created.resource_version
+    # The Deployment is not touched: no generation bump, nothing for its ReplicaSets.
+    assert kube.read_deployment(namespace, "web").generation == canary.generation
+
+    replaced = kube.save_state(canary, read, '{"phase":"paused"}')
+    assert kube.read_state(canary).text == '{"phase":"paused"}'
+    # A writer holding the older version (another replica) conflicts and overwrites nothing.
+    with pytest.raises(StateConflict):
+        kube.save_state(canary, read, '{"phase":"idle"}')
+    with pytest.raises(StateConflict):
+        kube.save_state(canary, before, '{"phase":"idle"}')  # created by someone else first
+    assert kube.read_state(canary).resource_version == replaced.resource_version
+
+
+def test_a_state_left_by_a_deleted_canary_of_the_same_name_is_never_read(
+    kube: KubeClient, namespace: str
+) -> None:
+    old = create_web(kube, namespace, replicas=0)
+    kube.save_state(old, kube.read_state(old), '{"phase":"progressing"}')
+    # Recreated while its ConfigMap is still there (orphaned here, so that the garbage
+    # collector leaves it, as when it has not got to it yet): that state is stale.
+    client.AppsV1Api(kube.api_client).delete_namespaced_deployment(
+        "web", namespace, propagation_policy="Orphan"
+    )
+    wait_until(lambda: _gone(kube, namespace, "web"), timeout=READY_S, what="web deleted")
+    new = create_web(kube, namespace, replicas=0)
+    assert new.uid != old.uid
+
+    stale = kube.read_state(new)
+    assert (stale.source, stale.text) == ("none", None)
+    assert stale.resource_version  # taken over by the next write, owner and all
+    kube.save_state(new, stale, '{"phase":"idle"}')
+    taken = kube.read_state(new)
+    assert (taken.source, taken.text) == ("configmap", '{"phase":"idle"}')
+
+
+def _gone(kube: KubeClient, namespace: str, name: str) -> bool:
+    try:
+        kube.read_deployment(namespace, name)
+    except ResourceNotFound:
+        return True
+    return False
+
+
+def test_an_older_daemons_annotation_is_read_until_the_configmap_holds_the_state(
+    kube: KubeClient, namespace: str
+) -> None:
+    create_web(kube, namespace, replicas=0)
+    # "<" and "&" are escaped by the API server's JSON, never by Python's: compared as read.
+    old, new, other = '{"a":"<= 1 & ✓"}', '{"a":2}', '{"a":"<= 0"}'
+    kube.patch_deployment(
+        namespace, "web", {"metadata": {"annotations": {STATE_ANNOTATION: old}}}, "old"
+    )
+    canary = kube.read_deployment(namespace, "web")
+    legacy = kube.read_state(canary)
+    assert (legacy.source, legacy.text, legacy.legacy) == ("annotation", old, old)
+    assert "autocanary.io/state annotation on Deployment" in legacy.where
+
+    kube.save_state(canary, legacy, new)
+    both = kube.read_state(kube.read_deployment(namespace, "web"))
+    assert (both.source, both.text, both.legacy) == ("configmap", new, old)
+
+    assert not kube.drop_legacy_state(canary, other)  # not what was read: kept
+    assert kube.drop_legacy_state(canary, old)
+    after = kube.read_state(kube.read_deployment(namespace, "web"))
+    assert (after.source, after.text, after.legacy) == ("configmap", new, None)
+
+
+def test_a_command_is_consumed_only_as_it_was_read(kube: KubeClient, namespace: str) -> None:
+    create_web(kube, namespace, replicas=0)
+    kube.set_command(namespace, "web", "pause")
+    read = kube.read_deployment(namespace, "web")
+    mark = command_mark(read, "pause")
+    # Set again after the read (removed, then set anew): another generation, another mark.
+    kube.patch_deployment(
+        namespace, "web", {"metadata": {"annotations": {COMMAND_ANNOTATION: None}}}, "rm"
+    )
+    kube.set_command(namespace, "web", "pause")
+    again = kube.read_deployment(namespace, "web")
+    assert command_mark(again, "pause") != mark
+
+    assert not kube.consume_command(read, "pause")
+    assert kube.read_deployment(namespace, "web").annotations[COMMAND_ANNOTATION] == "pause"
+    assert kube.consume_command(again, "pause")
+    assert COMMAND_ANNOTATION not in kube.read_deployment(namespace, "web").annotations
 
 
 # ---- Events ----------------------------------------------------------------------------------
@@ -381,12 +465,3 @@ def test_replace_lease_deleted_meanwhile_conflicts_and_can_be_created_again(
         kube.replace_lease(namespace, created)
     assert kube.read_lease(namespace, "autocanary") is None
     assert kube.create_lease(namespace, lease_body(namespace, "b"))["spec"]["holderIdentity"] == "b"
-
-
-def test_state_annotation_round_trips_arbitrary_json(kube: KubeClient, namespace: str) -> None:
-    create_web(kube, namespace, replicas=0)
-    state = json.dumps({"phase": "progressing", "message": 'quotes " and\nnewlines ✓'})
-
-    kube.write_state(kube.read_deployment(namespace, "web"), state, consume_command=False)
-
-    assert kube.read_deployment(namespace, "web").annotations[STATE_ANNOTATION] == state

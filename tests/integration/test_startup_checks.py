@@ -20,6 +20,7 @@ from autocanary.config.loader import parse_config
 from autocanary.daemon import startup
 from autocanary.daemon.metrics import DaemonMetrics
 from autocanary.daemon.service import Daemon
+from autocanary.rollout.state import state_object_name
 from autocanary_testbed.controlplane import ControlPlane
 from autocanary_testbed.waiting import wait_until
 
@@ -73,6 +74,13 @@ def test_every_missing_requirement_is_named(control_plane: ControlPlane, namespa
                 "resources": ["deployments"],
                 "resourceNames": ["web"],
                 "verbs": ["get", "patch"],
+            },
+            {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]},
+            {
+                "apiGroups": [""],
+                "resources": ["configmaps"],
+                "resourceNames": [state_object_name("web-canary")],
+                "verbs": ["get", "update"],
             },
             {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
             {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},

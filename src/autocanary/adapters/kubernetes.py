@@ -8,6 +8,8 @@ error types (see :mod:`autocanary.errors`), chained with ``from``.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -17,7 +19,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import urllib3
 import yaml
@@ -35,7 +37,13 @@ from autocanary.errors import (
     StateConflict,
 )
 from autocanary.rollout.revision import JSON
-from autocanary.rollout.state import COMMAND_ANNOTATION, RELEASE_ANNOTATION, STATE_ANNOTATION
+from autocanary.rollout.state import (
+    COMMAND_ANNOTATION,
+    RELEASE_ANNOTATION,
+    STATE_ANNOTATION,
+    STATE_KEY,
+    state_object_name,
+)
 
 
 @dataclass(frozen=True)
@@ -151,6 +159,61 @@ class ServiceRecord:
             )
         except (KeyError, TypeError, AttributeError) as e:
             raise InvalidResource(f"not a usable Service object (missing {e})") from e
+
+
+#: On the state ConfigMap: the last command consumed (see :func:`command_mark`).
+CONSUMED_ANNOTATION = "autocanary.io/consumed-command"
+
+
+def command_mark(canary: DeploymentRecord, command: str) -> str:
+    """What identifies ``command`` as set on ``canary`` now: its uid, generation and a digest.
+
+    Every change to a Deployment's annotations bumps its generation, so the
+    same command set again later (after it was removed) has another mark.
+    """
+    digest = hashlib.sha256(command.encode("utf-8", "replace")).hexdigest()[:16]
+    return f"{canary.uid}/{canary.generation}/{digest}"
+
+
+StateSource = Literal["configmap", "annotation", "none"]
+
+
+@dataclass(frozen=True)
+class StoredState:
+    """A rollout's state as stored, and what its next write is guarded by.
+
+    ``source`` says where ``text`` came from: the state ConfigMap owned by
+    the canary (always preferred), else the annotation of a daemon before it
+    (``legacy``, moved into the ConfigMap by the next write), else nowhere.
+    ``resource_version`` is the ConfigMap's when one exists ("" when the next
+    write creates it), even one left by a deleted canary of the same name,
+    which is never read but taken over.
+    """
+
+    namespace: str
+    name: str  # the ConfigMap's
+    canary: str
+    text: str | None
+    source: StateSource
+    resource_version: str = ""
+    legacy: str | None = None  # the state annotation still on the canary
+    consumed: str = ""  # the mark of the last command consumed (see command_mark)
+
+    @property
+    def where(self) -> str:
+        """Where the state was read from, for messages."""
+        if self.source == "annotation":
+            return f"the {STATE_ANNOTATION} annotation on Deployment {self.namespace}/{self.canary}"
+        return f"ConfigMap {self.namespace}/{self.name}"
+
+    @property
+    def removal(self) -> str:
+        """The kubectl command that removes the state, for messages."""
+        if self.source == "annotation":
+            return (
+                f"kubectl annotate deployment -n {self.namespace} {self.canary} {STATE_ANNOTATION}-"
+            )
+        return f"kubectl delete configmap -n {self.namespace} {self.name}"
 
 
 def _replicas_owner(managed: list[JSON]) -> dict[str, Any]:
@@ -435,54 +498,229 @@ class KubeClient:
             "replace pod template",
         )
 
-    def write_state(
-        self,
-        deployment: DeploymentRecord,
-        state_json: str,
-        *,
-        consume_command: bool,
-        replicas: int | None = None,
-        annotation: str = STATE_ANNOTATION,
+    def write_record(
+        self, stable: DeploymentRecord, record_json: str, *, replicas: int | None = None
     ) -> DeploymentRecord:
-        """Write the state annotation, failing if another writer changed what was decided on.
+        """Write the stable's release record, failing if another writer changed what was decided on.
 
         The write is guarded by the resourceVersion that was read. The
         deployment controller bumps it with every status update (pods getting
         Ready), so on a conflict the object is read again: if only its status
-        moved, the write is retried on the new version; if the state, the
-        command, or the spec changed (another replica, the CLI, a new release)
-        it fails with :class:`StateConflict` and the tick decides again. The
-        canary's replica count can ride along in the same atomic patch.
-        ``annotation`` names another annotation to write the same way (the
-        stable's release record).
+        moved, the write is retried on the new version; if the record or the
+        spec changed (another replica, a new release) it fails with
+        :class:`StateConflict` and the tick decides again. The stable's replica
+        count can ride along in the same atomic patch.
         """
-        annotations: dict[str, str | None] = {annotation: state_json}
-        if consume_command:
-            annotations[COMMAND_ANNOTATION] = None
-        current = deployment
-        phase = json.loads(state_json).get("phase")
+        current = stable
         for _ in range(_STATUS_RETRIES):
             patch: JSON = {
                 "metadata": {
                     "resourceVersion": current.resource_version,
-                    "annotations": annotations,
-                    # Mirrored for kubectl users; the annotation stays the truth.
-                    "labels": {PHASE_LABEL: phase if isinstance(phase, str) else None},
+                    "annotations": {RELEASE_ANNOTATION: record_json},
                 }
             }
             if replicas is not None:
                 patch["spec"] = {"replicas": replicas}
             try:
                 return self.patch_deployment(
-                    deployment.namespace, deployment.name, patch, "write state"
+                    stable.namespace, stable.name, patch, "write the release record"
                 )
             except StateConflict:
-                current = self.read_deployment(deployment.namespace, deployment.name)
-                if _decided_on(current) != _decided_on(deployment):
+                current = self.read_deployment(stable.namespace, stable.name)
+                if _decided_on(current) != _decided_on(stable):
                     raise
         raise StateConflict(
-            f"write state ({deployment.namespace}/{deployment.name}): the status kept changing "
-            f"through {_STATUS_RETRIES} attempts"
+            f"write the release record ({stable.namespace}/{stable.name}): the status kept "
+            f"changing through {_STATUS_RETRIES} attempts"
+        )
+
+    # ---- the rollout's state ---------------------------------------------------------------
+
+    def read_state(self, canary: DeploymentRecord) -> StoredState:
+        """The state of the rollout whose canary is ``canary``: its ConfigMap, else the annotation.
+
+        The ConfigMap counts only if ``canary`` (this very object, by uid)
+        owns it: one left by a deleted canary of the same name is stale and
+        never read (the garbage collector deletes it; a write takes it over).
+        When both the ConfigMap and the annotation of an older daemon are
+        there, the ConfigMap wins: it was written last (see :meth:`save_state`).
+        """
+        ns, name = canary.namespace, state_object_name(canary.name)
+        try:
+            found: JSON | None = self._json(
+                f"read the state ConfigMap {ns}/{name}",
+                self._core.read_namespaced_config_map,
+                name,
+                ns,
+            )
+        except ResourceNotFound:
+            found = None
+        legacy = canary.annotations.get(STATE_ANNOTATION)
+        stored = StoredState(ns, name, canary.name, None, "none", legacy=legacy)
+        if found is not None:
+            meta = found.get("metadata") or {}
+            stored = dataclasses.replace(stored, resource_version=str(meta["resourceVersion"]))
+            owners = meta.get("ownerReferences") or []
+            if canary.uid and any(o.get("uid") == canary.uid for o in owners):
+                data = found.get("data") or {}
+                return dataclasses.replace(
+                    stored,
+                    text=data.get(STATE_KEY),
+                    source="configmap",
+                    consumed=str((meta.get("annotations") or {}).get(CONSUMED_ANNOTATION, "")),
+                )
+        if legacy is not None:
+            return dataclasses.replace(stored, text=legacy, source="annotation")
+        return stored
+
+    def save_state(
+        self,
+        canary: DeploymentRecord,
+        stored: StoredState,
+        state_json: str,
+        *,
+        consumed: str | None = None,
+    ) -> StoredState:
+        """Write the state into its ConfigMap, owned by ``canary``, guarded by ``stored``'s version.
+
+        Created when ``stored`` saw none (:class:`StateConflict` if another
+        writer created it first), else replaced at the resourceVersion read
+        (:class:`StateConflict` if anyone wrote it since, or deleted it). Only
+        the daemon writes it, so a conflict always means the state changed: the
+        tick decides again on a fresh read. ``consumed`` is the mark of a
+        command consumed with this state (:func:`command_mark`); the last one
+        is kept otherwise.
+        """
+        mark = stored.consumed if consumed is None else consumed
+        metadata: JSON = {
+            "name": stored.name,
+            "namespace": stored.namespace,
+            "labels": {"app.kubernetes.io/managed-by": "autocanary"},
+            # Deleted with the canary, as the annotation was: the stable's release
+            # record is what restores capacity when a canary goes mid-release.
+            "ownerReferences": [
+                {
+                    "apiVersion": "apps/v1",
+                    "kind": "Deployment",
+                    "name": canary.name,
+                    "uid": canary.uid,
+                }
+            ],
+        }
+        if mark:
+            metadata["annotations"] = {CONSUMED_ANNOTATION: mark}
+        body: JSON = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": metadata,
+            "data": {STATE_KEY: state_json},
+        }
+        what = f"write the state ConfigMap {stored.namespace}/{stored.name}"
+        if not stored.resource_version:
+            written = self._json(
+                what,
+                self._core.create_namespaced_config_map,
+                stored.namespace,
+                body,
+                field_manager=FIELD_MANAGER,
+            )
+        else:
+            metadata["resourceVersion"] = stored.resource_version
+            try:
+                written = self._json(
+                    what,
+                    self._core.replace_namespaced_config_map,
+                    stored.name,
+                    stored.namespace,
+                    body,
+                    field_manager=FIELD_MANAGER,
+                )
+            except ResourceNotFound as e:
+                raise StateConflict(f"{what}: it was deleted meanwhile") from e
+        return dataclasses.replace(
+            stored,
+            text=state_json,
+            source="configmap",
+            resource_version=str(written["metadata"]["resourceVersion"]),
+            consumed=mark,
+        )
+
+    def consume_command(self, canary: DeploymentRecord, command: str) -> bool:
+        """Remove the command annotation as read on ``canary``; False if it was set again since.
+
+        Guarded like the release record: a command set (again) after the read
+        bumped the generation, and stays for the next tick.
+        """
+        return self._remove_annotation(
+            canary,
+            COMMAND_ANNOTATION,
+            lambda now: (
+                now.generation == canary.generation
+                and now.annotations.get(COMMAND_ANNOTATION) == command
+            ),
+            "consume the command",
+        )
+
+    def drop_legacy_state(self, canary: DeploymentRecord, text: str) -> bool:
+        """Remove an older daemon's state annotation from the canary, if it still reads ``text``.
+
+        Called only once the ConfigMap holds the state, so that nothing is lost
+        if the daemon dies in between. False when the annotation changed since
+        it was read (it is removed on a later tick).
+        """
+        return self._remove_annotation(
+            canary,
+            STATE_ANNOTATION,
+            lambda now: now.annotations.get(STATE_ANNOTATION) == text,
+            f"remove the {STATE_ANNOTATION} annotation (moved to its ConfigMap)",
+        )
+
+    def _remove_annotation(
+        self,
+        read: DeploymentRecord,
+        key: str,
+        unchanged: Callable[[DeploymentRecord], bool],
+        what: str,
+    ) -> bool:
+        """Remove annotation ``key`` at the resourceVersion read, while ``unchanged`` holds.
+
+        A JSON patch ``test`` would compare the serialised strings, which the
+        API server escapes differently (``<`` as ``\\u003c``): the guard is the
+        resourceVersion, and on a conflict the object is read again and the
+        removal retried only if ``unchanged`` still holds of it.
+        """
+        current = read
+        for _ in range(_STATUS_RETRIES):
+            if not unchanged(current):
+                return False
+            patch: JSON = {
+                "metadata": {
+                    "resourceVersion": current.resource_version,
+                    "annotations": {key: None},
+                }
+            }
+            try:
+                self.patch_deployment(read.namespace, read.name, patch, what)
+            except StateConflict:
+                current = self.read_deployment(read.namespace, read.name)
+                continue
+            return True
+        raise StateConflict(
+            f"{what} ({read.namespace}/{read.name}): the status kept changing through "
+            f"{_STATUS_RETRIES} attempts"
+        )
+
+    def label_phase(self, canary: DeploymentRecord, phase: str) -> DeploymentRecord:
+        """Mirror the rollout's phase in the canary's :data:`PHASE_LABEL` (for kubectl users).
+
+        A label write neither bumps the Deployment's generation nor reaches its
+        ReplicaSets, unlike an annotation's.
+        """
+        return self.patch_deployment(
+            canary.namespace,
+            canary.name,
+            {"metadata": {"labels": {PHASE_LABEL: phase}}},
+            f"label the phase {phase}",
         )
 
     def set_command(self, namespace: str, name: str, command: str) -> None:

@@ -1,11 +1,14 @@
 """One tick of one rollout: read the cluster, decide, act, tell.
 
 ``RolloutEngine.tick()`` is level-triggered and keeps nothing in memory
-between ticks: the state comes from the canary's annotation each time. Order
-of effects, so a crash at any point is repaired by the next tick:
+between ticks: the state comes from its ConfigMap (owned by the canary) each
+time. Order of effects, so a crash at any point is repaired by the next tick:
 
 1. write the new state, with the transitions it causes as pending notices, in
-   one write guarded by resourceVersion (a conflict aborts the tick);
+   one write guarded by resourceVersion (a conflict aborts the tick), and only
+   when it changed; then remove the command it consumed (the ConfigMap marks
+   it consumed, so a crash in between never applies it twice) and an older
+   daemon's state annotation (moved into the ConfigMap by that write);
 2. keep the release's essentials (total, phase, the stable's original
    template) on the stable Deployment too, before the stable is ever scaled
    down, so a canary deleted or a state removed mid-release never shrinks it;
@@ -32,9 +35,12 @@ import structlog
 
 from autocanary.adapters.kubernetes import (
     FIELD_MANAGER,
+    PHASE_LABEL,
     DeploymentRecord,
     KubeClient,
     ServiceRecord,
+    StoredState,
+    command_mark,
 )
 from autocanary.adapters.notify import Notifier
 from autocanary.adapters.prometheus import PrometheusClient
@@ -65,7 +71,6 @@ from autocanary.rollout.pods import PodView
 from autocanary.rollout.state import (
     COMMAND_ANNOTATION,
     RELEASE_ANNOTATION,
-    STATE_ANNOTATION,
     Notice,
     Reason,
     RolloutState,
@@ -86,16 +91,20 @@ _RANK = {"critical": 0, "warning": 1, "info": 2}
 #: separated. A daemon started with it kills itself (SIGKILL) right after the
 #: state write that records a transition with one of these reasons, before
 #: acting or telling anything: end-to-end tests crash it at the worst instant,
-#: deterministically. Unset (always, outside tests), it does nothing.
+#: deterministically. :data:`MIGRATED` stands for the write that moves an older
+#: daemon's state annotation into the ConfigMap (killed before the annotation
+#: is removed). Unset (always, outside tests), it does nothing.
 KILL_AFTER_WRITE_ENV = "AUTOCANARY_TEST_KILL_AFTER_WRITE"
+MIGRATED = "StateMigrated"
 
 
-def _kill_point(transitions: tuple[decision.Transition, ...]) -> None:
+def _kill_point(transitions: tuple[decision.Transition, ...], *, migrated: bool) -> None:
     wanted = os.environ.get(KILL_AFTER_WRITE_ENV)
     if not wanted:
         return
     reasons = {r.strip() for r in wanted.split(",")}
-    if any(t.reason in reasons for t in transitions):
+    written = {str(t.reason) for t in transitions} | ({MIGRATED} if migrated else set())
+    if written & reasons:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -293,7 +302,7 @@ class RolloutEngine:
     # ---- reading ---------------------------------------------------------------------------
 
     def _observation(
-        self, canary: DeploymentRecord, stable: DeploymentRecord
+        self, canary: DeploymentRecord, stable: DeploymentRecord, stored: StoredState
     ) -> decision.Observation:
         r = self.rollout
         return tick.observation(
@@ -303,12 +312,13 @@ class RolloutEngine:
                 revision.role_labels(r.role_labels, stable.selector, canary.selector)
             ),
             version_label=r.version_label,
-            command=canary.annotations.get(COMMAND_ANNOTATION),
+            command=None if _consumed_before(canary, stored) else _command(canary),
         )
 
-    def _corrupt_message(self, error: StateCorrupt, record: RolloutState | None) -> str:
+    def _corrupt_message(
+        self, error: StateCorrupt, record: RolloutState | None, stored: StoredState
+    ) -> str:
         r = self.rollout
-        where = f"{r.namespace}/{r.canary_name}"
         if record is not None and record.phase in state_codec.ACTIVE_PHASES:
             removing = (
                 f"removing it restarts release {record.canary_version} at step 1 with its "
@@ -317,10 +327,8 @@ class RolloutEngine:
         else:
             removing = "removing it starts the rollout over from idle"
         return (
-            f"rollout {r.name}: the {STATE_ANNOTATION} annotation on Deployment {where} "
-            f"cannot be read ({error}). Nothing is done until it is fixed or removed; "
-            f"{removing}: kubectl annotate deployment -n {r.namespace} {r.canary_name} "
-            f"{STATE_ANNOTATION}-"
+            f"rollout {r.name}: the state in {stored.where} cannot be read ({error}). "
+            f"Nothing is done until it is fixed or removed; {removing}: {stored.removal}"
         )
 
     def _record_of(self, stable: DeploymentRecord, log: Log) -> RolloutState | None:
@@ -337,22 +345,6 @@ class RolloutEngine:
                 error=str(e),
             )
             return None
-
-    def observe(
-        self,
-    ) -> tuple[DeploymentRecord, DeploymentRecord, decision.Observation, RolloutState]:
-        """Read both Deployments and the persisted state."""
-        r = self.rollout
-        canary = self.kube.read_deployment(r.namespace, r.canary_name)
-        stable = self.kube.read_deployment(r.namespace, r.stable)
-        obs = self._observation(canary, stable)
-        raw_state = canary.annotations.get(STATE_ANNOTATION)
-        try:
-            current = state_codec.loads(raw_state) if raw_state else RolloutState()
-        except StateCorrupt as e:
-            raise StateCorrupt(self._corrupt_message(e, self._record_of(stable, self._log))) from e
-        obs = self._with_pods(obs, canary, current)
-        return canary, stable, obs, current
 
     def _with_pods(
         self,
@@ -394,7 +386,8 @@ class RolloutEngine:
         if isinstance(read, TickResult):
             return read
         canary, stable, record = read
-        obs = self._observation(canary, stable)
+        stored = self.kube.read_state(canary)
+        obs = self._observation(canary, stable, stored)
         services = self._services()
         route = self._route()
         obs = dataclasses.replace(
@@ -404,7 +397,7 @@ class RolloutEngine:
             route=route.view,
         )
         now = self.clock()
-        current, recovered = self._current(canary, stable, record, obs, now)
+        current, recovered = self._current(canary, stable, record, obs, now, stored=stored)
         obs = self._with_pods(obs, canary, current)
 
         structlog.contextvars.bind_contextvars(
@@ -413,14 +406,14 @@ class RolloutEngine:
         )
         log = self._log
         cluster = _KubeCluster(
-            self, read, services, route, obs=obs, recovered=recovered, now=now, log=log
+            self, read, stored, services, route, obs=obs, recovered=recovered, now=now, log=log
         )
         done = tick.run(r, current, cluster, _PrometheusMetrics(self, cluster), now)
         if not done.committed:
             log.info("state changed meanwhile; deciding again on the next tick")
             return TickResult(current.phase, timedelta(seconds=1), (), current)
         canary, stable, log, transitions = cluster.canary, cluster.stable, cluster.log, cluster.told
-        new = self._tell_pending(cluster.new, canary, stable, log)
+        new = self._tell_pending(cluster.new, cluster.stored, canary, stable, log)
         if cluster.record is not None and cluster.record.pending:
             self._write_record_pending(stable, cluster.record, canary, log)
         self._export(new, obs)
@@ -466,16 +459,18 @@ class RolloutEngine:
         record: RolloutState | None,
         obs: decision.Observation,
         now: datetime,
+        *,
+        stored: StoredState,
     ) -> tuple[RolloutState, tuple[decision.Transition, ...]]:
         """The state to decide on, recovered from the stable's record if the canary lost it."""
-        raw = canary.annotations.get(STATE_ANNOTATION)
+        raw = stored.text
         try:
             current = state_codec.loads(raw) if raw else RolloutState()
         except StateCorrupt as e:
-            self._state_corrupt(canary, stable, record, obs, raw=raw or "", error=e)
-            raise StateCorrupt(self._corrupt_message(e, record)) from e
+            self._state_corrupt(canary, stable, record, obs, raw=raw or "", error=e, stored=stored)
+            raise StateCorrupt(self._corrupt_message(e, record, stored)) from e
         if not raw and record is not None and record.phase in state_codec.ACTIVE_PHASES:
-            return self._recover(record, canary, now)
+            return self._recover(record, canary, now, stored)
         return current, ()
 
     # ---- notices ---------------------------------------------------------------------------
@@ -622,7 +617,12 @@ class RolloutEngine:
         return tuple(n for n in told if not n.done)
 
     def _tell_pending(
-        self, new: RolloutState, canary: DeploymentRecord, stable: DeploymentRecord, log: Log
+        self,
+        new: RolloutState,
+        stored: StoredState,
+        canary: DeploymentRecord,
+        stable: DeploymentRecord,
+        log: Log,
     ) -> RolloutState:
         """Tell the canary state's pending notices; write what is left of them."""
         if not new.pending:
@@ -632,7 +632,7 @@ class RolloutEngine:
             return new
         told = dataclasses.replace(new, pending=left)
         try:
-            self.kube.write_state(canary, state_codec.dumps(told), consume_command=False)
+            self.kube.save_state(canary, stored, state_codec.dumps(told))
         except (StateConflict, TransientError) as e:
             # Told again next tick: Events are found by name, alerts carry their id.
             log.info("could not clear told notices; they are told again next tick", error=str(e))
@@ -650,13 +650,11 @@ class RolloutEngine:
         wanted = state_codec.essentials(new, record)
         if record is not None and state_codec.dumps(wanted) == state_codec.dumps(record):
             return stable, record
-        stable = self.kube.write_state(
-            stable, state_codec.dumps(wanted), consume_command=False, annotation=RELEASE_ANNOTATION
-        )
+        stable = self.kube.write_record(stable, state_codec.dumps(wanted))
         return stable, wanted
 
     def _recover(
-        self, record: RolloutState, canary: DeploymentRecord, now: datetime
+        self, record: RolloutState, canary: DeploymentRecord, now: datetime, stored: StoredState
     ) -> tuple[RolloutState, tuple[decision.Transition, ...]]:
         """A release's state rebuilt from the stable's record, when the canary's is gone.
 
@@ -678,9 +676,9 @@ class RolloutEngine:
             message=f"state recovered from the stable's {RELEASE_ANNOTATION}",
         )
         message = (
-            f"the {STATE_ANNOTATION} annotation of a {phase} release ({record.canary_version}, "
-            f"revision {record.revision}) is gone; recovered its total of {record.total} "
-            f"replicas from the stable's {RELEASE_ANNOTATION}"
+            f"the state of a {phase} release ({record.canary_version}, revision "
+            f"{record.revision}) is gone from {stored.where}; recovered its total of "
+            f"{record.total} replicas from the stable's {RELEASE_ANNOTATION}"
             + ("; its steps start over" if phase == "progressing" else "")
         )
         return state, (decision.Transition(Reason.STATE_RECOVERED, message, None, warning=True),)
@@ -739,13 +737,7 @@ class RolloutEngine:
         )
         log.warning("canary deleted mid-release", message=message, kind=kind)
         # The record and the stable's replicas in one write: capacity comes back at once.
-        stable = self.kube.write_state(
-            stable,
-            state_codec.dumps(ended),
-            consume_command=False,
-            replicas=record.total,
-            annotation=RELEASE_ANNOTATION,
-        )
+        stable = self.kube.write_record(stable, state_codec.dumps(ended), replicas=record.total)
         if changed and not promoted and original is not None:
             stable = self.kube.replace_template(r.namespace, r.stable, original)
         # Requests the route still sends to the canary's Service find no pods: back to the stable.
@@ -768,11 +760,8 @@ class RolloutEngine:
         if left == record.pending:
             return
         try:
-            self.kube.write_state(
-                stable,
-                state_codec.dumps(dataclasses.replace(record, pending=left)),
-                consume_command=False,
-                annotation=RELEASE_ANNOTATION,
+            self.kube.write_record(
+                stable, state_codec.dumps(dataclasses.replace(record, pending=left))
             )
         except (StateConflict, TransientError) as e:
             log.info("could not clear told notices; they are told again next tick", error=str(e))
@@ -786,6 +775,7 @@ class RolloutEngine:
         *,
         raw: str,
         error: StateCorrupt,
+        stored: StoredState,
     ) -> None:
         """Tell people (once per corrupt value) that the rollout is stuck on its state."""
         structlog.contextvars.bind_contextvars(revision=obs.canary_revision, step=None)
@@ -793,7 +783,7 @@ class RolloutEngine:
         digest = hashlib.sha256(raw.encode("utf-8", "replace")).hexdigest()[:16]
         base = record if record is not None else RolloutState()
         if base.corrupt_seen != digest:
-            message = self._corrupt_message(error, record)
+            message = self._corrupt_message(error, record, stored)
             transition = decision.Transition(
                 Reason.STATE_CORRUPT, message, AlertKind.PAUSED, warning=True
             )
@@ -817,12 +807,7 @@ class RolloutEngine:
                 notices=base.notices + 1,
             )
             try:
-                stable = self.kube.write_state(
-                    stable,
-                    state_codec.dumps(base),
-                    consume_command=False,
-                    annotation=RELEASE_ANNOTATION,
-                )
+                stable = self.kube.write_record(stable, state_codec.dumps(base))
             except (StateConflict, TransientError) as e:
                 log.info("could not record the corrupt state's notice", error=str(e))
                 return
@@ -1075,6 +1060,16 @@ class RolloutEngine:
         )
 
 
+def _command(canary: DeploymentRecord) -> str | None:
+    return canary.annotations.get(COMMAND_ANNOTATION)
+
+
+def _consumed_before(canary: DeploymentRecord, stored: StoredState) -> bool:
+    """Whether the canary's command was consumed by a tick that died before removing it."""
+    command = _command(canary)
+    return command is not None and stored.consumed == command_mark(canary, command)
+
+
 class _KubeCluster:
     """The :class:`~autocanary.rollout.tick.Cluster` of one engine tick, on the Deployments read.
 
@@ -1086,6 +1081,7 @@ class _KubeCluster:
         self,
         engine: RolloutEngine,
         read: tuple[DeploymentRecord, DeploymentRecord, RolloutState | None],
+        stored: StoredState,
         services: _Services,
         route: _Route,
         *,
@@ -1097,6 +1093,8 @@ class _KubeCluster:
         self._engine = engine
         #: The Deployments as last returned by the API, and the stable's release record.
         self.canary, self.stable, self.record = read
+        #: The state as stored, last read or written (its version guards the next write).
+        self.stored = stored
         self._services = services
         self._route = route
         self._obs = obs
@@ -1120,15 +1118,8 @@ class _KubeCluster:
         ]
         transitions = tuple(t for t, _ in told)
         new = engine._with_notices(current, outcome.state, told, self._now)
-        new_json = state_codec.dumps(new)
-        if new_json != self.canary.annotations.get(STATE_ANNOTATION) or outcome.consume_command:
-            try:
-                self.canary = engine.kube.write_state(
-                    self.canary, new_json, consume_command=outcome.consume_command
-                )
-            except StateConflict:
-                return False
-            _kill_point(transitions)
+        if not self._keep(new, outcome.consume_command, transitions):
+            return False
         for transition in transitions:
             self.log.info(
                 "transition",
@@ -1142,6 +1133,44 @@ class _KubeCluster:
         )
         self.new, self.told = new, transitions
         self.stable, self.record = engine._keep_record(self.stable, self.record, new)
+        return True
+
+    def _keep(
+        self,
+        new: RolloutState,
+        consume: bool,
+        transitions: tuple[decision.Transition, ...],
+    ) -> bool:
+        """Write ``new`` if it changed, then tidy the canary; False on a conflicting write.
+
+        An idle rollout that never had a state costs no write at all. An older
+        daemon's annotation is moved: the ConfigMap first, the annotation
+        removed after, so a crash in between leaves both (the ConfigMap wins).
+        A consumed command is marked in the same write and removed after it.
+        """
+        kube, stored, canary = self._engine.kube, self.stored, self.canary
+        command = _command(canary)
+        new_json = state_codec.dumps(new)
+        was = stored.text if stored.text is not None else state_codec.dumps(RolloutState())
+        mark = command_mark(canary, command) if consume and command is not None else None
+        if new_json != was or mark is not None or stored.source == "annotation":
+            try:
+                self.stored = kube.save_state(canary, stored, new_json, consumed=mark)
+            except StateConflict:
+                return False
+            if stored.source == "annotation":
+                self.log.info("state moved to its ConfigMap", configmap=self.stored.name)
+            _kill_point(transitions, migrated=stored.source == "annotation")
+        # The command first: its removal is guarded by the generation read, which
+        # removing the old annotation would bump.
+        if command is not None and (mark is not None or _consumed_before(canary, stored)):
+            kube.consume_command(canary, command)
+        moved = self.stored.source == "configmap" and stored.legacy is not None
+        if moved and not kube.drop_legacy_state(canary, str(stored.legacy)):
+            self.log.info("the old state annotation changed; removed on a later tick")
+        labels = canary.raw.get("metadata", {}).get("labels") or {}
+        if self.stored.source == "configmap" and labels.get(PHASE_LABEL) != new.phase:
+            self.canary = kube.label_phase(canary, new.phase)
         return True
 
     def apply(self, desired: decision.Desired) -> None:

@@ -12,7 +12,8 @@ missing fails its ticks with the same message.
 - **Prometheus**: it answers a trivial query.
 - **RBAC**: a SelfSubjectAccessReview for each verb the daemon uses (get and
   patch on both Deployments of each rollout and on a blue/green rollout's two
-  Services, list pods and create events in
+  Services, create configmaps and get and update its state's ConfigMap, list
+  pods and create events in
   its namespace, the leader-election Lease). Allowed to every authenticated
   user, so no extra permission is needed to ask.
 """
@@ -26,6 +27,7 @@ from typing import Protocol
 from autocanary.adapters.kubernetes import Access
 from autocanary.config.models import Config
 from autocanary.errors import AutocanaryError
+from autocanary.rollout.state import state_object_name
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,12 @@ def needed_access(config: Config, lease_namespace: str | None) -> list[tuple[str
                         ),
                     )
                 )
+        # The state's ConfigMap: created once (a create cannot be limited by name),
+        # then read and replaced by name.
+        needed.append((rollout.name, Access("create", "configmaps", "", rollout.namespace)))
+        state = state_object_name(rollout.canary_name)
+        for verb in ("get", "update"):
+            needed.append((rollout.name, Access(verb, "configmaps", "", rollout.namespace, state)))
         needed.append((rollout.name, Access("list", "pods", "", rollout.namespace)))
         needed.append((rollout.name, Access("create", "events", "", rollout.namespace)))
     if config.discovery.enabled:

@@ -1,10 +1,13 @@
 """A rollout's persisted state: what the daemon knows between ticks.
 
-It lives in the cluster, as a JSON annotation on the canary Deployment, so a
-restarted daemon (or the other replica) resumes every rollout where it stood.
-Everything else is re-read from the cluster each tick.
+It lives in the cluster, as JSON in a ConfigMap of its own beside the canary
+Deployment (:func:`state_object_name`, owned by the canary), so a restarted
+daemon (or the other replica) resumes every rollout where it stood. Everything
+else is re-read from the cluster each tick. Daemons before the ConfigMap kept
+it in the :data:`STATE_ANNOTATION` annotation on the canary; that is still read
+(and moved) when it is the only state there is.
 
-The annotation is read back by pydantic in strict mode (a value of the wrong
+The state is read back by pydantic in strict mode (a value of the wrong
 JSON type is an error, never coerced), and every problem is reported with its
 field path, e.g. ``pending[0].at``. The stored format is plain JSON: snake_case
 fields, ISO 8601 times in UTC, the judge's evidence in its own camelCase form.
@@ -31,6 +34,7 @@ from autocanary.config.models import AlertKind
 from autocanary.errors import StateCorrupt
 from autocanary.judge.state import JudgeState, check_judge_state
 
+#: Where daemons before the state ConfigMap kept the state: read only to migrate it.
 STATE_ANNOTATION = "autocanary.io/state"
 COMMAND_ANNOTATION = "autocanary.io/command"
 #: On the stable Deployment: a release's essentials (see :func:`essentials`), so a
@@ -38,6 +42,19 @@ COMMAND_ANNOTATION = "autocanary.io/command"
 #: loses the total the stable must be brought back to.
 RELEASE_ANNOTATION = "autocanary.io/release"
 SCHEMA_VERSION = 1
+#: The key of the state ConfigMap's data that holds the state's JSON.
+STATE_KEY = "state"
+
+
+def state_object_name(canary: str) -> str:
+    """The name of the ConfigMap holding the state of the rollout whose canary is ``canary``.
+
+    Named after the canary Deployment, which owns it: one canary, one release
+    state, found by anyone looking at the canary (``kubectl get configmap
+    web-canary.autocanary-state``) without the daemon's config.
+    """
+    return f"{canary}.autocanary-state"
+
 
 Phase = Literal[
     "idle", "progressing", "paused", "promoting", "succeeded", "rollingBack", "rolledBack"
@@ -94,7 +111,7 @@ def _iso(value: datetime) -> str:
     return value.astimezone(UTC).isoformat()
 
 
-#: A point in time: an ISO 8601 string in the annotation, always timezone-aware once read.
+#: A point in time: an ISO 8601 string when stored, always timezone-aware once read.
 Time = Annotated[datetime, AfterValidator(_utc), PlainSerializer(_iso, when_used="json")]
 #: A counter: never negative.
 Count = Annotated[int, Field(ge=0)]
@@ -201,10 +218,10 @@ _CODEC: TypeAdapter[RolloutState] = TypeAdapter(RolloutState)
 
 
 def dumps(state: RolloutState) -> str:
-    """Serialise a state for the annotation (compact JSON with a schema version).
+    """Serialise a state for storing (compact JSON with a schema version).
 
     NaN and infinities are written as null: they are not JSON, and other
-    tools reading the annotation would choke on them.
+    tools reading the state would choke on them.
     """
     data = _CODEC.dump_python(state, mode="json", by_alias=True)
     data["schema"] = SCHEMA_VERSION
@@ -266,17 +283,17 @@ def _check_meaning(state: RolloutState) -> None:
 
 
 def loads(text: str) -> RolloutState:
-    """Parse the annotation; raise :class:`StateCorrupt` (only) naming each wrong field."""
+    """Parse a stored state; raise :class:`StateCorrupt` (only) naming each wrong field."""
     try:
         data = json.loads(text)
     except (json.JSONDecodeError, RecursionError) as e:
-        raise StateCorrupt(f"state annotation is not JSON: {e}") from e
+        raise StateCorrupt(f"state is not JSON: {e}") from e
     if not isinstance(data, dict):
-        raise StateCorrupt("state annotation is not a JSON object")
+        raise StateCorrupt("state is not a JSON object")
     schema = data.pop("schema", None)
     if schema != SCHEMA_VERSION:
         raise StateCorrupt(
-            f"state annotation has schema {schema!r}; this daemon reads schema {SCHEMA_VERSION}"
+            f"state has schema {schema!r}; this daemon reads schema {SCHEMA_VERSION}"
         )
     if isinstance(data.get("judge"), dict) and JudgeState.outdated(data["judge"]):
         # Evidence in a format before this daemon's is not read back: the judge

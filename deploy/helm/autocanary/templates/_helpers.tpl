@@ -52,3 +52,15 @@ app.kubernetes.io/component: daemon
 {{- end -}}
 {{- toYaml $byNamespace -}}
 {{- end -}}
+
+{{- /* State ConfigMap names per namespace: <canary>.autocanary-state (canary default <stable>-canary). */ -}}
+{{- define "autocanary.statesByNamespace" -}}
+{{- $config := .Values.config | fromYaml -}}
+{{- $byNamespace := dict -}}
+{{- range $config.rollouts -}}
+{{- $names := get $byNamespace .namespace | default list -}}
+{{- $names = append $names (printf "%s.autocanary-state" (.canary | default (printf "%s-canary" .stable))) -}}
+{{- $_ := set $byNamespace .namespace $names -}}
+{{- end -}}
+{{- toYaml $byNamespace -}}
+{{- end -}}
