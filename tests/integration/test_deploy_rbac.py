@@ -416,6 +416,8 @@ def test_daemon_service_account_can_do_nothing_else(
             ("", "configmaps", "create", "*"),
             ("", "configmaps", "get", state),
             ("", "configmaps", "update", state),
+            ("apps", "deployments", "list", "*"),
+            ("apps", "deployments", "watch", "*"),
         }
         lease = config.daemon.leader_election.lease_name
         assert rules_in(sa, namespace) == {

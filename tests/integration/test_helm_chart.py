@@ -331,7 +331,9 @@ def _raw(call: Any, *args: str) -> Any:
 def _managed(rbac: client.RbacAuthorizationV1Api, namespace: str) -> list[str]:
     """The Deployments the chart's Role in ``namespace`` lets the daemon get and patch."""
     role = _raw(rbac.read_namespaced_role, "autocanary", namespace)
-    (deployments,) = [r for r in role["rules"] if r["resources"] == ["deployments"]]
+    (deployments,) = [
+        r for r in role["rules"] if r["resources"] == ["deployments"] and "patch" in r["verbs"]
+    ]
     return sorted(deployments["resourceNames"])
 
 

@@ -20,11 +20,19 @@ PYPROJECT = Path(__file__).parents[2] / "pyproject.toml"
 
 #: Each external system's client library, and the only modules allowed to import it.
 CLIENT_LIBRARIES = {
-    "kubernetes": {"autocanary.adapters.kubernetes", "autocanary.apps.probe_service"},
+    "kubernetes": {
+        "autocanary.adapters.kubernetes",
+        "autocanary.adapters.kube_watch",
+        "autocanary.apps.probe_service",
+    },
     "prometheus_api_client": {"autocanary.adapters.prometheus"},
     "requests": {"autocanary.adapters.prometheus"},
     "httpx": {"autocanary.adapters.notify", "autocanary.adapters.prometheus_history"},
-    "urllib3": {"autocanary.adapters.kubernetes", "autocanary.adapters.prometheus"},
+    "urllib3": {
+        "autocanary.adapters.kubernetes",
+        "autocanary.adapters.kube_watch",
+        "autocanary.adapters.prometheus",
+    },
 }
 
 

@@ -416,8 +416,15 @@ class KubeClient:
         self._coordination = client.CoordinationV1Api(api_client)
         self._authorization = client.AuthorizationV1Api(api_client)
         self._custom = client.CustomObjectsApi(api_client)
+        #: Told the API call's name (``read_namespaced_deployment``) for each request.
+        self.on_request: Callable[[str], None] | None = None
+        #: Told each Deployment a write returned (a watch cache keeps it at once).
+        self.on_written: Callable[[DeploymentRecord], None] | None = None
 
     def _json(self, what: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> JSON:
+        if self.on_request is not None:
+            self.on_request(getattr(call, "__name__", "call"))
+
         def whole_call() -> JSON:
             response = call(*args, _preload_content=False, _request_timeout=TIMEOUT, **kwargs)
             data: JSON = json.loads(response.data)
@@ -481,7 +488,10 @@ class KubeClient:
             field_manager=FIELD_MANAGER,
             _content_type=content_type,
         )
-        return DeploymentRecord.from_json(obj)
+        record = DeploymentRecord.from_json(obj)
+        if self.on_written is not None:
+            self.on_written(record)
+        return record
 
     def scale(self, namespace: str, name: str, replicas: int) -> DeploymentRecord:
         """Set a Deployment's replica count."""

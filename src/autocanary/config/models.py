@@ -478,6 +478,13 @@ class DaemonConfig(Model):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Least severe log level written"
     )
+    workers: int = Field(
+        default=8,
+        ge=1,
+        le=256,
+        description="Threads that run ticks, however many rollouts there are: a rollout "
+        "waits for a free one when all are busy (slow queries)",
+    )
 
     @field_validator("listen")
     @classmethod

@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 import structlog
 
@@ -77,6 +78,16 @@ from autocanary.rollout.state import (
 )
 
 Clock = Callable[[], datetime]
+
+
+class DeploymentReader(Protocol):
+    """Where a tick reads Deployments: the API (a KubeClient) or the daemon's watch cache."""
+
+    def read_deployment(self, namespace: str, name: str) -> DeploymentRecord:
+        """The Deployment as known now; :class:`ResourceNotFound` if there is none."""
+        ...
+
+
 Log = structlog.typing.FilteringBoundLogger
 
 #: How long a notice's alerts are tried (again, tick after tick) before giving up.
@@ -200,10 +211,16 @@ class RolloutEngine:
         notifier: Notifier,
         metrics: DaemonMetrics,
         clock: Clock = utcnow,
+        reads: DeploymentReader | None = None,
     ) -> None:
-        """Bind the adapters a tick uses; nothing is read until :meth:`tick`."""
+        """Bind the adapters a tick uses; nothing is read until :meth:`tick`.
+
+        ``reads`` serves the tick's Deployment reads (the daemon's watch cache);
+        without it they are GETs through ``kube``, which does every write.
+        """
         self.rollout = rollout
         self.kube = kube
+        self.reads: DeploymentReader = reads if reads is not None else kube
         self.prometheus = prometheus
         self.notifier = notifier
         self.metrics = metrics
@@ -235,7 +252,7 @@ class RolloutEngine:
         key = "error-" + hashlib.sha256(str(error).encode()).hexdigest()[:16]
         for name in (r.canary_name, r.stable):
             try:
-                about = self.kube.read_deployment(r.namespace, name)
+                about = self.reads.read_deployment(r.namespace, name)
             except AutocanaryError:
                 continue
             try:
@@ -381,7 +398,6 @@ class RolloutEngine:
         structlog.contextvars.bind_contextvars(
             rollout=self.rollout.name, namespace=self.rollout.namespace, revision=None, step=None
         )
-        r = self.effective_rollout()
         read = self._read(started)
         if isinstance(read, TickResult):
             return read
@@ -399,6 +415,13 @@ class RolloutEngine:
         now = self.clock()
         current, recovered = self._current(canary, stable, record, obs, now, stored=stored)
         obs = self._with_pods(obs, canary, current)
+        # Prometheus is asked for the scrape interval (the window) only when a release
+        # may need it: thousands of idle rollouts must not query it every minute.
+        settled = current.phase not in state_codec.ACTIVE_PHASES
+        if settled and obs.canary_revision == obs.stable_revision:
+            r = thresholds.with_window(self.rollout, self._scrape_interval)
+        else:
+            r = self.effective_rollout()
 
         structlog.contextvars.bind_contextvars(
             revision=current.revision or obs.canary_revision,
@@ -442,14 +465,14 @@ class RolloutEngine:
         """Both Deployments and the stable's release record; a result if the canary is gone."""
         r = self.rollout
         try:
-            canary = self.kube.read_deployment(r.namespace, r.canary_name)
+            canary = self.reads.read_deployment(r.namespace, r.canary_name)
         except ResourceNotFound as missing:
             try:
-                stable = self.kube.read_deployment(r.namespace, r.stable)
+                stable = self.reads.read_deployment(r.namespace, r.stable)
             except ResourceNotFound:
                 raise missing from None
             return self._canary_missing(stable, self._record_of(stable, self._log), started)
-        stable = self.kube.read_deployment(r.namespace, r.stable)
+        stable = self.reads.read_deployment(r.namespace, r.stable)
         return canary, stable, self._record_of(stable, self._log)
 
     def _current(

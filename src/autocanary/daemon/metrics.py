@@ -61,6 +61,20 @@ class DaemonMetrics:
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=r,
         )
+        self.tick_lag = Histogram(
+            "autocanary_tick_lag_seconds",
+            "How late ticks start after they are due (their phase time, a requeue, or a watch "
+            "event plus its debounce): time spent waiting for a free worker",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.kube_requests = Counter(
+            "autocanary_kube_requests",
+            "Requests the daemon sent to the Kubernetes API server, by API call (a watch "
+            "counts once, when it starts)",
+            ["call"],
+            registry=r,
+        )
         self.tick_running = Gauge(
             "autocanary_tick_running_seconds",
             "How long the rollout's current tick has been running; 0 between ticks",

@@ -2,9 +2,13 @@
 
 The timer is kept apart from the work (as Flagger's job.go is): each job is a
 thin wrapper around :meth:`RolloutEngine.tick`, never overlapping itself
-(``max_instances=1``) and running on a pool sized so one slow rollout never
-delays another. A failing tick is logged and counted; the job runs again on
-its next interval.
+(a guard per rollout) and running on a fixed pool of
+``daemon.workers`` threads, however many rollouts there are. Each rollout
+ticks at its own phase of its interval (:mod:`autocanary.daemon.schedule`), so
+ticks are spread evenly instead of all firing at once; a watch event about a
+rollout's Deployments (a new canary template, a command) brings its next tick
+forward to within :data:`TRIGGER_DELAY`. A failing tick is logged and counted;
+the job runs again on its next interval.
 """
 
 from __future__ import annotations
@@ -25,10 +29,10 @@ from typing import Any
 import structlog
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from autocanary.adapters.kubernetes import KubeClient, fenced
+from autocanary.adapters.kube_watch import DeploymentCache
+from autocanary.adapters.kubernetes import DeploymentRecord, KubeClient, fenced
 from autocanary.adapters.leader import LeaderElector
 from autocanary.adapters.notify import Notifier
 from autocanary.adapters.prometheus import PrometheusClient
@@ -36,7 +40,7 @@ from autocanary.adapters.shards import ShardManager
 from autocanary.config.loader import load_config
 from autocanary.config.models import Config, RolloutConfig
 from autocanary.config.units import format_duration
-from autocanary.daemon import retry, startup
+from autocanary.daemon import retry, schedule, startup
 from autocanary.daemon.discovery import Discovery
 from autocanary.daemon.engine import RolloutEngine
 from autocanary.daemon.metrics import DaemonMetrics
@@ -47,6 +51,7 @@ from autocanary.errors import (
     PermanentError,
     StartupError,
 )
+from autocanary.rollout.state import COMMAND_ANNOTATION
 
 log = structlog.get_logger("autocanary.daemon.service")
 
@@ -58,6 +63,12 @@ HEARTBEAT_LIMIT_SECONDS = 30.0
 #: longer) turns /healthz red: every call it makes has a deadline, so a tick
 #: this slow is stuck, and a restart is the way out.
 TICK_LIMIT_SECONDS = 120.0
+#: A watch event brings the rollout's tick forward to this long after it: the events
+#: of one change (a template and the controller's status that follows) share one tick.
+TRIGGER_DELAY = timedelta(milliseconds=200)
+#: How long start-up waits for the watch cache's first lists before ticking anyway
+#: (ticks read through the API for a namespace not listed yet).
+CACHE_SYNC_SECONDS = 30.0
 
 
 def default_identity() -> str:
@@ -90,12 +101,27 @@ class Daemon:
         self._engines: dict[str, RolloutEngine] = {}
         self._ticking: dict[str, float] = {}  # rollout -> monotonic start of its running tick
         self._permanent: dict[str, int] = {}  # rollout -> permanent errors in a row
+        self._guards: dict[str, threading.Lock] = {}  # rollout -> held while it ticks
+        self._again: set[str] = set()  # rollouts asked to tick while ticking
+        self._due: dict[str, datetime] = {}  # rollout -> when its next tick is due
+        # (namespace, Deployment) -> the rollouts whose stable or canary it is
+        self._by_deployment: dict[tuple[str, str], set[str]] = {}
+        kube.on_request = self._count_request
+        self._cache = DeploymentCache(
+            kube,
+            {r.namespace for r in config.rollouts},
+            on_change=self._deployment_changed,
+            on_request=self._count_request,
+        )
+        kube.on_written = self._cache.remember
         self._lock = threading.Lock()
         self._prometheus = PrometheusClient(config.prometheus)
         self._notifier = Notifier(config.alerts.sinks, metrics=self.metrics)
         self._scheduler = BackgroundScheduler(
-            executors={"default": ThreadPoolExecutor(max_workers=max(4, len(config.rollouts) + 2))},
-            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+            executors={"default": ThreadPoolExecutor(max_workers=config.daemon.workers)},
+            # Two instances, so a run that comes due while the last one finishes is not
+            # dropped by APScheduler: the guard in _run_rollout turns it into a tick after.
+            job_defaults={"coalesce": True, "max_instances": 2, "misfire_grace_time": None},
             timezone=UTC,
         )
         self._elector: LeaderElector | None = None
@@ -136,6 +162,9 @@ class Daemon:
         self._start_http()
         self._check_requirements(self.config)
         self._discover()
+        self._cache.start()
+        if not self._cache.wait_synced(CACHE_SYNC_SECONDS):
+            log.warning("Deployments not all listed yet; reading them from the API meanwhile")
         if self._elector is not None:
             self._elector.start()
         elif self._shards is not None:
@@ -173,6 +202,7 @@ class Daemon:
         """Finish running ticks, release the lease, flush alerts, stop serving."""
         log.info("shutting down: finishing current ticks")
         self._scheduler.shutdown(wait=True)
+        self._cache.stop()
         if self._elector is not None:
             self._elector.stop(release=True)
         if self._shards is not None:
@@ -259,28 +289,42 @@ class Daemon:
                 if name not in wanted:
                     self._scheduler.remove_job(name)
                     del self._engines[name]
+            self._by_deployment = {}
             for name, rollout in wanted.items():
+                for deployment in (rollout.stable, rollout.canary_name):
+                    key = (rollout.namespace, deployment)
+                    self._by_deployment.setdefault(key, set()).add(name)
+            now = datetime.now(UTC)
+            for name, rollout in wanted.items():
+                first = schedule.first_tick(name, rollout.interval, len(wanted), now)
+                self._due[name] = first
                 self._engines[name] = RolloutEngine(
                     rollout,
                     kube=self.kube,
                     prometheus=self._prometheus,
                     notifier=self._notifier,
                     metrics=self.metrics,
+                    reads=self._cache,
                 )
                 engines.append(self._engines[name])
                 self._scheduler.add_job(
                     self._run_rollout,
-                    IntervalTrigger(seconds=rollout.interval.total_seconds(), timezone=UTC),
+                    schedule.PhasedTrigger(name, rollout.interval),
                     args=[name],
                     id=name,
                     name=f"rollout {name}",
                     replace_existing=True,
-                    next_run_time=datetime.now(UTC),
+                    next_run_time=first,
                 )
+
         # Said at start-up (and reload), leader or not: the window each rollout's queries
-        # use, and whether a configured one is too short for the scrape interval.
-        for engine in engines:
-            engine.scrape_interval()
+        # use, and whether a configured one is too short for the scrape interval. In the
+        # background: with thousands of rollouts, asking takes a while, and ticks must not wait.
+        def say_windows() -> None:
+            for engine in engines:
+                engine.scrape_interval()
+
+        threading.Thread(target=say_windows, name="analysis-windows", daemon=True).start()
 
     def _fence(self, rollout: RolloutConfig) -> Callable[[], float] | None:
         """The write fence of ``rollout``'s tick, or None when this replica must not act on it."""
@@ -303,16 +347,90 @@ class Daemon:
         self.metrics.is_leader.set(1 if acting else 0)
 
     def _run_rollout(self, name: str) -> None:
-        if self._stop.is_set():
-            return
+        now = datetime.now(UTC)
         with self._lock:
             engine = self._engines.get(name)
-        if engine is None:
+            due = self._due.pop(name, None)
+            guard = self._guards.setdefault(name, threading.Lock())
+            if engine is not None:
+                self._due[name] = schedule.next_tick(name, engine.rollout.interval, now)
+        if due is not None:
+            self.metrics.tick_lag.observe(max(0.0, (now - due).total_seconds()))
+        if engine is None or self._stop.is_set():
             return
-        rollout = engine.rollout
-        fence = self._fence(rollout)
+        fence = self._fence(engine.rollout)
         if fence is None:
             return
+        if not guard.acquire(blocking=False):
+            # Ticking already (a reload's new job, say): tick again once it is done, since
+            # what asked for this tick may have come after that one read the cluster.
+            with self._lock:
+                self._again.add(name)
+            return
+        try:
+            self._tick_once(engine, fence)
+        finally:
+            guard.release()
+            with self._lock:
+                again = name in self._again
+                self._again.discard(name)
+        if again:
+            self.trigger(name)
+
+    def _count_request(self, call: str) -> None:
+        self.metrics.kube_requests.labels(call).inc()
+
+    def _deployment_changed(
+        self,
+        namespace: str,
+        name: str,
+        old: DeploymentRecord | None,
+        new: DeploymentRecord | None,
+    ) -> None:
+        """A watch saw a rollout's Deployment change: tick it soon if a decision may change.
+
+        A new template (a release), a command, a Deployment created or deleted;
+        not status alone (pods coming up are seen at the next tick, as before).
+        """
+        with self._lock:
+            rollouts = self._by_deployment.get((namespace, name), set())
+        if not rollouts:
+            return
+        if old is not None and new is not None:
+            same_template = old.template == new.template
+            same_command = old.annotations.get(COMMAND_ANNOTATION) == new.annotations.get(
+                COMMAND_ANNOTATION
+            )
+            if same_template and same_command:
+                return
+        for rollout in rollouts:
+            self.trigger(rollout)
+
+    def trigger(self, name: str) -> None:
+        """Tick ``name`` within :data:`TRIGGER_DELAY` (a watch saw its Deployments change)."""
+        with self._lock:
+            guard = self._guards.get(name)
+            if guard is not None and guard.locked():
+                self._again.add(name)
+                return
+        self._move(name, datetime.now(UTC) + TRIGGER_DELAY, earlier_only=True)
+
+    def _move(self, name: str, when: datetime, *, earlier_only: bool) -> None:
+        """Run the rollout's job next at ``when``; its phase stays for the runs after."""
+        if self._stop.is_set():
+            return
+        job = self._scheduler.get_job(name)
+        if job is None:
+            return
+        if earlier_only and job.next_run_time is not None and job.next_run_time <= when:
+            return
+        with self._lock:
+            due = self._due.get(name)
+            self._due[name] = min(due, when) if earlier_only and due is not None else when
+        job.modify(next_run_time=when)
+
+    def _tick_once(self, engine: RolloutEngine, fence: Callable[[], float]) -> None:
+        name, rollout = engine.rollout.name, engine.rollout
         with self._lock:
             self._ticking[name] = time.monotonic()
         # The tick binds revision and step as it learns them; the failure line below
@@ -379,10 +497,8 @@ class Daemon:
             self.metrics.rollout_error.labels(rollout.name, rollout.namespace, each).set(0)
 
     def _postpone(self, rollout: RolloutConfig, wait: timedelta) -> None:
-        """Run the rollout's job next in ``wait`` (its interval follows on from then)."""
-        job = self._scheduler.get_job(rollout.name)
-        if job is not None and not self._stop.is_set():
-            job.modify(next_run_time=datetime.now(UTC) + wait)
+        """Run the rollout's job next in ``wait`` (its phase times follow on from then)."""
+        self._move(rollout.name, datetime.now(UTC) + wait, earlier_only=False)
 
     def _tick_limit(self, name: str) -> float:
         engine = self._engines.get(name)
@@ -418,12 +534,10 @@ class Daemon:
             )
 
     def _requeue(self, rollout: RolloutConfig, after: timedelta | None) -> None:
-        if after is None or after >= rollout.interval or self._stop.is_set():
+        if after is None or after >= rollout.interval:
             return
         when = datetime.now(UTC) + max(after, timedelta(milliseconds=200))
-        job = self._scheduler.get_job(rollout.name)
-        if job is not None and job.next_run_time is not None and when < job.next_run_time:
-            job.modify(next_run_time=when)
+        self._move(rollout.name, when, earlier_only=True)
 
     # ---- reload ----------------------------------------------------------------------------
 
@@ -466,6 +580,7 @@ class Daemon:
             self._notifier = Notifier(new.alerts.sinks, metrics=self.metrics)
             threading.Thread(target=old_notifier.close, kwargs={"timeout": 30}, daemon=True).start()
         self.config = new
+        self._cache.watch(r.namespace for r in new.rollouts)
         # Every job runs at once after a reload: a fix in the config is tried now,
         # and a permanent error's backoff starts over.
         self._permanent.clear()

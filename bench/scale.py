@@ -1,0 +1,412 @@
+"""What the daemon costs with N rollouts: the real ``autocanary run`` against the test bed.
+
+Starts the local control plane (real API server, KWOK pods) and a Prometheus,
+creates N rollouts (a stable Deployment of one KWOK pod and an empty canary
+each, a thousand per namespace), starts the daemon as a subprocess on a config
+naming all of them (interval 30s, no leader election) and measures it from
+outside:
+
+- start-up: seconds until every rollout has ticked once, and how many canary
+  generations the start-up bumped (writes to the canaries);
+- idle: CPU seconds per minute (from /proc), peak RSS, threads, requests per
+  second to the API server (the daemon's own count, ``autocanary_kube_requests``)
+  and tick lag p50/p99 (``autocanary_tick_lag_seconds``: start minus due time);
+- a wave: the canary templates of 10% of the rollouts changed at once; the
+  detection delay is from each patch's answer to the daemon's ReleaseDetected
+  Event reaching a watch (p50/p99); CPU and requests during the wave.
+
+Percentiles from the daemon's histograms are bucket upper bounds. Prints a
+Markdown table row and appends it, with the run's details, to
+bench/results/scale.md. Run it niced, through the machine's heavy-run slot:
+
+    nice -n 10 /work/wt/heavy .venv/bin/python bench/scale.py --rollouts 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+from kubernetes import client, watch
+
+from autocanary_testbed.controlplane import ControlPlane
+from autocanary_testbed.monitoring import PrometheusServer
+from autocanary_testbed.procs import free_port
+from autocanary_testbed.stack import app_deployment
+
+PER_NAMESPACE = 1000
+INTERVAL_S = 30
+RESULTS = Path(__file__).parent / "results" / "scale.md"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _namespace(i: int) -> str:
+    return f"scale{i // PER_NAMESPACE}"
+
+
+def _config(prometheus_url: str, rollouts: int, port: int) -> dict[str, Any]:
+    return {
+        "prometheus": {"url": prometheus_url},
+        "daemon": {
+            "listen": f"127.0.0.1:{port}",
+            "logFormat": "json",
+            "leaderElection": {"enabled": False},
+        },
+        "rollouts": [
+            {
+                "name": f"app{i}",
+                "namespace": _namespace(i),
+                "stable": f"app{i}",
+                "interval": f"{INTERVAL_S}s",
+                "steps": [{"canary": 1, "hold": "10m"}],
+                "analysis": {
+                    "inconclusiveLimit": 1000,
+                    "checks": [{"name": "error-rate", "template": "error-rate", "max": "1%"}],
+                },
+            }
+            for i in range(rollouts)
+        ],
+    }
+
+
+# ---- the daemon process, seen from outside --------------------------------------------------
+
+
+def _proc(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system), RSS and peak RSS in MiB, and threads of a process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    status = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+    )
+    return {
+        "cpu": cpu,
+        "rss": int(status["VmRSS"].split()[0]) / 1024,
+        "hwm": int(status["VmHWM"].split()[0]) / 1024,
+        "threads": int(status["Threads"]),
+    }
+
+
+_SAMPLE = re.compile(r"^([a-zA-Z_:]+)(\{[^}]*\})? (\S+)$")
+
+
+def _metrics(port: int) -> dict[str, float]:
+    """The daemon's /metrics, summed over every label but ``le``, ``call``."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=60, trust_env=False).text
+    sums: dict[str, float] = {}
+    for line in text.splitlines():
+        m = _SAMPLE.match(line)
+        if not m:
+            continue
+        name, labels, value = m.groups()
+        keep = re.findall(r'(le|call)="([^"]*)"', labels or "")
+        key = name + "".join(f"|{k}={v}" for k, v in keep)
+        sums[key] = sums.get(key, 0.0) + float(value)
+    return sums
+
+
+def _delta(after: dict[str, float], before: dict[str, float], prefix: str) -> dict[str, float]:
+    return {k: after[k] - before.get(k, 0.0) for k in after if k.startswith(prefix) and after[k]}
+
+
+def _quantile_from_buckets(buckets: dict[str, float], q: float) -> str:
+    """The upper bound of the bucket holding the q-quantile, from cumulative bucket counts."""
+    bounds = sorted(
+        ((float(k.rsplit("le=", 1)[1]), v) for k, v in buckets.items() if "|le=" in k),
+        key=lambda b: b[0],
+    )
+    total = bounds[-1][1] if bounds else 0
+    if not total:
+        return "n/a"
+    for bound, count in bounds:
+        if count >= q * total:
+            return "≤ " + (f"{bound * 1000:g} ms" if bound < 1 else f"{bound:g} s")
+    return "n/a"
+
+
+def _requests(delta: dict[str, float]) -> tuple[float, dict[str, float]]:
+    calls = {k.split("|call=", 1)[1]: v for k, v in delta.items() if "|call=" in k}
+    return sum(calls.values()), calls
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+# ---- the run --------------------------------------------------------------------------------
+
+
+def _create(cp: ControlPlane, rollouts: int) -> None:
+    for n in sorted({_namespace(i) for i in range(rollouts)}):
+        cp.create_namespace(n)
+    local = threading.local()
+
+    def apps() -> Any:
+        if not hasattr(local, "apps"):
+            local.apps = client.AppsV1Api(cp.api_client())
+        return local.apps
+
+    def one(i: int) -> None:
+        for name, track, replicas in ((f"app{i}", "stable", 1), (f"app{i}-canary", "canary", 0)):
+            body = app_deployment(name, f"app{i}", track, "v1", replicas=replicas)
+            apps().create_namespaced_deployment(_namespace(i), body, _request_timeout=60)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(one, range(rollouts)))
+
+
+def _listed(api: client.ApiClient, namespace: str) -> Iterator[dict[str, Any]]:
+    apps = client.AppsV1Api(api)
+    token = None
+    while True:
+        listed: Any = apps.list_namespaced_deployment(
+            namespace, limit=500, _continue=token, _preload_content=False
+        )
+        page = json.loads(listed.data)
+        yield from page["items"]
+        token = page["metadata"].get("continue")
+        if not token:
+            return
+
+
+def _all_ready(api: client.ApiClient, rollouts: int) -> bool:
+    ready = 0
+    for n in sorted({_namespace(i) for i in range(rollouts)}):
+        for d in _listed(api, n):
+            if d["metadata"]["name"].endswith("-canary"):
+                continue
+            ready += (d.get("status") or {}).get("readyReplicas", 0) >= 1
+    return ready >= rollouts
+
+
+def _canary_generations(api: client.ApiClient, rollouts: int) -> int:
+    return sum(
+        d["metadata"]["generation"]
+        for n in sorted({_namespace(i) for i in range(rollouts)})
+        for d in _listed(api, n)
+        if d["metadata"]["name"].endswith("-canary")
+    )
+
+
+def _watch_events(
+    api: client.ApiClient, namespaces: list[str], seen: dict[str, float], stop: threading.Event
+) -> list[threading.Thread]:
+    """Record when each canary's first ReleaseDetected Event reaches a watch."""
+
+    def follow(namespace: str) -> None:
+        core = client.CoreV1Api(api)
+        while not stop.is_set():
+            w: Any = watch.Watch(return_type=object)  # type: ignore[no-untyped-call]
+            for event in w.stream(core.list_namespaced_event, namespace, timeout_seconds=30):
+                obj = event["raw_object"]
+                if obj.get("reason") == "ReleaseDetected":
+                    seen.setdefault(obj["involvedObject"]["name"], time.monotonic())
+                if stop.is_set():
+                    break
+
+    threads = [threading.Thread(target=follow, args=(n,), daemon=True) for n in namespaces]
+    for t in threads:
+        t.start()
+    return threads
+
+
+def _wait(what: str, check: Callable[[], bool], timeout: float) -> float:
+    """Seconds until ``check()`` holds, asked every 2 s (a list of N objects is not free)."""
+    began = time.monotonic()
+    while not check():
+        if time.monotonic() - began > timeout:
+            raise TimeoutError(f"{what}: not within {timeout:g}s")
+        time.sleep(2.0)
+    return time.monotonic() - began
+
+
+def run(rollouts: int, idle_s: float, wave_share: float) -> dict[str, Any]:
+    """Run the benchmark for ``rollouts``; return what it measured."""
+    work = Path(tempfile.mkdtemp(prefix="autocanary-bench-scale-"))
+    result: dict[str, Any] = {"rollouts": rollouts}
+    namespaces = sorted({_namespace(i) for i in range(rollouts)})
+    with ControlPlane() as cp, PrometheusServer(work / "prometheus") as prom:
+        api = cp.api_client()
+        began = time.monotonic()
+        _create(cp, rollouts)
+        result["create_s"] = round(time.monotonic() - began)
+        result["ready_s"] = round(
+            _wait("every stable Ready", lambda: _all_ready(api, rollouts), 3600)
+        )
+        port = free_port()
+        config_path = work / "config.yaml"
+        config_path.write_text(yaml.safe_dump(_config(prom.url, rollouts, port)))
+        generations = _canary_generations(api, rollouts)
+        log_path = work / "daemon.log"
+        with log_path.open("wb") as log_file:
+            daemon = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "autocanary",
+                    "run",
+                    "-c",
+                    str(config_path),
+                    "--kubeconfig",
+                    str(cp.kubeconfig_path),
+                ],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            started = time.monotonic()
+
+            def ticked_all() -> bool:
+                if daemon.poll() is not None:
+                    raise RuntimeError(f"the daemon exited {daemon.returncode}; see {log_path}")
+                try:
+                    m = _metrics(port)
+                except httpx.HTTPError:
+                    return False
+                return m.get("autocanary_tick_duration_seconds_count", 0) >= rollouts
+
+            _wait("every rollout ticked once", ticked_all, 1800)
+            result["startup_s"] = round(time.monotonic() - started, 1)
+            result["startup_cpu_s"] = round(_proc(daemon.pid)["cpu"], 1)
+            result["startup_writes"] = _canary_generations(api, rollouts) - generations
+
+            # ---- idle ----
+            time.sleep(INTERVAL_S)  # let the start-up spread settle into phase
+            p0, m0, t0 = _proc(daemon.pid), _metrics(daemon_port := port), time.monotonic()
+            time.sleep(idle_s)
+            p1, m1, t1 = _proc(daemon.pid), _metrics(daemon_port), time.monotonic()
+            minutes = (t1 - t0) / 60
+            requests, calls = _requests(_delta(m1, m0, "autocanary_kube_requests_total"))
+            lag = _delta(m1, m0, "autocanary_tick_lag_seconds_bucket")
+            result["idle"] = {
+                "seconds": round(t1 - t0),
+                "cpu_s_per_min": round((p1["cpu"] - p0["cpu"]) / minutes, 2),
+                "rss_mib": round(p1["rss"]),
+                "threads": int(p1["threads"]),
+                "requests_per_s": round(requests / (t1 - t0), 2),
+                "calls": calls,
+                "ticks": int(
+                    m1.get("autocanary_tick_duration_seconds_count", 0)
+                    - m0.get("autocanary_tick_duration_seconds_count", 0)
+                ),
+                "lag_p50": _quantile_from_buckets(lag, 0.5),
+                "lag_p99": _quantile_from_buckets(lag, 0.99),
+            }
+
+            # ---- a wave of releases ----
+            wave = list(range(0, rollouts, max(1, round(1 / wave_share))))
+            seen: dict[str, float] = {}
+            stop = threading.Event()
+            _watch_events(api, namespaces, seen, stop)
+            time.sleep(2)  # the watches are established
+            sent: dict[str, float] = {}
+            local = threading.local()
+
+            def release(i: int) -> None:
+                if not hasattr(local, "apps"):
+                    local.apps = client.AppsV1Api(cp.api_client())
+                patch = {"spec": {"template": {"metadata": {"labels": {"version": "v2"}}}}}
+                local.apps.patch_namespaced_deployment(
+                    f"app{i}-canary", _namespace(i), patch, _request_timeout=60
+                )
+                sent[f"app{i}-canary"] = time.monotonic()
+
+            p0, m0, t0 = _proc(daemon.pid), _metrics(daemon_port), time.monotonic()
+            with ThreadPoolExecutor(8) as pool:
+                list(pool.map(release, wave))
+            result["wave_patch_s"] = round(time.monotonic() - t0, 1)
+            try:
+                _wait("every release detected", lambda: len(seen) >= len(wave), 4 * INTERVAL_S)
+            except TimeoutError as e:  # report what was detected
+                print(f"not every release detected: {e}", file=sys.stderr)
+            time.sleep(max(0.0, INTERVAL_S - (time.monotonic() - t0)))
+            p1, m1, t1 = _proc(daemon.pid), _metrics(daemon_port), time.monotonic()
+            stop.set()
+            delays = [seen[k] - sent[k] for k in sent if k in seen]
+            requests, calls = _requests(_delta(m1, m0, "autocanary_kube_requests_total"))
+            lag = _delta(m1, m0, "autocanary_tick_lag_seconds_bucket")
+            result["wave"] = {
+                "releases": len(wave),
+                "detected": len(delays),
+                "delay_p50_s": round(statistics.median(delays), 2) if delays else None,
+                "delay_p99_s": round(_percentile(delays, 0.99), 2) if delays else None,
+                "delay_max_s": round(max(delays), 2) if delays else None,
+                "seconds": round(t1 - t0),
+                "cpu_s_per_min": round((p1["cpu"] - p0["cpu"]) / ((t1 - t0) / 60), 2),
+                "requests_per_s": round(requests / (t1 - t0), 2),
+                "calls": calls,
+                "lag_p50": _quantile_from_buckets(lag, 0.5),
+                "lag_p99": _quantile_from_buckets(lag, 0.99),
+            }
+            final = _proc(daemon.pid)
+            result["peak_rss_mib"] = round(final["hwm"])
+            result["threads"] = int(final["threads"])
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            try:
+                daemon.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+                daemon.wait()
+            api.close()  # type: ignore[no-untyped-call]
+    return result
+
+
+def _row(r: dict[str, Any]) -> str:
+    idle, wave = r["idle"], r["wave"]
+    return (
+        f"| {r['rollouts']:,} | {idle['cpu_s_per_min']} | {wave['cpu_s_per_min']} "
+        f"| {r['peak_rss_mib']} MiB | {r['threads']} | {idle['requests_per_s']} "
+        f"| {wave['requests_per_s']} | {idle['lag_p50']} / {idle['lag_p99']} "
+        f"| {wave['delay_p50_s']} / {wave['delay_p99_s']} s "
+        f"({wave['detected']}/{wave['releases']}) "
+        f"| {r['startup_s']} s, {r['startup_writes']} writes |"
+    )
+
+
+HEADER = (
+    "| rollouts | CPU-s/min idle | CPU-s/min wave | peak RSS | threads | API req/s idle "
+    "| API req/s wave | tick lag p50 / p99 | release detected p50 / p99 | start-up |\n"
+    "|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def main() -> None:
+    """Run the benchmark for each N asked and print (and keep) the results."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--rollouts", type=int, nargs="+", default=[100, 1000])
+    parser.add_argument("--idle", type=float, default=120.0, help="idle seconds measured")
+    parser.add_argument("--wave", type=float, default=0.1, help="share of rollouts released")
+    args = parser.parse_args()
+    for n in args.rollouts:
+        result = run(n, args.idle, args.wave)
+        row = _row(result)
+        print(HEADER)
+        print(row)
+        print(json.dumps(result, indent=2))
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        with RESULTS.open("a") as out:
+            stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+            out.write(f"\n### {n:,} rollouts ({stamp})\n\n{HEADER}\n{row}\n\n")
+            out.write(f"```json\n{json.dumps(result, indent=2)}\n```\n")
+
+
+if __name__ == "__main__":
+    main()

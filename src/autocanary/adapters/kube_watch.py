@@ -1,0 +1,348 @@
+"""A watch-fed cache of the Deployments in the rollouts' namespaces.
+
+Reading two Deployments per rollout per tick made the daemon's API traffic
+grow with its rollouts, idle or not. Instead one thread per namespace lists
+the namespace's Deployments once and then follows a watch from that list's
+resourceVersion, so reads are served from memory and the API server sends
+only what changed. Bookmarks keep the resourceVersion fresh; a watch that
+ends (the server's timeout, a dropped connection, an API server restart) is
+resumed from the last version seen; one whose version has been compacted away
+(410 Gone) lists again, and whatever changed meanwhile is reported as changed.
+
+Writes still go to the API, guarded by the resourceVersion read; what a write
+returns is remembered here at once (:meth:`DeploymentCache.remember`), so the
+next tick does not decide on the version before its own write. The watch
+delivers the same version moments later and changes nothing.
+
+A namespace whose Deployments may not be listed or watched (RBAC from before
+the cache) is not cached: reads there fall back to GETs (see
+:meth:`DeploymentCache.read_deployment`), and the list is tried again every
+:data:`RETRY_SECONDS`. The cache never raises into a tick.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import structlog
+import urllib3
+from kubernetes import client, watch
+from kubernetes.client import ApiException
+
+from autocanary.adapters.kubernetes import DeploymentRecord, KubeClient
+from autocanary.errors import InvalidResource, ResourceNotFound
+from autocanary.rollout.revision import JSON
+
+log = structlog.get_logger("autocanary.adapters.kube_watch")
+
+#: A watch request ends after this long (the server closes it) and is resumed at once.
+WATCH_SECONDS = 300
+#: After a failed list or watch, wait this long before the next attempt.
+RETRY_SECONDS = 5.0
+#: (connect, read) timeouts: the list is one bounded call; a watch is quiet between
+#: events and bookmarks, so its read timeout outlasts the request itself.
+LIST_TIMEOUT = (5.0, 60.0)
+WATCH_TIMEOUT = (5.0, WATCH_SECONDS + 30.0)
+
+#: Called with (namespace, name, before, after) when a Deployment appears, changes or
+#: disappears (``None`` on the missing side). Not called for the first list.
+OnChange = Callable[[str, str, DeploymentRecord | None, DeploymentRecord | None], None]
+#: Called with the API call's name for each request the cache makes (for counting).
+OnRequest = Callable[[str], None]
+
+
+class _Gone(Exception):
+    """The watch's resourceVersion is too old (410 Gone): list again."""
+
+
+def _trimmed(obj: JSON) -> DeploymentRecord:
+    """The record of a Deployment, keeping less of it in memory.
+
+    managedFields are read once, for who set the replicas, and not kept: they
+    are most of an object's size and nothing else reads them.
+    """
+    record = DeploymentRecord.from_json(obj)
+    meta = {k: v for k, v in obj["metadata"].items() if k != "managedFields"}
+    return replace(record, raw={**obj, "metadata": meta})
+
+
+def _newer(a: DeploymentRecord, b: DeploymentRecord) -> bool:
+    """Whether ``a`` is a later version of the object than ``b``.
+
+    resourceVersions are etcd revisions on every API server there is; should
+    one not be a number, the later arrival wins.
+    """
+    if a.uid != b.uid:
+        return True
+    try:
+        return int(a.resource_version) > int(b.resource_version)
+    except ValueError:
+        return True
+
+
+@dataclass
+class _Namespace:
+    """One namespace's Deployments and how far its watch has got."""
+
+    name: str
+    synced: bool = False
+    forbidden: bool = False
+    resource_version: str = ""
+    relists: int = 0
+
+
+class DeploymentCache:
+    """Deployments of some namespaces, kept current by list+watch; see the module docstring."""
+
+    def __init__(
+        self,
+        kube: KubeClient,
+        namespaces: Iterable[str],
+        *,
+        on_change: OnChange | None = None,
+        on_request: OnRequest | None = None,
+    ) -> None:
+        """Prepare the cache; :meth:`start` begins listing and watching."""
+        self._kube = kube
+        # A client of its own: each watch holds a connection for minutes, which must
+        # not starve the ticks' calls of their pool.
+        self._api = client.ApiClient(kube.api_client.configuration)
+        self._api.rest_client.pool_manager.connection_pool_kw["retries"] = 0
+        self._apps = client.AppsV1Api(self._api)
+        self._on_change = on_change
+        self._on_request = on_request
+        self._lock = threading.Lock()
+        self._objects: dict[tuple[str, str], DeploymentRecord] = {}
+        self._namespaces = {n: _Namespace(n) for n in sorted(set(namespaces))}
+        self._stop = threading.Event()
+        self._watches: dict[str, watch.Watch] = {}
+        self._threads: list[threading.Thread] = []
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start one list+watch thread per namespace."""
+        for namespace in list(self._namespaces):
+            self._start(namespace)
+
+    def _start(self, namespace: str) -> None:
+        thread = threading.Thread(
+            target=self._follow, args=(namespace,), name=f"watch-{namespace}", daemon=True
+        )
+        thread.start()
+        self._threads.append(thread)
+
+    def stop(self) -> None:
+        """Stop the watches and close the cache's connections."""
+        self._stop.set()
+        with self._lock:
+            watches = list(self._watches.values())
+        for w in watches:
+            w.stop()  # type: ignore[no-untyped-call]  # untyped in kubernetes
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self._api.close()  # type: ignore[no-untyped-call]  # untyped in kubernetes
+
+    def watch(self, namespaces: Iterable[str]) -> None:
+        """Also cache ``namespaces`` (a reloaded config's new ones), once started."""
+        for namespace in sorted(set(namespaces) - self._namespaces.keys()):
+            with self._lock:
+                self._namespaces[namespace] = _Namespace(namespace)
+            if self._threads:
+                self._start(namespace)
+
+    def wait_synced(self, timeout: float) -> bool:
+        """Wait until every namespace is listed (or found forbidden); whether they are."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if all(n.synced or n.forbidden for n in self._namespaces.values()):
+                    return True
+            if self._stop.wait(0.05):
+                return False
+        return False
+
+    # ---- reading ---------------------------------------------------------------------------
+
+    def synced(self, namespace: str) -> bool:
+        """Whether reads in ``namespace`` are served from the cache."""
+        with self._lock:
+            ns = self._namespaces.get(namespace)
+            return ns is not None and ns.synced
+
+    def read_deployment(self, namespace: str, name: str) -> DeploymentRecord:
+        """The Deployment from the cache, or from the API if its namespace is not cached.
+
+        :class:`ResourceNotFound` when a cached namespace has no such Deployment.
+        """
+        with self._lock:
+            ns = self._namespaces.get(namespace)
+            if ns is not None and ns.synced:
+                found = self._objects.get((namespace, name))
+                if found is not None:
+                    return found
+                # Worded as the API's 404 is, which a GET would have met.
+                raise ResourceNotFound(
+                    f"read Deployment {namespace}/{name}: not found: "
+                    f'deployments.apps "{name}" not found'
+                )
+        return self._kube.read_deployment(namespace, name)
+
+    def remember(self, record: DeploymentRecord) -> None:
+        """Keep what a write returned, unless the watch has delivered a later version already."""
+        key = (record.namespace, record.name)
+        with self._lock:
+            ns = self._namespaces.get(record.namespace)
+            if ns is None or not ns.synced:
+                return
+            known = self._objects.get(key)
+            if known is None or _newer(record, known):
+                self._objects[key] = replace(record, raw=_trimmed(record.raw).raw)
+
+    def relists(self, namespace: str) -> int:
+        """How often ``namespace`` was listed again after its watch expired (410 Gone)."""
+        with self._lock:
+            return self._namespaces[namespace].relists
+
+    # ---- the watch threads -----------------------------------------------------------------
+
+    def _counted(self, call: str) -> None:
+        if self._on_request is not None:
+            self._on_request(call)
+
+    def _follow(self, namespace: str) -> None:
+        ns = self._namespaces[namespace]
+        while not self._stop.is_set():
+            try:
+                if not ns.resource_version:
+                    self._list(ns)
+                self._watch(ns)
+            except _Gone:
+                log.info("watch expired; listing again", namespace=namespace)
+                with self._lock:
+                    ns.resource_version = ""
+                    ns.relists += 1
+            except ApiException as e:
+                if e.status in (401, 403):
+                    if not ns.forbidden:
+                        log.warning(
+                            "may not list and watch Deployments; reading each one instead "
+                            "(grant list and watch on deployments to cache them)",
+                            namespace=namespace,
+                            status=e.status,
+                        )
+                    with self._lock:
+                        ns.forbidden, ns.synced, ns.resource_version = True, False, ""
+                else:
+                    log.info("watch failed; retrying", namespace=namespace, status=e.status)
+                self._stop.wait(RETRY_SECONDS)
+            except (urllib3.exceptions.HTTPError, OSError, ValueError) as e:
+                # A dropped connection or a restarting API server: resume from the last
+                # version seen (the cache keeps serving what it has meanwhile).
+                if not self._stop.is_set():
+                    log.info("watch interrupted; resuming", namespace=namespace, error=str(e))
+                    self._stop.wait(RETRY_SECONDS)
+            except Exception:  # the thread must outlive a bug: the cache would go stale
+                if not self._stop.is_set():
+                    log.exception("watch failed unexpectedly; retrying", namespace=namespace)
+                    self._stop.wait(RETRY_SECONDS)
+
+    def _list(self, ns: _Namespace) -> None:
+        self._counted("list_namespaced_deployment")
+        response: Any = self._apps.list_namespaced_deployment(
+            ns.name, _preload_content=False, _request_timeout=LIST_TIMEOUT
+        )
+        listed = json.loads(response.data)
+        objects: dict[str, DeploymentRecord] = {}
+        for obj in listed.get("items") or []:
+            # A List's items carry no kind; the records do not need it.
+            with contextlib.suppress(InvalidResource):
+                record = _trimmed(obj)
+                objects[record.name] = record
+        changes: list[tuple[DeploymentRecord | None, DeploymentRecord | None]] = []
+        with self._lock:
+            before = {name: record for (n, name), record in self._objects.items() if n == ns.name}
+            for name in before.keys() - objects.keys():
+                del self._objects[(ns.name, name)]
+            for name, record in objects.items():
+                self._objects[(ns.name, name)] = record
+            first = not ns.synced and not ns.relists
+            ns.synced, ns.forbidden = True, False
+            ns.resource_version = listed["metadata"]["resourceVersion"]
+        if first:
+            return  # the first ticks read everything anyway
+        for name in before.keys() | objects.keys():
+            old, new = before.get(name), objects.get(name)
+            if old is None or new is None or old.resource_version != new.resource_version:
+                changes.append((old, new))
+        for old, new in changes:
+            self._changed(ns.name, old, new)
+
+    def _watch(self, ns: _Namespace) -> None:
+        # Events stay plain JSON (return type object): no model objects are built.
+        w = watch.Watch(return_type=object)  # type: ignore[no-untyped-call]
+        with self._lock:
+            self._watches[ns.name] = w
+        self._counted("watch_namespaced_deployment")
+        try:
+            for event in w.stream(  # type: ignore[no-untyped-call]
+                self._apps.list_namespaced_deployment,
+                ns.name,
+                resource_version=ns.resource_version,
+                allow_watch_bookmarks=True,
+                timeout_seconds=WATCH_SECONDS,
+                _request_timeout=WATCH_TIMEOUT,
+            ):
+                if self._stop.is_set():
+                    return
+                self._event(ns, event["type"], event["raw_object"])
+        except ApiException as e:
+            if e.status == 410:
+                raise _Gone from e
+            raise
+        finally:
+            with self._lock:
+                self._watches.pop(ns.name, None)
+
+    def _event(self, ns: _Namespace, kind: str, obj: JSON) -> None:
+        version = (obj.get("metadata") or {}).get("resourceVersion")
+        if kind == "BOOKMARK":
+            if version:
+                with self._lock:
+                    ns.resource_version = version
+            return
+        try:
+            record = _trimmed(obj)
+        except InvalidResource:
+            return
+        key = (ns.name, record.name)
+        with self._lock:
+            old = self._objects.get(key)
+            if kind == "DELETED":
+                self._objects.pop(key, None)
+                new = None
+            elif old is None or _newer(record, old):
+                self._objects[key] = new = record
+            else:
+                new = old  # our own write, remembered already
+            ns.resource_version = record.resource_version
+        if new is not old:
+            self._changed(ns.name, old, new)
+
+    def _changed(
+        self, namespace: str, old: DeploymentRecord | None, new: DeploymentRecord | None
+    ) -> None:
+        either = new if new is not None else old
+        if self._on_change is None or either is None:
+            return
+        name = either.name
+        try:
+            self._on_change(namespace, name, old, new)
+        except Exception:  # the watch must outlive a bug in a listener
+            log.exception("change listener failed", namespace=namespace, deployment=name)

@@ -1,0 +1,291 @@
+"""The daemon's watch cache of Deployments, against the real API server.
+
+The cache sees Deployments created, changed and deleted; a watch whose
+resourceVersion the API server no longer has (410 Gone) lists again and
+carries on; a namespace it may not list falls back to GETs. The daemon itself
+ticks a rollout whose canary template changed at once (its interval is an
+hour here: only the watch can bring that tick), and its start-up writes
+nothing to an idle canary.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+
+from autocanary.adapters.kube_watch import DeploymentCache
+from autocanary.adapters.kubernetes import DeploymentRecord, KubeClient
+from autocanary.errors import ResourceNotFound
+from autocanary.rollout.state import STATE_ANNOTATION
+from autocanary_testbed.controlplane import ControlPlane
+from autocanary_testbed.http_checks import http_ok
+from autocanary_testbed.procs import ManagedProcess, free_port
+from autocanary_testbed.stack import app_deployment
+from autocanary_testbed.waiting import wait_until
+
+pytestmark = pytest.mark.integration
+
+WAIT_S = 90.0  # a bound for a hang on a loaded 2-core machine, not a timing expectation
+Change = tuple[str, DeploymentRecord | None, DeploymentRecord | None]
+
+
+@pytest.fixture
+def kube(kube_api: client.ApiClient) -> KubeClient:
+    return KubeClient(kube_api, identity="itest-admin")
+
+
+@pytest.fixture
+def cache(kube: KubeClient, namespace: str) -> Iterator[tuple[DeploymentCache, list[Change]]]:
+    changes: list[Change] = []
+    lock = threading.Lock()
+
+    def changed(
+        ns: str, name: str, old: DeploymentRecord | None, new: DeploymentRecord | None
+    ) -> None:
+        with lock:
+            changes.append((name, old, new))
+
+    cache = DeploymentCache(kube, [namespace], on_change=changed)
+    cache.start()
+    try:
+        assert cache.wait_synced(WAIT_S)
+        yield cache, changes
+    finally:
+        cache.stop()
+
+
+def _version(record: DeploymentRecord) -> str:
+    return str(record.template["metadata"]["labels"]["version"])
+
+
+def _cached(cache: DeploymentCache, namespace: str, name: str) -> DeploymentRecord | None:
+    try:
+        return cache.read_deployment(namespace, name)
+    except ResourceNotFound:
+        return None
+
+
+def test_the_cache_sees_deployments_created_changed_and_deleted(
+    cache: tuple[DeploymentCache, list[Change]], kube: KubeClient, namespace: str
+) -> None:
+    deployments, changes = cache
+    assert deployments.synced(namespace)
+    with pytest.raises(ResourceNotFound, match=r'deployments\.apps "web" not found'):
+        deployments.read_deployment(namespace, "web")
+
+    kube.create_deployment(namespace, app_deployment("web", "web", "stable", "v1", replicas=0))
+    wait_until(
+        lambda: _cached(deployments, namespace, "web") is not None, timeout=WAIT_S, what="created"
+    )
+    kube.patch_deployment(
+        namespace,
+        "web",
+        {"spec": {"template": {"metadata": {"labels": {"version": "v2"}}}}},
+        "change the template",
+    )
+    wait_until(
+        lambda: (
+            (found := _cached(deployments, namespace, "web")) is not None
+            and _version(found) == "v2"
+        ),
+        timeout=WAIT_S,
+        what="changed",
+    )
+    client.AppsV1Api(kube.api_client).delete_namespaced_deployment("web", namespace)
+    wait_until(lambda: _cached(deployments, namespace, "web") is None, timeout=WAIT_S, what="gone")
+
+    seen = [(name, old is not None, new is not None) for name, old, new in changes]
+    assert ("web", False, True) in seen  # created
+    assert ("web", True, False) in seen  # deleted
+    versions = [(_version(old), _version(new)) for _, old, new in changes if old and new]
+    assert ("v1", "v2") in versions
+    # Kept without managedFields (most of an object's size), read once for the replicas' owner.
+    assert all("managedFields" not in new.raw["metadata"] for _, _, new in changes if new)
+
+
+def test_a_write_is_seen_by_the_next_read_at_once(
+    cache: tuple[DeploymentCache, list[Change]], kube: KubeClient, namespace: str
+) -> None:
+    deployments, _ = cache
+    kube.on_written = deployments.remember
+    kube.create_deployment(namespace, app_deployment("web", "web", "stable", "v1", replicas=0))
+    wait_until(
+        lambda: _cached(deployments, namespace, "web") is not None, timeout=WAIT_S, what="created"
+    )
+
+    written = kube.scale(namespace, "web", 2)
+
+    # No wait: the write's answer is in the cache before the watch delivers it.
+    assert (
+        deployments.read_deployment(namespace, "web").resource_version == written.resource_version
+    )
+    assert deployments.read_deployment(namespace, "web").replicas == 2
+
+
+def test_an_expired_watch_lists_again_and_reports_what_changed_meanwhile(
+    cache: tuple[DeploymentCache, list[Change]], kube: KubeClient, namespace: str
+) -> None:
+    deployments, changes = cache
+    kube.create_deployment(namespace, app_deployment("web", "web", "stable", "v1", replicas=0))
+    wait_until(
+        lambda: _cached(deployments, namespace, "web") is not None, timeout=WAIT_S, what="created"
+    )
+
+    # As after a long disconnect: the next watch resumes from a version the API server
+    # has long compacted away, and it answers 410 Gone.
+    state = deployments._namespaces[namespace]
+    with deployments._lock:
+        state.resource_version = "1"
+        running = deployments._watches.get(namespace)
+    assert running is not None
+    running.stop()  # type: ignore[no-untyped-call]
+
+    wait_until(lambda: deployments.relists(namespace) >= 1, timeout=WAIT_S, what="listed again")
+    kube.create_deployment(namespace, app_deployment("api", "api", "stable", "v1", replicas=0))
+    wait_until(
+        lambda: _cached(deployments, namespace, "api") is not None,
+        timeout=WAIT_S,
+        what="watched again",
+    )
+    assert _cached(deployments, namespace, "web") is not None
+    assert any(name == "api" and old is None for name, old, _ in changes)
+
+
+def test_a_namespace_it_may_not_list_is_read_with_gets(
+    control_plane: ControlPlane, kube: KubeClient, namespace: str
+) -> None:
+    kube.create_deployment(namespace, app_deployment("web", "web", "stable", "v1", replicas=0))
+    user = "itest-no-list"
+    rbac: Any = client.RbacAuthorizationV1Api(kube.api_client)
+    rbac.create_namespaced_role(
+        namespace,
+        {
+            "metadata": {"name": user},
+            "rules": [{"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get"]}],
+        },
+    )
+    rbac.create_namespaced_role_binding(
+        namespace,
+        {
+            "metadata": {"name": user},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": user},
+            "subjects": [{"kind": "User", "name": user, "apiGroup": "rbac.authorization.k8s.io"}],
+        },
+    )
+    limited = KubeClient(control_plane.impersonating_client(user))
+    deployments = DeploymentCache(limited, [namespace])
+    deployments.start()
+    try:
+        # Role bindings reach the authorizer through a watch too: wait until a GET passes.
+        wait_until(lambda: _readable(limited, namespace), timeout=WAIT_S, what="the Role in force")
+        assert deployments.wait_synced(WAIT_S)  # forbidden counts as settled
+        assert not deployments.synced(namespace)
+        assert deployments.read_deployment(namespace, "web").name == "web"
+    finally:
+        deployments.stop()
+
+
+def _readable(kube: KubeClient, namespace: str) -> bool:
+    try:
+        kube.read_deployment(namespace, "web")
+    except Exception:  # noqa: BLE001 -- 403 until the binding is in force
+        return False
+    return True
+
+
+# ---- the daemon: a changed canary ticks its rollout at once ----------------------------------
+
+
+def _logs(process: ManagedProcess) -> list[dict[str, Any]]:
+    events = []
+    for line in process.log_path.read_text(errors="replace").splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict):
+            events.append(event)
+    return events
+
+
+def test_the_daemon_ticks_a_changed_canary_at_once_and_writes_nothing_at_start_up(
+    control_plane: ControlPlane,
+    kube: KubeClient,
+    namespace: str,
+    tmp_workdir: Path,
+) -> None:
+    for name, track in (("web", "stable"), ("web-canary", "canary")):
+        kube.create_deployment(namespace, app_deployment(name, "web", track, "v1", replicas=0))
+    before = kube.read_deployment(namespace, "web-canary")
+    port = free_port()
+    config = {
+        # Never asked: no release gets as far as an analysis here.
+        "prometheus": {"url": f"http://127.0.0.1:{free_port()}"},
+        "daemon": {
+            "listen": f"127.0.0.1:{port}",
+            "logFormat": "json",
+            "leaderElection": {"enabled": False},
+        },
+        "rollouts": [
+            {
+                "name": "web",
+                "namespace": namespace,
+                "stable": "web",
+                # Only the watch can bring a tick within this test's bounds.
+                "interval": "1h",
+                "analysis": {"checks": [{"name": "e", "template": "error-rate", "max": "1%"}]},
+            }
+        ],
+    }
+    config_path = tmp_workdir / "autocanary.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    process = ManagedProcess.start(
+        "daemon",
+        [
+            sys.executable,
+            "-m",
+            "autocanary",
+            "run",
+            "-c",
+            str(config_path),
+            "--kubeconfig",
+            str(control_plane.kubeconfig_path),
+        ],
+        log_dir=tmp_workdir / "logs",
+    )
+    try:
+        process.wait_ready(lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), WAIT_S, "healthy")
+        process.wait_ready(
+            lambda: any(e.get("event") == "tick" for e in _logs(process)), WAIT_S, "first tick"
+        )
+        idle = kube.read_deployment(namespace, "web-canary")
+        assert idle.generation == before.generation  # nothing written at start-up
+        assert STATE_ANNOTATION not in idle.annotations
+
+        kube.patch_deployment(
+            namespace,
+            "web-canary",
+            {"spec": {"template": {"metadata": {"labels": {"version": "v2"}}}}},
+            "release v2",
+        )
+
+        process.wait_ready(
+            lambda: any(
+                e.get("event") == "transition" and e.get("reason") == "ReleaseDetected"
+                for e in _logs(process)
+            ),
+            WAIT_S,
+            "the release detected through the watch",
+        )
+        ticks = [e for e in _logs(process) if e.get("event") == "tick"]
+        assert [t["phase"] for t in ticks][:2] == ["idle", "progressing"]
+    finally:
+        process.stop(timeout=30)
