@@ -17,7 +17,7 @@ delivers the same version moments later and changes nothing.
 A namespace whose Deployments may not be listed or watched (RBAC from before
 the cache) is not cached: reads there fall back to GETs (see
 :meth:`DeploymentCache.read_deployment`), and the list is tried again every
-:data:`RETRY_SECONDS`. The cache never raises into a tick.
+:data:`FORBIDDEN_RETRY_SECONDS`. The cache never raises into a tick.
 """
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ log = structlog.get_logger("autocanary.adapters.kube_watch")
 WATCH_SECONDS = 300
 #: After a failed list or watch, wait this long before the next attempt.
 RETRY_SECONDS = 5.0
+#: A namespace the daemon may not list is asked again this often (a Role added later).
+FORBIDDEN_RETRY_SECONDS = 60.0
 #: (connect, read) timeouts: the list is one bounded call; a watch is quiet between
 #: events and bookmarks, so its read timeout outlasts the request itself.
 LIST_TIMEOUT = (5.0, 60.0)
@@ -110,16 +112,13 @@ class DeploymentCache:
     ) -> None:
         """Prepare the cache; :meth:`start` begins listing and watching."""
         self._kube = kube
-        # A client of its own: each watch holds a connection for minutes, which must
-        # not starve the ticks' calls of their pool.
-        self._api = client.ApiClient(kube.api_client.configuration)
-        self._api.rest_client.pool_manager.connection_pool_kw["retries"] = 0
-        self._apps = client.AppsV1Api(self._api)
+        self._apps = client.AppsV1Api(kube.api_client)
         self._on_change = on_change
         self._on_request = on_request
         self._lock = threading.Lock()
         self._objects: dict[tuple[str, str], DeploymentRecord] = {}
-        self._namespaces = {n: _Namespace(n) for n in sorted(set(namespaces))}
+        self._namespaces: dict[str, _Namespace] = {}
+        self._add(namespaces)
         self._stop = threading.Event()
         self._watches: dict[str, watch.Watch] = {}
         self._threads: list[threading.Thread] = []
@@ -147,13 +146,21 @@ class DeploymentCache:
             w.stop()  # type: ignore[no-untyped-call]  # untyped in kubernetes
         for thread in self._threads:
             thread.join(timeout=5)
-        self._api.close()  # type: ignore[no-untyped-call]  # untyped in kubernetes
+
+    def _add(self, namespaces: Iterable[str]) -> list[str]:
+        added = sorted(set(namespaces) - self._namespaces.keys())
+        with self._lock:
+            for namespace in added:
+                self._namespaces[namespace] = _Namespace(namespace)
+        # Each watch holds one of the client's pooled connections for minutes: room for
+        # them besides the ticks' calls (a pool not created yet takes the new size).
+        pools = self._kube.api_client.rest_client.pool_manager.connection_pool_kw
+        pools["maxsize"] = int(pools.get("maxsize") or 1) + len(added)
+        return added
 
     def watch(self, namespaces: Iterable[str]) -> None:
         """Also cache ``namespaces`` (a reloaded config's new ones), once started."""
-        for namespace in sorted(set(namespaces) - self._namespaces.keys()):
-            with self._lock:
-                self._namespaces[namespace] = _Namespace(namespace)
+        for namespace in self._add(namespaces):
             if self._threads:
                 self._start(namespace)
 
@@ -239,8 +246,9 @@ class DeploymentCache:
                         )
                     with self._lock:
                         ns.forbidden, ns.synced, ns.resource_version = True, False, ""
-                else:
-                    log.info("watch failed; retrying", namespace=namespace, status=e.status)
+                    self._stop.wait(FORBIDDEN_RETRY_SECONDS)
+                    continue
+                log.info("watch failed; retrying", namespace=namespace, status=e.status)
                 self._stop.wait(RETRY_SECONDS)
             except (urllib3.exceptions.HTTPError, OSError, ValueError) as e:
                 # A dropped connection or a restarting API server: resume from the last
