@@ -73,9 +73,15 @@ class ControlPlane:
     temporary work directory) or ``with ControlPlane().start(bin_dir, workdir) as cp:``.
     """
 
-    def __init__(self) -> None:
-        """Create a stopped control plane; ``start`` brings it up."""
+    def __init__(self, *, extra_args: dict[str, Sequence[str]] | None = None) -> None:
+        """Create a stopped control plane; ``start`` brings it up.
+
+        ``extra_args`` adds flags per component (``{"kube-controller-manager":
+        ["--kube-api-qps=500"]}``): benchmarks that create thousands of objects
+        lift the controllers' client rate limits with it.
+        """
         self.keep_workdir = os.environ.get("AUTOCANARY_KEEP") == "1"
+        self._extra_args = {k: list(v) for k, v in (extra_args or {}).items()}
         self._procs: ProcessGroup | None = None
         self._workdir: Path | None = None
         self._pki: Pki | None = None
@@ -366,6 +372,7 @@ class ControlPlane:
         self, name: str, argv: list[str], env: dict[str, str] | None = None
     ) -> ManagedProcess:
         procs = self._require(self._procs, "processes")
+        argv = [*argv, *self._extra_args.get(name, ())]
         proc = procs.start(name, argv, env=env, cwd=self.workdir)
         self._named[name] = proc
         return proc
