@@ -416,6 +416,7 @@ def test_daemon_service_account_can_do_nothing_else(
             ("", "configmaps", "create", "*"),
             ("", "configmaps", "get", state),
             ("", "configmaps", "update", state),
+            ("", "pods", "watch", "*"),
             ("apps", "deployments", "list", "*"),
             ("apps", "deployments", "watch", "*"),
         }

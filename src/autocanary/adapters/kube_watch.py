@@ -1,23 +1,27 @@
-"""A watch-fed cache of the Deployments in the rollouts' namespaces.
+"""Watch-fed caches of the Deployments and pods in the rollouts' namespaces.
 
 Reading two Deployments per rollout per tick made the daemon's API traffic
 grow with its rollouts, idle or not. Instead one thread per namespace lists
 the namespace's Deployments once and then follows a watch from that list's
 resourceVersion, so reads are served from memory and the API server sends
-only what changed. Bookmarks keep the resourceVersion fresh; a watch that
-ends (the server's timeout, a dropped connection, an API server restart) is
-resumed from the last version seen; one whose version has been compacted away
-(410 Gone) lists again, and whatever changed meanwhile is reported as changed.
+only what changed. Pods are cached the same way (:class:`PodCache`), trimmed
+to what the daemon reads of them, for the canary's health while a release
+progresses and for the pod names analysis matches. Bookmarks keep the
+resourceVersion fresh; a watch that ends (the server's timeout, a dropped
+connection, an API server restart) is resumed from the last version seen;
+one whose version has been compacted away (410 Gone) lists again, and
+whatever changed meanwhile is reported as changed.
 
 Writes still go to the API, guarded by the resourceVersion read; what a write
 returns is remembered here at once (:meth:`DeploymentCache.remember`), so the
 next tick does not decide on the version before its own write. The watch
 delivers the same version moments later and changes nothing.
 
-A namespace whose Deployments may not be listed or watched (RBAC from before
-the cache) is not cached: reads there fall back to GETs (see
-:meth:`DeploymentCache.read_deployment`), and the list is tried again every
-:data:`FORBIDDEN_RETRY_SECONDS`. The cache never raises into a tick.
+A namespace whose objects may not be listed or watched (RBAC from before
+the cache) is not cached: reads there fall back to the API (see
+:meth:`DeploymentCache.read_deployment`, :meth:`PodCache.list_pods`), and
+the list is tried again every :data:`FORBIDDEN_RETRY_SECONDS`. The cache
+never raises into a tick.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import structlog
 import urllib3
@@ -52,6 +56,20 @@ FORBIDDEN_RETRY_SECONDS = 60.0
 LIST_TIMEOUT = (5.0, 60.0)
 WATCH_TIMEOUT = (5.0, WATCH_SECONDS + 30.0)
 
+
+class _Versioned(Protocol):
+    """What a cache keeps of an object: at least its identity and version."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def uid(self) -> str: ...
+    @property
+    def resource_version(self) -> str: ...
+
+
+_R = TypeVar("_R", bound=_Versioned)
+
 #: Called with (namespace, name, before, after) when a Deployment appears, changes or
 #: disappears (``None`` on the missing side). Not called for the first list.
 OnChange = Callable[[str, str, DeploymentRecord | None, DeploymentRecord | None], None]
@@ -74,7 +92,62 @@ def _trimmed(obj: JSON) -> DeploymentRecord:
     return replace(record, raw={**obj, "metadata": meta})
 
 
-def _newer(a: DeploymentRecord, b: DeploymentRecord) -> bool:
+@dataclass(frozen=True)
+class PodRecord:
+    """A pod as the daemon reads it: identity, labels, the images and the status."""
+
+    name: str
+    namespace: str
+    uid: str
+    resource_version: str
+    labels: dict[str, str]
+    raw: JSON
+
+    @classmethod
+    def from_json(cls, obj: JSON) -> PodRecord:
+        """Keep what :class:`~autocanary.rollout.pods.PodView` reads; drop the rest."""
+        try:
+            meta = obj["metadata"]
+            kept_meta = {
+                k: meta[k]
+                for k in (
+                    "name",
+                    "namespace",
+                    "uid",
+                    "resourceVersion",
+                    "labels",
+                    "deletionTimestamp",
+                )
+                if k in meta
+            }
+            spec = obj.get("spec") or {}
+            containers = [
+                {"name": c.get("name"), "image": c.get("image")}
+                for c in spec.get("containers") or []
+            ]
+            status = obj.get("status") or {}
+            kept_status = {
+                k: status[k]
+                for k in ("phase", "conditions", "containerStatuses", "initContainerStatuses")
+                if k in status
+            }
+            return cls(
+                name=meta["name"],
+                namespace=meta["namespace"],
+                uid=meta.get("uid", ""),
+                resource_version=meta["resourceVersion"],
+                labels=dict(meta.get("labels") or {}),
+                raw={
+                    "metadata": kept_meta,
+                    "spec": {"containers": containers},
+                    "status": kept_status,
+                },
+            )
+        except (KeyError, TypeError, AttributeError) as e:
+            raise InvalidResource(f"not a usable Pod object (missing {e})") from e
+
+
+def _newer(a: _Versioned, b: _Versioned) -> bool:
     """Whether ``a`` is a later version of the object than ``b``.
 
     resourceVersions are etcd revisions on every API server there is; should
@@ -99,24 +172,24 @@ class _Namespace:
     relists: int = 0
 
 
-class DeploymentCache:
-    """Deployments of some namespaces, kept current by list+watch; see the module docstring."""
+class _WatchCache(Generic[_R]):
+    """Objects of one kind in some namespaces, kept current by list+watch (module docstring)."""
+
+    #: The kind's plural, in log lines and API call names.
+    plural = ""
 
     def __init__(
         self,
         kube: KubeClient,
         namespaces: Iterable[str],
         *,
-        on_change: OnChange | None = None,
         on_request: OnRequest | None = None,
     ) -> None:
         """Prepare the cache; :meth:`start` begins listing and watching."""
         self._kube = kube
-        self._apps = client.AppsV1Api(kube.api_client)
-        self._on_change = on_change
         self._on_request = on_request
         self._lock = threading.Lock()
-        self._objects: dict[tuple[str, str], DeploymentRecord] = {}
+        self._objects: dict[str, dict[str, _R]] = {}  # namespace -> name -> object
         self._namespaces: dict[str, _Namespace] = {}
         self._add(namespaces)
         self._stop = threading.Event()
@@ -132,7 +205,10 @@ class DeploymentCache:
 
     def _start(self, namespace: str) -> None:
         thread = threading.Thread(
-            target=self._follow, args=(namespace,), name=f"watch-{namespace}", daemon=True
+            target=self._follow,
+            args=(namespace,),
+            name=f"watch-{self.plural}-{namespace}",
+            daemon=True,
         )
         thread.start()
         self._threads.append(thread)
@@ -183,35 +259,6 @@ class DeploymentCache:
             ns = self._namespaces.get(namespace)
             return ns is not None and ns.synced
 
-    def read_deployment(self, namespace: str, name: str) -> DeploymentRecord:
-        """The Deployment from the cache, or from the API if its namespace is not cached.
-
-        :class:`ResourceNotFound` when a cached namespace has no such Deployment.
-        """
-        with self._lock:
-            ns = self._namespaces.get(namespace)
-            if ns is not None and ns.synced:
-                found = self._objects.get((namespace, name))
-                if found is not None:
-                    return found
-                # Worded as the API's 404 is, which a GET would have met.
-                raise ResourceNotFound(
-                    f"read Deployment {namespace}/{name}: not found: "
-                    f'deployments.apps "{name}" not found'
-                )
-        return self._kube.read_deployment(namespace, name)
-
-    def remember(self, record: DeploymentRecord) -> None:
-        """Keep what a write returned, unless the watch has delivered a later version already."""
-        key = (record.namespace, record.name)
-        with self._lock:
-            ns = self._namespaces.get(record.namespace)
-            if ns is None or not ns.synced:
-                return
-            known = self._objects.get(key)
-            if known is None or _newer(record, known):
-                self._objects[key] = replace(record, raw=_trimmed(record.raw).raw)
-
     def relists(self, namespace: str) -> int:
         """How often ``namespace`` was listed again after its watch expired (410 Gone)."""
         with self._lock:
@@ -239,8 +286,8 @@ class DeploymentCache:
                 if e.status in (401, 403):
                     if not ns.forbidden:
                         log.warning(
-                            "may not list and watch Deployments; reading each one instead "
-                            "(grant list and watch on deployments to cache them)",
+                            f"may not list and watch {self.plural}; reading them each time "
+                            f"instead (grant list and watch on {self.plural} to cache them)",
                             namespace=namespace,
                             status=e.status,
                         )
@@ -261,25 +308,30 @@ class DeploymentCache:
                     log.exception("watch failed unexpectedly; retrying", namespace=namespace)
                     self._stop.wait(RETRY_SECONDS)
 
+    def _list_call(self) -> Callable[..., Any]:
+        raise NotImplementedError
+
+    def _make(self, obj: JSON) -> _R:
+        raise NotImplementedError
+
+    def _changed(self, namespace: str, old: _R | None, new: _R | None) -> None:
+        """Told each change the watch (or a list after 410) found; nothing by default."""
+
     def _list(self, ns: _Namespace) -> None:
-        self._counted("list_namespaced_deployment")
-        response: Any = self._apps.list_namespaced_deployment(
-            ns.name, _preload_content=False, _request_timeout=LIST_TIMEOUT
-        )
+        call = self._list_call()
+        self._counted(call.__name__)
+        response: Any = call(ns.name, _preload_content=False, _request_timeout=LIST_TIMEOUT)
         listed = json.loads(response.data)
-        objects: dict[str, DeploymentRecord] = {}
+        objects: dict[str, _R] = {}
         for obj in listed.get("items") or []:
             # A List's items carry no kind; the records do not need it.
             with contextlib.suppress(InvalidResource):
-                record = _trimmed(obj)
+                record = self._make(obj)
                 objects[record.name] = record
-        changes: list[tuple[DeploymentRecord | None, DeploymentRecord | None]] = []
+        changes: list[tuple[_R | None, _R | None]] = []
         with self._lock:
-            before = {name: record for (n, name), record in self._objects.items() if n == ns.name}
-            for name in before.keys() - objects.keys():
-                del self._objects[(ns.name, name)]
-            for name, record in objects.items():
-                self._objects[(ns.name, name)] = record
+            before = self._objects.get(ns.name, {})
+            self._objects[ns.name] = objects
             first = not ns.synced and not ns.relists
             ns.synced, ns.forbidden = True, False
             ns.resource_version = listed["metadata"]["resourceVersion"]
@@ -297,10 +349,11 @@ class DeploymentCache:
         w = watch.Watch(return_type=object)  # type: ignore[no-untyped-call]
         with self._lock:
             self._watches[ns.name] = w
-        self._counted("watch_namespaced_deployment")
+        call = self._list_call()
+        self._counted(call.__name__.replace("list_", "watch_", 1))
         try:
             for event in w.stream(  # type: ignore[no-untyped-call]
-                self._apps.list_namespaced_deployment,
+                call,
                 ns.name,
                 resource_version=ns.resource_version,
                 allow_watch_bookmarks=True,
@@ -326,22 +379,79 @@ class DeploymentCache:
                     ns.resource_version = version
             return
         try:
-            record = _trimmed(obj)
+            record = self._make(obj)
         except InvalidResource:
             return
-        key = (ns.name, record.name)
         with self._lock:
-            old = self._objects.get(key)
+            objects = self._objects.setdefault(ns.name, {})
+            old = objects.get(record.name)
             if kind == "DELETED":
-                self._objects.pop(key, None)
+                objects.pop(record.name, None)
                 new = None
             elif old is None or _newer(record, old):
-                self._objects[key] = new = record
+                objects[record.name] = new = record
             else:
                 new = old  # our own write, remembered already
             ns.resource_version = record.resource_version
         if new is not old:
             self._changed(ns.name, old, new)
+
+
+class DeploymentCache(_WatchCache[DeploymentRecord]):
+    """The Deployments of the rollouts' namespaces; see the module docstring."""
+
+    plural = "deployments"
+
+    def __init__(
+        self,
+        kube: KubeClient,
+        namespaces: Iterable[str],
+        *,
+        on_change: OnChange | None = None,
+        on_request: OnRequest | None = None,
+    ) -> None:
+        """Prepare the cache; :meth:`start` begins listing and watching.
+
+        ``on_change`` is told each Deployment created, changed or deleted.
+        """
+        super().__init__(kube, namespaces, on_request=on_request)
+        self._apps = client.AppsV1Api(kube.api_client)
+        self._on_change = on_change
+
+    def _list_call(self) -> Callable[..., Any]:
+        return self._apps.list_namespaced_deployment
+
+    def _make(self, obj: JSON) -> DeploymentRecord:
+        return _trimmed(obj)
+
+    def read_deployment(self, namespace: str, name: str) -> DeploymentRecord:
+        """The Deployment from the cache, or from the API if its namespace is not cached.
+
+        :class:`ResourceNotFound` when a cached namespace has no such Deployment.
+        """
+        with self._lock:
+            ns = self._namespaces.get(namespace)
+            if ns is not None and ns.synced:
+                found = self._objects.get(namespace, {}).get(name)
+                if found is not None:
+                    return found
+                # Worded as the API's 404 is, which a GET would have met.
+                raise ResourceNotFound(
+                    f"read Deployment {namespace}/{name}: not found: "
+                    f'deployments.apps "{name}" not found'
+                )
+        return self._kube.read_deployment(namespace, name)
+
+    def remember(self, record: DeploymentRecord) -> None:
+        """Keep what a write returned, unless the watch has delivered a later version already."""
+        with self._lock:
+            ns = self._namespaces.get(record.namespace)
+            if ns is None or not ns.synced:
+                return
+            objects = self._objects.setdefault(record.namespace, {})
+            known = objects.get(record.name)
+            if known is None or _newer(record, known):
+                objects[record.name] = replace(record, raw=_trimmed(record.raw).raw)
 
     def _changed(
         self, namespace: str, old: DeploymentRecord | None, new: DeploymentRecord | None
@@ -354,3 +464,34 @@ class DeploymentCache:
             self._on_change(namespace, name, old, new)
         except Exception:  # the watch must outlive a bug in a listener
             log.exception("change listener failed", namespace=namespace, deployment=name)
+
+
+class PodCache(_WatchCache[PodRecord]):
+    """The pods of the rollouts' namespaces, trimmed to what the daemon reads of them."""
+
+    plural = "pods"
+
+    def __init__(
+        self, kube: KubeClient, namespaces: Iterable[str], *, on_request: OnRequest | None = None
+    ) -> None:
+        """Prepare the cache; :meth:`start` begins listing and watching."""
+        super().__init__(kube, namespaces, on_request=on_request)
+        self._core = client.CoreV1Api(kube.api_client)
+
+    def _list_call(self) -> Callable[..., Any]:
+        return self._core.list_namespaced_pod
+
+    def _make(self, obj: JSON) -> PodRecord:
+        return PodRecord.from_json(obj)
+
+    def list_pods(self, namespace: str, selector: dict[str, str]) -> list[JSON]:
+        """The pods matching ``selector`` (matchLabels), from the cache or else the API."""
+        with self._lock:
+            ns = self._namespaces.get(namespace)
+            if ns is not None and ns.synced:
+                return [
+                    pod.raw
+                    for pod in self._objects.get(namespace, {}).values()
+                    if selector.items() <= pod.labels.items()
+                ]
+        return self._kube.list_pods(namespace, selector)

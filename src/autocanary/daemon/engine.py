@@ -69,6 +69,7 @@ from autocanary.rollout import route as route_math
 from autocanary.rollout import state as state_codec
 from autocanary.rollout.alert import SEVERITY, Alert
 from autocanary.rollout.pods import PodView
+from autocanary.rollout.revision import JSON
 from autocanary.rollout.state import (
     COMMAND_ANNOTATION,
     RELEASE_ANNOTATION,
@@ -85,6 +86,14 @@ class DeploymentReader(Protocol):
 
     def read_deployment(self, namespace: str, name: str) -> DeploymentRecord:
         """The Deployment as known now; :class:`ResourceNotFound` if there is none."""
+        ...
+
+
+class PodLister(Protocol):
+    """Where a tick lists pods: the API (a KubeClient) or the daemon's watch cache."""
+
+    def list_pods(self, namespace: str, selector: dict[str, str]) -> list[JSON]:
+        """The pods matching a Deployment's ``matchLabels`` selector, as JSON."""
         ...
 
 
@@ -212,15 +221,18 @@ class RolloutEngine:
         metrics: DaemonMetrics,
         clock: Clock = utcnow,
         reads: DeploymentReader | None = None,
+        pods: PodLister | None = None,
     ) -> None:
         """Bind the adapters a tick uses; nothing is read until :meth:`tick`.
 
-        ``reads`` serves the tick's Deployment reads (the daemon's watch cache);
-        without it they are GETs through ``kube``, which does every write.
+        ``reads`` serves the tick's Deployment reads and ``pods`` its pod lists
+        (the daemon's watch caches); without them they go through ``kube``,
+        which does every write.
         """
         self.rollout = rollout
         self.kube = kube
         self.reads: DeploymentReader = reads if reads is not None else kube
+        self.pods: PodLister = pods if pods is not None else kube
         self.prometheus = prometheus
         self.notifier = notifier
         self.metrics = metrics
@@ -375,7 +387,7 @@ class RolloutEngine:
         r = self.rollout
         # The kubelet says a crash loop or a pull error long before a deadline would.
         try:
-            found = self.kube.list_pods(r.namespace, canary.selector)
+            found = self.pods.list_pods(r.namespace, canary.selector)
         except KubernetesForbidden as e:
             # Without the pods the release still goes on; only the deadline catches a
             # crash loop then. Said on every tick, so the missing grant gets noticed.
@@ -845,7 +857,7 @@ class RolloutEngine:
         def side(record: DeploymentRecord) -> thresholds.Pods:
             pods = [
                 PodView.from_json(p, self.rollout.version_label)
-                for p in self.kube.list_pods(self.rollout.namespace, record.selector)
+                for p in self.pods.list_pods(self.rollout.namespace, record.selector)
             ]
             hashes = {p.labels.get("pod-template-hash", "") for p in pods} - {""}
             return thresholds.Pods(tuple(sorted(p.name for p in pods)), tuple(sorted(hashes)))

@@ -31,7 +31,7 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from autocanary.adapters.kube_watch import DeploymentCache
+from autocanary.adapters.kube_watch import DeploymentCache, PodCache
 from autocanary.adapters.kubernetes import DeploymentRecord, KubeClient, fenced
 from autocanary.adapters.leader import LeaderElector
 from autocanary.adapters.notify import Notifier
@@ -114,6 +114,9 @@ class Daemon:
             on_request=self._count_request,
         )
         kube.on_written = self._cache.remember
+        self._pods = PodCache(
+            kube, {r.namespace for r in config.rollouts}, on_request=self._count_request
+        )
         self._lock = threading.Lock()
         self._prometheus = PrometheusClient(config.prometheus)
         self._notifier = Notifier(config.alerts.sinks, metrics=self.metrics)
@@ -163,8 +166,13 @@ class Daemon:
         self._check_requirements(self.config)
         self._discover()
         self._cache.start()
-        if not self._cache.wait_synced(CACHE_SYNC_SECONDS):
-            log.warning("Deployments not all listed yet; reading them from the API meanwhile")
+        self._pods.start()
+        began = time.monotonic()
+        synced = self._cache.wait_synced(CACHE_SYNC_SECONDS) and self._pods.wait_synced(
+            max(0.0, CACHE_SYNC_SECONDS - (time.monotonic() - began))
+        )
+        if not synced:
+            log.warning("not everything listed yet; reading from the API meanwhile")
         if self._elector is not None:
             self._elector.start()
         elif self._shards is not None:
@@ -203,6 +211,7 @@ class Daemon:
         log.info("shutting down: finishing current ticks")
         self._scheduler.shutdown(wait=True)
         self._cache.stop()
+        self._pods.stop()
         if self._elector is not None:
             self._elector.stop(release=True)
         if self._shards is not None:
@@ -305,6 +314,7 @@ class Daemon:
                     notifier=self._notifier,
                     metrics=self.metrics,
                     reads=self._cache,
+                    pods=self._pods,
                 )
                 engines.append(self._engines[name])
                 self._scheduler.add_job(
@@ -581,6 +591,7 @@ class Daemon:
             threading.Thread(target=old_notifier.close, kwargs={"timeout": 30}, daemon=True).start()
         self.config = new
         self._cache.watch(r.namespace for r in new.rollouts)
+        self._pods.watch(r.namespace for r in new.rollouts)
         # Every job runs at once after a reload: a fix in the config is tried now,
         # and a permanent error's backoff starts over.
         self._permanent.clear()
