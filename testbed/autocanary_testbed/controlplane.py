@@ -88,6 +88,7 @@ class ControlPlane:
         self._api_port: int | None = None
         self._admin: client.ApiClient | None = None
         self._named: dict[str, ManagedProcess] = {}
+        self._started: dict[str, tuple[list[str], dict[str, str] | None]] = {}  # argv, env
         self._network: PodNetwork | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -202,6 +203,28 @@ class ControlPlane:
         API server then adds the ServiceAccount groups itself.
         """
         return _ImpersonatingApiClient(self._configuration(), user, tuple(groups))
+
+    def restart_apiserver(self) -> None:
+        """Stop kube-apiserver and start it again on the same port, etcd and certificates.
+
+        Every watch and connection breaks; what is stored stays. Returns once the
+        new one serves /readyz.
+        """
+        procs = self._require(self._procs, "restart_apiserver")
+        old = self._named["kube-apiserver"]
+        old.stop()
+        argv, env = self._started["kube-apiserver"]
+        new = ManagedProcess.start(
+            "kube-apiserver", argv, log_dir=procs.log_dir, env=env, cwd=self.workdir
+        )
+        procs.replace(old, new)
+        self._named["kube-apiserver"] = new
+        pki = self._require(self._pki, "restart_apiserver")
+        tls = ssl.create_default_context(cafile=str(pki.ca_cert))
+        tls.load_cert_chain(str(pki.admin_cert), str(pki.admin_key))
+        new.wait_ready(
+            http_ready(f"{self.server_url}/readyz", tls=tls), _APISERVER_READY_S, "serving /readyz"
+        )
 
     def create_namespace(self, name: str, *, pod_runner: bool = False) -> None:
         """Create a namespace and wait for its ``default`` ServiceAccount (pods need it).
@@ -373,6 +396,7 @@ class ControlPlane:
     ) -> ManagedProcess:
         procs = self._require(self._procs, "processes")
         argv = [*argv, *self._extra_args.get(name, ())]
+        self._started[name] = (argv, env)
         proc = procs.start(name, argv, env=env, cwd=self.workdir)
         self._named[name] = proc
         return proc

@@ -250,6 +250,10 @@ class ProcessGroup:
         self._members.append(proc)
         return proc
 
+    def replace(self, old: ManagedProcess, new: ManagedProcess) -> None:
+        """Put ``new`` in ``old``'s place (a restarted component keeps its stop order)."""
+        self._members[self._members.index(old)] = new
+
     def add(self, proc: ManagedProcess) -> None:
         """Make a process started elsewhere a member, stopped with the others."""
         self._members.append(proc)

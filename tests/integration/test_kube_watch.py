@@ -159,6 +159,30 @@ def test_an_expired_watch_lists_again_and_reports_what_changed_meanwhile(
     assert any(name == "api" and old is None for name, old, _ in changes)
 
 
+def test_the_cache_carries_on_after_an_api_server_restart(
+    cache: tuple[DeploymentCache, list[Change]],
+    control_plane: ControlPlane,
+    kube: KubeClient,
+    namespace: str,
+) -> None:
+    deployments, _ = cache
+    kube.create_deployment(namespace, app_deployment("web", "web", "stable", "v1", replicas=0))
+    wait_until(
+        lambda: _cached(deployments, namespace, "web") is not None, timeout=WAIT_S, what="created"
+    )
+
+    control_plane.restart_apiserver()
+    # Served from memory while the watch reconnects.
+    assert deployments.read_deployment(namespace, "web").name == "web"
+    kube.create_deployment(namespace, app_deployment("api", "api", "stable", "v1", replicas=0))
+
+    wait_until(
+        lambda: _cached(deployments, namespace, "api") is not None,
+        timeout=WAIT_S,
+        what="a Deployment created after the restart seen",
+    )
+
+
 def test_a_namespace_it_may_not_list_is_read_with_gets(
     control_plane: ControlPlane, kube: KubeClient, namespace: str
 ) -> None:
