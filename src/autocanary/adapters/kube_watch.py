@@ -220,8 +220,11 @@ class _WatchCache(Generic[_R]):
             watches = list(self._watches.values())
         for w in watches:
             w.stop()  # type: ignore[no-untyped-call]  # untyped in kubernetes
+        # Five seconds for them all (a list in flight may take longer; its thread is a
+        # daemon thread and ends with the process).
+        deadline = time.monotonic() + 5.0
         for thread in self._threads:
-            thread.join(timeout=5)
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
     def _add(self, namespaces: Iterable[str]) -> list[str]:
         added = sorted(set(namespaces) - self._namespaces.keys())
