@@ -73,3 +73,16 @@ def test_first_ticks_start_at_once_for_a_few_rollouts_and_spread_for_many() -> N
     assert all(NOW <= t < NOW + INTERVAL for t in many)
     # Spread over the whole interval (at 5 ms per rollout, 10,000 would take 50 s).
     assert max(many) - min(many) > INTERVAL * 0.99
+
+
+def test_the_next_tick_is_strictly_later_however_close_to_a_phase_time() -> None:
+    # APScheduler asks again from each answer until one is in the future: an answer
+    # equal to the question (a float rounded to the microsecond) would never end.
+    at = schedule.next_tick("checkout", INTERVAL, NOW)
+    for nudge in range(-3, 4):
+        after = at + timedelta(microseconds=nudge)
+        later = schedule.next_tick("checkout", INTERVAL, after)
+        assert after < later <= after + INTERVAL
+    for i in range(10_000):
+        after = NOW + timedelta(microseconds=7919 * i)
+        assert schedule.next_tick(f"app{i}", INTERVAL, after) > after

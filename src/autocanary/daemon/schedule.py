@@ -13,11 +13,12 @@ thousand does not read them all in the same second.
 from __future__ import annotations
 
 import hashlib
-import math
 from datetime import UTC, datetime, timedelta
 
 from apscheduler.triggers.base import BaseTrigger
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 #: How much the first ticks after start-up are spread per configured rollout.
 STARTUP_SPREAD_PER_ROLLOUT = timedelta(milliseconds=5)
 
@@ -34,14 +35,17 @@ def phase(name: str, interval: timedelta) -> float:
 
 
 def next_tick(name: str, interval: timedelta, after: datetime) -> datetime:
-    """The first of the rollout's phase times strictly after ``after``."""
-    seconds = interval.total_seconds()
-    offset = phase(name, interval)
-    k = math.floor((after.timestamp() - offset) / seconds) + 1
-    when = offset + k * seconds
-    if when <= after.timestamp():  # float rounding at an exact boundary
-        when += seconds
-    return datetime.fromtimestamp(when, UTC)
+    """The first of the rollout's phase times strictly after ``after``.
+
+    In whole microseconds, as datetimes are: with floats, a phase time less than a
+    microsecond after ``after`` would round to ``after`` itself, and APScheduler,
+    asking again from there, would ask forever.
+    """
+    step = interval // _MICROSECOND
+    offset = int(fraction(name) * step)
+    since = (after - _EPOCH) // _MICROSECOND
+    k = (since - offset) // step + 1
+    return _EPOCH + (offset + k * step) * _MICROSECOND
 
 
 def first_tick(name: str, interval: timedelta, rollouts: int, now: datetime) -> datetime:
