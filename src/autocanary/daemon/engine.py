@@ -435,13 +435,14 @@ class RolloutEngine:
         now = self.clock()
         current, recovered = self._current(canary, stable, record, obs, now, stored=stored)
         obs = self._with_pods(obs, canary, current)
-        # Prometheus is asked for the scrape interval (the window) only when a release
-        # may need it: thousands of idle rollouts must not query it every minute.
-        settled = current.phase not in state_codec.ACTIVE_PHASES
-        if settled and obs.canary_revision == obs.stable_revision:
-            r = thresholds.with_window(self.rollout, self._scrape_interval)
-        else:
+        # Prometheus is asked for the scrape interval (the window) only once a release
+        # runs: thousands of idle rollouts must not query it every minute, and the tick
+        # that detects a release must not wait for it (nothing is analysed before the
+        # step's pods are Ready).
+        if current.phase in state_codec.ACTIVE_PHASES:
             r = self.effective_rollout()
+        else:
+            r = thresholds.with_window(self.rollout, self._scrape_interval)
 
         structlog.contextvars.bind_contextvars(
             revision=current.revision or obs.canary_revision,
