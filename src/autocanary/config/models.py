@@ -479,7 +479,9 @@ class DaemonConfig(Model):
         default="info", description="Least severe log level written"
     )
     workers: int = Field(
-        default=8,
+        # Ticks mostly wait for the API server and Prometheus: a release's tick holds a
+        # thread for several calls, and the idle rollouts due meanwhile need the others.
+        default=16,
         ge=1,
         le=256,
         description="Threads that run ticks, however many rollouts there are: a rollout "
