@@ -263,6 +263,12 @@ def test_rbac_grants_exactly_the_daemons_calls_for_the_configured_rollouts(
             if r.namespace == namespace
             for verb in ("get", "update")
         }
+        # The daemon's watch cache: list and watch, namespace-wide and read only.
+        expected |= {
+            (g, r, v, "*")
+            for g, r in (("apps", "deployments"), ("", "pods"))
+            for v in ("list", "watch")
+        }
         assert _grants(_rules_for(daemon_objects, namespace)) == expected
     lease = config.daemon.leader_election.lease_name
     assert _grants(_rules_for(daemon_objects, DAEMON_NAMESPACE)) == {
