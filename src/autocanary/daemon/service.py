@@ -292,6 +292,9 @@ class Daemon:
 
     def _install_jobs(self, config: Config) -> None:
         wanted = {r.name: r for r in config.rollouts}
+        # A reloaded config's or a declared rollout's new namespace is cached too.
+        self._cache.watch(r.namespace for r in config.rollouts)
+        self._pods.watch(r.namespace for r in config.rollouts)
         engines = []
         with self._lock:
             for name in list(self._engines):
@@ -590,8 +593,6 @@ class Daemon:
             self._notifier = Notifier(new.alerts.sinks, metrics=self.metrics)
             threading.Thread(target=old_notifier.close, kwargs={"timeout": 30}, daemon=True).start()
         self.config = new
-        self._cache.watch(r.namespace for r in new.rollouts)
-        self._pods.watch(r.namespace for r in new.rollouts)
         # Every job runs at once after a reload: a fix in the config is tried now,
         # and a permanent error's backoff starts over.
         self._permanent.clear()
