@@ -356,8 +356,9 @@ def test_daemon_service_account_can_do_nothing_else(
             "delete the canary": lambda: apps.delete_namespaced_deployment(
                 rollout.canary_name, app_namespace, _request_timeout=_T
             ),
-            "list Deployments": lambda: apps.list_namespaced_deployment(
-                app_namespace, _request_timeout=_T
+            # Its cache lists and watches the app namespace's Deployments; nowhere else.
+            "list Deployments elsewhere": lambda: apps.list_namespaced_deployment(
+                elsewhere, _request_timeout=_T
             ),
             "read the Slack Secret": lambda: core.read_namespaced_secret(
                 "autocanary-slack", namespace, _request_timeout=_T

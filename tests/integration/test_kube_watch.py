@@ -131,7 +131,10 @@ def test_a_write_is_seen_by_the_next_read_at_once(
 
 
 def test_an_expired_watch_lists_again_and_reports_what_changed_meanwhile(
-    cache: tuple[DeploymentCache, list[Change]], kube: KubeClient, namespace: str
+    cache: tuple[DeploymentCache, list[Change]],
+    control_plane: ControlPlane,
+    kube: KubeClient,
+    namespace: str,
 ) -> None:
     deployments, changes = cache
     kube.create_deployment(namespace, app_deployment("web", "web", "stable", "v1", replicas=0))
@@ -152,7 +155,9 @@ def test_an_expired_watch_lists_again_and_reports_what_changed_meanwhile(
         return running[0] is not None
 
     wait_until(watching, timeout=WAIT_S, what="a watch running")
-    running[0].stop()
+    # Break the watch at once (a stopped watch ends only at its next event, and a quiet
+    # namespace may send none for minutes); the next one resumes from version 1.
+    control_plane.restart_apiserver()
 
     wait_until(lambda: deployments.relists(namespace) >= 1, timeout=WAIT_S, what="listed again")
     kube.create_deployment(namespace, app_deployment("api", "api", "stable", "v1", replicas=0))
@@ -252,8 +257,11 @@ def test_the_daemon_ticks_a_changed_canary_at_once_and_writes_nothing_at_start_u
     namespace: str,
     tmp_workdir: Path,
 ) -> None:
-    for name, track in (("web", "stable"), ("web-canary", "canary")):
-        kube.create_deployment(namespace, app_deployment(name, "web", track, "v1", replicas=0))
+    # A stable with no replicas would pause the release instead of starting it.
+    for name, track, replicas in (("web", "stable", 2), ("web-canary", "canary", 0)):
+        kube.create_deployment(
+            namespace, app_deployment(name, "web", track, "v1", replicas=replicas)
+        )
     before = kube.read_deployment(namespace, "web-canary")
     port = free_port()
     config = {
@@ -314,6 +322,14 @@ def test_the_daemon_ticks_a_changed_canary_at_once_and_writes_nothing_at_start_u
             ),
             WAIT_S,
             "the release detected through the watch",
+        )
+        # The tick's own line follows its transitions' lines.
+        process.wait_ready(
+            lambda: any(
+                e.get("event") == "tick" and e.get("phase") == "progressing" for e in _logs(process)
+            ),
+            WAIT_S,
+            "the release's tick logged",
         )
         ticks = [e for e in _logs(process) if e.get("event") == "tick"]
         assert [t["phase"] for t in ticks][:2] == ["idle", "progressing"]
