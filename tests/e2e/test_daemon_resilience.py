@@ -11,7 +11,7 @@ from e2e_helpers import StackFactory, told_reasons
 from kubernetes import client
 
 from autocanary.daemon.engine import KILL_AFTER_WRITE_ENV, MIGRATED
-from autocanary.rollout.state import STATE_ANNOTATION, state_object_name
+from autocanary.rollout.state import STATE_ANNOTATION, loads, state_object_name
 from autocanary_testbed.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -82,7 +82,12 @@ def test_a_release_under_an_older_daemon_is_taken_over_mid_step_even_if_the_move
     stack.stop_daemon("daemon-b")
     annotations = stack.deployment(stack.canary_name)["metadata"]["annotations"]
     assert annotations[STATE_ANNOTATION] == text  # both there now
-    assert stack.state().step == 1  # read from the ConfigMap
+    # The move is the tick's own write: the state it moved may have advanced a step
+    # (the hold ran out while no daemon led), never started over.
+    moved = stack.state()
+    assert moved == loads(core.read_namespaced_config_map(name, stack.namespace).data["state"])
+    assert moved.started_at == before.started_at
+    assert moved.step >= before.step
 
     stack.start_daemon("daemon-c")
     final = stack.wait_for(
