@@ -68,23 +68,30 @@ def _timeout(item: pytest.Item) -> float:
     return float(marker.args[0]) if marker is not None and marker.args else 0.0
 
 
+_TIER_ORDER = {"e2e": 0, "integration": 1, "unit": 2}
+
+
+def _tier(item: pytest.Item) -> int:
+    return _TIER_ORDER.get(item.path.parent.name, len(_TIER_ORDER))
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Start the longest scenarios first, each on its own worker, so that workers finish together.
+    """Order the run longest first, so that every worker finishes at about the same time.
 
     A test's timeout above the default is what marks it long (the shipped configs
-    hold for many minutes each). pytest-xdist's load scheduling first hands each
-    worker a chunk of consecutive tests (at least 2, a quarter of its share), so
-    the long ones are spaced a chunk apart: three shipped configs side by side
-    would all go to the first worker, one after another. The rest keep their order.
+    hold for many minutes each); then come e2e scenarios, integration and unit
+    tests, the many short ones filling the end. `make test` runs pytest-xdist with
+    ``--maxschedchunk 1``: each worker gets two tests at first, then one more each
+    time it is down to one. So each long scenario is paired with a unit test, that
+    no worker starts with two long ones.
     """
     long = sorted((i for i in items if _timeout(i) > 900), key=_timeout, reverse=True)
-    rest = [i for i in items if _timeout(i) <= 900]
+    rest = sorted((i for i in items if _timeout(i) <= 900), key=_tier)
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    chunk = max(len(items) // workers // 4, 2)
     ordered: list[pytest.Item] = []
     for first in long[:workers]:
-        ordered += [first, *rest[: chunk - 1]]
-        rest = rest[chunk - 1 :]
+        ordered += [first, *rest[-1:]]
+        rest = rest[:-1]
     items[:] = [*ordered, *long[workers:], *rest]
 
 
