@@ -62,6 +62,39 @@ class Access:
         return f"{self.verb} {kind} {self.namespace}{named}"
 
 
+@dataclass(frozen=True)
+class ResourceRule:
+    """One rule of a SelfSubjectRulesReview: what it allows, as RBAC matches it.
+
+    An empty ``resource_names`` allows every name; ``*`` in the other fields
+    allows everything of that field (RBAC's own matching, without subresources).
+    """
+
+    verbs: frozenset[str]
+    api_groups: frozenset[str]
+    resources: frozenset[str]
+    resource_names: frozenset[str] = frozenset()
+
+    def grants(self, access: Access) -> bool:
+        """Whether this rule alone allows ``access``."""
+        return (
+            bool({access.verb, "*"} & self.verbs)
+            and bool({access.group, "*"} & self.api_groups)
+            and bool({access.resource, "*"} & self.resources)
+            and (not self.resource_names or access.name in self.resource_names)
+        )
+
+    @classmethod
+    def from_json(cls, obj: JSON) -> ResourceRule:
+        """Parse one ``status.resourceRules`` item."""
+        return cls(
+            verbs=frozenset(obj.get("verbs") or ()),
+            api_groups=frozenset(obj.get("apiGroups") or ()),
+            resources=frozenset(obj.get("resources") or ()),
+            resource_names=frozenset(obj.get("resourceNames") or ()),
+        )
+
+
 _T = TypeVar("_T")
 
 #: (connect, read) seconds for each socket operation of an API call.
@@ -974,6 +1007,27 @@ class KubeClient:
             body,
         )
         return bool((review.get("status") or {}).get("allowed"))
+
+    def rules_in(self, namespace: str) -> list[ResourceRule] | None:
+        """What this process may do in ``namespace`` (SelfSubjectRulesReview, ``can-i --list``).
+
+        None when the authorizers could not list every rule (``incomplete``: a
+        webhook authorizer, say): then only :meth:`can_i` can tell.
+        """
+        body = {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SelfSubjectRulesReview",
+            "spec": {"namespace": namespace},
+        }
+        review = self._json(
+            f"review rules in {namespace}",
+            self._authorization.create_self_subject_rules_review,
+            body,
+        )
+        status = review.get("status") or {}
+        if status.get("incomplete"):
+            return None
+        return [ResourceRule.from_json(rule) for rule in status.get("resourceRules") or []]
 
     # ---- Pods ------------------------------------------------------------------------------
 
