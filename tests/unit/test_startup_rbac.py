@@ -15,10 +15,12 @@ from autocanary.config.models import Config
 from autocanary.daemon import startup
 from autocanary.errors import KubernetesUnavailable
 
+ANALYSIS = "analysis: {sequential: {}}"
+
 
 def _config(rollouts: int, namespaces: int = 1) -> Config:
     entries = "".join(
-        f"  - {{name: app{i}, namespace: ns{i % namespaces}, stable: app{i}, analysis: {{sequential: {{}}}}}}\n"
+        f"  - {{name: app{i}, namespace: ns{i % namespaces}, stable: app{i}, {ANALYSIS}}}\n"
         for i in range(rollouts)
     )
     return parse_config(
