@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Prepares a machine to run every test tier, from a clean clone: Debian packages
 # (Prometheus, Alertmanager, wrk, openssl, curl), the control-plane binaries, a
-# Prometheus with Kubernetes service discovery and helm (hack/controlplane/build.sh,
-# hack/prometheus/build.sh, cached outside the repository) and .venv with the
+# Prometheus with Kubernetes service discovery, Traefik with the Gateway API CRDs
+# and helm (hack/controlplane/build.sh, hack/prometheus/build.sh,
+# hack/traefik/build.sh, cached outside the repository) and .venv with the
 # project installed with its test extras, beside the test bed (testbed/).
 # Idempotent: each phase skips work that is already done, and the time spent
 # per phase is printed.
@@ -83,6 +84,15 @@ build_prometheus() {
   log "Prometheus with Kubernetes discovery in $out"
 }
 
+# Traefik, the test bed's Gateway API implementation, and the Gateway API CRDs it
+# installs (the standard channel of the pinned sigs.k8s.io/gateway-api).
+build_traefik() {
+  local out
+  find_go
+  out=$(hack/traefik/build.sh)
+  log "Traefik and the Gateway API CRDs in $out"
+}
+
 # helm, for the chart's tests (deploy/helm/): built from the Go module proxy like
 # the control plane (no release binaries can be downloaded here), cached by version.
 HELM_VERSION=v3.19.0
@@ -147,6 +157,7 @@ total=$SECONDS
 phase "apt packages" install_packages
 phase "control-plane binaries" build_controlplane
 phase "prometheus" build_prometheus
+phase "traefik" build_traefik
 phase "helm" build_helm
 phase "python venv" make_venv
 phase "wheelhouse" fill_wheelhouse

@@ -1,11 +1,12 @@
-"""Where the build scripts of hack/ (control plane, Prometheus, Argo Rollouts) leave their output.
+"""Where hack/'s build scripts leave the control plane, Prometheus, Argo Rollouts and Traefik.
 
 The pins and the directory layout mirror the scripts (a unit test keeps the pins
 in step): ``${AUTOCANARY_CACHE:-${XDG_CACHE_HOME:-~/.cache}/autocanary}/testbin/
-k8s<K8S>-etcd<ETCD>-kwok<KWOK>-<go version>/`` for the control plane and
+k8s<K8S>-etcd<ETCD>-kwok<KWOK>-<go version>/`` for the control plane,
 ``.../prometheus/<PROMETHEUS>-<go version>/prometheus`` for Prometheus,
-``.../argo-rollouts/<ARGO_ROLLOUTS>-<go version>/`` for Argo Rollouts' controller and CRDs, each
-complete once ``.complete`` exists. ``AUTOCANARY_TESTBIN`` names the control
+``.../argo-rollouts/<ARGO_ROLLOUTS>-<go version>/`` for Argo Rollouts' controller and CRDs and
+``.../traefik/<TRAEFIK>-gatewayapi<GATEWAY_API>-<go version>/`` for Traefik and the Gateway
+API CRDs, each complete once ``.complete`` exists. ``AUTOCANARY_TESTBIN`` names the control
 plane's directory outright.
 """
 
@@ -23,6 +24,8 @@ ETCD_VERSION = "3.6.16"
 KWOK_VERSION = "0.8.0"
 PROMETHEUS_VERSION = "3.16.0"
 ARGO_ROLLOUTS_VERSION = "1.10.1"
+TRAEFIK_VERSION = "3.6.12"
+GATEWAY_API_VERSION = "1.6.3"
 
 EXECUTABLES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 STAGES = (
@@ -42,6 +45,9 @@ ARGO_ROLLOUTS_CRDS = (
     "cluster-analysis-template-crd.yaml",
     "experiment-crd.yaml",
 )
+TRAEFIK_BUILD_COMMAND = "hack/traefik/build.sh"
+#: What hack/traefik/build.sh leaves in its directory.
+TRAEFIK_FILES = ("traefik", "gateway-api-crds.yaml")
 
 _GO_TIMEOUT_S = 30.0
 
@@ -117,6 +123,33 @@ def find_argo_rollouts() -> Path:
             f"no complete Argo Rollouts {version} build in {directory} "
             f"(missing: {', '.join(missing)}): build it with `{ARGO_ROLLOUTS_BUILD_COMMAND}` "
             "from the repository root (Go >= 1.26.1; minutes cold, cached afterwards)"
+        )
+    return directory
+
+
+def find_traefik() -> Path:
+    """Return the directory of ``hack/traefik/build.sh``'s output (:data:`TRAEFIK_FILES`).
+
+    Raises HarnessError, naming the command that builds it, when there is none.
+    """
+    stem = (
+        f"{os.environ.get('TRAEFIK', TRAEFIK_VERSION)}"
+        f"-gatewayapi{os.environ.get('GATEWAY_API', GATEWAY_API_VERSION)}"
+    )
+    root = _cache_root() / "traefik"
+    go_version = _go_version()
+    if go_version is not None:
+        directory = root / f"{stem}-{go_version}"
+    else:
+        # Without Go, a build by any Go version will do.
+        built = sorted(p.parent for p in root.glob(f"{stem}-*/.complete"))
+        directory = built[-1] if built else root / f"{stem}-<go version>"
+    missing = [n for n in (*TRAEFIK_FILES, ".complete") if not (directory / n).is_file()]
+    if missing:
+        raise HarnessError(
+            f"no complete Traefik build in {directory} (missing {', '.join(missing)}): build it "
+            f"with `{TRAEFIK_BUILD_COMMAND}` from the repository root (Go >= 1.26; "
+            "minutes cold, cached afterwards)"
         )
     return directory
 

@@ -12,6 +12,7 @@ from autocanary_testbed.errors import HarnessError
 
 BUILD_SH = Path(__file__).parents[2] / "hack" / "controlplane" / "build.sh"
 PROMETHEUS_BUILD_SH = Path(__file__).parents[2] / "hack" / "prometheus" / "build.sh"
+TRAEFIK_BUILD_SH = Path(__file__).parents[2] / "hack" / "traefik" / "build.sh"
 
 
 def make_build(directory: Path) -> Path:
@@ -33,7 +34,16 @@ def fake_go(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     go.write_text("#!/bin/sh\necho go9.9.9\n")
     go.chmod(0o755)
     monkeypatch.setenv("PATH", str(bin_dir))
-    for name in ("AUTOCANARY_TESTBIN", "K8S", "ETCD", "KWOK", "PROMETHEUS", "XDG_CACHE_HOME"):
+    for name in (
+        "AUTOCANARY_TESTBIN",
+        "K8S",
+        "ETCD",
+        "KWOK",
+        "PROMETHEUS",
+        "TRAEFIK",
+        "GATEWAY_API",
+        "XDG_CACHE_HOME",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -139,3 +149,33 @@ def test_finds_argo_rollouts_under_the_cache_root_or_names_what_is_missing(
         binaries.find_argo_rollouts()
     (directory / "crds" / "rollout-crd.yaml").write_text("")
     assert binaries.find_argo_rollouts() == directory
+
+
+def test_traefik_pins_match_its_build_sh() -> None:
+    text = TRAEFIK_BUILD_SH.read_text()
+    pins = dict(re.findall(r"^(TRAEFIK|GATEWAY_API)=\$\{\1:-([0-9.]+)\}$", text, re.M))
+    assert pins == {
+        "TRAEFIK": binaries.TRAEFIK_VERSION,
+        "GATEWAY_API": binaries.GATEWAY_API_VERSION,
+    }
+    for name in binaries.TRAEFIK_FILES:
+        assert f"$OUT/{name}" in text
+
+
+@pytest.mark.usefixtures("fake_go")
+def test_finds_traefik_under_the_cache_root_or_names_its_build_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AUTOCANARY_CACHE", str(tmp_path / "cache"))
+    directory = tmp_path / "cache" / "traefik" / "3.6.12-gatewayapi1.6.3-go9.9.9"
+    with pytest.raises(HarnessError, match=r"hack/traefik/build\.sh") as info:
+        binaries.find_traefik()
+    assert str(directory) in str(info.value)
+
+    directory.mkdir(parents=True)
+    for name in binaries.TRAEFIK_FILES:
+        (directory / name).write_text("")
+    with pytest.raises(HarnessError, match=r"missing \.complete"):
+        binaries.find_traefik()
+    (directory / ".complete").write_text("")
+    assert binaries.find_traefik() == directory
