@@ -12,6 +12,15 @@ generated config. Everything listens on loopback addresses.
 The probe stays outside the cluster, a static scrape target: it plays the
 users, who reach the Service from outside, and the test bed has no cluster DNS
 to give a probe pod the Service's name.
+
+With ``gateway=True`` the users come through a real Gateway API implementation
+instead (Traefik, see :mod:`autocanary_testbed.gateway`): Services
+``<app>-stable`` and ``<app>-canary`` select each track's pods and are served on
+their cluster IPs by kube-proxy processes, Traefik runs as the Gateway's
+controller in namespace ``<namespace>-gateway``, HTTPRoute ``<app>`` has one rule
+whose backendRefs are the stable Service (weight 100) and the canary Service
+(weight 0), the probe loads the Gateway's URL, and Prometheus scrapes Traefik
+through its PodMonitor beside the app's pods.
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ from autocanary.rollout import state as state_codec
 from autocanary_testbed.apps import ProbeProcess, start_probe
 from autocanary_testbed.controlplane import ControlPlane
 from autocanary_testbed.errors import HarnessError
+from autocanary_testbed.gateway import TraefikGateway, backend_ref, http_route
 from autocanary_testbed.http_checks import http_ok
 from autocanary_testbed.kubeproxy import KubeProxyProcess
 from autocanary_testbed.monitoring import (
@@ -57,6 +67,10 @@ log = structlog.get_logger(__name__)
 
 _API_TIMEOUT = (5.0, 10.0)
 
+
+#: The port of the Gateway API backend Services. Their kube-proxy listens on the cluster IP
+#: and this port: one above 1024 needs no privilege to bind.
+BACKEND_PORT = 8080
 
 #: Pod labels a PodMonitor copies onto the app's series (``podTargetLabels``).
 POD_TARGET_LABELS = ("app", "track", "version")
@@ -119,6 +133,9 @@ class StackSettings:
     blue_green: bool = False
     preview_hold: str = "12s"
     window: str = "12s"
+    # Gateway API: traffic through Traefik and HTTPRoute <app> (stable 100, canary 0) over
+    # Services <app>-stable and <app>-canary; the probe loads the Gateway's URL.
+    gateway: bool = False
     leader_election: Mapping[str, Any] = field(
         default_factory=lambda: {
             "enabled": True,
@@ -181,16 +198,30 @@ def app_deployment(
     }
 
 
-def app_service(app: str, *, version: str | None = None, name: str | None = None) -> dict[str, Any]:
-    """The Service in front of the app's pods: ``app`` only, or one ``version`` (blue/green)."""
-    selector = {"app": app} if version is None else {"app": app, "version": version}
+def app_service(
+    app: str,
+    *,
+    version: str | None = None,
+    track: str | None = None,
+    name: str | None = None,
+    port: int = 80,
+) -> dict[str, Any]:
+    """The Service in front of the app's pods: ``app`` only, or one ``version`` or ``track``.
+
+    One version is blue/green's; one track (stable or canary) a Gateway API backend's.
+    """
+    selector = {"app": app}
+    if version is not None:
+        selector["version"] = version
+    if track is not None:
+        selector["track"] = track
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {"name": name or app, "labels": {"app": app}},
         "spec": {
             "selector": selector,
-            "ports": [{"name": "http", "port": 80, "targetPort": "http"}],
+            "ports": [{"name": "http", "port": port, "targetPort": "http"}],
         },
     }
 
@@ -253,6 +284,23 @@ class CanaryStack:
             else None
         )
         self.preview_probe: ProbeProcess | None = None
+        self.gateway = (
+            TraefikGateway(
+                self.api,
+                server_url=control_plane.server_url,
+                ca_cert=control_plane.ca_cert_path,
+                network=control_plane.pod_network,
+                namespace=f"{self.settings.namespace}-gateway",
+                route_namespaces=(self.settings.namespace,),
+                workdir=workdir / "gateway",
+                create_namespace=control_plane.create_namespace,
+                delete_namespace=control_plane.delete_namespace,
+            )
+            if self.settings.gateway
+            else None
+        )
+        # The gateway's backend Services, each on its cluster IP as kube-proxy serves it.
+        self.backend_proxies: dict[str, KubeProxyProcess] = {}
         self.receiver = AlertReceiver()
         self.alertmanager = AlertmanagerServer(workdir / "alertmanager")
         self.prometheus = PrometheusServer(
@@ -290,6 +338,21 @@ class CanaryStack:
         """Blue/green's preview Service (the active one is named as the app)."""
         return f"{self.settings.app}-preview"
 
+    @property
+    def stable_service(self) -> str:
+        """The Gateway API backend Service of the stable track."""
+        return f"{self.settings.app}-stable"
+
+    @property
+    def canary_service(self) -> str:
+        """The Gateway API backend Service of the canary track."""
+        return f"{self.settings.app}-canary"
+
+    @property
+    def route_name(self) -> str:
+        """The HTTPRoute sending the users to the stable and canary Services."""
+        return self.settings.app
+
     # ---- lifecycle -------------------------------------------------------------------------
 
     def start(self, *, daemon: bool = True) -> Self:
@@ -315,7 +378,9 @@ class CanaryStack:
         )
         target = f"{s.app}={self.proxy.url}/"
         extra: list[str] = []
-        if s.probe_follows_service:
+        if self.gateway is not None:
+            target = f"{s.app}={self._start_gateway()}/"
+        elif s.probe_follows_service:
             # Outside the pod network, the probe dials each pod IP's loopback twin.
             network = self.cp.pod_network
             target = f"{s.app}=service://{s.namespace}/{s.app}/"
@@ -345,11 +410,15 @@ class CanaryStack:
             self.workdir / "prometheus" / "token",
         )
         self.prometheus.pod_monitors = (self.pod_monitor,)
+        if self.gateway is not None:
+            self.prometheus.pod_monitors += (self.gateway.pod_monitor,)
         self.prometheus.start()
         self._prometheus_up = True
         self._started.append(self.stop_prometheus)
         self.prometheus.wait_for_target_up("probe", timeout=60)
         self.prometheus.wait_for_target_up(self.pod_monitor_job, timeout=60)
+        if self.gateway is not None:
+            self.prometheus.wait_for_target_up(self.gateway.pod_monitor_job, timeout=60)
         self.write_config()
         if daemon:
             self.start_daemon()
@@ -372,6 +441,11 @@ class CanaryStack:
                 services = [
                     app_service(s.app, version=s.stable_version),
                     app_service(s.app, version=s.stable_version, name=self.preview_service),
+                ]
+            if s.gateway:
+                services += [
+                    app_service(s.app, track="stable", name=self.stable_service, port=BACKEND_PORT),
+                    app_service(s.app, track="canary", name=self.canary_service, port=BACKEND_PORT),
                 ]
             objects = [*services] + [
                 app_deployment(
@@ -442,6 +516,61 @@ class CanaryStack:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+    def _start_gateway(self) -> str:
+        """Backend Services on their cluster IPs, Traefik, HTTPRoute; return the Gateway's URL."""
+        if self.gateway is None:
+            raise HarnessError("this stack has no gateway")
+        for service in (self.stable_service, self.canary_service):
+            read: Any = self.core.read_namespaced_service(
+                service, self.namespace, _request_timeout=_API_TIMEOUT
+            )
+            proxy = KubeProxyProcess(
+                self.cp.kubeconfig_path,
+                self.cp.pod_network,
+                self.namespace,
+                service,
+                self.workdir / "logs",
+                port_name="http",
+                cluster_ip=(read.spec.cluster_ip, int(read.spec.ports[0].port)),
+            )
+            proxy.start()
+            self._started.append(proxy.stop)
+            self.backend_proxies[service] = proxy
+        # Stopped even if it fails half-way up (its stop is idempotent).
+        self._started.append(self.gateway.stop)
+        self.gateway.start()
+        self.gateway.create_route(
+            self.namespace,
+            http_route(
+                self.route_name,
+                self.gateway.ref,
+                [
+                    {
+                        "backendRefs": [
+                            backend_ref(self.stable_service, 100, BACKEND_PORT),
+                            backend_ref(self.canary_service, 0, BACKEND_PORT),
+                        ]
+                    }
+                ],
+            ),
+        )
+        url = self.gateway.url
+        # Accepted is the API's word; the first answer through the gateway is Traefik's.
+        wait_until(lambda: http_ok(f"{url}/"), timeout=60, what="the app answering via the gateway")
+        return url
+
+    def route(self) -> dict[str, Any]:
+        """HTTPRoute ``<app>`` as the API server has it (gateway stacks only)."""
+        if self.gateway is None:
+            raise HarnessError("this stack has no gateway")
+        return self.gateway.read_route(self.namespace, self.route_name)
+
+    def route_weights(self, rule: int = 0) -> dict[str, int]:
+        """The weight of each backend Service in the route's rule ``rule``, read from the API."""
+        refs = self.route()["spec"]["rules"][rule].get("backendRefs") or []
+        # An unset weight is 1, as the Gateway API defines it.
+        return {ref["name"]: int(ref.get("weight", 1)) for ref in refs}
 
     def stop_prometheus(self) -> None:
         """Stop Prometheus (scenarios use this to take the evidence away mid-release)."""
