@@ -266,7 +266,7 @@ def test_rbac_grants_exactly_the_daemons_calls_for_the_configured_rollouts(
         # The daemon's watch cache: list and watch, namespace-wide and read only.
         expected |= {
             (g, r, v, "*")
-            for g, r in (("apps", "deployments"), ("", "pods"))
+            for g, r in (("apps", "deployments"), ("", "pods"), ("", "configmaps"))
             for v in ("list", "watch")
         }
         assert _grants(_rules_for(daemon_objects, namespace)) == expected

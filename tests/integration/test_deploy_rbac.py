@@ -36,6 +36,7 @@ from kustomize_render import (
     retarget,
 )
 
+from autocanary.adapters.kube_watch import StateCache
 from autocanary.adapters.kubernetes import KubeClient
 from autocanary.adapters.leader import LeaderElector
 from autocanary.apps.probe_service import ServiceFollower, ServiceRef
@@ -248,6 +249,15 @@ def test_daemon_service_account_can_do_everything_the_daemon_does(
         assert state_codec.loads(str(stored.text)).phase == "progressing"
         with pytest.raises(StateConflict):
             kube.save_state(canary, created, state_codec.dumps(state))
+        # ... and read back through the daemon's cache of the states (list and watch) ...
+        states = StateCache(kube, [app_namespace])
+        states.start()
+        try:
+            assert states.wait_synced(60)
+            assert states.synced(app_namespace)  # listed, not found forbidden
+            assert states.read_state(canary) == stored
+        finally:
+            states.stop()
         written = kube.label_phase(canary, "progressing")
         kube.set_command(app_namespace, rollout.canary_name, "pause")
         assert kube.consume_command(
@@ -379,9 +389,6 @@ def test_daemon_service_account_can_do_nothing_else(
             "delete the state's ConfigMap": lambda: core.delete_namespaced_config_map(
                 state_object_name(rollout.canary_name), app_namespace, _request_timeout=_T
             ),
-            "list ConfigMaps (app)": lambda: core.list_namespaced_config_map(
-                app_namespace, _request_timeout=_T
-            ),
             "list Pods elsewhere": lambda: core.list_namespaced_pod(elsewhere, _request_timeout=_T),
             "delete Pods": lambda: core.delete_collection_namespaced_pod(
                 app_namespace, _request_timeout=_T
@@ -417,6 +424,9 @@ def test_daemon_service_account_can_do_nothing_else(
             ("", "configmaps", "create", "*"),
             ("", "configmaps", "get", state),
             ("", "configmaps", "update", state),
+            # The states' cache (deploy/rbac.yaml says what listing every ConfigMap grants).
+            ("", "configmaps", "list", "*"),
+            ("", "configmaps", "watch", "*"),
             ("", "pods", "watch", "*"),
             ("apps", "deployments", "list", "*"),
             ("apps", "deployments", "watch", "*"),

@@ -131,6 +131,20 @@ def test_the_chart_lints_and_renders_the_default_values() -> None:
     objects = [d for d in yaml.safe_load_all(run(helm(), "template", "x", str(CHART))) if d]
     (config_map,) = [o for o in objects if o["kind"] == "ConfigMap"]
     parse_config(config_map["data"]["config.yaml"], "values.yaml config")
+    # The states' cache lists every ConfigMap of a rollout namespace: on by default,
+    # and rbac.cacheStates=false takes it away (the daemon then reads each state by name).
+    without = run(helm(), "template", "x", str(CHART), "--set", "rbac.cacheStates=false")
+    assert _lists_configmaps(objects)
+    assert not _lists_configmaps([d for d in yaml.safe_load_all(without) if d])
+
+
+def _lists_configmaps(objects: list[dict[str, Any]]) -> bool:
+    return any(
+        "list" in rule["verbs"] and "configmaps" in rule["resources"]
+        for o in objects
+        if o["kind"] == "Role"
+        for rule in o["rules"]
+    )
 
 
 def test_the_chart_applies_and_its_rbac_is_what_the_daemon_needs(
@@ -198,6 +212,9 @@ def test_the_chart_applies_and_its_rbac_is_what_the_daemon_needs(
     finally:
         prometheus.close()
     assert [m for m in missing if m.requirement == "rbac"] == []
+    # The states' cache (rbac.cacheStates, on by default) lists and watches ConfigMaps.
+    for verb in ("list", "watch"):
+        assert as_daemon.can_i(Access(verb, "configmaps", "", namespace)), verb
     for verb in ("get", "patch"):
         route = Access(verb, "httproutes", "gateway.networking.k8s.io", route_namespace, "store")
         assert as_daemon.can_i(route), route
@@ -290,6 +307,8 @@ def test_with_shards_and_discovery_the_chart_grants_leases_and_the_served_namesp
     shards.stop(release=True)
     assert shards.acting() == []
     assert Discovery(as_daemon, may_tell=lambda ns, name: True).find(config) == []
+    for verb in ("list", "watch"):  # the declared rollouts' states, cached
+        assert as_daemon.can_i(Access(verb, "configmaps", "", namespace)), verb
     for access in (
         Access("list", "deployments", "apps", release_namespace),
         Access("delete", "deployments", "apps", namespace, "web"),

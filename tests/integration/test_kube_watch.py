@@ -21,10 +21,10 @@ import pytest
 import yaml
 from kubernetes import client
 
-from autocanary.adapters.kube_watch import DeploymentCache
+from autocanary.adapters.kube_watch import DeploymentCache, StateCache
 from autocanary.adapters.kubernetes import DeploymentRecord, KubeClient
-from autocanary.errors import ResourceNotFound
-from autocanary.rollout.state import STATE_ANNOTATION
+from autocanary.errors import KubernetesForbidden, ResourceNotFound
+from autocanary.rollout.state import STATE_ANNOTATION, state_object_name
 from autocanary_testbed.controlplane import ControlPlane
 from autocanary_testbed.http_checks import http_ok
 from autocanary_testbed.procs import ManagedProcess, free_port
@@ -234,6 +234,101 @@ def _readable(kube: KubeClient, namespace: str) -> bool:
     except Exception:  # noqa: BLE001 -- 403 until the binding is in force
         return False
     return True
+
+
+# ---- the states' cache -------------------------------------------------------------------------
+
+
+def test_the_states_cache_follows_every_writer_and_keeps_only_states(
+    kube: KubeClient, namespace: str
+) -> None:
+    canary = kube.create_deployment(
+        namespace, app_deployment("web-canary", "web", "canary", "v1", replicas=0)
+    )
+    core = client.CoreV1Api(kube.api_client)
+    core.create_namespaced_config_map(
+        namespace, {"metadata": {"name": "app-settings"}, "data": {"big": "x" * 1000}}
+    )
+    writer = KubeClient(kube.api_client, identity="another-writer")  # no cache behind it
+    first = writer.save_state(canary, writer.read_state(canary), '{"phase": "progressing"}')
+    states = StateCache(kube, [namespace])
+    kube.on_state_written = states.remember
+    states.start()
+    try:
+        assert states.wait_synced(WAIT_S)
+        assert states.synced(namespace)
+        assert states.read_state(canary) == kube.read_state(canary) == first
+        # Only the states are kept: the namespace's other ConfigMaps are not.
+        assert set(states._objects[namespace]) == {state_object_name("web-canary")}
+
+        # Another writer's state arrives through the watch ...
+        second = writer.save_state(canary, first, '{"phase": "paused"}')
+        wait_until(
+            lambda: states.read_state(canary) == second, timeout=WAIT_S, what="watched write"
+        )
+        # ... the daemon's own write is read back at once, before its watch event ...
+        third = kube.save_state(canary, second, '{"phase": "progressing"}')
+        assert states.read_state(canary) == third
+        # ... and a deleted state reads as none, as a GET's 404 does.
+        core.delete_namespaced_config_map(state_object_name("web-canary"), namespace)
+        wait_until(
+            lambda: states.read_state(canary).source == "none", timeout=WAIT_S, what="deleted"
+        )
+        assert kube.read_state(canary).source == "none"
+    finally:
+        states.stop()
+
+
+def test_a_namespace_whose_configmaps_it_may_not_list_reads_states_with_gets(
+    control_plane: ControlPlane, kube: KubeClient, namespace: str
+) -> None:
+    canary = kube.create_deployment(
+        namespace, app_deployment("web-canary", "web", "canary", "v1", replicas=0)
+    )
+    written = kube.save_state(canary, kube.read_state(canary), '{"phase": "progressing"}')
+    user = "itest-no-configmap-list"
+    rbac: Any = client.RbacAuthorizationV1Api(kube.api_client)
+    rbac.create_namespaced_role(
+        namespace,
+        {
+            "metadata": {"name": user},
+            "rules": [
+                {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get"]},
+                {
+                    "apiGroups": [""],
+                    "resources": ["configmaps"],
+                    "resourceNames": [state_object_name("web-canary")],
+                    "verbs": ["get"],
+                },
+            ],
+        },
+    )
+    rbac.create_namespaced_role_binding(
+        namespace,
+        {
+            "metadata": {"name": user},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": user},
+            "subjects": [{"kind": "User", "name": user, "apiGroup": "rbac.authorization.k8s.io"}],
+        },
+    )
+    limited = KubeClient(control_plane.impersonating_client(user))
+
+    def in_force() -> bool:
+        try:
+            limited.read_state(canary)
+        except KubernetesForbidden:
+            return False  # until the binding reaches the authorizer
+        return True
+
+    wait_until(in_force, timeout=WAIT_S, what="the Role in force")
+    states = StateCache(limited, [namespace])
+    states.start()
+    try:
+        assert states.wait_synced(WAIT_S)  # forbidden counts as settled
+        assert not states.synced(namespace)
+        assert states.read_state(canary) == written  # a GET, by name
+    finally:
+        states.stop()
 
 
 # ---- the daemon: a changed canary ticks its rollout at once ----------------------------------

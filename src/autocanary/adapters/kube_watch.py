@@ -1,4 +1,4 @@
-"""Watch-fed caches of the Deployments and pods in the rollouts' namespaces.
+"""Watch-fed caches of the Deployments, pods and state ConfigMaps in the rollouts' namespaces.
 
 Reading two Deployments per rollout per tick made the daemon's API traffic
 grow with its rollouts, idle or not. Instead one thread per namespace lists
@@ -6,20 +6,24 @@ the namespace's Deployments once and then follows a watch from that list's
 resourceVersion, so reads are served from memory and the API server sends
 only what changed. Pods are cached the same way (:class:`PodCache`), trimmed
 to what the daemon reads of them, for the canary's health while a release
-progresses and for the pod names analysis matches. Bookmarks keep the
+progresses and for the pod names analysis matches; so are the rollouts'
+state ConfigMaps (:class:`StateCache`: every ConfigMap of the namespace is
+watched, only those named as a state is are kept). Bookmarks keep the
 resourceVersion fresh; a watch that ends (the server's timeout, a dropped
 connection, an API server restart) is resumed from the last version seen;
 one whose version has been compacted away (410 Gone) lists again, and
 whatever changed meanwhile is reported as changed.
 
 Writes still go to the API, guarded by the resourceVersion read; what a write
-returns is remembered here at once (:meth:`DeploymentCache.remember`), so the
+returns is remembered here at once (:meth:`DeploymentCache.remember`,
+:meth:`StateCache.remember`), so the
 next tick does not decide on the version before its own write. The watch
 delivers the same version moments later and changes nothing.
 
 A namespace whose objects may not be listed or watched (RBAC from before
 the cache) is not cached: reads there fall back to the API (see
-:meth:`DeploymentCache.read_deployment`, :meth:`PodCache.list_pods`), and
+:meth:`DeploymentCache.read_deployment`, :meth:`PodCache.list_pods`,
+:meth:`StateCache.read_state`), and
 the list is tried again every :data:`FORBIDDEN_RETRY_SECONDS`. The cache
 never raises into a tick.
 """
@@ -39,9 +43,16 @@ import urllib3
 from kubernetes import client, watch
 from kubernetes.client import ApiException
 
-from autocanary.adapters.kubernetes import DeploymentRecord, KubeClient
+from autocanary.adapters.kubernetes import (
+    CONSUMED_ANNOTATION,
+    DeploymentRecord,
+    KubeClient,
+    StoredState,
+    stored_state,
+)
 from autocanary.errors import InvalidResource, ResourceNotFound
 from autocanary.rollout.revision import JSON
+from autocanary.rollout.state import STATE_KEY, STATE_OBJECT_SUFFIX, state_object_name
 
 log = structlog.get_logger("autocanary.adapters.kube_watch")
 
@@ -498,3 +509,96 @@ class PodCache(_WatchCache[PodRecord]):
                     if selector.items() <= pod.labels.items()
                 ]
         return self._kube.list_pods(namespace, selector)
+
+
+@dataclass(frozen=True)
+class StateRecord:
+    """A rollout's state ConfigMap, trimmed to what :func:`stored_state` reads of it."""
+
+    name: str
+    namespace: str
+    uid: str
+    resource_version: str
+    raw: JSON
+
+    @classmethod
+    def from_json(cls, obj: JSON) -> StateRecord:
+        """Keep a state ConfigMap's identity, owners, consumed mark and state; refuse others.
+
+        :class:`InvalidResource` for a ConfigMap not named as a state is: the
+        namespace's other ConfigMaps are not kept.
+        """
+        try:
+            meta = obj["metadata"]
+            if not str(meta["name"]).endswith(STATE_OBJECT_SUFFIX):
+                raise InvalidResource(f"ConfigMap {meta['name']} holds no rollout's state")
+            annotations = meta.get("annotations") or {}
+            data = obj.get("data") or {}
+            kept_meta: JSON = {
+                k: meta[k]
+                for k in ("name", "namespace", "uid", "resourceVersion", "ownerReferences")
+                if k in meta
+            }
+            if CONSUMED_ANNOTATION in annotations:
+                kept_meta["annotations"] = {CONSUMED_ANNOTATION: annotations[CONSUMED_ANNOTATION]}
+            return cls(
+                name=meta["name"],
+                namespace=meta["namespace"],
+                uid=meta.get("uid", ""),
+                resource_version=meta["resourceVersion"],
+                raw={
+                    "metadata": kept_meta,
+                    "data": {STATE_KEY: data[STATE_KEY]} if STATE_KEY in data else {},
+                },
+            )
+        except (KeyError, TypeError, AttributeError) as e:
+            raise InvalidResource(f"not a usable ConfigMap object (missing {e})") from e
+
+
+class StateCache(_WatchCache[StateRecord]):
+    """The rollouts' state ConfigMaps; a tick reads its state here instead of with a GET.
+
+    ConfigMaps cannot be listed by name, and the state's label could be
+    removed by anyone (a state then unseen would be created again, and
+    conflict for ever): every ConfigMap of the namespace is watched and only
+    the state's are kept, by name.
+    """
+
+    plural = "configmaps"
+
+    def __init__(
+        self, kube: KubeClient, namespaces: Iterable[str], *, on_request: OnRequest | None = None
+    ) -> None:
+        """Prepare the cache; :meth:`start` begins listing and watching."""
+        super().__init__(kube, namespaces, on_request=on_request)
+        self._core = client.CoreV1Api(kube.api_client)
+
+    def _list_call(self) -> Callable[..., Any]:
+        return self._core.list_namespaced_config_map
+
+    def _make(self, obj: JSON) -> StateRecord:
+        return StateRecord.from_json(obj)
+
+    def read_state(self, canary: DeploymentRecord) -> StoredState:
+        """The state of ``canary``'s rollout from the cache, or from the API if not cached."""
+        with self._lock:
+            ns = self._namespaces.get(canary.namespace)
+            if ns is not None and ns.synced:
+                found = self._objects.get(canary.namespace, {}).get(state_object_name(canary.name))
+                return stored_state(canary, found.raw if found is not None else None)
+        return self._kube.read_state(canary)
+
+    def remember(self, obj: JSON) -> None:
+        """Keep a state ConfigMap a write returned, unless the watch has a later one already."""
+        try:
+            record = StateRecord.from_json(obj)
+        except InvalidResource:
+            return
+        with self._lock:
+            ns = self._namespaces.get(record.namespace)
+            if ns is None or not ns.synced:
+                return
+            objects = self._objects.setdefault(record.namespace, {})
+            known = objects.get(record.name)
+            if known is None or _newer(record, known):
+                objects[record.name] = record

@@ -426,6 +426,32 @@ def event_name(deployment: str, key: str) -> str:
     return f"{deployment}.{safe}"[:253].rstrip(".-")
 
 
+def stored_state(canary: DeploymentRecord, found: JSON | None) -> StoredState:
+    """The state of the rollout whose canary is ``canary``, from its ConfigMap ``found`` (if any).
+
+    See :meth:`KubeClient.read_state`; the daemon's watch cache reads through
+    this too, with the ConfigMap it keeps.
+    """
+    ns, name = canary.namespace, state_object_name(canary.name)
+    legacy = canary.annotations.get(STATE_ANNOTATION)
+    stored = StoredState(ns, name, canary.name, None, "none", legacy=legacy)
+    if found is not None:
+        meta = found.get("metadata") or {}
+        stored = dataclasses.replace(stored, resource_version=str(meta["resourceVersion"]))
+        owners = meta.get("ownerReferences") or []
+        if canary.uid and any(o.get("uid") == canary.uid for o in owners):
+            data = found.get("data") or {}
+            return dataclasses.replace(
+                stored,
+                text=data.get(STATE_KEY),
+                source="configmap",
+                consumed=str((meta.get("annotations") or {}).get(CONSUMED_ANNOTATION, "")),
+            )
+    if legacy is not None:
+        return dataclasses.replace(stored, text=legacy, source="annotation")
+    return stored
+
+
 class KubeClient:
     """Deployments, Services, Events and Leases, as the daemon and CLI need them."""
 
@@ -453,6 +479,8 @@ class KubeClient:
         self.on_request: Callable[[str], None] | None = None
         #: Told each Deployment a write returned (a watch cache keeps it at once).
         self.on_written: Callable[[DeploymentRecord], None] | None = None
+        #: Told each state ConfigMap a write returned, as JSON (likewise).
+        self.on_state_written: Callable[[JSON], None] | None = None
 
     def _json(self, what: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> JSON:
         if self.on_request is not None:
@@ -598,23 +626,7 @@ class KubeClient:
             )
         except ResourceNotFound:
             found = None
-        legacy = canary.annotations.get(STATE_ANNOTATION)
-        stored = StoredState(ns, name, canary.name, None, "none", legacy=legacy)
-        if found is not None:
-            meta = found.get("metadata") or {}
-            stored = dataclasses.replace(stored, resource_version=str(meta["resourceVersion"]))
-            owners = meta.get("ownerReferences") or []
-            if canary.uid and any(o.get("uid") == canary.uid for o in owners):
-                data = found.get("data") or {}
-                return dataclasses.replace(
-                    stored,
-                    text=data.get(STATE_KEY),
-                    source="configmap",
-                    consumed=str((meta.get("annotations") or {}).get(CONSUMED_ANNOTATION, "")),
-                )
-        if legacy is not None:
-            return dataclasses.replace(stored, text=legacy, source="annotation")
-        return stored
+        return stored_state(canary, found)
 
     def save_state(
         self,
@@ -680,6 +692,8 @@ class KubeClient:
                 )
             except ResourceNotFound as e:
                 raise StateConflict(f"{what}: it was deleted meanwhile") from e
+        if self.on_state_written is not None:
+            self.on_state_written(written)
         return dataclasses.replace(
             stored,
             text=state_json,

@@ -89,6 +89,14 @@ class DeploymentReader(Protocol):
         ...
 
 
+class StateReader(Protocol):
+    """Where a tick reads its rollout's state: the API (a KubeClient) or the watch cache."""
+
+    def read_state(self, canary: DeploymentRecord) -> StoredState:
+        """The state of the rollout whose canary is ``canary``, as stored now."""
+        ...
+
+
 class PodLister(Protocol):
     """Where a tick lists pods: the API (a KubeClient) or the daemon's watch cache."""
 
@@ -222,17 +230,19 @@ class RolloutEngine:
         clock: Clock = utcnow,
         reads: DeploymentReader | None = None,
         pods: PodLister | None = None,
+        states: StateReader | None = None,
     ) -> None:
         """Bind the adapters a tick uses; nothing is read until :meth:`tick`.
 
-        ``reads`` serves the tick's Deployment reads and ``pods`` its pod lists
-        (the daemon's watch caches); without them they go through ``kube``,
-        which does every write.
+        ``reads`` serves the tick's Deployment reads, ``pods`` its pod lists and
+        ``states`` its state reads (the daemon's watch caches); without them they
+        go through ``kube``, which does every write.
         """
         self.rollout = rollout
         self.kube = kube
         self.reads: DeploymentReader = reads if reads is not None else kube
         self.pods: PodLister = pods if pods is not None else kube
+        self.states: StateReader = states if states is not None else kube
         self.prometheus = prometheus
         self.notifier = notifier
         self.metrics = metrics
@@ -422,7 +432,7 @@ class RolloutEngine:
         if isinstance(read, TickResult):
             return read
         canary, stable, record = read
-        stored = self.kube.read_state(canary)
+        stored = self.states.read_state(canary)
         obs = self._observation(canary, stable, stored)
         services = self._services()
         route = self._route()

@@ -31,7 +31,7 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from autocanary.adapters.kube_watch import DeploymentCache, PodCache
+from autocanary.adapters.kube_watch import DeploymentCache, PodCache, StateCache
 from autocanary.adapters.kubernetes import DeploymentRecord, KubeClient, fenced
 from autocanary.adapters.leader import LeaderElector
 from autocanary.adapters.notify import Notifier
@@ -117,6 +117,11 @@ class Daemon:
         self._pods = PodCache(
             kube, {r.namespace for r in config.rollouts}, on_request=self._count_request
         )
+        # The state's ConfigMaps likewise: a GET per rollout per tick otherwise.
+        self._states = StateCache(
+            kube, {r.namespace for r in config.rollouts}, on_request=self._count_request
+        )
+        kube.on_state_written = self._states.remember
         self._lock = threading.Lock()
         self._prometheus = PrometheusClient(config.prometheus)
         self._notifier = Notifier(config.alerts.sinks, metrics=self.metrics)
@@ -167,9 +172,11 @@ class Daemon:
         self._discover()
         self._cache.start()
         self._pods.start()
-        began = time.monotonic()
-        synced = self._cache.wait_synced(CACHE_SYNC_SECONDS) and self._pods.wait_synced(
-            max(0.0, CACHE_SYNC_SECONDS - (time.monotonic() - began))
+        self._states.start()
+        deadline = time.monotonic() + CACHE_SYNC_SECONDS
+        synced = all(
+            cache.wait_synced(max(0.0, deadline - time.monotonic()))
+            for cache in (self._cache, self._pods, self._states)
         )
         if not synced:
             log.warning("not everything listed yet; reading from the API meanwhile")
@@ -212,6 +219,7 @@ class Daemon:
         self._scheduler.shutdown(wait=True)
         self._cache.stop()
         self._pods.stop()
+        self._states.stop()
         if self._elector is not None:
             self._elector.stop(release=True)
         if self._shards is not None:
@@ -295,6 +303,7 @@ class Daemon:
         # A reloaded config's or a declared rollout's new namespace is cached too.
         self._cache.watch(r.namespace for r in config.rollouts)
         self._pods.watch(r.namespace for r in config.rollouts)
+        self._states.watch(r.namespace for r in config.rollouts)
         engines = []
         with self._lock:
             for name in list(self._engines):
@@ -318,6 +327,7 @@ class Daemon:
                     metrics=self.metrics,
                     reads=self._cache,
                     pods=self._pods,
+                    states=self._states,
                 )
                 engines.append(self._engines[name])
                 self._scheduler.add_job(

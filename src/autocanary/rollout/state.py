@@ -46,6 +46,10 @@ SCHEMA_VERSION = 1
 STATE_KEY = "state"
 
 
+#: How the name of every state ConfigMap ends (see :func:`state_object_name`).
+STATE_OBJECT_SUFFIX = ".autocanary-state"
+
+
 def state_object_name(canary: str) -> str:
     """The name of the ConfigMap holding the state of the rollout whose canary is ``canary``.
 
@@ -53,7 +57,7 @@ def state_object_name(canary: str) -> str:
     state, found by anyone looking at the canary (``kubectl get configmap
     web-canary.autocanary-state``) without the daemon's config.
     """
-    return f"{canary}.autocanary-state"
+    return f"{canary}{STATE_OBJECT_SUFFIX}"
 
 
 Phase = Literal[
