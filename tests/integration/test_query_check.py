@@ -188,3 +188,107 @@ def test_check_queries_finds_the_versions_and_locates_what_returns_nothing_or_to
     )
     assert "series (e.g." in result.stderr
     assert "aggregate it to one value, e.g. with sum(...)" in result.stderr
+
+
+@pytest.fixture
+def traefik_metrics() -> Iterator[str]:
+    """A /metrics endpoint with Traefik v3.6's per-backend series, the stable's alone.
+
+    Between releases only the stable's Service carries traffic; the series are
+    named as Traefik's Kubernetes Gateway provider names a backend
+    (``<namespace>-<Service>-http-<port>@kubernetesgateway``).
+    """
+    registry = CollectorRegistry()
+    requests = Counter(
+        "traefik_service_requests", "requests", ["service", "code", "method"], registry=registry
+    )
+    duration = Histogram(
+        "traefik_service_request_duration_seconds",
+        "latency",
+        ["service", "code"],
+        registry=registry,
+    )
+    backend = "shop-shop-stable-http-80@kubernetesgateway"
+    requests.labels(backend, "200", "GET").inc(200)
+    requests.labels(backend, "500", "GET").inc(2)
+    duration.labels(backend, "200").observe(0.02)
+    port = free_port()
+    server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+GATEWAY = """\
+    strategy: gateway
+    gateway:
+      httpRoute: shop
+      stableService: shop-stable
+      canaryService: shop-canary
+    steps: [{canary: 5%}, {canary: 100%}]
+"""
+
+
+def test_check_queries_of_a_gateway_rollout_run_on_its_backend_services(
+    tmp_path: Path, prometheus_factory: Any, traefik_metrics: str
+) -> None:
+    prometheus: PrometheusServer = prometheus_factory(
+        [ScrapeTarget("traefik", traefik_metrics, {"namespace": "gateway"})]
+    )
+    prometheus.wait_for_target_up("traefik", timeout=60)
+
+    def run(
+        name: str, rollout: str, analysis: str
+    ) -> tuple[Path, subprocess.CompletedProcess[str]]:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(
+            config(prometheus.url, analysis, rollout).replace("source: app", "source: gateway")
+        )
+        return path, cli("validate", str(path), "--check-queries")
+
+    checks = """\
+      checks:
+        - {name: error-rate, template: error-rate, max: 5%}
+        - {name: latency-p95, template: latency, quantile: 0.95, max: 500ms}
+        - name: errors-vs-stable
+          template: error-rate
+          relative: {tolerance: 50%, margin: 1%}
+"""
+    wait_until(
+        lambda: run("good", GATEWAY, checks)[1].returncode == 0,
+        timeout=60,
+        what="Prometheus holding the stable backend's series",
+    )
+    path, good = run("good", GATEWAY, checks)
+    assert good.returncode == 0, good.stderr
+    assert "and its queries: valid" in good.stdout
+
+    # A check's query on the gateway's counter by a wrong name: at the check's line,
+    # naming the backend Service whose series it read.
+    typo = (
+        "      checks:\n"
+        "        - name: slow\n"
+        '          query: \'sum(rate(traefik_service_request_total{service=~".*{{ service }}.*"}'
+        "[{{ window }}]))'\n"
+        "          max: 1\n"
+    )
+    path, result = run("typo", GATEWAY, typo)
+    assert result.returncode == 1
+    assert (
+        f"{path}:16: rollouts[0].analysis.checks[0]: check slow returned no series for "
+        "backend Service 'shop-stable': sum(rate(traefik_service_request_total"
+    ) in result.stderr, result.stderr
+
+    # Services the gateway's series do not name: once, at analysis.source.
+    elsewhere = GATEWAY.replace("shop-stable", "cart-stable").replace("shop-canary", "cart-canary")
+    path, result = run("services", elsewhere, checks)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert (
+        f"{path}:14: rollouts[0].analysis.source: no series of "
+        "traefik_service_requests_total{service=~\".+\"} for backend Service 'cart-stable' or "
+        "'cart-canary' in Prometheus"
+    ) in result.stderr, result.stderr

@@ -1,9 +1,10 @@
 """``validate --check-queries``: run every query the daemon will run, on the versions present.
 
 For each rollout: the window against the scrape interval, then the versions
-(or, with ``thresholds.app.podLabel``, the pods) that the rollout's request
-counter shows in Prometheus now, then every query an analysis runs (checks,
-``minRequests``, the sequential judge's counters) for each version found. A
+(or, with ``thresholds.app.podLabel``, the pods; with ``source: gateway``, the
+backend Services) that the rollout's request counter shows in Prometheus now,
+then every query an analysis runs (checks, ``minRequests``, the sequential
+judge's counters) for each version (or backend Service) found. A
 query Prometheus rejects, one that returns no series, or several where one
 number is expected, is a problem located at the config line it comes from.
 A selector matching nothing is reported once, at the source, since every
@@ -18,6 +19,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Protocol
 
+from autocanary import promql
 from autocanary.analysis import judging, thresholds
 from autocanary.config.loader import locate
 from autocanary.config.models import Config, RolloutConfig
@@ -70,15 +72,6 @@ def _source_loc(rollout: RolloutConfig) -> tuple[str, ...]:
 def _check_rollout(
     rollout: RolloutConfig, prometheus: Prometheus, at: Locator
 ) -> list[ConfigProblem]:
-    if rollout.analysis.source == "gateway":
-        # Its series belong to a side by backend Service, not by version: not checked yet.
-        return [
-            at(
-                ("analysis", "source"),
-                "--check-queries does not check source gateway yet (its series name a backend "
-                "Service, not a version); run `autocanary status` during a release instead",
-            )
-        ]
     problems = []
     series = thresholds.requests_series(rollout)
     try:
@@ -90,19 +83,68 @@ def _check_rollout(
         problems.append(at(("analysis", "window"), window_problem))
     window = rollout.analysis.window or thresholds.default_window(rollout.interval, scrape)
 
-    sides = _sides(rollout, prometheus, series, at)
+    if rollout.analysis.source == "gateway":
+        sides = _services(rollout, prometheus, series, at)
+        noun = "backend Service"
+    else:
+        sides = _sides(rollout, prometheus, series, at)
+        noun = "version"
     if isinstance(sides, ConfigProblem):
         return [*problems, sides]
     # One problem per query and kind, naming every version it concerns (the query shown
     # is the first version's).
     found: dict[tuple[tuple[int | str, ...], str], tuple[str, list[str]]] = {}
     for version, pods in sides:
-        for loc, kind, message in _check_version(rollout, prometheus, version, pods, window):
+        checked = _as_canary(rollout, version) if rollout.analysis.source == "gateway" else rollout
+        for loc, kind, message in _check_version(
+            checked, prometheus, version, pods, window, noun=noun
+        ):
             found.setdefault((loc, kind), (message, []))[1].append(version)
     for (loc, _), (message, versions) in found.items():
         named = ", ".join(repr(v) for v in versions) if versions != [""] else "(the pods found)"
         problems.append(at(loc, message.replace("{versions}", named)))
     return problems
+
+
+def _services(
+    rollout: RolloutConfig, prometheus: Prometheus, series: str, at: Locator
+) -> list[tuple[str, thresholds.Pods]] | ConfigProblem:
+    """The gateway rollout's backend Services (stable first) with series in Prometheus.
+
+    Between releases the canary's Service carries no traffic, so it may have none;
+    the stable's alone is enough. Neither is a problem at ``analysis.source``.
+    """
+    gateway = rollout.gateway
+    assert gateway is not None  # the config validator guarantees it for source gateway
+    metrics = thresholds.metrics_of(rollout)
+    counter = metrics.counter(f"{{{{ selector }}}}, {metrics.version}")
+    # The side whose version is the canary's reads the canary's Service, the other the stable's.
+    variables = thresholds.template_variables(rollout, gateway.canary_service, "")
+    found, queries = [], []
+    for service in (gateway.stable_service, gateway.canary_service):
+        side = thresholds.side_variables(variables, service, thresholds.Pods())
+        query = f"count({promql.render(counter, side)})"
+        queries.append(query)
+        if prometheus.query_vector(query):
+            found.append((service, thresholds.Pods()))
+    if found:
+        return found
+    return at(
+        ("analysis", "source"),
+        f"no series of {series} for backend Service {gateway.stable_service!r} or "
+        f"{gateway.canary_service!r} in Prometheus: check that the gateway's metrics are "
+        "scraped and analysis.gateway.servicePattern (queries "
+        f"{' and '.join(queries)} returned nothing)",
+    )
+
+
+def _as_canary(rollout: RolloutConfig, service: str) -> RolloutConfig:
+    """``rollout`` with ``service`` as its canary's backend, so the canary's queries read it."""
+    gateway = rollout.gateway
+    assert gateway is not None
+    return rollout.model_copy(
+        update={"gateway": gateway.model_copy(update={"canary_service": service})}
+    )
 
 
 def _sides(
@@ -148,10 +190,13 @@ def _check_version(
     version: str,
     pods: thresholds.Pods,
     window: timedelta,
+    *,
+    noun: str = "version",
 ) -> list[tuple[tuple[int | str, ...], str, str]]:
     """(location, kind, message) of each query failing for ``version``; {versions} in messages.
 
     The kind (what the query is for and how it failed) is the same for every version.
+    ``noun`` names what ``version`` is in messages (a gateway rollout's backend Service).
     """
     sides = thresholds.PodSets(canary=pods, stable=pods)
     plan = thresholds.plan(rollout, version, version, window, sides)
@@ -169,7 +214,7 @@ def _check_version(
             value = prometheus.query_value(query)
         except QueryError as e:
             problems.append(
-                (locations[query], f"{what}: error", f"{what}, version {{versions}}: {e}")
+                (locations[query], f"{what}: error", f"{what}, {noun} {{versions}}: {e}")
             )
             continue
         if value is None:
@@ -177,7 +222,7 @@ def _check_version(
                 (
                     locations[query],
                     f"{what}: none",
-                    f"{what} returned no series for version {{versions}}: {query}",
+                    f"{what} returned no series for {noun} {{versions}}: {query}",
                 )
             )
     if rollout.analysis.sequential is not None:
@@ -196,7 +241,7 @@ def _check_version(
                         ("analysis", "sequential"),
                         f"{what}: none",
                         f"the sequential judge's {what} counters returned no series for "
-                        f"version {{versions}}: {query}",
+                        f"{noun} {{versions}}: {query}",
                     )
                 )
     return problems
