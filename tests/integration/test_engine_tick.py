@@ -406,7 +406,8 @@ def test_a_release_is_detected_scaled_awaited_and_never_advanced_on_no_data(rig:
     assert f"autocanary_check_results_total{{{inconclusive}}} 3.0" in text
     assert 'autocanary_rollout_step{rollout="web"} 1.0' in text
     assert 'autocanary_alert_deliveries_total{outcome="ok",sink="oncall"} 5.0' in text
-    assert 'autocanary_tick_duration_seconds_count{rollout="web"}' in text
+    assert 'autocanary_last_tick_duration_seconds{rollout="web"}' in text
+    assert "autocanary_tick_duration_seconds_count " in text  # every rollout's ticks
 
 
 def test_a_paused_release_resumes_and_aborts_by_command(rig: Rig) -> None:

@@ -472,7 +472,7 @@ class RolloutEngine:
             self._write_record_pending(stable, cluster.record, canary, log)
         self._export(new, obs)
         elapsed = time.monotonic() - started
-        self.metrics.tick_duration.labels(r.name).observe(elapsed)
+        self.metrics.observe_tick(r.name, elapsed)
         log.info(
             "tick",
             phase=new.phase,
@@ -799,7 +799,7 @@ class RolloutEngine:
         self._steer(decision.Desired(canary_weight=0, ab=False), route, log)
         self._write_record_pending(stable, ended, None, log)
         self._export(ended, None)
-        self.metrics.tick_duration.labels(r.name).observe(time.monotonic() - started)
+        self.metrics.observe_tick(r.name, time.monotonic() - started)
         return TickResult(ended.phase, None, (transition,), ended)
 
     def _write_record_pending(
