@@ -307,8 +307,9 @@ def test_with_shards_and_discovery_the_chart_grants_leases_and_the_served_namesp
     shards.stop(release=True)
     assert shards.acting() == []
     assert Discovery(as_daemon, may_tell=lambda ns, name: True).find(config) == []
-    for verb in ("list", "watch"):  # the declared rollouts' states, cached
-        assert as_daemon.can_i(Access(verb, "configmaps", "", namespace)), verb
+    for verb in ("list", "watch"):  # the daemon's caches, declared rollouts' states too
+        for resource, group in (("deployments", "apps"), ("pods", ""), ("configmaps", "")):
+            assert as_daemon.can_i(Access(verb, resource, group, namespace)), (verb, resource)
     for access in (
         Access("list", "deployments", "apps", release_namespace),
         Access("delete", "deployments", "apps", namespace, "web"),
