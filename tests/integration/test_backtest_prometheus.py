@@ -402,3 +402,71 @@ def test_an_unreachable_prometheus_is_said(
     _, err = capsys.readouterr()
     assert code == 1
     assert "cannot reach Prometheus at http://127.0.0.1:1" in err
+
+
+# The bad release's history as Traefik v3.6 counts it per backend Service: v2 behind the
+# stable's Service, v3 behind the canary's (the same traffic, renamed).
+STABLE_BACKEND = "demo-shop-stable-http-80@kubernetesgateway"
+CANARY_BACKEND = "demo-shop-canary-http-80@kubernetesgateway"
+GATEWAY_CONFIG = (
+    CONFIG.replace(
+        "    interval: 1m\n",
+        "    interval: 1m\n"
+        "    strategy: gateway\n"
+        "    gateway: {httpRoute: shop, stableService: shop-stable, canaryService: shop-canary}\n",
+    )
+    .replace("      - {canary: 1, hold: 2m}\n", "      - {canary: 5%, hold: 2m}\n")
+    .replace("    analysis:\n", "    analysis:\n      source: gateway\n")
+)
+
+
+@pytest.fixture(scope="module")
+def gateway_history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]:
+    """A Prometheus serving the bad release's history as Traefik's per-backend series."""
+    work = tmp_path_factory.mktemp("backtest-gateway")
+    text = synthetic.openmetrics("shop", [t for t in TRAFFIC if t.version in ("v2", "v3")])
+    text = (
+        text.replace("probe_request", "traefik_service_request")
+        .replace('target="shop",version="v2"', f'service="{STABLE_BACKEND}"')
+        .replace('target="shop",version="v3"', f'service="{CANARY_BACKEND}"')
+    )
+    assert 'version="' not in text
+    source = work / "history.om"
+    source.write_text(text, encoding="utf-8")
+    data = work / "data"
+    subprocess.run(
+        [str(find_tool("promtool")), "tsdb", "create-blocks-from", "openmetrics", "-q",
+         str(source), str(data)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )  # fmt: skip
+    with PrometheusServer(work / "prometheus", storage_path=data, retention="100y") as server:
+        yield server
+
+
+def test_a_gateway_rollout_is_replayed_on_the_gateways_per_backend_series(
+    gateway_history: PrometheusServer,
+) -> None:
+    config = parse_config(GATEWAY_CONFIG.replace("http://127.0.0.1:9", gateway_history.url))
+    result = run_backtest(config, [BAD]).replay("v3", "config")
+    analysed = [e for e in result.timeline if e.verdict is not None]
+    before = [e for e in analysed if e.at <= JUMP]
+    after = [e for e in analysed if e.at > JUMP]
+    assert before, "no interval analysed before the jump"
+    assert {e.verdict for e in before} == {"pass"}
+    assert [e.verdict for e in after] == ["fail"] * (FAILURE_LIMIT + 1)
+    for entry in after:
+        (error_rate,) = [c for c in entry.checks if c.name == "error-rate"]
+        assert error_rate.value == pytest.approx(0.06, abs=0.005)
+    assert result.outcome.decision == "rolledBack"
+
+    # A Service the gateway's series do not name: said before any replay.
+    elsewhere = parse_config(
+        GATEWAY_CONFIG.replace("http://127.0.0.1:9", gateway_history.url).replace(
+            "canaryService: shop-canary", "canaryService: cart-canary"
+        )
+    )
+    with pytest.raises(UnknownVersionError) as raised:
+        run_backtest(elsewhere, [BAD])
+    assert "the canary's backend Service 'cart-canary' matches no series of" in str(raised.value)

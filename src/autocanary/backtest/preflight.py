@@ -2,7 +2,8 @@
 
 In order: the window lies within Prometheus's retention; the rollout's traffic
 series (the analysis source's request counter under its selector) have samples
-in the window; and both versions appear among them. Each failure names the
+in the window; and both versions appear among them (with ``source: gateway``,
+the canary's and the stable's backend Service each have series). Each failure names the
 query it ran and what to change.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Protocol
 
+from autocanary import promql
 from autocanary.adapters.prometheus_history import Retention
 from autocanary.analysis import thresholds
 from autocanary.backtest.errors import (
@@ -46,11 +48,6 @@ def requests_metric(rollout: RolloutConfig) -> str:
 
 def versions_query(rollout: RolloutConfig, release: Release) -> str:
     """Counts the traffic series per version over the whole window (evaluated at its end)."""
-    if rollout.analysis.source == "gateway":
-        raise BacktestInputError(
-            f"rollout {rollout.name!r} reads the gateway's metrics (source gateway), whose "
-            "series name a backend Service, not a version: backtest cannot replay it yet"
-        )
     label = thresholds.series_version_label(rollout)
     if label is None:
         raise BacktestInputError(
@@ -81,9 +78,46 @@ def check_retention(history: History, release: Release, now: datetime) -> None:
         )
 
 
+def service_query(rollout: RolloutConfig, release: Release, version: str) -> str:
+    """Counts the series of the backend Service that carries ``version`` of a gateway rollout
+    (the canary's Service for the release's canary version, else the stable's) over the window."""
+    metrics = thresholds.metrics_of(rollout)
+    counter = metrics.counter(f"{{{{ selector }}}}, {metrics.version}")
+    variables = thresholds.template_variables(
+        rollout, release.canary_version, release.stable_version
+    )
+    side = thresholds.side_variables(variables, version, thresholds.Pods())
+    window = format_duration(release.end - release.start)
+    return f"count(last_over_time({promql.render(counter, side)}[{window}]))"
+
+
+def _check_services(history: History, rollout: RolloutConfig, release: Release) -> list[str]:
+    """A gateway rollout's :func:`check_versions`: its series name a backend Service, so
+    each version is looked for in the Service that carried it (the canary's, the stable's)."""
+    gateway = rollout.gateway
+    assert gateway is not None  # the config validator guarantees it for source gateway
+    span = f"between {_time(release.start)} and {_time(release.end)}"
+    sides = (
+        ("canary", release.canary_version, gateway.canary_service),
+        ("stable", release.stable_version, gateway.stable_service),
+    )
+    for role, version, service in sides:
+        query = service_query(rollout, release, version)
+        if not history.vector(query, release.end):
+            raise UnknownVersionError(
+                f"release {release.name!r}: the {role}'s backend Service {service!r} matches no "
+                f"series of {requests_metric(rollout)} {span} (query {query}); check "
+                f"gateway.{role}Service and analysis.gateway.servicePattern, and that the "
+                "gateway's metrics were scraped then"
+            )
+    return [release.canary_version, release.stable_version]
+
+
 def check_versions(history: History, rollout: RolloutConfig, release: Release) -> list[str]:
     """The versions with traffic in the window; :class:`NoDataError` or
     :class:`UnknownVersionError` when there is none, or not for both versions."""
+    if rollout.analysis.source == "gateway":
+        return _check_services(history, rollout, release)
     query = versions_query(rollout, release)
     series = history.vector(query, release.end)
     label = thresholds.series_version_label(rollout) or "version"
