@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Prepares a machine to run every test tier, from a clean clone: Debian packages
 # (Prometheus, Alertmanager, wrk, openssl, curl), the control-plane binaries, a
-# Prometheus with Kubernetes service discovery, Traefik with the Gateway API CRDs
-# and helm (hack/controlplane/build.sh, hack/prometheus/build.sh,
-# hack/traefik/build.sh, cached outside the repository) and .venv with the
-# project installed with its test extras, beside the test bed (testbed/).
+# Prometheus with Kubernetes service discovery, Traefik with the Gateway API CRDs,
+# Argo Rollouts and helm (hack/controlplane/build.sh, hack/prometheus/build.sh,
+# hack/traefik/build.sh, hack/argo-rollouts/build.sh, cached outside the
+# repository) and .venv with the project installed with its test extras, beside the test bed (testbed/).
 # Idempotent: each phase skips work that is already done, and the time spent
 # per phase is printed.
 #
@@ -93,6 +93,15 @@ build_traefik() {
   log "Traefik and the Gateway API CRDs in $out"
 }
 
+# Argo Rollouts' controller and CRDs, for bench/versus_argo.py and the integration
+# test that runs one release through it (tests/integration/test_argo_rollouts.py).
+build_argo_rollouts() {
+  local out
+  find_go
+  out=$(hack/argo-rollouts/build.sh)
+  log "Argo Rollouts in $out"
+}
+
 # helm, for the chart's tests (deploy/helm/): built from the Go module proxy like
 # the control plane (no release binaries can be downloaded here), cached by version.
 HELM_VERSION=v3.19.0
@@ -158,6 +167,7 @@ phase "apt packages" install_packages
 phase "control-plane binaries" build_controlplane
 phase "prometheus" build_prometheus
 phase "traefik" build_traefik
+phase "argo rollouts" build_argo_rollouts
 phase "helm" build_helm
 phase "python venv" make_venv
 phase "wheelhouse" fill_wheelhouse

@@ -7,6 +7,7 @@ Sections:
   ``runner_namespace`` (its pods run as processes by ``pod_runner``)
 - monitoring: ``prometheus_factory``, ``alertmanager``
 - processes and traffic: ``group`` (a ProcessGroup), ``proxy`` (a ServiceProxy)
+- Argo Rollouts: ``argo_rollouts`` (its build, CRDs installed; session)
 
 Set ``AUTOCANARY_KEEP=1`` to keep every work directory (logs, configs) after the run.
 """
@@ -26,6 +27,8 @@ import pytest
 import structlog
 from kubernetes import client
 
+from autocanary_testbed import argo
+from autocanary_testbed.binaries import find_argo_rollouts
 from autocanary_testbed.controlplane import ControlPlane, find_binaries
 from autocanary_testbed.errors import HarnessError
 from autocanary_testbed.monitoring import AlertmanagerServer, PrometheusServer, ScrapeTarget
@@ -242,3 +245,21 @@ def proxy() -> Iterator[ServiceProxy]:
     """A running Service proxy (round robin over the backends the test sets)."""
     with ServiceProxy() as running:
         yield running
+
+
+# ---- Argo Rollouts ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def argo_rollouts(control_plane: ControlPlane) -> Path:
+    """The Argo Rollouts build (hack/argo-rollouts/build.sh), its CRDs installed in the cluster.
+
+    Fails, never skips, when the build is missing: the message names the build command.
+    """
+    try:
+        build = find_argo_rollouts()
+    except HarnessError as e:
+        pytest.fail(str(e), pytrace=False)
+    with control_plane.api_client() as api:
+        argo.install_crds(api, build)
+    return build

@@ -102,3 +102,43 @@ def test_prometheus_post_build_checks_the_binary_runs_at_its_version(tmp_path: P
     assert missing.returncode != 0
     assert f"build finished without {out}/prometheus" in missing.stderr
     assert not (out / ".complete").exists()
+
+
+ARGO_BUILD_SH = Path(__file__).parents[2] / "hack" / "argo-rollouts" / "build.sh"
+
+
+def _argo_post_build(out: Path, version: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(ARGO_BUILD_SH), "--post-build-only"],
+        env={**os.environ, "OUT": str(out), "ARGO_ROLLOUTS": version},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_argo_rollouts_post_build_checks_the_controller_and_its_crds(tmp_path: Path) -> None:
+    built = binaries.find_argo_rollouts()
+    out = tmp_path / "argo"
+    (out / "crds").mkdir(parents=True)
+    (out / "rollouts-controller").symlink_to(built / "rollouts-controller")
+    for crd in binaries.ARGO_ROLLOUTS_CRDS:
+        (out / "crds" / crd).symlink_to(built / "crds" / crd)
+
+    done = _argo_post_build(out, binaries.ARGO_ROLLOUTS_VERSION)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == str(out)
+    assert f"built: rollouts-controller v{binaries.ARGO_ROLLOUTS_VERSION}+unknown" in done.stderr
+
+    (out / ".complete").unlink()
+    wrong = _argo_post_build(out, "1.9.0")
+    assert wrong.returncode != 0
+    assert "expected v1.9.0" in wrong.stderr
+    assert not (out / ".complete").exists()
+
+    (out / "crds" / "analysis-run-crd.yaml").unlink()
+    missing = _argo_post_build(out, binaries.ARGO_ROLLOUTS_VERSION)
+    assert missing.returncode != 0
+    assert f"build finished without {out}/crds/analysis-run-crd.yaml" in missing.stderr
+    assert not (out / ".complete").exists()
