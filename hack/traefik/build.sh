@@ -5,6 +5,9 @@
 # it. Idempotent: a completed build (marker file .complete) is reused. Prints the
 # output directory as its last line.
 #
+# --crds-only copies only the CRDs, into their own directory (seconds: one small
+# module), for the tests that need the Gateway API but not a gateway.
+#
 # Why a wrapper module: Traefik's go.mod carries replace directives, so `go install
 # pkg@version` refuses it. The wrapper copies them (derived from Traefik's own
 # go.mod, not hard-coded), and its excludes.
@@ -44,9 +47,13 @@ post_build() {
     *"Version:"*"$TRAEFIK"*) log "built: traefik $TRAEFIK ($(du -m "$OUT/traefik" | cut -f1) MB)" ;;
     *) echo "$OUT/traefik version says '$v', expected $TRAEFIK" >&2; exit 1 ;;
   esac
-  [ -s "$OUT/gateway-api-crds.yaml" ] || { echo "no CRDs in $OUT/gateway-api-crds.yaml" >&2; exit 1; }
-  grep -q "bundle-version: v$GATEWAY_API" "$OUT/gateway-api-crds.yaml" ||
-    { echo "$OUT/gateway-api-crds.yaml is not Gateway API v$GATEWAY_API" >&2; exit 1; }
+  check_crds "$OUT"
+}
+
+check_crds() { # directory
+  [ -s "$1/gateway-api-crds.yaml" ] || { echo "no CRDs in $1/gateway-api-crds.yaml" >&2; exit 1; }
+  grep -q "bundle-version: v$GATEWAY_API" "$1/gateway-api-crds.yaml" ||
+    { echo "$1/gateway-api-crds.yaml is not Gateway API v$GATEWAY_API" >&2; exit 1; }
 }
 
 if [ "${1:-}" = "--post-build-only" ]; then
@@ -55,6 +62,9 @@ if [ "${1:-}" = "--post-build-only" ]; then
   post_build; touch "$OUT/.complete"; echo "$OUT"; exit 0
 fi
 
+if [ "${1:-}" = "--crds-only" ]; then
+  OUT=${CRDS_OUT:-$CACHE_ROOT/gateway-api/v$GATEWAY_API}
+fi
 if [ -f "$OUT/.complete" ]; then
   log "cached build reused: $OUT"
   echo "$OUT"; exit 0
@@ -111,6 +121,12 @@ for e in mod.get("Exclude") or []:
 }
 
 start=$SECONDS
+if [ "${1:-}" = "--crds-only" ]; then
+  copy_crds
+  check_crds "$OUT"
+  touch "$OUT/.complete"
+  echo "$OUT"; exit 0
+fi
 log "building Traefik $TRAEFIK into $OUT (go $GOVER, GOMODCACHE=$(go env GOMODCACHE), GOCACHE=$(go env GOCACHE))"
 copy_crds
 build_traefik

@@ -46,6 +46,7 @@ ARGO_ROLLOUTS_CRDS = (
     "experiment-crd.yaml",
 )
 TRAEFIK_BUILD_COMMAND = "hack/traefik/build.sh"
+GATEWAY_API_CRDS_COMMAND = "hack/traefik/build.sh --crds-only"
 #: What hack/traefik/build.sh leaves in its directory.
 TRAEFIK_FILES = ("traefik", "gateway-api-crds.yaml")
 
@@ -152,6 +153,22 @@ def find_traefik() -> Path:
             "minutes cold, cached afterwards)"
         )
     return directory
+
+
+def find_gateway_api_crds() -> Path:
+    """Return the Gateway API standard channel's CRDs copied by ``--crds-only``.
+
+    Raises HarnessError, naming the command that copies them, when there are none.
+    """
+    version = os.environ.get("GATEWAY_API", GATEWAY_API_VERSION)
+    directory = _cache_root() / "gateway-api" / f"v{version}"
+    bundle = directory / "gateway-api-crds.yaml"
+    if not (bundle.is_file() and (directory / ".complete").is_file()):
+        raise HarnessError(
+            f"no Gateway API v{version} CRDs in {directory}: copy them with "
+            f"`{GATEWAY_API_CRDS_COMMAND}` from the repository root (seconds)"
+        )
+    return bundle
 
 
 def _cache_root() -> Path:

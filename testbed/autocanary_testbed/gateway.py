@@ -56,7 +56,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client import ApiException
 
-from autocanary_testbed.binaries import TRAEFIK_VERSION, find_traefik
+from autocanary_testbed.binaries import TRAEFIK_VERSION, find_gateway_api_crds, find_traefik
 from autocanary_testbed.errors import HarnessError
 from autocanary_testbed.http_checks import http_ok
 from autocanary_testbed.monitoring import PodMonitor
@@ -149,12 +149,12 @@ _BUNDLE_KINDS = {
 def install_gateway_api(api_client: client.ApiClient, bundle: Path | None = None) -> list[str]:
     """Create the Gateway API's CRDs (and the bundle's admission policy); wait until served.
 
-    ``bundle`` defaults to the standard channel copied by ``hack/traefik/build.sh``.
+    ``bundle`` defaults to the standard channel copied by ``hack/traefik/build.sh --crds-only``.
     Objects already there (an earlier stack on this cluster) are left as they are.
     Returns the CRDs' names. Raises HarnessError for an object the API server refuses
     or CRDs not established in time.
     """
-    path = bundle or find_traefik() / "gateway-api-crds.yaml"
+    path = bundle or find_gateway_api_crds()
     extensions: Any = client.ApiextensionsV1Api(api_client)
     objects: Any = client.CustomObjectsApi(api_client)
     names: list[str] = []

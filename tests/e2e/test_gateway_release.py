@@ -34,7 +34,7 @@ from autocanary_testbed.errors import HarnessError
 from autocanary_testbed.stack import CanaryStack
 from autocanary_testbed.waiting import wait_until
 
-pytestmark = [pytest.mark.integration, pytest.mark.e2e]
+pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.traefik]
 
 _POLL_S = 0.5
 _SETTLE_S = 3.0  # how long the gateway may take to apply a route written to the API

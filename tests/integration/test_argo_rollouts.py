@@ -20,7 +20,7 @@ from autocanary_testbed.controlplane import ControlPlane
 from autocanary_testbed.stack import CanaryStack, StackSettings, app_service
 from autocanary_testbed.waiting import wait_until
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.argo_rollouts]
 
 APP = "testpage"
 VERSION = 'target="testpage",version="{{args.version}}"'

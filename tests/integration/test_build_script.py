@@ -118,6 +118,7 @@ def _argo_post_build(out: Path, version: str) -> subprocess.CompletedProcess[str
     )
 
 
+@pytest.mark.argo_rollouts
 def test_argo_rollouts_post_build_checks_the_controller_and_its_crds(tmp_path: Path) -> None:
     built = binaries.find_argo_rollouts()
     out = tmp_path / "argo"

@@ -28,7 +28,7 @@ from autocanary_testbed.gateway import GROUP, VERSION, backend_ref
 from autocanary_testbed.stack import BACKEND_PORT, CanaryStack, StackSettings
 from autocanary_testbed.waiting import wait_until
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.traefik]
 
 _T = 10  # seconds per API call
 _READY_S = 90  # a bound for a hang on a loaded 2-core machine, not a timing expectation

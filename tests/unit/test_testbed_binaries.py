@@ -179,3 +179,20 @@ def test_finds_traefik_under_the_cache_root_or_names_its_build_command(
         binaries.find_traefik()
     (directory / ".complete").write_text("")
     assert binaries.find_traefik() == directory
+
+
+def test_finds_the_gateway_api_crds_or_names_the_command_that_copies_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AUTOCANARY_CACHE", str(tmp_path / "cache"))
+    directory = tmp_path / "cache" / "gateway-api" / "v1.6.3"
+    with pytest.raises(HarnessError, match=r"hack/traefik/build\.sh --crds-only") as info:
+        binaries.find_gateway_api_crds()
+    assert str(directory) in str(info.value)
+
+    directory.mkdir(parents=True)
+    (directory / "gateway-api-crds.yaml").write_text("kind: CustomResourceDefinition\n")
+    with pytest.raises(HarnessError):
+        binaries.find_gateway_api_crds()  # not marked complete: a copy cut short
+    (directory / ".complete").write_text("")
+    assert binaries.find_gateway_api_crds() == directory / "gateway-api-crds.yaml"
