@@ -48,6 +48,7 @@ import yaml
 from kubernetes import client, watch
 
 from autocanary.rollout.state import STATE_ANNOTATION
+from autocanary_testbed.apps import daemon_command
 from autocanary_testbed.controlplane import ControlPlane
 from autocanary_testbed.monitoring import PrometheusServer
 from autocanary_testbed.procs import free_port
@@ -285,16 +286,7 @@ def run(rollouts: int, idle_s: float, wave_share: float) -> dict[str, Any]:
         log_path = work / "daemon.log"
         with log_path.open("wb") as log_file:
             daemon = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "autocanary",
-                    "run",
-                    "-c",
-                    str(config_path),
-                    "--kubeconfig",
-                    str(cp.kubeconfig_path),
-                ],
+                daemon_command(config_path, cp.kubeconfig_path),
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
             )

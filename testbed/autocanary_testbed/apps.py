@@ -1,7 +1,8 @@
 """testpage and probe as real processes on 127.0.0.1, for tests and the rehearsal.
 
 Each runs as ``python -m autocanary.apps.testpage`` / ``python -m autocanary.apps.probe`` in
-a ``ProcessGroup``, on a free port, and is returned once it serves HTTP.
+a ``ProcessGroup``, on a free port, and is returned once it serves HTTP. The daemon's own
+command line (``autocanary run``) is here too, for the tests and benchmarks that start it.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -73,6 +75,21 @@ def scrape(url: str, name: str) -> list[tuple[dict[str, str], float]]:
         for sample in family.samples
         if sample.name == name
     ]
+
+
+def daemon_command(config: Path, kubeconfig: Path, identity: str | None = None) -> list[str]:
+    """``autocanary run`` with ``config`` and ``kubeconfig`` (and a leader identity)."""
+    command = [
+        sys.executable,
+        "-m",
+        "autocanary",
+        "run",
+        "--config",
+        str(config),
+        "--kubeconfig",
+        str(kubeconfig),
+    ]
+    return [*command, "--identity", identity] if identity is not None else command
 
 
 def start_testpage(

@@ -45,7 +45,7 @@ from kubernetes import client
 
 from autocanary.adapters.kubernetes import DeploymentRecord, KubeClient
 from autocanary.rollout import state as state_codec
-from autocanary_testbed.apps import ProbeProcess, start_probe
+from autocanary_testbed.apps import ProbeProcess, daemon_command, start_probe
 from autocanary_testbed.controlplane import ControlPlane
 from autocanary_testbed.errors import HarnessError
 from autocanary_testbed.gateway import TraefikGateway, backend_ref, http_route
@@ -723,18 +723,7 @@ class CanaryStack:
             path.write_text(yaml.safe_dump(config, sort_keys=False))
         process = ManagedProcess.start(
             name,
-            [
-                sys.executable,
-                "-m",
-                "autocanary",
-                "run",
-                "--config",
-                str(path),
-                "--kubeconfig",
-                str(self.cp.kubeconfig_path),
-                "--identity",
-                name,
-            ],
+            daemon_command(path, self.cp.kubeconfig_path, name),
             log_dir=self.workdir / "logs",
             # A shipped config reads its Slack URL from here; the receiver stands in for Slack.
             env={"SLACK_WEBHOOK_URL": f"{self.receiver.url}/slack", **(env or {})},

@@ -12,7 +12,6 @@ answers without traffic.
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import pytest
 import yaml
 from kubernetes import client
 
+from autocanary_testbed.apps import daemon_command
 from autocanary_testbed.controlplane import ControlPlane
 from autocanary_testbed.http_checks import http_ok
 from autocanary_testbed.monitoring import PrometheusServer
@@ -82,18 +82,7 @@ def test_a_declared_rollout_is_found_without_a_restart_and_a_bad_one_is_told(
     (tmp_workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     daemon = group.start(
         "daemon",
-        [
-            sys.executable,
-            "-m",
-            "autocanary",
-            "run",
-            "--config",
-            str(tmp_workdir / "config.yaml"),
-            "--kubeconfig",
-            str(control_plane.kubeconfig_path),
-            "--identity",
-            "daemon-a",
-        ],
+        daemon_command(tmp_workdir / "config.yaml", control_plane.kubeconfig_path, "daemon-a"),
     )
     daemon.wait_ready(lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), 60, "serving /healthz")
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from kubernetes import client
 
 from autocanary.adapters.kubernetes import KubeClient
 from autocanary.rollout import state as state_codec
+from autocanary_testbed.apps import daemon_command
 from autocanary_testbed.controlplane import ControlPlane
 from autocanary_testbed.http_checks import http_ok
 from autocanary_testbed.monitoring import PrometheusServer
@@ -163,18 +163,7 @@ def daemon(
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     process = ManagedProcess.start(
         IDENTITY,
-        [
-            sys.executable,
-            "-m",
-            "autocanary",
-            "run",
-            "-c",
-            str(config_path),
-            "--kubeconfig",
-            str(control_plane.kubeconfig_path),
-            "--identity",
-            IDENTITY,
-        ],
+        daemon_command(config_path, control_plane.kubeconfig_path, IDENTITY),
         log_dir=tmp_workdir / "logs",
     )
     try:
@@ -388,18 +377,7 @@ def test_a_rollout_forbidden_by_rbac_backs_off_and_says_so_while_the_other_progr
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     process = ManagedProcess.start(
         IDENTITY,
-        [
-            sys.executable,
-            "-m",
-            "autocanary",
-            "run",
-            "-c",
-            str(config_path),
-            "--kubeconfig",
-            str(kubeconfig),
-            "--identity",
-            IDENTITY,
-        ],
+        daemon_command(config_path, kubeconfig, IDENTITY),
         log_dir=tmp_workdir / "logs",
     )
     try:

@@ -11,7 +11,6 @@ nothing to an idle canary.
 from __future__ import annotations
 
 import json
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +24,7 @@ from autocanary.adapters.kube_watch import DeploymentCache, StateCache
 from autocanary.adapters.kubernetes import DeploymentRecord, KubeClient
 from autocanary.errors import KubernetesForbidden, ResourceNotFound
 from autocanary.rollout.state import STATE_ANNOTATION, state_object_name
+from autocanary_testbed.apps import daemon_command
 from autocanary_testbed.controlplane import ControlPlane
 from autocanary_testbed.http_checks import http_ok
 from autocanary_testbed.procs import ManagedProcess, free_port
@@ -382,16 +382,7 @@ def test_the_daemon_ticks_a_changed_canary_at_once_and_writes_nothing_at_start_u
     config_path.write_text(yaml.safe_dump(config))
     process = ManagedProcess.start(
         "daemon",
-        [
-            sys.executable,
-            "-m",
-            "autocanary",
-            "run",
-            "-c",
-            str(config_path),
-            "--kubeconfig",
-            str(control_plane.kubeconfig_path),
-        ],
+        daemon_command(config_path, control_plane.kubeconfig_path),
         log_dir=tmp_workdir / "logs",
     )
     try:
