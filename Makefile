@@ -13,7 +13,8 @@ VENV := .venv/bin
 # tests spend most of their time waiting through holds and scrape intervals, not on
 # the CPU, and one session leaves no worker idle at the end of a tier.
 # A test that fails is run once more (and reported as rerun): test beds sharing
-# two cores stretch timings; one that fails twice fails the run.
+# two cores stretch timings; one that fails twice fails the run. `-r aR` names the
+# reruns in the summary, so a CI log shows which tests needed one.
 TEST_WORKERS ?= 4
 EXTRAS := traefik or argo_rollouts
 NOT_EXTRAS := not traefik and not argo_rollouts
@@ -30,7 +31,7 @@ lint:
 # Each step prints its duration, so a slow CI run shows where the time went.
 test: setup
 	@start=$$SECONDS; $(MAKE) --no-print-directory lint && echo "[test] lint: $$((SECONDS - start))s"
-	@start=$$SECONDS; $(VENV)/pytest -n $(TEST_WORKERS) --maxschedchunk 1 --reruns 1 --durations=25 -m "$(NOT_EXTRAS)" tests && echo "[test] unit, integration and e2e: $$((SECONDS - start))s"
+	@start=$$SECONDS; $(VENV)/pytest -n $(TEST_WORKERS) --maxschedchunk 1 --reruns 1 -r aR --durations=25 -m "$(NOT_EXTRAS)" tests && echo "[test] unit, integration and e2e: $$((SECONDS - start))s"
 
 test-unit:
 	$(VENV)/pytest tests/unit

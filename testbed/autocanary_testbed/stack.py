@@ -705,13 +705,14 @@ class CanaryStack:
         *,
         env: Mapping[str, str] | None = None,
         config: Mapping[str, Any] | None = None,
-        ready_timeout: float = 30.0,
+        ready_timeout: float = 60.0,
     ) -> ManagedProcess:
         """Start ``autocanary run`` as a subprocess; return once it serves /healthz.
 
         ``env`` is added to its environment (e.g. a test-only fault hook);
         ``config`` replaces this stack's config (see :meth:`config`);
-        ``ready_timeout`` bounds the wait for /healthz.
+        ``ready_timeout`` bounds the wait for /healthz (a minute: on two cores
+        shared by four test beds, the daemon's imports alone took over 30 s).
         """
         port = free_port()
         path = self.workdir / f"{name}.yaml"
