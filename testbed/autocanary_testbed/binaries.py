@@ -86,13 +86,7 @@ def find_prometheus() -> Path:
     """
     version = os.environ.get("PROMETHEUS", PROMETHEUS_VERSION)
     root = _cache_root() / "prometheus"
-    go_version = _go_version()
-    if go_version is not None:
-        directory = root / f"{version}-{go_version}"
-    else:
-        # Without Go, a build by any Go version will do.
-        built = sorted(p.parent for p in root.glob(f"{version}-*/.complete"))
-        directory = built[-1] if built else root / f"{version}-<go version>"
+    directory = _build_dir(root, version)
     binary = directory / "prometheus"
     if not (binary.is_file() and (directory / ".complete").exists()):
         raise HarnessError(
@@ -110,13 +104,7 @@ def find_argo_rollouts() -> Path:
     """
     version = os.environ.get("ARGO_ROLLOUTS", ARGO_ROLLOUTS_VERSION)
     root = _cache_root() / "argo-rollouts"
-    go_version = _go_version()
-    if go_version is not None:
-        directory = root / f"{version}-{go_version}"
-    else:
-        # Without Go, a build by any Go version will do.
-        built = sorted(p.parent for p in root.glob(f"{version}-*/.complete"))
-        directory = built[-1] if built else root / f"{version}-<go version>"
+    directory = _build_dir(root, version)
     missing = [n for n in ("rollouts-controller", ".complete") if not (directory / n).exists()]
     missing += [f"crds/{n}" for n in ARGO_ROLLOUTS_CRDS if not (directory / "crds" / n).is_file()]
     if missing:
@@ -138,13 +126,7 @@ def find_traefik() -> Path:
         f"-gatewayapi{os.environ.get('GATEWAY_API', GATEWAY_API_VERSION)}"
     )
     root = _cache_root() / "traefik"
-    go_version = _go_version()
-    if go_version is not None:
-        directory = root / f"{stem}-{go_version}"
-    else:
-        # Without Go, a build by any Go version will do.
-        built = sorted(p.parent for p in root.glob(f"{stem}-*/.complete"))
-        directory = built[-1] if built else root / f"{stem}-<go version>"
+    directory = _build_dir(root, stem)
     missing = [n for n in (*TRAEFIK_FILES, ".complete") if not (directory / n).is_file()]
     if missing:
         raise HarnessError(
@@ -169,6 +151,18 @@ def find_gateway_api_crds() -> Path:
             f"`{GATEWAY_API_CRDS_COMMAND}` from the repository root (seconds)"
         )
     return bundle
+
+
+def _build_dir(root: Path, stem: str) -> Path:
+    """Where the build ``stem`` by this machine's Go lives under ``root`` (it may not exist).
+
+    Without Go, a complete build by any Go version will do (the newest name).
+    """
+    go_version = _go_version()
+    if go_version is not None:
+        return root / f"{stem}-{go_version}"
+    built = sorted(p.parent for p in root.glob(f"{stem}-*/.complete"))
+    return built[-1] if built else root / f"{stem}-<go version>"
 
 
 def _cache_root() -> Path:
