@@ -331,6 +331,20 @@ class _WatchCache(Generic[_R]):
     def _changed(self, namespace: str, old: _R | None, new: _R | None) -> None:
         """Told each change the watch (or a list after 410) found; nothing by default."""
 
+    def _keep_written(self, namespace: str, record: _R) -> None:
+        """Keep ``record``, which a write returned, unless the watch has a later version already.
+
+        Only in a namespace already listed: before that, reads go to the API anyway.
+        """
+        with self._lock:
+            ns = self._namespaces.get(namespace)
+            if ns is None or not ns.synced:
+                return
+            objects = self._objects.setdefault(namespace, {})
+            known = objects.get(record.name)
+            if known is None or _newer(record, known):
+                objects[record.name] = record
+
     def _list(self, ns: _Namespace) -> None:
         call = self._list_call()
         self._counted(call.__name__)
@@ -458,14 +472,7 @@ class DeploymentCache(_WatchCache[DeploymentRecord]):
 
     def remember(self, record: DeploymentRecord) -> None:
         """Keep what a write returned, unless the watch has delivered a later version already."""
-        with self._lock:
-            ns = self._namespaces.get(record.namespace)
-            if ns is None or not ns.synced:
-                return
-            objects = self._objects.setdefault(record.namespace, {})
-            known = objects.get(record.name)
-            if known is None or _newer(record, known):
-                objects[record.name] = replace(record, raw=_trimmed(record.raw).raw)
+        self._keep_written(record.namespace, replace(record, raw=_trimmed(record.raw).raw))
 
     def _changed(
         self, namespace: str, old: DeploymentRecord | None, new: DeploymentRecord | None
@@ -594,11 +601,4 @@ class StateCache(_WatchCache[StateRecord]):
             record = StateRecord.from_json(obj)
         except InvalidResource:
             return
-        with self._lock:
-            ns = self._namespaces.get(record.namespace)
-            if ns is None or not ns.synced:
-                return
-            objects = self._objects.setdefault(record.namespace, {})
-            known = objects.get(record.name)
-            if known is None or _newer(record, known):
-                objects[record.name] = record
+        self._keep_written(record.namespace, record)
