@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 VENV := .venv/bin
 
-.PHONY: setup lint test test-unit test-extras rehearsal
+.PHONY: setup lint test test-unit rehearsal
 
 # Every tier (unit, integration, e2e) runs in one pytest session on four workers,
 # each with its own control plane and test beds, the longest scenarios first (the
@@ -16,8 +16,6 @@ VENV := .venv/bin
 # two cores stretch timings; one that fails twice fails the run. `-r aR` names the
 # reruns in the summary, so a CI log shows which tests needed one.
 TEST_WORKERS ?= 4
-EXTRAS := traefik or argo_rollouts
-NOT_EXTRAS := not traefik and not argo_rollouts
 
 setup:
 	hack/setup.sh
@@ -31,17 +29,10 @@ lint:
 # Each step prints its duration, so a slow CI run shows where the time went.
 test: setup
 	@start=$$SECONDS; $(MAKE) --no-print-directory lint && echo "[test] lint: $$((SECONDS - start))s"
-	@start=$$SECONDS; $(VENV)/pytest -n $(TEST_WORKERS) --maxschedchunk 1 --reruns 1 -r aR --durations=25 -m "$(NOT_EXTRAS)" tests && echo "[test] unit, integration and e2e: $$((SECONDS - start))s"
+	@start=$$SECONDS; $(VENV)/pytest -n $(TEST_WORKERS) --maxschedchunk 1 --reruns 1 -r aR --durations=25 tests && echo "[test] unit, integration and e2e: $$((SECONDS - start))s"
 
 test-unit:
 	$(VENV)/pytest tests/unit
-
-# The tests that need Traefik or Argo Rollouts built (hack/setup.sh --extras). Not
-# in `make test` or CI: cold, the two builds take 40 to 70 minutes on 2 cores, more
-# than CI's whole budget; seconds to a few minutes with Go's caches warm.
-test-extras:
-	hack/setup.sh --extras
-	$(VENV)/pytest -n 2 --reruns 1 -m "$(EXTRAS)" tests
 
 # The quick start: set up, then rehearse a good and a bad release on the local
 # control plane, narrated. Leaves nothing running.

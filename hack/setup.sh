@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Prepares a machine to run every test tier, from a clean clone: Debian packages
 # (Prometheus, Alertmanager, wrk, openssl, curl), the control-plane binaries, a
-# Prometheus with Kubernetes service discovery, the Gateway API CRDs and helm
-# (hack/controlplane/build.sh, hack/prometheus/build.sh, hack/traefik/build.sh
-# --crds-only, cached outside the repository) and .venv with the project installed
-# with its test extras, beside the test bed (testbed/).
+# Prometheus with Kubernetes service discovery, the Gateway API CRDs, Traefik (the
+# bed's gateway), Argo Rollouts (for the comparison with it) and helm
+# (hack/controlplane/build.sh, hack/prometheus/build.sh, hack/traefik/build.sh,
+# hack/argo-rollouts/build.sh, cached outside the repository) and .venv with the
+# project installed with its test extras, beside the test bed (testbed/).
 #
-# --extras also builds Traefik (the bed's gateway) and Argo Rollouts, for the tests
-# marked traefik and argo_rollouts (`make test-extras`) and bench/versus_argo.py.
-# `make test` and CI leave them out: cold, the two take 40 to 70 minutes on 2 cores.
+# Cold, Traefik and Argo Rollouts are the longest builds (about 40 and 28 minutes
+# on 2 cores); with Go's module and build caches warm, as CI keeps them, about a
+# minute together.
 # Idempotent: each phase skips work that is already done, and the time spent
 # per phase is printed.
 #
@@ -97,7 +98,7 @@ copy_gateway_api_crds() {
   log "Gateway API CRDs in $out"
 }
 
-# Traefik, the test bed's Gateway API implementation (--extras).
+# Traefik, the test bed's Gateway API implementation.
 build_traefik() {
   local out
   find_go
@@ -174,22 +175,15 @@ fill_wheelhouse() {
   log "wheelhouse filled: $dir"
 }
 
-extras=0
-case "${1:-}" in
-  "") ;;
-  --extras) extras=1 ;;
-  *) die "unknown argument '$1' (usage: hack/setup.sh [--extras])" ;;
-esac
+[ $# -eq 0 ] || die "unexpected argument '$1' (usage: hack/setup.sh)"
 
 total=$SECONDS
 phase "apt packages" install_packages
 phase "control-plane binaries" build_controlplane
 phase "prometheus" build_prometheus
 phase "gateway api crds" copy_gateway_api_crds
-if [ "$extras" = 1 ]; then
-  phase "traefik" build_traefik
-  phase "argo rollouts" build_argo_rollouts
-fi
+phase "traefik" build_traefik
+phase "argo rollouts" build_argo_rollouts
 phase "helm" build_helm
 phase "python venv" make_venv
 phase "wheelhouse" fill_wheelhouse

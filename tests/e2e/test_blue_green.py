@@ -195,7 +195,7 @@ def test_a_bad_release_fails_on_the_preview_and_the_active_service_is_never_writ
     assert_one_version_at_a_time_and_whole(active)
     assert stack.replicas() == (3, 0)
     assert "Switched" not in told_reasons(stack)
-    alert = stack.receiver.wait_for(lambda b: b.get("kind") == "rolledBack", 10, "/oncall")
+    alert = stack.receiver.wait_for(lambda b: b.get("kind") == "rolledBack", 60, "/oncall")
     assert [c["name"] for c in alert["checks"] if c["verdict"] == "fail"] == ["error-rate"]
 
 
@@ -229,7 +229,7 @@ def test_a_failure_after_the_switch_switches_back_within_one_interval(
     ]
     assert len(rolled) == 1
     assert "the active Service testpage switches back to v1" in rolled[0]
-    alert = stack.receiver.wait_for(lambda b: b.get("kind") == "rolledBack", 10, "/oncall")
+    alert = stack.receiver.wait_for(lambda b: b.get("kind") == "rolledBack", 60, "/oncall")
     assert [c["name"] for c in alert["checks"] if c["verdict"] == "fail"] == ["error-rate"]
 
 
@@ -271,10 +271,10 @@ def test_commands_and_status_on_a_blue_green_release(stack_factory: StackFactory
         _, row, *_ = table.splitlines()
         assert row.split()[:4] == [stack.settings.app, stack.namespace, "progressing", "2/2"]
         stack.cli("pause", stack.settings.app, *common)
-        stack.wait_for(lambda s: s.phase == "paused", 30, "paused by command")
+        stack.wait_for(lambda s: s.phase == "paused", 60, "paused by command")
         assert selector(stack, stack.settings.app)["version"] == "v2", "users stay on v2"
         stack.cli("resume", stack.settings.app, *common)
-        stack.wait_for(lambda s: s.phase == "progressing", 30, "resumed")
+        stack.wait_for(lambda s: s.phase == "progressing", 60, "resumed")
 
         stack.cli("abort", stack.settings.app, *common)
         aborted = stack.wait_for(lambda s: s.phase == "rolledBack", 60, "rolled back by abort")
@@ -295,4 +295,4 @@ def test_commands_and_status_on_a_blue_green_release(stack_factory: StackFactory
     reasons = told_reasons(stack)
     assert reasons.count("RolledBack") == 1
     assert reasons.count("Promoted") == 1
-    stack.receiver.wait_for(lambda b: b.get("kind") == "rolledBack", 10, "/oncall")
+    stack.receiver.wait_for(lambda b: b.get("kind") == "rolledBack", 60, "/oncall")

@@ -120,7 +120,7 @@ def test_a_daemon_killed_right_after_writing_a_transition_still_announces_it(
         assert reasons.count("StepAdvanced") == 2
         assert reasons.count("Promoted") == 1
     # Alerts: at least once, and every repeat carries the same id.
-    stack.receiver.wait_for(lambda b: b.get("id") == notice.id, 30, "/oncall")
+    stack.receiver.wait_for(lambda b: b.get("id") == notice.id, 60, "/oncall")
 
     def one_id_per_event() -> bool:
         return all(
@@ -186,7 +186,7 @@ def test_a_canary_deleted_mid_release_never_costs_capacity(
         f"{stack.canary_name} was deleted during the progressing release of v2"
         in (event["message"])
     )
-    alert = stack.receiver.wait_for(lambda b: b.get("reason") == "CanaryDeleted", 30, "/oncall")
+    alert = stack.receiver.wait_for(lambda b: b.get("reason") == "CanaryDeleted", 60, "/oncall")
     assert alert["kind"] == "rolledBack"
     assert alert["severity"] == "critical"
     wait_until(

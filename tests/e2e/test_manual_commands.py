@@ -16,16 +16,16 @@ def test_abort_then_retry_then_promote(stack_factory: StackFactory) -> None:
 
     out = stack.cli("abort", stack.settings.app, *common)
     assert "abort requested" in out
-    aborted = stack.wait_for(lambda s: s.phase == "rolledBack", 30, "rolled back by abort")
+    aborted = stack.wait_for(lambda s: s.phase == "rolledBack", 60, "rolled back by abort")
     assert "aborted by command" in aborted.message
     assert stack.replicas() == (3, 0)
-    stack.receiver.wait_for(lambda b: b.get("kind") == "rolledBack", 10, "/oncall")
+    stack.receiver.wait_for(lambda b: b.get("kind") == "rolledBack", 60, "/oncall")
 
     # The rolled-back revision stays rolled back until someone asks for a retry.
     stack.sleep(5)
     assert stack.state().phase == "rolledBack"
     stack.cli("retry", stack.settings.app, *common)
-    stack.wait_for(lambda s: s.phase == "progressing", 30, "the retried release")
+    stack.wait_for(lambda s: s.phase == "progressing", 60, "the retried release")
 
     stack.cli("promote", stack.settings.app, *common)
     final = stack.wait_for(lambda s: s.phase == "succeeded", 60, "promoted by command")

@@ -34,13 +34,13 @@ def test_good_release_is_promoted_through_every_step(stack_factory: StackFactory
     assert reasons[0] == "ReleaseDetected"
     assert reasons[-1] == "Promoted"
     assert [v for v in final.verdicts if v.verdict == "fail"] == []
-    stack.receiver.wait_for(lambda b: b.get("kind") == "promoted", 10, "/oncall")
+    stack.receiver.wait_for(lambda b: b.get("kind") == "promoted", 60, "/oncall")
     wait_until(
         lambda: any(
             a["labels"].get("alertname") == "AutocanaryPromoted"
             for a in stack.alertmanager_alerts()
         ),
-        timeout=10,
+        timeout=60,
         what="the promotion in Alertmanager",
     )
 
@@ -62,7 +62,7 @@ def test_error_regression_is_rolled_back_in_the_first_step(stack_factory: StackF
     reasons = told_reasons(stack)
     assert "RolledBack" in reasons
     assert "StepAdvanced" not in reasons
-    alert = stack.receiver.wait_for(lambda b: b.get("kind") == "rolledBack", 10, "/oncall")
+    alert = stack.receiver.wait_for(lambda b: b.get("kind") == "rolledBack", 60, "/oncall")
     failing = [c for c in alert["checks"] if c["verdict"] == "fail"]
     assert [c["name"] for c in failing] == ["error-rate"]
     assert 0.02 < failing[0]["value"] < 0.3  # 10% errors, above the 2% threshold
@@ -76,7 +76,7 @@ def test_error_regression_is_rolled_back_in_the_first_step(stack_factory: StackF
             for a in stack.alertmanager_alerts()
         )
 
-    wait_until(in_alertmanager, timeout=10, what="the rollback in Alertmanager")
+    wait_until(in_alertmanager, timeout=60, what="the rollback in Alertmanager")
 
 
 def test_latency_regression_alone_is_rolled_back_on_latency(stack_factory: StackFactory) -> None:
@@ -94,7 +94,7 @@ def test_latency_regression_alone_is_rolled_back_on_latency(stack_factory: Stack
     assert last.checks["latency-p95"]["verdict"] == "fail"
     assert last.checks["error-rate"]["verdict"] == "pass"
     assert last.checks["latency-p95"]["value"] >= 0.4
-    alert = stack.receiver.wait_for(lambda b: b.get("kind") == "rolledBack", 10, "/oncall")
+    alert = stack.receiver.wait_for(lambda b: b.get("kind") == "rolledBack", 60, "/oncall")
     assert "latency-p95" in alert["message"]
 
 
@@ -123,7 +123,7 @@ def test_canary_whose_image_cannot_be_pulled_is_rolled_back_on_the_pull_error(
     assert "ProgressDeadlineExceeded" not in reasons
     assert reasons.index("CanaryPodFailed") < reasons.index("RolledBack")
     assert stack.replicas() == (3, 0)
-    alert = stack.receiver.wait_for(lambda b: b.get("kind") == "rolledBack", 10, "/oncall")
+    alert = stack.receiver.wait_for(lambda b: b.get("kind") == "rolledBack", 60, "/oncall")
     assert "canary pod testpage-canary-" in alert["message"]
 
 
@@ -153,7 +153,7 @@ def test_canary_whose_process_exits_at_start_is_rolled_back_on_crash_loop(
     assert "CanaryPodFailed" in reasons
     assert "ProgressDeadlineExceeded" not in reasons
     assert stack.replicas() == (3, 0)
-    alert = stack.receiver.wait_for(lambda b: b.get("kind") == "rolledBack", 10, "/oncall")
+    alert = stack.receiver.wait_for(lambda b: b.get("kind") == "rolledBack", 60, "/oncall")
     assert "CrashLoopBackOff" in alert["message"]
 
 
@@ -200,7 +200,7 @@ def test_canary_that_never_becomes_ready_is_rolled_back_at_the_progress_deadline
     assert "ProgressDeadlineExceeded" in reasons
     assert reasons.index("ProgressDeadlineExceeded") < reasons.index("RolledBack")
     assert stack.replicas() == (3, 0)
-    alert = stack.receiver.wait_for(lambda b: b.get("kind") == "rolledBack", 10, "/oncall")
+    alert = stack.receiver.wait_for(lambda b: b.get("kind") == "rolledBack", 60, "/oncall")
     assert "progressDeadline" in alert["message"]
 
 
@@ -229,6 +229,6 @@ def test_prometheus_down_mid_release_never_advances_and_pauses(stack_factory: St
     assert "StepAdvanced" not in reasons
     assert "Promoted" not in reasons
     assert reasons[-1] == "Paused"
-    alert = stack.receiver.wait_for(lambda b: b.get("kind") == "paused", 10, "/oncall")
+    alert = stack.receiver.wait_for(lambda b: b.get("kind") == "paused", 60, "/oncall")
     assert "inconclusive" in alert["message"]
     assert stack.replicas() == (2, 1), "paused keeps the split as it was"

@@ -50,7 +50,7 @@ def test_five_percent_errors_against_one_percent_is_rolled_back(
     assert ready.judge is None or ready.judge.polls == 0
     assert final.judge is not None
     assert final.judge.polls >= 1
-    alert = stack.receiver.wait_for(lambda b: b.get("kind") == "rolledBack", 10, "/oncall")
+    alert = stack.receiver.wait_for(lambda b: b.get("kind") == "rolledBack", 60, "/oncall")
     errors = next(c for c in alert["checks"] if c["name"] == "sequential:errors")
     assert errors["verdict"] == "fail"
     assert errors["value"] > 1.0, "the alert says by how much the canary is worse"
