@@ -159,11 +159,12 @@ def test_plan_renders_the_window_into_builtins_and_custom_queries() -> None:
 
 def test_plan_of_a_relative_check_queries_the_stable_too() -> None:
     rollout = make_rollout(
+        scaleDownStable=False,
         analysis={
             "checks": [
                 {"name": "errors", "template": "error-rate", "relative": {"tolerance": "20%"}}
             ]
-        }
+        },
     )
     planned = plan(rollout, "2.0", "1.0")
     (errors,) = planned.checks
@@ -317,10 +318,12 @@ def setup(
     checks: list[dict[str, Any]] | None = None, min_requests: int = 10
 ) -> tuple[AnalysisConfig, AnalysisPlan]:
     rollout = make_rollout(
+        # The stable keeps its pods at every step, so comparisons with it always judge.
+        scaleDownStable=False,
         analysis={
             "minRequests": min_requests,
             "checks": checks or [{"name": "errors", "template": "error-rate", "max": "1%"}],
-        }
+        },
     )
     return rollout.analysis, plan(rollout, "2.0", "1.0")
 
@@ -491,13 +494,14 @@ def test_the_app_source_reads_the_apps_counter_status_label_and_histogram() -> N
 
 def test_the_app_source_can_tie_series_to_each_sides_pods() -> None:
     rollout = make_rollout(
+        scaleDownStable=False,
         analysis={
             "source": "app",
             "app": {**APP, "podLabel": "pod", "errorStatus": "5..|429"},
             "checks": [
                 {"name": "errors", "template": "error-rate", "relative": {"tolerance": "20%"}}
             ],
-        }
+        },
     )
     assert uses_pods(rollout)
     pods = PodSets(

@@ -15,28 +15,33 @@ import copy
 import dataclasses
 import re
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from builders import (
     JSON,
+    T0,
     Driver,
     FakeCluster,
     FakeDeployment,
+    make_rollout,
     phase_is,
     pod_template,
     sequence,
 )
 from pydantic import ValidationError
 
-from autocanary.analysis.thresholds import plan
+from autocanary.analysis.thresholds import IntervalVerdict, plan
 from autocanary.config.loader import load_config
 from autocanary.config.models import GatewayConfig, RolloutConfig
 from autocanary.errors import ConfigError
+from autocanary.promql import Sample
 from autocanary.rollout import route, steps
 from autocanary.rollout.decision import Desired, Observation
-from autocanary.rollout.state import Reason, dumps, loads
+from autocanary.rollout.interval import evaluate
+from autocanary.rollout.state import Reason, RolloutState, dumps, loads
 
 SHIPPED = Path(__file__).resolve().parents[2] / "config" / "gateway.yaml"
 V1_IMAGE = "registry.local/shop/web:1.0"
@@ -559,3 +564,92 @@ def test_pause_leaves_the_route_alone_and_retry_starts_a_rolled_back_revision_fr
     run(d, phase_is("succeeded"))
     retried = [(w.canary_weight, w.ab) for w in cluster(d).writes[writes + 1 :]]
     assert retried == [(1, True), (5, True), (25, True), (50, True), (100, True), (0, False)]
+
+
+# ------------------------------------------------------------------ a step without the stable
+
+CANARY, STABLE = "v2", "v1"
+
+
+def _judged_at(rollout: RolloutConfig, step: int) -> IntervalVerdict:
+    """One interval at ``step``: the canary healthy, the stable without a single request."""
+    at = T0 + timedelta(minutes=10)
+    state = RolloutState(
+        phase="progressing",
+        canary_version=CANARY,
+        stable_version=STABLE,
+        total=TOTAL,
+        step=step,
+        stage="analysing",
+        ready_at=at - timedelta(minutes=2),
+        last_analysis_at=at - timedelta(seconds=30),
+    )
+    full = plan(rollout, CANARY, STABLE, timedelta(seconds=30))
+    answers: dict[str, float] = {full.canary_requests_query: 500.0}
+    answers.update({c.canary_query: 0.001 for c in full.checks})
+
+    class Source:
+        def query_value(self, promql: str, at: datetime | None = None) -> float | None:
+            return answers.get(promql)  # the stable's queries: no data
+
+        def query_vector(self, promql: str, at: datetime | None = None) -> list[Sample]:
+            value = self.query_value(promql, at)
+            return [] if value is None else [({}, value)]
+
+    return evaluate(Source(), rollout, state, at).verdict
+
+
+def compared() -> RolloutConfig:
+    return gateway(
+        analysis={
+            "minRequests": 10,
+            "warmup": "0s",
+            "checks": [
+                {"name": "errors", "template": "error-rate", "max": "1%"},
+                {
+                    "name": "errors-vs-stable",
+                    "template": "error-rate",
+                    "relative": {"tolerance": "50%"},
+                },
+                {
+                    "name": "latency",
+                    "template": "latency",
+                    "max": "500ms",
+                    "relative": {"tolerance": "20%"},
+                },
+            ],
+        }
+    )
+
+
+def test_a_step_at_100_percent_is_judged_by_absolute_thresholds_alone() -> None:
+    # The shipped config paused at its 100% step: "errors-vs-stable: stable value is
+    # NaN (no traffic in the interval?)", three times, so it never promoted.
+    rollout = compared()
+    below = _judged_at(rollout, 3)  # 50%: the stable serves half, its silence is a problem
+    assert below.verdict == "inconclusive"
+    whole = _judged_at(rollout, 4)  # 100%: nobody reaches the stable
+    assert whole.verdict == "pass", whole.reason
+    assert [c.name for c in whole.checks] == ["errors", "latency"]
+    latency = whole.checks[1]
+    assert latency.stable_value is None
+    assert latency.threshold == "<= 0.5"
+
+
+def test_a_rollout_with_only_comparisons_and_a_step_at_100_percent_is_refused() -> None:
+    only_relative = {
+        "checks": [
+            {"name": "errors-vs-stable", "template": "error-rate", "relative": {"tolerance": "50%"}}
+        ]
+    }
+    with pytest.raises(ValidationError, match="step 5 sends every request to the canary"):
+        gateway(analysis=only_relative)
+    # Below 100% the stable always has traffic to compare with.
+    steps = [{"canary": f"{w}%", "hold": "30s"} for w in (1, 5, 50)]
+    assert gateway(analysis=only_relative, steps=steps).weights == [1, 5, 50]
+    # The same for a replica canary whose stable shrinks to nothing, not one that surges.
+    replica_steps = [{"canary": 1, "hold": "1m"}, {"canary": "100%", "hold": "1m"}]
+    with pytest.raises(ValidationError, match="step 2 sends every request to the canary"):
+        make_rollout(analysis=only_relative, steps=replica_steps)
+    surging = make_rollout(analysis=only_relative, steps=replica_steps, scaleDownStable=False)
+    assert not surging.scales_down_stable

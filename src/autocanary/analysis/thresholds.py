@@ -274,8 +274,8 @@ def side_variables(
 
 
 def absolute_only(rollout: RolloutConfig) -> RolloutConfig:
-    """``rollout`` judged by its absolute thresholds alone: no relative check, no judge."""
-    kept = [c for c in rollout.analysis.checks if c.relative is None]
+    """``rollout`` judged by its absolute thresholds alone: no comparison, no judge."""
+    kept = [a for c in rollout.analysis.checks if (a := c.absolute) is not None]
     analysis = rollout.analysis.model_copy(update={"checks": kept, "sequential": None})
     return rollout.model_copy(update={"analysis": analysis})
 

@@ -670,6 +670,18 @@ class CheckConfig(Model):
         default=None, description="Compare with the same query over the stable version"
     )
 
+    @property
+    def absolute(self) -> CheckConfig | None:
+        """This check by its absolute thresholds alone; None for a comparison only.
+
+        What judges it where the stable serves nobody (see ``rollout.decision``).
+        """
+        if self.relative is None:
+            return self
+        if self.min is None and self.max is None:
+            return None
+        return self.model_copy(update={"relative": None})
+
     @model_serializer(mode="wrap")
     def _thresholds_in_unit(self, handler: SerializerFunctionWrapHandler) -> Any:
         # Written back in the check's unit, so a dumped config validates again
@@ -1310,6 +1322,7 @@ class RolloutConfig(Model):
             raise ValueError(SAME_DEPLOYMENT)
         self._strategy_fits()
         self._gateway_source()
+        self._judged_without_stable()
         if len(self.canary_name) > 253:
             raise ValueError(
                 f"the default canary name {self.canary_name!r} is longer than 253 characters; "
@@ -1341,7 +1354,7 @@ class RolloutConfig(Model):
             raise ValueError(
                 "strategy blueGreen needs 'blueGreen' with its activeService and previewService"
             )
-        if all(check.relative is not None for check in self.analysis.checks):
+        if all(check.absolute is None for check in self.analysis.checks):
             raise ValueError(
                 "strategy blueGreen needs at least one check with an absolute threshold (min or "
                 "max without relative): after the switch the old version has no traffic to be "
@@ -1354,6 +1367,35 @@ class RolloutConfig(Model):
                     f"'{to_camel(key)}' does not apply to strategy blueGreen: the new version "
                     "comes up whole beside the old (previewHold and window set the pace)"
                 )
+
+    def _judged_without_stable(self) -> None:
+        # A step where the stable serves nobody is judged by absolute thresholds alone
+        # (blue/green checks its own case above, with its own words); with only
+        # comparisons and no sequential judge, it could never pass.
+        analysis = self.analysis
+        if (
+            self.blue_green is not None
+            or analysis.sequential is not None
+            or any(check.absolute is not None for check in analysis.checks)
+        ):
+            return
+        if self.gateway is not None:
+            whole = [i for i, weight in enumerate(self.weights) if weight >= 100]
+        elif self.scales_down_stable:
+            whole = [
+                i
+                for i, step in enumerate(self.steps)
+                if isinstance(step.canary, Percentage) and step.canary.fraction >= 1
+            ]
+        else:
+            return
+        if whole:
+            raise ValueError(
+                f"step {whole[0] + 1} sends every request to the canary, so the stable has no "
+                "traffic to be compared with and the step is judged by absolute thresholds "
+                "alone: add a check with an absolute threshold (min or max without relative), "
+                "or end the steps below 100% (promotion follows the last step)"
+            )
 
     def _gateway_source(self) -> None:
         analysis = self.analysis

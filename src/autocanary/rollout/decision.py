@@ -204,6 +204,37 @@ def live_window(rollout: RolloutConfig, state: RolloutState) -> bool:
     return rollout.blue_green is not None and state.step >= 1
 
 
+def stable_unserved(rollout: RolloutConfig, state: RolloutState) -> bool:
+    """Whether the stable serves no traffic at the release's current step.
+
+    Blue/green past its switch, a gateway step at 100%, or a canary step that
+    took every pod of a stable that scales down: comparisons with the stable
+    (relative checks, the sequential judge) have nothing to compare with there,
+    and had their say at the steps before, so such an interval is judged by
+    absolute thresholds alone.
+    """
+    if rollout.blue_green is not None:
+        return live_window(rollout, state)
+    if state.total < 1 or not 0 <= state.step < len(rollout.plan):
+        return False
+    if rollout.gateway is not None:
+        return rollout.weights[state.step] >= 100
+    return _stable_for(rollout, state, state.step) == 0
+
+
+def absolute_only_now(rollout: RolloutConfig, state: RolloutState) -> bool:
+    """Whether this step's intervals are judged by the absolute thresholds alone.
+
+    Where the stable serves nobody (:func:`stable_unserved`) and the rollout has
+    absolute checks. With none (the config's validation requires one where it
+    can tell), the comparisons stay, and find the stable without traffic: the
+    interval is inconclusive rather than passed on nothing.
+    """
+    return stable_unserved(rollout, state) and any(
+        check.absolute is not None for check in rollout.analysis.checks
+    )
+
+
 def _selecting(selector: dict[str, str] | None, label: str, version: str) -> dict[str, str] | None:
     """``selector`` (as read) selecting ``version`` by ``label``: only that label changes.
 
@@ -866,7 +897,7 @@ def _judge(t: _Tick, state: RolloutState, verdict: IntervalVerdict) -> Decision 
     state = _record(state, verdict, t.now)
     if verdict.judge_state is not None:
         state = dataclasses.replace(state, judge=verdict.judge_state)
-    elif analysis.sequential is not None and first_poll and not live_window(t.rollout, state):
+    elif analysis.sequential is not None and first_poll and not absolute_only_now(t.rollout, state):
         # A step's first poll sets the judge's baseline (the counters after the
         # warm-up). It could not read them: stay "before the first poll" so the
         # next one sets it, rather than count the warm-up as evidence.

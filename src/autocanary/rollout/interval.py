@@ -95,9 +95,9 @@ def evaluate(
     unreachable Prometheus rather than make verdicts up). ``pods`` are both
     sides' pods now, for sources that tie series to pods.
     """
-    if decision.live_window(rollout, state):
-        # Blue/green's window after the switch: the old version serves nobody, so
-        # only absolute thresholds can judge (comparisons had their say on the preview).
+    if decision.absolute_only_now(rollout, state):
+        # The stable serves nobody at this step (blue/green after its switch, a step at
+        # 100%): only absolute thresholds can judge; comparisons had their say before.
         rollout = thresholds.absolute_only(rollout)
     since = state.last_analysis_at
     if since is None and state.ready_at is not None:
