@@ -34,7 +34,9 @@ test: setup
 test-unit:
 	$(VENV)/pytest tests/unit
 
-# The quick start: set up, then rehearse a good and a bad release on the local
-# control plane, narrated. Leaves nothing running.
-rehearsal: setup
+# The quick start: set up what it needs (not the test-only builds: Traefik, Argo
+# Rollouts, helm), then rehearse a good and a bad release on the local control
+# plane, narrated. Leaves nothing running.
+rehearsal:
+	hack/setup.sh --rehearsal
 	$(VENV)/python -m autocanary_testbed.rehearsal

@@ -9,7 +9,9 @@
 #
 # Cold, Traefik and Argo Rollouts are the longest builds (about 40 and 28 minutes
 # on 2 cores); with Go's module and build caches warm, as CI keeps them, about a
-# minute together.
+# minute together. --rehearsal prepares only what `make rehearsal` needs (apt
+# packages, the control plane, Prometheus, .venv), so a first rehearsal on a new
+# machine does not wait for them.
 # Idempotent: each phase skips work that is already done, and the time spent
 # per phase is printed.
 #
@@ -175,16 +177,23 @@ fill_wheelhouse() {
   log "wheelhouse filled: $dir"
 }
 
-[ $# -eq 0 ] || die "unexpected argument '$1' (usage: hack/setup.sh)"
+everything=1
+case "${1:-}" in
+  "") ;;
+  --rehearsal) everything=0 ;;
+  *) die "unexpected argument '$1' (usage: hack/setup.sh [--rehearsal])" ;;
+esac
 
 total=$SECONDS
 phase "apt packages" install_packages
 phase "control-plane binaries" build_controlplane
 phase "prometheus" build_prometheus
-phase "gateway api crds" copy_gateway_api_crds
-phase "traefik" build_traefik
-phase "argo rollouts" build_argo_rollouts
-phase "helm" build_helm
+if [ "$everything" = 1 ]; then
+  phase "gateway api crds" copy_gateway_api_crds
+  phase "traefik" build_traefik
+  phase "argo rollouts" build_argo_rollouts
+  phase "helm" build_helm
+fi
 phase "python venv" make_venv
-phase "wheelhouse" fill_wheelhouse
+if [ "$everything" = 1 ]; then phase "wheelhouse" fill_wheelhouse; fi
 log "setup complete in $((SECONDS - total))s"
