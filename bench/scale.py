@@ -47,7 +47,7 @@ import httpx
 import yaml
 from kubernetes import client, watch
 
-from autocanary.rollout.state import STATE_ANNOTATION
+from autocanary.rollout.state import STATE_KEY, STATE_OBJECT_SUFFIX
 from autocanary_testbed.apps import daemon_command
 from autocanary_testbed.controlplane import ControlPlane
 from autocanary_testbed.monitoring import PrometheusServer
@@ -230,22 +230,26 @@ def _watch_events(
                 if stop.is_set():
                     break
 
-    def deployments(namespace: str) -> None:
-        apps = client.AppsV1Api(api)
+    def states(namespace: str) -> None:
+        # Each rollout's state lives in ConfigMap <canary>.autocanary-state.
+        core = client.CoreV1Api(api)
         while not stop.is_set():
             w: Any = watch.Watch(return_type=object)  # type: ignore[no-untyped-call]
-            for event in w.stream(apps.list_namespaced_deployment, namespace, timeout_seconds=30):
-                meta = event["raw_object"].get("metadata") or {}
-                state = (meta.get("annotations") or {}).get(STATE_ANNOTATION) or ""
-                if '"phase":"progressing"' in state:
-                    written.setdefault(meta["name"], time.monotonic())
+            for event in w.stream(core.list_namespaced_config_map, namespace, timeout_seconds=30):
+                obj = event["raw_object"]
+                name = str((obj.get("metadata") or {}).get("name", ""))
+                state = (obj.get("data") or {}).get(STATE_KEY) or "{}"
+                if name.endswith(STATE_OBJECT_SUFFIX) and json.loads(state).get("phase") == (
+                    "progressing"
+                ):
+                    written.setdefault(name.removesuffix(STATE_OBJECT_SUFFIX), time.monotonic())
                 if stop.is_set():
                     break
 
     threads = [
         threading.Thread(target=follow, args=(n,), daemon=True)
         for n in namespaces
-        for follow in (events, deployments)
+        for follow in (events, states)
     ]
     for t in threads:
         t.start()
@@ -270,7 +274,37 @@ def run(rollouts: int, idle_s: float, wave_share: float) -> dict[str, Any]:
     # The controllers' default client limits (20 requests/s) would take most of an hour
     # to create 10,000 ReplicaSets and pods; the daemon is what is measured here.
     limits = ["--kube-api-qps=300", "--kube-api-burst=600"]
-    bed = ControlPlane(extra_args={"kube-controller-manager": limits, "kube-scheduler": limits})
+    # KWOK plays 4 pod stages at once by default: about 6 pods Ready a second here, so
+    # 10,000 stables took most of an hour. Its --config list takes one more file; a
+    # KwokConfiguration read from a file is not defaulted, so it states every option
+    # the flags do not set (KWOK's defaults but for the pod stages' parallelism).
+    kwok = work / "kwok-parallelism.yaml"
+    kwok.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
+                "kind": "KwokConfiguration",
+                "options": {
+                    "podPlayStageParallelism": 32,
+                    "nodePlayStageParallelism": 4,
+                    "nodeLeaseParallelism": 4,
+                    "podsOnNodeSyncParallelism": 1,
+                    "enableDebuggingHandlers": True,
+                    "enableProfilingHandler": True,
+                    "enableContentionProfiling": False,
+                    "enablePodsOnNodeSyncListPager": True,
+                    "enablePodsOnNodeSyncStreamWatch": False,
+                },
+            }
+        )
+    )
+    bed = ControlPlane(
+        extra_args={
+            "kube-controller-manager": limits,
+            "kube-scheduler": limits,
+            "kwok": [f"--config={kwok}"],
+        }
+    )
     with bed as cp, PrometheusServer(work / "prometheus") as prom:
         api = cp.api_client()
         began = time.monotonic()
