@@ -45,6 +45,43 @@ def test_good_release_is_promoted_through_every_step(stack_factory: StackFactory
     )
 
 
+def test_the_last_step_without_a_stable_is_judged_by_absolute_thresholds(
+    stack_factory: StackFactory,
+) -> None:
+    # Steps 1, 50%, 100% with the stable scaled down: at 100% it has no pods, so the
+    # comparison with it cannot be judged; before, that step stayed inconclusive and
+    # this rollout (inconclusive twice: rollback) never promoted.
+    compared = {
+        "name": "errors-vs-stable",
+        "template": "error-rate",
+        "relative": {"tolerance": "50%", "margin": "1%"},
+    }
+    stack = stack_factory(
+        analysis={
+            "warmup": "1s",
+            "minRequests": 10,
+            "failureLimit": 0,
+            "inconclusiveLimit": 2,
+            "inconclusivePolicy": "rollback",
+            "checks": [{"name": "error-rate", "template": "error-rate", "max": "2%"}, compared],
+        }
+    )
+    stack.release("v2")
+
+    final = stack.wait_for(
+        lambda s: s.canary_version == "v2" and s.phase in ("succeeded", "rolledBack"),
+        240,
+        "settled",
+    )
+
+    assert final.phase == "succeeded", final.message
+    assert stack.replicas() == (3, 0)
+    judged = {(v.step, name) for v in final.verdicts for name in v.checks}
+    assert (0, "errors-vs-stable") in judged, "compared while the stable had pods"
+    assert (2, "error-rate") in judged
+    assert (2, "errors-vs-stable") not in judged, "no comparison without a stable"
+
+
 def test_error_regression_is_rolled_back_in_the_first_step(stack_factory: StackFactory) -> None:
     stack = stack_factory()
     stack.release("v2", env={"FAULT_ERROR_RATE": "0.1"})

@@ -22,7 +22,9 @@ windows, needs at least 20 canary requests a window (``minRequests``), which is
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from e2e_helpers import StackFactory, told_reasons
@@ -43,7 +45,7 @@ def test_deploy_config_is_the_testpage_config_run_below() -> None:
     assert deployed == (REPO / "config" / "testpage.yaml").read_bytes()
 
 
-def settled(version: str) -> object:
+def settled(version: str) -> Callable[[RolloutState], bool]:
     def check(state: RolloutState) -> bool:
         return state.canary_version == version and state.phase in (
             "succeeded",
@@ -54,35 +56,28 @@ def settled(version: str) -> object:
     return check
 
 
+def told(reason: str) -> Callable[[Any], bool]:
+    """Whether an alert body mentions ``reason``."""
+    return lambda body: reason in json.dumps(body)
+
+
 def shipped_stack(stack_factory: StackFactory, config: str, scrape_interval: str) -> CanaryStack:
+    app: dict[str, Any]
     if config == "config/gateway.yaml":
-        return stack_factory(
-            namespace="demo",
-            app="testpage",
-            gateway=True,
-            config_file=REPO / config,
-            probe_rate="120/s",
-            scrape_interval=scrape_interval,
-        )
-    if config == "config/bluegreen.yaml":
+        # Users reach the app through Traefik and the config's HTTPRoute.
+        app = {"gateway": True, "probe_rate": "120/s"}
+    elif config == "config/bluegreen.yaml":
         # The app as its comment says: Services selecting by version, the preview loaded
         # by a probe of its own (the test bed's blue/green app, Deployments as the example's).
-        return stack_factory(
-            namespace="demo",
-            app="testpage",
-            blue_green=True,
-            config_file=REPO / config,
-            probe_rate="20/s",
-            scrape_interval=scrape_interval,
-        )
+        app = {"blue_green": True, "probe_rate": "20/s"}
+    else:
+        app = {"manifests": EXAMPLE_APP, "probe_rate": "20/s", "release_image": IMAGE}
     return stack_factory(
         namespace="demo",
         app="testpage",
-        manifests=EXAMPLE_APP,
         config_file=REPO / config,
-        probe_rate="20/s",
         scrape_interval=scrape_interval,
-        release_image=IMAGE,
+        **app,
     )
 
 
@@ -123,7 +118,7 @@ def test_a_shipped_config_promotes_a_healthy_release_and_rolls_back_a_bad_one(
     if stack.config().get("alerts"):
         # testpage.yaml: Slack (its URL from the environment) and Alertmanager hear of both.
         for reason in ("Promoted", "RolledBack"):
-            stack.receiver.wait_for(lambda b, r=reason: r in json.dumps(b), 60, "/slack")
+            stack.receiver.wait_for(told(reason), 60, "/slack")
         wait_until(
             lambda: any(
                 a["labels"].get("alertname") == "AutocanaryRolledBack"

@@ -3,6 +3,7 @@
 - ``make_rollout(...)``: a valid :class:`RolloutConfig` with short, explicit defaults.
 - ``pod_template(...)``: a Deployment pod template as the API returns it.
 - ``interval_verdict(kind, at)``: an :class:`IntervalVerdict` with one check.
+- :class:`DictSource`: a Prometheus answering each query as told.
 - :class:`FakeCluster`: two Deployments that apply a :class:`Desired` and, on ``settle()``,
   do what the Deployment controller would (create pods, make them Ready unless the
   template is marked broken, keep old pods while new ones are not Ready).
@@ -15,7 +16,7 @@ No network, no processes, no sleeping: time is a value the tests move.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -103,6 +104,25 @@ def interval_verdict(kind: Verdict, at: datetime, reason: str = "") -> IntervalV
     value = {"pass": 0.001, "fail": 0.2, "inconclusive": None}[kind]
     check = CheckResult("errors", kind, value, None, "<= 0.01", reason or kind)
     return IntervalVerdict(kind, at, (check,), 100.0, reason or f"errors: {kind}")
+
+
+class DictSource:
+    """Answers each query exactly as told (unknown queries: no data); raises what it is told to."""
+
+    def __init__(self, answers: Mapping[str, float | Exception | None]) -> None:
+        self.answers = answers
+        self.asked: list[tuple[str, datetime | None]] = []
+
+    def query_value(self, promql: str, at: datetime | None = None) -> float | None:
+        self.asked.append((promql, at))
+        answer = self.answers.get(promql)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def query_vector(self, promql: str, at: datetime | None = None) -> list[Sample]:
+        value = self.query_value(promql, at)
+        return [] if value is None else [({}, value)]
 
 
 def view(

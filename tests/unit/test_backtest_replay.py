@@ -7,11 +7,11 @@ path is exercised by tests/integration/test_backtest_prometheus.py.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 import pytest
-from builders import T0, interval_verdict, make_rollout
+from builders import T0, DictSource, interval_verdict, make_rollout
 
 from autocanary.analysis import judging
 from autocanary.analysis.thresholds import IntervalVerdict, plan
@@ -19,7 +19,6 @@ from autocanary.analysis.verdict import Verdict
 from autocanary.backtest.evaluate import (
     CachingSource,
     DaemonEvaluator,
-    Sample,
     Silence,
     default_evaluator,
 )
@@ -162,25 +161,6 @@ def test_a_zero_hold_advances_on_the_first_passing_interval() -> None:
 
 
 # ---------------------------------------------------------------- threshold evaluator
-
-
-class DictSource:
-    """Answers each query exactly as told (unknown queries: no data); raises what it is told to."""
-
-    def __init__(self, answers: Mapping[str, float | Exception | None]) -> None:
-        self.answers = answers
-        self.asked: list[tuple[str, datetime | None]] = []
-
-    def query_value(self, promql: str, at: datetime | None = None) -> float | None:
-        self.asked.append((promql, at))
-        answer = self.answers.get(promql)
-        if isinstance(answer, Exception):
-            raise answer
-        return answer
-
-    def query_vector(self, promql: str, at: datetime | None = None) -> list[Sample]:
-        value = self.query_value(promql, at)
-        return [] if value is None else [({}, value)]
 
 
 def relative_rollout() -> RolloutConfig:

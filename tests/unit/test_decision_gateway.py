@@ -15,7 +15,7 @@ import copy
 import dataclasses
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import pytest
 from builders import (
     JSON,
     T0,
+    DictSource,
     Driver,
     FakeCluster,
     FakeDeployment,
@@ -37,7 +38,6 @@ from autocanary.analysis.thresholds import IntervalVerdict, plan
 from autocanary.config.loader import load_config
 from autocanary.config.models import GatewayConfig, RolloutConfig
 from autocanary.errors import ConfigError
-from autocanary.promql import Sample
 from autocanary.rollout import route, steps
 from autocanary.rollout.decision import Desired, Observation
 from autocanary.rollout.interval import evaluate
@@ -585,18 +585,10 @@ def _judged_at(rollout: RolloutConfig, step: int) -> IntervalVerdict:
         last_analysis_at=at - timedelta(seconds=30),
     )
     full = plan(rollout, CANARY, STABLE, timedelta(seconds=30))
-    answers: dict[str, float] = {full.canary_requests_query: 500.0}
+    # The canary's queries answer; the stable's have no data.
+    answers: dict[str, float | Exception | None] = {full.canary_requests_query: 500.0}
     answers.update({c.canary_query: 0.001 for c in full.checks})
-
-    class Source:
-        def query_value(self, promql: str, at: datetime | None = None) -> float | None:
-            return answers.get(promql)  # the stable's queries: no data
-
-        def query_vector(self, promql: str, at: datetime | None = None) -> list[Sample]:
-            value = self.query_value(promql, at)
-            return [] if value is None else [({}, value)]
-
-    return evaluate(Source(), rollout, state, at).verdict
+    return evaluate(DictSource(answers), rollout, state, at).verdict
 
 
 def compared() -> RolloutConfig:
