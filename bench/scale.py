@@ -4,7 +4,12 @@ Starts the local control plane (real API server, KWOK pods) and a Prometheus,
 creates N rollouts (a stable Deployment of one KWOK pod and an empty canary
 each, a thousand per namespace), starts the daemon as a subprocess on a config
 naming all of them (interval 30s, no leader election) and measures it from
-outside:
+outside. With ``--declare`` the rollouts are declared on their stable
+Deployments instead (label and an empty annotation), the config holding only
+the namespaces searched and the same rollout settings as discovery's
+defaults: as a fleet of ten thousand would run (their names alone would be
+more than the 1 MiB a ConfigMap, the daemon's config in a cluster, holds).
+Measured:
 
 - start-up: seconds until every rollout has ticked once, and how many canary
   generations the start-up bumped (writes to the canaries);
@@ -22,6 +27,7 @@ Markdown table row and appends it, with the run's details, to
 bench/results/scale.md. Run it niced, through the machine's heavy-run slot:
 
     nice -n 10 /work/wt/heavy .venv/bin/python bench/scale.py --rollouts 1000
+    nice -n 10 /work/wt/heavy .venv/bin/python bench/scale.py --declare --rollouts 10000
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ import httpx
 import yaml
 from kubernetes import client, watch
 
+from autocanary.config.models import ROLLOUT_ANNOTATION, ROLLOUT_LABEL
 from autocanary.rollout.state import STATE_KEY, STATE_OBJECT_SUFFIX
 from autocanary_testbed.apps import daemon_command
 from autocanary_testbed.controlplane import ControlPlane
@@ -64,29 +71,35 @@ def _namespace(i: int) -> str:
     return f"scale{i // PER_NAMESPACE}"
 
 
-def _config(prometheus_url: str, rollouts: int, port: int) -> dict[str, Any]:
-    return {
+#: Every rollout's settings but its names (a declared one's defaults).
+SETTINGS: dict[str, Any] = {
+    "interval": f"{INTERVAL_S}s",
+    "steps": [{"canary": 1, "hold": "10m"}],
+    "analysis": {
+        "inconclusiveLimit": 1000,
+        "checks": [{"name": "error-rate", "template": "error-rate", "max": "1%"}],
+    },
+}
+
+
+def _config(prometheus_url: str, rollouts: int, port: int, declare: bool) -> dict[str, Any]:
+    config: dict[str, Any] = {
         "prometheus": {"url": prometheus_url},
         "daemon": {
             "listen": f"127.0.0.1:{port}",
             "logFormat": "json",
             "leaderElection": {"enabled": False},
         },
-        "rollouts": [
-            {
-                "name": f"app{i}",
-                "namespace": _namespace(i),
-                "stable": f"app{i}",
-                "interval": f"{INTERVAL_S}s",
-                "steps": [{"canary": 1, "hold": "10m"}],
-                "analysis": {
-                    "inconclusiveLimit": 1000,
-                    "checks": [{"name": "error-rate", "template": "error-rate", "max": "1%"}],
-                },
-            }
-            for i in range(rollouts)
-        ],
     }
+    if declare:
+        namespaces = sorted({_namespace(i) for i in range(rollouts)})
+        config["discovery"] = {"enabled": True, "namespaces": namespaces, "defaults": SETTINGS}
+    else:
+        config["rollouts"] = [
+            {"name": f"app{i}", "namespace": _namespace(i), "stable": f"app{i}", **SETTINGS}
+            for i in range(rollouts)
+        ]
+    return config
 
 
 # ---- the daemon process, seen from outside --------------------------------------------------
@@ -157,7 +170,7 @@ def _percentile(values: list[float], q: float) -> float:
 # ---- the run --------------------------------------------------------------------------------
 
 
-def _create(cp: ControlPlane, rollouts: int) -> None:
+def _create(cp: ControlPlane, rollouts: int, declare: bool) -> None:
     for n in sorted({_namespace(i) for i in range(rollouts)}):
         cp.create_namespace(n)
     local = threading.local()
@@ -170,6 +183,9 @@ def _create(cp: ControlPlane, rollouts: int) -> None:
     def one(i: int) -> None:
         for name, track, replicas in ((f"app{i}", "stable", 1), (f"app{i}-canary", "canary", 0)):
             body = app_deployment(name, f"app{i}", track, "v1", replicas=replicas)
+            if declare and track == "stable":
+                body["metadata"]["labels"][ROLLOUT_LABEL] = "true"
+                body["metadata"]["annotations"] = {ROLLOUT_ANNOTATION: ""}
             apps().create_namespaced_deployment(_namespace(i), body, _request_timeout=60)
 
     with ThreadPoolExecutor(8) as pool:
@@ -266,10 +282,10 @@ def _wait(what: str, check: Callable[[], bool], timeout: float) -> float:
     return time.monotonic() - began
 
 
-def run(rollouts: int, idle_s: float, wave_share: float) -> dict[str, Any]:
+def run(rollouts: int, idle_s: float, wave_share: float, declare: bool) -> dict[str, Any]:
     """Run the benchmark for ``rollouts``; return what it measured."""
     work = Path(tempfile.mkdtemp(prefix="autocanary-bench-scale-"))
-    result: dict[str, Any] = {"rollouts": rollouts}
+    result: dict[str, Any] = {"rollouts": rollouts, "declared": declare}
     namespaces = sorted({_namespace(i) for i in range(rollouts)})
     # The controllers' default client limits (20 requests/s) would take most of an hour
     # to create 10,000 ReplicaSets and pods; the daemon is what is measured here.
@@ -308,14 +324,14 @@ def run(rollouts: int, idle_s: float, wave_share: float) -> dict[str, Any]:
     with bed as cp, PrometheusServer(work / "prometheus") as prom:
         api = cp.api_client()
         began = time.monotonic()
-        _create(cp, rollouts)
+        _create(cp, rollouts, declare)
         result["create_s"] = round(time.monotonic() - began)
         result["ready_s"] = round(
             _wait("every stable Ready", lambda: _all_ready(api, rollouts), 3600)
         )
         port = free_port()
         config_path = work / "config.yaml"
-        config_path.write_text(yaml.safe_dump(_config(prom.url, rollouts, port)))
+        config_path.write_text(yaml.safe_dump(_config(prom.url, rollouts, port, declare)))
         generations = _canary_generations(api, rollouts)
         log_path = work / "daemon.log"
         with log_path.open("wb") as log_file:
@@ -472,9 +488,12 @@ def main() -> None:
     parser.add_argument("--rollouts", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--idle", type=float, default=120.0, help="idle seconds measured")
     parser.add_argument("--wave", type=float, default=0.1, help="share of rollouts released")
+    parser.add_argument(
+        "--declare", action="store_true", help="declare the rollouts on their Deployments"
+    )
     args = parser.parse_args()
     for n in args.rollouts:
-        result = run(n, args.idle, args.wave)
+        result = run(n, args.idle, args.wave, args.declare)
         row = _row(result)
         print(HEADER)
         print(row)
@@ -482,7 +501,8 @@ def main() -> None:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         with RESULTS.open("a") as out:
             stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-            out.write(f"\n### {n:,} rollouts ({stamp})\n\n{HEADER}\n{row}\n\n")
+            how = ", declared on their Deployments" if args.declare else ""
+            out.write(f"\n### {n:,} rollouts{how} ({stamp})\n\n{HEADER}\n{row}\n\n")
             out.write(f"```json\n{json.dumps(result, indent=2)}\n```\n")
 
 

@@ -4,7 +4,10 @@ The daemon starts with no rollout of its own and discovery on. A team then
 labels and annotates its Deployment: the daemon picks the rollout up (an
 Event says so) and releases it; another team's invalid declaration is told
 as a Warning Event on that Deployment naming the problem and its line, while
-the valid one runs on. The pods are KWOK's (Ready at once, nothing runs in
+the valid one runs on, and is picked up once fixed. The rounds read the
+daemon's Deployment cache, not the API: with thousands of declarations, a
+list of them all every round would be most of what an idle daemon costs.
+The pods are KWOK's (Ready at once, nothing runs in
 them): what is shown is discovery, so the check is a query Prometheus
 answers without traffic.
 """
@@ -12,10 +15,13 @@ answers without traffic.
 from __future__ import annotations
 
 import json
+import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 from kubernetes import client
@@ -40,6 +46,17 @@ def _events(core: client.CoreV1Api, namespace: str, name: str) -> list[dict[str,
     )
     items: list[dict[str, Any]] = json.loads(response.data)["items"]
     return [e for e in items if (e.get("source") or {}).get("component") == "autocanary"]
+
+
+def _deployment_lists(port: int) -> float:
+    """How many times the daemon listed a namespace's Deployments (its /metrics)."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10, trust_env=False).text
+    found = re.search(
+        r'^autocanary_kube_requests_total\{call="list_namespaced_deployment"\} (\S+)$',
+        text,
+        re.MULTILINE,
+    )
+    return float(found.group(1)) if found else 0.0
 
 
 def _declared(name: str, version: str, annotation: str) -> Any:
@@ -85,6 +102,7 @@ def test_a_declared_rollout_is_found_without_a_restart_and_a_bad_one_is_told(
         daemon_command(tmp_workdir / "config.yaml", control_plane.kubeconfig_path, "daemon-a"),
     )
     daemon.wait_ready(lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), 60, "serving /healthz")
+    started = time.monotonic()
 
     # Declared after the daemon started: a bad one (line 3 is wrong) and a good one.
     bad = "interval: 5s\nanalysis:\n  warmpu: 10s\n"
@@ -132,3 +150,19 @@ def test_a_declared_rollout_is_found_without_a_restart_and_a_bad_one_is_told(
     assert "RolledBack" not in reasons, reasons
     assert daemon.is_running()
     assert not any(e["reason"] == "RolloutDeclared" for e in _events(core, namespace, "cart"))
+
+    # Fixed, it is picked up at a later round, without a restart.
+    fixed = json.dumps({"interval": "5s", "analysis": {"warmup": "1s"}})
+    apps.patch_namespaced_deployment(
+        "cart", namespace, {"metadata": {"annotations": {"autocanary.io/rollout": fixed}}}
+    )
+    wait_until(
+        lambda: any(e["reason"] == "RolloutDeclared" for e in _events(core, namespace, "cart")),
+        timeout=WAIT_S,
+        what="the fixed declaration picked up",
+    )
+    # A round a second all along, and the namespace's Deployments listed once: the
+    # cache's first list (a second one only if its watch expired, after 5 minutes).
+    rounds = time.monotonic() - started
+    assert rounds > 10, rounds
+    assert 1 <= _deployment_lists(port) <= (1 if rounds < 290 else 2), _deployment_lists(port)

@@ -470,6 +470,18 @@ class DeploymentCache(_WatchCache[DeploymentRecord]):
                 )
         return self._kube.read_deployment(namespace, name)
 
+    def labelled(self, namespace: str, label: str, value: str) -> list[DeploymentRecord] | None:
+        """The cached Deployments of ``namespace`` whose ``label`` is ``value``.
+
+        None when the namespace is not listed yet (or may not be): ask the API then.
+        """
+        with self._lock:
+            ns = self._namespaces.get(namespace)
+            if ns is None or not ns.synced:
+                return None
+            records = list(self._objects.get(namespace, {}).values())
+        return [r for r in records if r.labels.get(label) == value]
+
     def remember(self, record: DeploymentRecord) -> None:
         """Keep what a write returned, unless the watch has delivered a later version already."""
         self._keep_written(record.namespace, replace(record, raw=_trimmed(record.raw).raw))

@@ -139,6 +139,12 @@ class DeploymentRecord:
         """Whether the deployment controller has seen the latest spec."""
         return self.observed_generation >= self.generation
 
+    @property
+    def labels(self) -> dict[str, str]:
+        """The Deployment's own labels (not its pods')."""
+        labels = (self.raw.get("metadata") or {}).get("labels")
+        return labels if isinstance(labels, dict) else {}
+
     @classmethod
     def from_json(cls, obj: JSON) -> DeploymentRecord:
         """Build from the API's JSON; :class:`InvalidResource` if it is not a usable Deployment."""

@@ -27,7 +27,9 @@ then declarations in namespace/name order.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable
+from typing import Protocol
 
 import structlog
 
@@ -38,6 +40,14 @@ from autocanary.errors import AutocanaryError, ConfigError, InvalidResource
 
 log = structlog.get_logger("autocanary.daemon.discovery")
 
+
+class DeclaringDeployments(Protocol):
+    """Where a round reads the Deployments of a namespace that carry a label (the cache)."""
+
+    def labelled(self, namespace: str, label: str, value: str) -> list[DeploymentRecord] | None:
+        """The Deployments with ``label`` = ``value``; None when they are not at hand."""
+
+
 #: Event reasons on the declaring Deployment.
 INVALID = "InvalidRolloutDeclaration"
 DECLARED = "RolloutDeclared"
@@ -46,49 +56,63 @@ DECLARED = "RolloutDeclared"
 class Discovery:
     """Reads the declarations each round; tells each Deployment's owner what became of its own."""
 
-    def __init__(self, kube: KubeClient, *, may_tell: Callable[[str, str], bool]) -> None:
+    def __init__(
+        self,
+        kube: KubeClient,
+        *,
+        may_tell: Callable[[str, str], bool],
+        cached: DeclaringDeployments | None = None,
+    ) -> None:
         """``may_tell(namespace, deployment)``: whether this replica writes Events about it.
 
         Every replica reads every declaration (any of them may come to act on
         it); only the one acting on the Deployment's shard writes the Event.
+        ``cached`` serves a round from the daemon's Deployment cache in the
+        namespaces it has listed: with thousands of declarations, a list of
+        them all every round would cost more than everything else the daemon
+        does while idle.
         """
         self.kube = kube
         self._may_tell = may_tell
+        self._cached = cached
         self._told: set[str] = set()  # Event keys this replica recorded (or found recorded)
         self._logged: set[str] = set()
+        # (namespace, Deployment) -> (what it was parsed from, the rollout or the problems):
+        # a declaration is parsed again only when it or the defaults change.
+        self._parsed: dict[tuple[str, str], tuple[str, RolloutConfig | ConfigError]] = {}
 
     def find(self, config: Config) -> list[RolloutConfig]:
         """The valid declared rollouts, in namespace/name order, that clash with no other."""
-        items = []
+        records: list[DeploymentRecord] = []
         served: list[str | None] = [*config.discovery.namespaces] or [None]
         for namespace in served:
-            items += self.kube.list_deployments(namespace, f"{ROLLOUT_LABEL}=true")
+            records += self._declaring(namespace)
         names = {r.name: f"rollout {r.name!r} of the config file" for r in config.rollouts}
         deployments: dict[tuple[str, str], str] = {}
         for r in config.rollouts:
             for deployment in (r.stable, r.canary_name):
                 deployments[(r.namespace, deployment)] = f"rollout {r.name!r} of the config file"
+        context = json.dumps(
+            [config.discovery.defaults, [sink.name for sink in config.alerts.sinks]],
+            sort_keys=True,
+            default=str,
+        )
+        parsed: dict[tuple[str, str], tuple[str, RolloutConfig | ConfigError]] = {}
         found = []
-        for item in sorted(items, key=_key):
-            try:
-                record = DeploymentRecord.from_json(item)
-            except InvalidResource as e:
-                log.warning("unreadable Deployment skipped by discovery", error=str(e))
-                continue
+        for record in sorted(records, key=lambda r: (r.namespace, r.name)):
             text = record.annotations.get(ROLLOUT_ANNOTATION, "")
             source = f"Deployment {record.namespace}/{record.name} annotation {ROLLOUT_ANNOTATION}"
-            try:
-                rollout = parse_declaration(
-                    text,
-                    source,
-                    namespace=record.namespace,
-                    deployment=record.name,
-                    defaults=config.discovery.defaults,
-                    sinks=[sink.name for sink in config.alerts.sinks],
-                )
-            except ConfigError as e:
-                self._reject(record, text, [str(p) for p in e.problems])
+            key = (record.namespace, record.name)
+            known = self._parsed.get(key)
+            if known is not None and known[0] == context + text:
+                outcome = known[1]
+            else:
+                outcome = self._parse(config, record, text, source)
+            parsed[key] = (context + text, outcome)
+            if isinstance(outcome, ConfigError):
+                self._reject(record, text, [str(p) for p in outcome.problems])
                 continue
+            rollout = outcome
             clash = _clash(rollout, names, deployments)
             if clash:
                 self._reject(record, text, [f"{source}: {clash}"])
@@ -98,7 +122,38 @@ class Discovery:
                 deployments[(rollout.namespace, deployment)] = names[rollout.name]
             self._accept(record, text, rollout)
             found.append(rollout)
+        self._parsed = parsed  # Deployments gone or unlabelled are forgotten
         return found
+
+    def _declaring(self, namespace: str | None) -> list[DeploymentRecord]:
+        """The Deployments labelled as declaring a rollout, from the cache if it has them."""
+        if namespace is not None and self._cached is not None:
+            cached = self._cached.labelled(namespace, ROLLOUT_LABEL, "true")
+            if cached is not None:
+                return cached
+        records = []
+        for item in self.kube.list_deployments(namespace, f"{ROLLOUT_LABEL}=true"):
+            try:
+                records.append(DeploymentRecord.from_json(item))
+            except InvalidResource as e:
+                log.warning("unreadable Deployment skipped by discovery", error=str(e))
+        return records
+
+    @staticmethod
+    def _parse(
+        config: Config, record: DeploymentRecord, text: str, source: str
+    ) -> RolloutConfig | ConfigError:
+        try:
+            return parse_declaration(
+                text,
+                source,
+                namespace=record.namespace,
+                deployment=record.name,
+                defaults=config.discovery.defaults,
+                sinks=[sink.name for sink in config.alerts.sinks],
+            )
+        except ConfigError as e:
+            return e
 
     def _reject(self, record: DeploymentRecord, text: str, problems: list[str]) -> None:
         key = _key_of(INVALID, text, problems)
@@ -146,13 +201,6 @@ class Discovery:
                 deployment=record.name,
                 error=str(e),
             )
-
-
-def _key(item: dict[str, object]) -> tuple[str, str]:
-    meta = item.get("metadata")
-    if not isinstance(meta, dict):
-        return ("", "")
-    return (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
 
 
 def _key_of(reason: str, text: str, details: list[str]) -> str:

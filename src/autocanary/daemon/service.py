@@ -109,18 +109,14 @@ class Daemon:
         kube.on_request = self._count_request
         self._cache = DeploymentCache(
             kube,
-            {r.namespace for r in config.rollouts},
+            _cached_namespaces(config),
             on_change=self._deployment_changed,
             on_request=self._count_request,
         )
         kube.on_written = self._cache.remember
-        self._pods = PodCache(
-            kube, {r.namespace for r in config.rollouts}, on_request=self._count_request
-        )
+        self._pods = PodCache(kube, _cached_namespaces(config), on_request=self._count_request)
         # The state's ConfigMaps likewise: a GET per rollout per tick otherwise.
-        self._states = StateCache(
-            kube, {r.namespace for r in config.rollouts}, on_request=self._count_request
-        )
+        self._states = StateCache(kube, _cached_namespaces(config), on_request=self._count_request)
         kube.on_state_written = self._states.remember
         self._lock = threading.Lock()
         self._prometheus = PrometheusClient(config.prometheus)
@@ -157,7 +153,7 @@ class Daemon:
                 self.identity,
                 on_change=lambda leading: self.metrics.is_leader.set(1 if leading else 0),
             )
-        self._discovery = Discovery(kube, may_tell=self._may_tell)
+        self._discovery = Discovery(kube, may_tell=self._may_tell, cached=self._cache)
         self._declared: list[RolloutConfig] = []  # found on their Deployments, valid
         self._discovered_at: float | None = None  # monotonic time of the last discovery round
         self._http: ThreadingHTTPServer | None = None
@@ -169,7 +165,6 @@ class Daemon:
         self._install_signals()
         self._start_http()
         self._check_requirements(self.config)
-        self._discover()
         self._cache.start()
         self._pods.start()
         self._states.start()
@@ -180,6 +175,7 @@ class Daemon:
         )
         if not synced:
             log.warning("not everything listed yet; reading from the API meanwhile")
+        self._discover()  # from the cache, now that it has listed the namespaces searched
         if self._elector is not None:
             self._elector.start()
         elif self._shards is not None:
@@ -204,7 +200,7 @@ class Daemon:
                 self._reload.clear()
                 self.reload()
             elif self._discovery_due() and self._discover():
-                self._install_jobs(self._effective(self.config))
+                self._install_jobs(self._effective(self.config), keep_unchanged=True)
             self._stop.wait(CONFIG_POLL_SECONDS)
         self.shutdown()
         return 0
@@ -298,12 +294,20 @@ class Daemon:
 
     # ---- jobs ------------------------------------------------------------------------------
 
-    def _install_jobs(self, config: Config) -> None:
+    def _install_jobs(self, config: Config, *, keep_unchanged: bool = False) -> None:
+        """Schedule a job per rollout of ``config``; remove the jobs of rollouts gone.
+
+        A reload schedules every job anew (each runs at once). A change among
+        the declared rollouts, with ``keep_unchanged``, leaves the jobs of the
+        rollouts whose settings are the same alone: one team's edit must not
+        re-create ten thousand engines.
+        """
         wanted = {r.name: r for r in config.rollouts}
         # A reloaded config's or a declared rollout's new namespace is cached too.
-        self._cache.watch(r.namespace for r in config.rollouts)
-        self._pods.watch(r.namespace for r in config.rollouts)
-        self._states.watch(r.namespace for r in config.rollouts)
+        namespaces = _cached_namespaces(config)
+        self._cache.watch(namespaces)
+        self._pods.watch(namespaces)
+        self._states.watch(namespaces)
         engines = []
         with self._lock:
             for name in list(self._engines):
@@ -315,9 +319,17 @@ class Daemon:
                 for deployment in (rollout.stable, rollout.canary_name):
                     key = (rollout.namespace, deployment)
                     self._by_deployment.setdefault(key, set()).add(name)
+            fresh = {
+                name: rollout
+                for name, rollout in wanted.items()
+                if not keep_unchanged
+                or name not in self._engines
+                or self._engines[name].rollout != rollout
+            }
             now = datetime.now(UTC)
-            for name, rollout in wanted.items():
-                first = schedule.first_tick(name, rollout.interval, len(wanted), now)
+            for name, rollout in fresh.items():
+                # Spread over the jobs scheduled now: one newly declared rollout starts at once.
+                first = schedule.first_tick(name, rollout.interval, len(fresh), now)
                 self._due[name] = first
                 self._engines[name] = RolloutEngine(
                     rollout,
@@ -724,6 +736,12 @@ def _probe(ok: bool, why: str = "") -> tuple[int, bytes, str]:
     if ok:
         return 200, b"ok\n", "text/plain"
     return 503, f"not ready{': ' + why if why else ''}\n".encode(), "text/plain"
+
+
+def _cached_namespaces(config: Config) -> set[str]:
+    """The namespaces the caches follow: the rollouts', and those searched for declarations."""
+    searched = config.discovery.namespaces if config.discovery.enabled else []
+    return {r.namespace for r in config.rollouts} | set(searched)
 
 
 def _mtime(path: Path) -> float | None:
