@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Callable
 from typing import Any
+
+import httpx
+from kubernetes import client
 
 from autocanary_testbed.stack import CanaryStack
 
@@ -44,3 +49,19 @@ def stable_labels(stack: CanaryStack) -> dict[str, str]:
         "labels"
     ]
     return labels
+
+
+def autocanary_events(core: client.CoreV1Api, namespace: str, name: str) -> list[dict[str, Any]]:
+    """The Events autocanary recorded about object ``name`` (any kind) in ``namespace``."""
+    response: Any = core.list_namespaced_event(
+        namespace, field_selector=f"involvedObject.name={name}", _preload_content=False
+    )
+    items: list[dict[str, Any]] = json.loads(response.data)["items"]
+    return [e for e in items if (e.get("source") or {}).get("component") == "autocanary"]
+
+
+def daemon_sample(port: int, sample: str) -> float:
+    """One sample of the daemon's /metrics (name and labels as exposed), 0 when absent."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10, trust_env=False).text
+    found = re.search(rf"^{re.escape(sample)} (\S+)$", text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0

@@ -15,15 +15,14 @@ answers without traffic.
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import yaml
+from e2e_helpers import autocanary_events, daemon_sample
 from kubernetes import client
 
 from autocanary_testbed.apps import daemon_command
@@ -38,25 +37,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
 PrometheusFactory = Callable[..., PrometheusServer]
 WAIT_S = 120.0  # a bound for a hang, not a timing expectation
-
-
-def _events(core: client.CoreV1Api, namespace: str, name: str) -> list[dict[str, Any]]:
-    response: Any = core.list_namespaced_event(
-        namespace, field_selector=f"involvedObject.name={name}", _preload_content=False
-    )
-    items: list[dict[str, Any]] = json.loads(response.data)["items"]
-    return [e for e in items if (e.get("source") or {}).get("component") == "autocanary"]
-
-
-def _deployment_lists(port: int) -> float:
-    """How many times the daemon listed a namespace's Deployments (its /metrics)."""
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10, trust_env=False).text
-    found = re.search(
-        r'^autocanary_kube_requests_total\{call="list_namespaced_deployment"\} (\S+)$',
-        text,
-        re.MULTILINE,
-    )
-    return float(found.group(1)) if found else 0.0
+LISTS = 'autocanary_kube_requests_total{call="list_namespaced_deployment"}'
 
 
 def _declared(name: str, version: str, annotation: str) -> Any:
@@ -75,6 +56,10 @@ def test_a_declared_rollout_is_found_without_a_restart_and_a_bad_one_is_told(
     tmp_workdir: Path,
 ) -> None:
     apps, core = client.AppsV1Api(kube_api), client.CoreV1Api(kube_api)
+
+    def reasons(name: str) -> list[str]:
+        return [e["reason"] for e in autocanary_events(core, namespace, name)]
+
     prometheus = prometheus_factory([])
     port = free_port()
     config = {
@@ -113,16 +98,16 @@ def test_a_declared_rollout_is_found_without_a_restart_and_a_bad_one_is_told(
     apps.create_namespaced_deployment(namespace, canary)
 
     wait_until(
-        lambda: any(e["reason"] == "RolloutDeclared" for e in _events(core, namespace, "web")),
+        lambda: "RolloutDeclared" in reasons("web"),
         timeout=WAIT_S,
         what="the declared rollout picked up",
     )
     wait_until(
-        lambda: bool(_events(core, namespace, "cart")),
+        lambda: bool(autocanary_events(core, namespace, "cart")),
         timeout=WAIT_S,
         what="an Event about the invalid declaration",
     )
-    [told] = _events(core, namespace, "cart")
+    [told] = autocanary_events(core, namespace, "cart")
     assert (told["type"], told["reason"]) == ("Warning", "InvalidRolloutDeclaration")
     assert (
         "Deployment "
@@ -139,17 +124,17 @@ def test_a_declared_rollout_is_found_without_a_restart_and_a_bad_one_is_told(
     )
 
     def promoted() -> bool:
-        return any(e["reason"] == "Promoted" for e in _events(core, namespace, "web-canary"))
+        return "Promoted" in reasons("web-canary")
 
     wait_until(promoted, timeout=WAIT_S, what="the declared rollout's release promoted")
     response: Any = apps.read_namespaced_deployment("web", namespace, _preload_content=False)
     stable = json.loads(response.data)
     assert stable["spec"]["template"]["metadata"]["labels"]["version"] == "v2"
-    reasons = [e["reason"] for e in _events(core, namespace, "web-canary")]
-    assert reasons.count("ReleaseDetected") == 1, reasons
-    assert "RolledBack" not in reasons, reasons
+    canary_told = reasons("web-canary")
+    assert canary_told.count("ReleaseDetected") == 1, canary_told
+    assert "RolledBack" not in canary_told, canary_told
     assert daemon.is_running()
-    assert not any(e["reason"] == "RolloutDeclared" for e in _events(core, namespace, "cart"))
+    assert "RolloutDeclared" not in reasons("cart")
 
     # Fixed, it is picked up at a later round, without a restart.
     fixed = json.dumps({"interval": "5s", "analysis": {"warmup": "1s"}})
@@ -157,7 +142,7 @@ def test_a_declared_rollout_is_found_without_a_restart_and_a_bad_one_is_told(
         "cart", namespace, {"metadata": {"annotations": {"autocanary.io/rollout": fixed}}}
     )
     wait_until(
-        lambda: any(e["reason"] == "RolloutDeclared" for e in _events(core, namespace, "cart")),
+        lambda: "RolloutDeclared" in reasons("cart"),
         timeout=WAIT_S,
         what="the fixed declaration picked up",
     )
@@ -165,4 +150,4 @@ def test_a_declared_rollout_is_found_without_a_restart_and_a_bad_one_is_told(
     # cache's first list (a second one only if its watch expired, after 5 minutes).
     rounds = time.monotonic() - started
     assert rounds > 10, rounds
-    assert 1 <= _deployment_lists(port) <= (1 if rounds < 290 else 2), _deployment_lists(port)
+    assert 1 <= daemon_sample(port, LISTS) <= (1 if rounds < 290 else 2), daemon_sample(port, LISTS)

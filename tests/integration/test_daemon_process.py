@@ -128,6 +128,10 @@ def daemon_config(namespace: str, prometheus_url: str, port: int) -> dict[str, A
         "daemon": {
             "listen": f"127.0.0.1:{port}",
             "logFormat": "json",
+            # These tests count a settled rollout's ticks (a reloaded config still runs it):
+            # it ticks every interval here. tests/e2e/test_settled_rollouts.py runs the
+            # shipped resync.
+            "settledResync": "2s",
             "leaderElection": {
                 "namespace": namespace,
                 "leaseDuration": "3s",

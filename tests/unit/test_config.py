@@ -196,6 +196,7 @@ def test_minimal_config_gets_the_documented_defaults() -> None:
     assert config.alerts.sinks == []
     assert config.daemon.listen == "0.0.0.0:8080"
     assert config.daemon.leader_election.enabled is True
+    assert config.daemon.settled_resync == timedelta(minutes=5)
     assert config.prometheus.timeout == timedelta(seconds=10)
     web = config.rollouts[0]
     assert web.canary_name == "web-canary"
@@ -579,6 +580,12 @@ def test_leader_election_timings_must_be_ordered() -> None:
     problem = only_problem(text)
     assert (problem.path, problem.line) == ("daemon.leaderElection", 2)
     assert "expected retryPeriod < renewDeadline < leaseDuration" in problem.message
+
+
+def test_a_settled_resync_under_a_second_is_refused_where_it_is() -> None:
+    problem = only_problem("daemon:\n  settledResync: 200ms\n" + MINIMAL)
+    assert (problem.path, problem.line) == ("daemon.settledResync", 2)
+    assert problem.message == "expected at least 1s, got 200ms"
 
 
 # ------------------------------------------------------------------ thresholds

@@ -487,6 +487,23 @@ class DaemonConfig(Model):
         description="Threads that run ticks, however many rollouts there are: a rollout "
         "waits for a free one when all are busy (slow queries)",
     )
+    settled_resync: Duration = Field(
+        # A settled rollout's tick decides nothing new unless its Deployments change, and the
+        # watch says when they do: at every interval, ten thousand of them were most of
+        # what an idle daemon cost.
+        default=timedelta(minutes=5),
+        description="How often a rollout with no release in flight is read again when its "
+        "Deployments' watch told of no change (a new template, a command, a new replica "
+        "count or a Deployment created or deleted ticks it at once); never more often than "
+        "its interval",
+    )
+
+    @field_validator("settled_resync")
+    @classmethod
+    def _resync_at_least_a_second(cls, value: timedelta) -> timedelta:
+        if value < timedelta(seconds=1):
+            raise ValueError(f"expected at least 1s, got {format_duration(value)}")
+        return value
 
     @field_validator("listen")
     @classmethod

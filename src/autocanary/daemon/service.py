@@ -42,7 +42,7 @@ from autocanary.config.models import Config, RolloutConfig
 from autocanary.config.units import format_duration
 from autocanary.daemon import retry, schedule, startup
 from autocanary.daemon.discovery import Discovery
-from autocanary.daemon.engine import RolloutEngine
+from autocanary.daemon.engine import RolloutEngine, TickResult
 from autocanary.daemon.metrics import DaemonMetrics
 from autocanary.errors import (
     AutocanaryError,
@@ -51,7 +51,7 @@ from autocanary.errors import (
     PermanentError,
     StartupError,
 )
-from autocanary.rollout.state import COMMAND_ANNOTATION
+from autocanary.rollout.state import COMMAND_ANNOTATION, SETTLED_PHASES
 
 log = structlog.get_logger("autocanary.daemon.service")
 
@@ -424,7 +424,8 @@ class Daemon:
     ) -> None:
         """A watch saw a rollout's Deployment change: tick it soon if a decision may change.
 
-        A new template (a release), a command, a Deployment created or deleted;
+        A new template (a release), a command, a new replica count (a GitOps sync
+        scaling a rolled-back canary up again), a Deployment created or deleted;
         not status alone (pods coming up are seen at the next tick, as before).
         """
         with self._lock:
@@ -436,7 +437,7 @@ class Daemon:
             same_command = old.annotations.get(COMMAND_ANNOTATION) == new.annotations.get(
                 COMMAND_ANNOTATION
             )
-            if same_template and same_command:
+            if same_template and same_command and old.replicas == new.replicas:
                 return
         for rollout in rollouts:
             self.trigger(rollout)
@@ -494,7 +495,26 @@ class Daemon:
                     self._ticking.pop(name, None)
                 self.metrics.tick_running.labels(name).set(0)
         self._succeeded(rollout)
-        self._requeue(rollout, result.requeue_after)
+        if not self._settle(rollout, result):
+            self._requeue(rollout, result.requeue_after)
+
+    def _settle(self, rollout: RolloutConfig, result: TickResult) -> bool:
+        """Tick a settled rollout next at ``daemon.settledResync``; whether it was put off.
+
+        Only where the Deployments' watch runs: it wakes the rollout at once when
+        they change (:meth:`_deployment_changed`). Elsewhere, and while notices
+        wait or a release is in flight, the rollout ticks every interval.
+        """
+        resync = self.config.daemon.settled_resync
+        if (
+            result.phase not in SETTLED_PHASES
+            or result.requeue_after is not None
+            or resync <= rollout.interval
+            or not self._cache.synced(rollout.namespace)
+        ):
+            return False
+        self._postpone(rollout, resync)
+        return True
 
     def _failed(self, engine: RolloutEngine, error: AutocanaryError) -> None:
         """Count and log a failed tick; a permanent error also backs off and is told."""

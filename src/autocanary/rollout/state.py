@@ -71,6 +71,8 @@ MAX_VERDICTS = 10
 
 #: Phases in which a release is under way (the daemon owns both Deployments' scale).
 ACTIVE_PHASES: frozenset[Phase] = frozenset({"progressing", "paused", "promoting", "rollingBack"})
+#: Phases with no release in flight: nothing changes until the Deployments do.
+SETTLED_PHASES: frozenset[Phase] = frozenset(PHASES) - ACTIVE_PHASES
 #: Notices kept waiting at most; past it the oldest non-critical ones are dropped (and logged).
 MAX_PENDING = 20
 
