@@ -28,7 +28,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import queue
+import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 import structlog
@@ -76,6 +79,10 @@ class Discovery:
         self._may_tell = may_tell
         self._cached = cached
         self._told: set[str] = set()  # Event keys this replica recorded (or found recorded)
+        self._queued: set[str] = set()  # Event keys waiting for the teller thread
+        self._events: queue.SimpleQueue[_Told] = queue.SimpleQueue()
+        self._teller: threading.Thread | None = None
+        self._lock = threading.Lock()
         self._logged: set[str] = set()
         # (namespace, Deployment) -> (what it was parsed from, the rollout or the problems):
         # a declaration is parsed again only when it or the defaults change.
@@ -188,19 +195,57 @@ class Discovery:
     def _tell(
         self, record: DeploymentRecord, key: str, reason: str, message: str, *, warning: bool
     ) -> None:
-        if key in self._told or not self._may_tell(record.namespace, record.name):
+        """Have the Event written by the teller thread: a round must not wait for the API.
+
+        Ten thousand declarations found at start-up are ten thousand Events; written in
+        the round, they held back every rollout's first tick by minutes.
+        """
+        if not self._may_tell(record.namespace, record.name):
             return
-        try:
-            # Keyed by the declaration's content: told once whichever replica tells it.
-            self.kube.record_event(record, reason, message, warning=warning, key=key)
-            self._told.add(key)
-        except AutocanaryError as e:
-            log.warning(
-                "could not record an Event about a rollout declaration",
-                namespace=record.namespace,
-                deployment=record.name,
-                error=str(e),
-            )
+        with self._lock:
+            if key in self._told or key in self._queued:
+                return
+            self._queued.add(key)
+            if self._teller is None:
+                self._teller = threading.Thread(
+                    target=self._write_events, name="declaration-events", daemon=True
+                )
+                self._teller.start()
+        self._events.put(_Told(record, key, reason, message, warning))
+
+    def _write_events(self) -> None:
+        while True:
+            told = self._events.get()
+            try:
+                # Keyed by the declaration's content: told once whichever replica tells it.
+                self.kube.record_event(
+                    told.record, told.reason, told.message, warning=told.warning, key=told.key
+                )
+                with self._lock:
+                    self._told.add(told.key)
+            except AutocanaryError as e:
+                log.warning(
+                    "could not record an Event about a rollout declaration",
+                    namespace=told.record.namespace,
+                    deployment=told.record.name,
+                    error=str(e),
+                )
+            except Exception:  # the thread must outlive a bug: no declaration would be told
+                log.exception("recording an Event about a rollout declaration failed")
+            finally:
+                with self._lock:
+                    self._queued.discard(told.key)
+
+
+@dataclass(frozen=True)
+class _Told:
+    """An Event to write about a declaring Deployment."""
+
+    record: DeploymentRecord
+    key: str
+    reason: str
+    message: str
+    warning: bool
 
 
 def _key_of(reason: str, text: str, details: list[str]) -> str:
