@@ -222,7 +222,13 @@ class CanaryPods:
     deleted: dict[str, datetime] = field(default_factory=dict)
 
     def observe(self, pods: Sequence[Mapping[str, Any]]) -> None:
-        """Record the pods' API timestamps."""
+        """Record the pods' API timestamps.
+
+        A pod deleted at once (no grace period) can be gone between two polls
+        without ever being seen with its deletionTimestamp: its deletion is then
+        taken as this poll's time, a bound at most one poll late.
+        """
+        now = datetime.now(UTC)
         for pod in pods:
             meta = pod["metadata"]
             self.created.setdefault(meta["name"], argo.api_time(meta["creationTimestamp"]))
@@ -230,6 +236,9 @@ class CanaryPods:
                 grace = meta.get("deletionGracePeriodSeconds") or 0
                 asked = argo.api_time(meta["deletionTimestamp"]).timestamp() - grace
                 self.deleted[meta["name"]] = datetime.fromtimestamp(asked, UTC)
+        present = {pod["metadata"]["name"] for pod in pods}
+        for name in self.created.keys() - present - self.deleted.keys():
+            self.deleted[name] = now
 
     def live(self, pods: Sequence[Mapping[str, Any]]) -> int:
         """How many of ``pods`` are not being deleted."""
