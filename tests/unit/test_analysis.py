@@ -315,13 +315,14 @@ def test_check_result_summary() -> None:
 
 
 def setup(
-    checks: list[dict[str, Any]] | None = None, min_requests: int = 10
+    checks: list[dict[str, Any]] | None = None, min_requests: int = 10, significance: str = "1%"
 ) -> tuple[AnalysisConfig, AnalysisPlan]:
     rollout = make_rollout(
         # The stable keeps its pods at every step, so comparisons with it always judge.
         scaleDownStable=False,
         analysis={
             "minRequests": min_requests,
+            "significance": significance,
             "checks": checks or [{"name": "errors", "template": "error-rate", "max": "1%"}],
         },
     )
@@ -572,3 +573,68 @@ def test_checks_failing_alike_are_named_together_in_one_reason() -> None:
     assert verdict.verdict == "inconclusive"
     assert verdict.reason.startswith("errors, p95: ")
     assert verdict.reason.count(error) == 1, verdict.reason
+
+
+# ------------------------------------------------------------------ chance in error rates
+
+BENCH_CHECKS: list[dict[str, Any]] = [  # config/testpage.yaml's error-rate checks
+    {"name": "errors", "template": "error-rate", "max": "1%"},
+    {
+        "name": "errors-vs-stable",
+        "template": "error-rate",
+        "relative": {"tolerance": "50%", "margin": "0.2%"},
+    },
+]
+
+
+def test_a_healthy_canarys_chance_errors_pass_at_a_one_percent_baseline() -> None:
+    # From bench/versus_argo.py: a healthy canary (1% errors, as the stable) measured 6 of
+    # 225 and the stable 2 of 675 in one window; both checks failed on the rates alone.
+    analysis, planned = setup(BENCH_CHECKS)
+    values = {
+        "errors": value(6 / 225),
+        "errors-vs-stable": value(6 / 225),
+        "errors-vs-stable:stable": value(2 / 675),
+    }
+    outcomes = outcomes_for(planned, values, value(225), value(675))
+    verdict = judge_interval(analysis, planned, outcomes, AT)
+    assert verdict.verdict == "pass", verdict.reason
+    errors, relative = verdict.checks
+    assert errors.reason == (
+        "0.0266667 (6 of 225 requests) is beyond 0.01, "
+        "as chance at 0.01 would make it 3% of the time"
+    )
+    assert "as chance at" in relative.reason
+
+    compared_raw = setup(BENCH_CHECKS, significance="0%")
+    raw = judge_interval(
+        compared_raw[0],
+        compared_raw[1],
+        outcomes_for(compared_raw[1], values, value(225), value(675)),
+        AT,
+    )
+    assert raw.verdict == "fail"
+    assert [c.verdict for c in raw.checks] == ["fail", "fail"]
+
+
+def test_a_canary_at_five_percent_fails_beyond_chance() -> None:
+    analysis, planned = setup(BENCH_CHECKS)
+    values = {
+        "errors": value(11 / 225),
+        "errors-vs-stable": value(11 / 225),
+        "errors-vs-stable:stable": value(7 / 675),
+    }
+    verdict = judge_interval(
+        analysis, planned, outcomes_for(planned, values, value(225), value(675)), AT
+    )
+    assert verdict.verdict == "fail"
+    assert verdict.checks[0].reason == "0.0488889 is above the maximum 0.01 beyond chance"
+
+
+def test_only_error_rates_over_the_counted_requests_are_tested_for_chance() -> None:
+    # A custom query's value is not known to be errors / requests: compared as it is.
+    analysis, planned = setup([{"name": "ratio", "query": "vector(0.02)", "max": "1%"}])
+    outcomes = outcomes_for(planned, {"ratio": value(0.02)}, value(225))
+    verdict = judge_interval(analysis, planned, outcomes, AT)
+    assert verdict.verdict == "fail"
+    assert verdict.checks[0].reason == "0.02 is above the maximum 0.01"

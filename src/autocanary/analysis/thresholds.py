@@ -17,6 +17,7 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from autocanary import promql
+from autocanary.analysis import noise
 from autocanary.analysis.verdict import CheckSummary, Verdict
 from autocanary.config.models import (
     AnalysisConfig,
@@ -45,6 +46,17 @@ class PlannedCheck:
     check: CheckConfig
     canary_query: str
     stable_query: str | None  # only for relative checks
+    #: Whether the value is errors / requests of the requests ``minRequests`` counts, so
+    #: its chance variation can be told from a breach (see :mod:`noise`).
+    counted: bool = False
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Requests each side served in the interval's window, where known."""
+
+    canary: float | None = None
+    stable: float | None = None
 
 
 @dataclass(frozen=True)
@@ -315,6 +327,10 @@ def plan(
                 check=check,
                 canary_query=canary(template, quantile),
                 stable_query=stable(template, quantile) if check.relative is not None else None,
+                # The requests counted are the rollout's source's: the same ones only if
+                # the check reads that source too.
+                counted=check.template == "error-rate"
+                and metrics_of(rollout, check.source) == metrics_of(rollout),
             )
         )
     requests = promql.request_count_query(metrics_of(rollout))
@@ -357,9 +373,20 @@ def _usable(outcome: QueryOutcome, role: Role) -> str | None:
 
 
 def judge_check(
-    check: CheckConfig, canary: QueryOutcome, stable: QueryOutcome | None
+    check: CheckConfig,
+    canary: QueryOutcome,
+    stable: QueryOutcome | None,
+    *,
+    counts: Counts | None = None,
+    significance: float = 0.0,
 ) -> CheckResult:
-    """Compare one check's values with its thresholds."""
+    """Compare one check's values with its thresholds.
+
+    With ``counts`` (an error-rate check over the requests counted) and a
+    ``significance``, a rate beyond a threshold fails only if chance at the
+    threshold would explain its count of errors less often than that
+    (:mod:`noise`); otherwise it passes, saying so.
+    """
     threshold = describe_threshold(check)
 
     def result(verdict: Verdict, reason: str) -> CheckResult:
@@ -377,10 +404,28 @@ def judge_check(
         return result("inconclusive", problem)
     value = canary.value
     assert value is not None
-    if check.min is not None and value < check.min:
-        return result("fail", f"{value:g} is below the minimum {check.min:g}")
-    if check.max is not None and value > check.max:
-        return result("fail", f"{value:g} is above the maximum {check.max:g}")
+    n = _count(counts.canary if counts is not None else None)
+    tested = significance > 0 and n > 0 and 0.0 <= value <= 1.0
+    errors = round(value * n) if tested else 0
+    within: list[str] = []  # breaches chance explains
+
+    def breach(bound: float, higher: bool) -> bool:
+        """Whether ``value`` beyond ``bound`` is more than chance (always, untested)."""
+        if not tested:
+            return True
+        chance = noise.at_least(errors, n, bound) if higher else noise.at_most(errors, n, bound)
+        if chance < significance:
+            return True
+        within.append(
+            f"{value:g} ({errors} of {n} requests) is beyond {bound:g}, "
+            f"as chance at {bound:g} would make it {chance:.0%} of the time"
+        )
+        return False
+
+    if check.min is not None and value < check.min and breach(check.min, higher=False):
+        return result("fail", f"{value:g} is below the minimum {check.min:g}" + _odds(tested))
+    if check.max is not None and value > check.max and breach(check.max, higher=True):
+        return result("fail", f"{value:g} is above the maximum {check.max:g}" + _odds(tested))
     if check.relative is not None:
         if stable is None:
             return result("inconclusive", "no stable value to compare with")
@@ -389,21 +434,41 @@ def judge_check(
             return result("inconclusive", problem)
         assert stable.value is not None
         rel = check.relative
+        base = stable.value
+        stable_n = _count(counts.stable if counts is not None else None)
+        if tested and stable_n > 0 and 0.0 <= base <= 1.0 and rel.direction == "higher-is-worse":
+            # The stable's own window is as noisy: compared at the top of its interval.
+            base = noise.upper_bound(round(base * stable_n), stable_n, significance)
         if rel.direction == "higher-is-worse":
-            limit = stable.value * (1 + rel.tolerance) + rel.margin
-            if value > limit:
+            limit = base * (1 + rel.tolerance) + rel.margin
+            if value > limit and breach(limit, higher=True):
                 return result(
                     "fail",
-                    f"{value:g} exceeds stable {stable.value:g} by more than allowed ({limit:g})",
+                    f"{value:g} exceeds stable {stable.value:g} by more than allowed ({limit:g})"
+                    + _odds(tested),
                 )
         else:
             limit = stable.value * (1 - rel.tolerance) - rel.margin
-            if value < limit:
+            if value < limit and breach(limit, higher=False):
                 return result(
                     "fail",
-                    f"{value:g} is below stable {stable.value:g} by more than allowed ({limit:g})",
+                    f"{value:g} is below stable {stable.value:g} by more than allowed ({limit:g})"
+                    + _odds(tested),
                 )
+    if within:
+        return result("pass", "; ".join(within))
     return result("pass", f"{value:g} within {threshold}")
+
+
+def _count(requests: float | None) -> int:
+    """A request count as a whole number; 0 when unknown."""
+    if requests is None or not math.isfinite(requests) or requests < 0:
+        return 0
+    return round(requests)
+
+
+def _odds(tested: bool) -> str:
+    return " beyond chance" if tested else ""
 
 
 def judge_interval(
@@ -421,8 +486,13 @@ def judge_interval(
     missing = QueryOutcome(error="query was not run")
     canary_requests = outcomes.get(plan_.canary_requests_query, missing)
     traffic_problem = _traffic_problem(analysis, canary_requests, "canary")
+    stable_requests = (
+        outcomes.get(plan_.stable_requests_query, missing)
+        if plan_.stable_requests_query is not None
+        else QueryOutcome()
+    )
     stable_traffic_problem = (
-        _traffic_problem(analysis, outcomes.get(plan_.stable_requests_query, missing), "stable")
+        _traffic_problem(analysis, stable_requests, "stable")
         if plan_.stable_requests_query is not None
         else None
     )
@@ -434,7 +504,15 @@ def judge_interval(
             if planned.stable_query is not None
             else None
         )
-        judged = judge_check(planned.check, canary, stable)
+        judged = judge_check(
+            planned.check,
+            canary,
+            stable,
+            counts=Counts(canary_requests.value, stable_requests.value)
+            if planned.counted
+            else None,
+            significance=analysis.significance,
+        )
         problem = traffic_problem or (
             stable_traffic_problem if planned.stable_query is not None else None
         )

@@ -1014,6 +1014,16 @@ class AnalysisConfig(Model):
     min_requests: int = Field(
         default=20, ge=0, description="Fewer canary requests in an interval is inconclusive"
     )
+    significance: Fraction = Field(
+        # A window of a few hundred requests measures a healthy 1% anywhere from 0 to 2.5%:
+        # checked on the measured rate, every healthy release at a 1% baseline rolled back.
+        default=0.01,
+        le=0.5,
+        description="How sure an error-rate check must be before it fails: the errors it "
+        "counted must be a number a rate at its threshold gives less often than this, at "
+        "the requests of the window (a comparison takes the stable at the top of its own "
+        "interval); 0 compares the measured rate alone",
+    )
     failure_limit: int = Field(
         default=0, ge=0, description="Failed intervals tolerated per release; one more rolls back"
     )
