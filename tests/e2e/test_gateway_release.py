@@ -6,8 +6,11 @@ and ``testpage-canary``, and the probe loads the Gateway's URL. The daemon runs
 a rollout with ``strategy: gateway`` and ``analysis.source: gateway``: every
 verdict comes from Traefik's ``traefik_service_requests_total``, as Prometheus
 scrapes it from Traefik's pod. One scenario, two releases (CI minutes are
-scarce): a healthy one promoted, then one answering 5% errors rolled back at
-its 5% step. Throughout, the HTTPRoute is read back from the API every half
+scarce): a healthy one promoted, then one answering 20% errors rolled back at
+its 5% step. (At 5% of the probe's traffic a window holds a few dozen of the
+canary's requests: 5% errors there is two or three, which a 2% maximum
+explains by chance one time in five; judged beyond chance, such a release
+went on to the 50% step and was rolled back there.) Throughout, the HTTPRoute is read back from the API every half
 second, and the probe's own per-version counts are read with it, so the share
 of requests a 5% step carries is measured where users meet it.
 
@@ -204,9 +207,9 @@ def test_weights_through_traefik_promote_a_healthy_release_and_roll_back_a_bad_o
     assert passed, "judged"
     assert set(header_matched_versions(stack)) == {"v2"}, "the stable runs v2 now"
 
-    # A release answering 5% errors, rolled back at its 5% step on Traefik's own counts.
+    # A release answering 20% errors, rolled back at its 5% step on Traefik's own counts.
     with RouteWatch(stack) as watch:
-        stack.release("v3", env={"FAULT_ERROR_RATE": "5%"})
+        stack.release("v3", env={"FAULT_ERROR_RATE": "20%"})
         rolled = stack.wait_settled(revision_hint=promoted.revision, timeout=300)
     assert rolled.phase == "rolledBack", rolled.message
     assert watch.weights() == [0, 5, 0], watch.weights()
@@ -214,7 +217,7 @@ def test_weights_through_traefik_promote_a_healthy_release_and_roll_back_a_bad_o
     assert failed, rolled.verdicts
     value = failed[-1].checks["error-rate"]["value"]
     assert value is not None
-    assert 0.02 < value < 0.15, f"the gateway's error rate of the canary was {value}"
+    assert 0.05 < value < 0.5, f"the gateway's error rate of the canary was {value}"
     # The errors the verdict saw are Traefik's own counts of the canary's backend.
     assert gateway_errors(stack, stack.canary_service) > 0
     assert stack.route_weights() == {stack.stable_service: 100, stack.canary_service: 0}
