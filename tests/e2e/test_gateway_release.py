@@ -10,9 +10,10 @@ scarce): a healthy one promoted, then one answering 20% errors rolled back at
 its 5% step. (At 5% of the probe's traffic a window holds a few dozen of the
 canary's requests: 5% errors there is two or three, which a 2% maximum
 explains by chance one time in five; judged beyond chance, such a release
-went on to the 50% step and was rolled back there.) Throughout, the HTTPRoute is read back from the API every half
-second, and the probe's own per-version counts are read with it, so the share
-of requests a 5% step carries is measured where users meet it.
+went on to the 50% step and was rolled back there.) Throughout, the HTTPRoute
+is read back from the API every half second, and the probe's own per-version
+counts are read with it, so the share of requests a 5% step carries is
+measured where users meet it.
 
 The rollout is this stack's, with steps of seconds, so that the shares and the
 A/B rule are measured closely; config/gateway.yaml as shipped (seven minutes of
