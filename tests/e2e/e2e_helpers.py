@@ -5,11 +5,17 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 from kubernetes import client
 
+from autocanary_testbed.apps import daemon_command
+from autocanary_testbed.controlplane import ControlPlane
+from autocanary_testbed.http_checks import http_ok
+from autocanary_testbed.procs import ManagedProcess, ProcessGroup
 from autocanary_testbed.stack import CanaryStack
 
 StackFactory = Callable[..., CanaryStack]
@@ -65,3 +71,18 @@ def daemon_sample(port: int, sample: str) -> float:
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10, trust_env=False).text
     found = re.search(rf"^{re.escape(sample)} (\S+)$", text, re.MULTILINE)
     return float(found.group(1)) if found else 0.0
+
+
+def start_daemon(
+    group: ProcessGroup,
+    control_plane: ControlPlane,
+    workdir: Path,
+    config: dict[str, Any],
+    port: int,
+) -> ManagedProcess:
+    """Run ``autocanary run`` on ``config`` (written to workdir) until it serves /healthz."""
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    daemon = group.start("daemon", daemon_command(path, control_plane.kubeconfig_path, "daemon-a"))
+    daemon.wait_ready(lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), 60, "serving /healthz")
+    return daemon

@@ -18,13 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from e2e_helpers import autocanary_events, daemon_sample
+from e2e_helpers import autocanary_events, daemon_sample, start_daemon
 from kubernetes import client
 
-from autocanary_testbed.apps import daemon_command
 from autocanary_testbed.controlplane import ControlPlane
-from autocanary_testbed.http_checks import http_ok
 from autocanary_testbed.monitoring import PrometheusServer
 from autocanary_testbed.procs import ProcessGroup, free_port
 from autocanary_testbed.stack import app_deployment
@@ -71,12 +68,7 @@ def test_a_settled_rollout_ticks_at_its_resync_and_wakes_when_its_deployments_ch
             }
         ],
     }
-    (tmp_workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    daemon = group.start(
-        "daemon",
-        daemon_command(tmp_workdir / "config.yaml", control_plane.kubeconfig_path, "daemon-a"),
-    )
-    daemon.wait_ready(lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), 60, "serving /healthz")
+    daemon = start_daemon(group, control_plane, tmp_workdir, config, port)
 
     def reasons() -> list[str]:
         return [e["reason"] for e in autocanary_events(core, namespace, "web-canary")]

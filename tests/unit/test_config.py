@@ -585,7 +585,7 @@ def test_leader_election_timings_must_be_ordered() -> None:
 def test_a_settled_resync_under_a_second_is_refused_where_it_is() -> None:
     problem = only_problem("daemon:\n  settledResync: 200ms\n" + MINIMAL)
     assert (problem.path, problem.line) == ("daemon.settledResync", 2)
-    assert problem.message == "expected at least 1s, got 200ms"
+    assert problem.message == "expected a resync of at least 1s, got 200ms"
 
 
 # ------------------------------------------------------------------ thresholds

@@ -125,6 +125,13 @@ LabelKey = Annotated[
 ]
 
 
+def at_least_a_second(value: timedelta, what: str) -> timedelta:
+    """``value``, or a ValueError naming ``what`` (e.g. "an interval") if under a second."""
+    if value < timedelta(seconds=1):
+        raise ValueError(f"expected {what} of at least 1s, got {format_duration(value)}")
+    return value
+
+
 Fraction = Annotated[
     float,
     BeforeValidator(_fraction),
@@ -501,9 +508,7 @@ class DaemonConfig(Model):
     @field_validator("settled_resync")
     @classmethod
     def _resync_at_least_a_second(cls, value: timedelta) -> timedelta:
-        if value < timedelta(seconds=1):
-            raise ValueError(f"expected at least 1s, got {format_duration(value)}")
-        return value
+        return at_least_a_second(value, "a resync")
 
     @field_validator("listen")
     @classmethod
@@ -1073,9 +1078,7 @@ class AnalysisConfig(Model):
     @field_validator("window")
     @classmethod
     def _window_floor(cls, value: timedelta | None) -> timedelta | None:
-        if value is not None and value < timedelta(seconds=1):
-            raise ValueError(f"expected a window of at least 1s, got {format_duration(value)}")
-        return value
+        return None if value is None else at_least_a_second(value, "a window")
 
     @property
     def effective_selector(self) -> str:
@@ -1283,10 +1286,9 @@ class RolloutConfig(Model):
     @field_validator("interval", "progress_deadline")
     @classmethod
     def _at_least_a_second(cls, value: timedelta, info: ValidationInfo) -> timedelta:
-        if value < timedelta(seconds=1):
-            what = "an interval" if info.field_name == "interval" else "a deadline"
-            raise ValueError(f"expected {what} of at least 1s, got {format_duration(value)}")
-        return value
+        return at_least_a_second(
+            value, "an interval" if info.field_name == "interval" else "a deadline"
+        )
 
     @field_validator("steps")
     @classmethod
@@ -1557,9 +1559,7 @@ class DiscoveryConfig(Model):
     @field_validator("interval")
     @classmethod
     def _at_least_a_second(cls, value: timedelta) -> timedelta:
-        if value < timedelta(seconds=1):
-            raise ValueError(f"expected an interval of at least 1s, got {format_duration(value)}")
-        return value
+        return at_least_a_second(value, "an interval")
 
     @field_validator("defaults")
     @classmethod
