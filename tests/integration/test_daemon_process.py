@@ -478,6 +478,8 @@ def test_an_invalid_config_is_rejected_and_a_valid_one_applied(daemon: Daemon) -
     daemon.wait_logged("tick", count=ticks + 2, rollout="web")
     daemon.wait_logged("tick failed", count=broken + 2, rollout="broken")
 
+    assert 'rollout="broken"' in daemon.get("/metrics").text
+
     # A valid change, the broken rollout removed, announced by SIGHUP alone.
     valid = {**daemon.config, "rollouts": daemon.config["rollouts"][1:]}
     replace_keeping_mtime(daemon.config_path, yaml.safe_dump(valid, sort_keys=False))
@@ -493,6 +495,9 @@ def test_an_invalid_config_is_rejected_and_a_valid_one_applied(daemon: Daemon) -
     broken = len(daemon.logged("tick failed", rollout="broken"))
     daemon.wait_logged("tick", count=ticks + 4, rollout="web")
     assert len(daemon.logged("tick failed", rollout="broken")) == broken
+    # Nor is it on /metrics any longer: a removed rollout's series go with it.
+    assert 'rollout="broken"' not in daemon.get("/metrics").text
+    assert 'rollout="web"' in daemon.get("/metrics").text
     assert daemon.process.is_running()
 
 

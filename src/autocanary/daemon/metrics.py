@@ -141,6 +141,31 @@ class DaemonMetrics:
             registry=r,
         )
 
+    def forget(self, rollout: str) -> None:
+        """Stop exporting every series of ``rollout`` (removed from the config or undeclared).
+
+        Left in place, a removed rollout's last phase, step and check values stay on
+        /metrics until a restart, and with rollouts declared and undeclared all day
+        the daemon's series would only ever grow.
+        """
+        for metric in (
+            self.phase,
+            self.step,
+            self.canary_weight,
+            self.check_value,
+            self.check_results,
+            self.rollbacks,
+            self.promotions,
+            self.last_tick_duration,
+            self.tick_running,
+            self.tick_errors,
+            self.rollout_error,
+            self.query_errors,
+            self.requirement_missing,
+            self.sequential_evalue,
+        ):
+            metric.remove_by_labels({"rollout": rollout})
+
     def observe_tick(self, rollout: str, seconds: float) -> None:
         """Count one tick of ``rollout`` that took ``seconds``."""
         self.tick_duration.observe(seconds)

@@ -311,9 +311,14 @@ class Daemon:
         engines = []
         with self._lock:
             for name in list(self._engines):
-                if name not in wanted:
+                gone = name not in wanted
+                if gone or wanted[name].namespace != self._engines[name].rollout.namespace:
+                    self.metrics.forget(name)
+                if gone:
                     self._scheduler.remove_job(name)
                     del self._engines[name]
+                    self._due.pop(name, None)
+                    self._guards.pop(name, None)
             self._by_deployment = {}
             for name, rollout in wanted.items():
                 for deployment in (rollout.stable, rollout.canary_name):
@@ -386,8 +391,8 @@ class Daemon:
         with self._lock:
             engine = self._engines.get(name)
             due = self._due.pop(name, None)
-            guard = self._guards.setdefault(name, threading.Lock())
             if engine is not None:
+                guard = self._guards.setdefault(name, threading.Lock())
                 self._due[name] = schedule.next_tick(name, engine.rollout.interval, now)
         if due is not None:
             self.metrics.tick_lag.observe(max(0.0, (now - due).total_seconds()))
