@@ -35,6 +35,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 PrometheusFactory = Callable[..., PrometheusServer]
 WAIT_S = 120.0  # a bound for a hang, not a timing expectation
 LISTS = 'autocanary_kube_requests_total{call="list_namespaced_deployment"}'
+LISTS_EVERYWHERE = 'autocanary_kube_requests_total{call="list_deployment_for_all_namespaces"}'
 
 
 def _declared(name: str, version: str, annotation: str) -> Any:
@@ -44,7 +45,9 @@ def _declared(name: str, version: str, annotation: str) -> Any:
     return body
 
 
+@pytest.mark.parametrize("everywhere", [False, True], ids=["namespaces-named", "every-namespace"])
 def test_a_declared_rollout_is_found_without_a_restart_and_a_bad_one_is_told(
+    everywhere: bool,
     control_plane: ControlPlane,
     kube_api: client.ApiClient,
     namespace: str,
@@ -57,6 +60,22 @@ def test_a_declared_rollout_is_found_without_a_restart_and_a_bad_one_is_told(
     def reasons(name: str) -> list[str]:
         return [e["reason"] for e in autocanary_events(core, namespace, name)]
 
+    if everywhere:
+        # Declaration names are the cluster's: an earlier test's, its namespace still
+        # being deleted, would be a clash.
+        wait_until(
+            lambda: (
+                not [
+                    d
+                    for d in apps.list_deployment_for_all_namespaces(
+                        label_selector="autocanary.io/rollout=true"
+                    ).items
+                    if d.metadata.namespace != namespace
+                ]
+            ),
+            timeout=WAIT_S,
+            what="no other namespace's declarations left",
+        )
     prometheus = prometheus_factory([])
     port = free_port()
     config = {
@@ -64,7 +83,7 @@ def test_a_declared_rollout_is_found_without_a_restart_and_a_bad_one_is_told(
         "daemon": {"listen": f"127.0.0.1:{port}", "logFormat": "json"},
         "discovery": {
             "enabled": True,
-            "namespaces": [namespace],
+            "namespaces": [] if everywhere else [namespace],
             "interval": "1s",
             "defaults": {
                 "interval": "2s",
@@ -140,7 +159,11 @@ def test_a_declared_rollout_is_found_without_a_restart_and_a_bad_one_is_told(
     )
     # A round a second all along, and the namespace's Deployments listed once: the
     # cache's first list (a second one only if its watch expired, after 5 minutes).
+    # Searching every namespace, the declarations too: one list and a watch of them.
     # At least ten rounds, or a quick run would prove nothing about them.
     time.sleep(max(0.0, 10 - (time.monotonic() - started)))
     rounds = time.monotonic() - started
-    assert 1 <= daemon_sample(port, LISTS) <= (1 if rounds < 290 else 2), daemon_sample(port, LISTS)
+    most = 1 if rounds < 290 else 2
+    assert 1 <= daemon_sample(port, LISTS) <= most, daemon_sample(port, LISTS)
+    everywhere_lists = daemon_sample(port, LISTS_EVERYWHERE)
+    assert (1 <= everywhere_lists <= most) if everywhere else everywhere_lists == 0

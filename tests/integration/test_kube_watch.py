@@ -20,8 +20,9 @@ import pytest
 import yaml
 from kubernetes import client
 
-from autocanary.adapters.kube_watch import DeploymentCache, StateCache
+from autocanary.adapters.kube_watch import DeclarationCache, DeploymentCache, StateCache
 from autocanary.adapters.kubernetes import DeploymentRecord, KubeClient
+from autocanary.config.models import ROLLOUT_LABEL
 from autocanary.errors import KubernetesForbidden, ResourceNotFound
 from autocanary.rollout.state import STATE_ANNOTATION, state_object_name
 from autocanary_testbed.apps import daemon_command
@@ -128,6 +129,60 @@ def test_a_write_is_seen_by_the_next_read_at_once(
     read = deployments.read_deployment(namespace, "web")
     assert int(read.resource_version) >= int(written.resource_version)
     assert read.replicas == 2
+
+
+def test_the_declarations_cache_follows_labelled_deployments_in_every_namespace(
+    kube: KubeClient, control_plane: ControlPlane, namespace: str
+) -> None:
+    other = f"{namespace[:50]}-other"
+    control_plane.create_namespace(other)
+    calls: list[str] = []
+    everywhere = DeclarationCache(kube, f"{ROLLOUT_LABEL}=true", on_request=calls.append)
+
+    def declared() -> set[str]:
+        found = everywhere.matching()
+        assert found is not None
+        return {f"{r.namespace}/{r.name}" for r in found if r.namespace in (namespace, other)}
+
+    def create(ns: str, name: str, *, labelled: bool) -> None:
+        body = app_deployment(name, name, "stable", "v1", replicas=0)
+        if labelled:
+            body["metadata"]["labels"][ROLLOUT_LABEL] = "true"
+        kube.create_deployment(ns, body)
+
+    try:
+        # The same name in two namespaces, and one that declares nothing.
+        create(namespace, "web", labelled=True)
+        create(other, "web", labelled=True)
+        create(namespace, "plain", labelled=False)
+        assert everywhere.matching() is None  # not listed yet: the caller asks the API
+        everywhere.start()
+        assert everywhere.started
+        assert everywhere.wait_synced(WAIT_S)
+        assert declared() == {f"{namespace}/web", f"{other}/web"}
+
+        # Labelled later: it arrives. Unlabelled: it leaves (the API server's watch
+        # says DELETED when an object stops matching its selector). Deleted: it leaves.
+        apps = client.AppsV1Api(kube.api_client)
+        apps.patch_namespaced_deployment(
+            "plain", namespace, {"metadata": {"labels": {ROLLOUT_LABEL: "true"}}}
+        )
+        wait_until(lambda: f"{namespace}/plain" in declared(), timeout=WAIT_S, what="labelled")
+        apps.patch_namespaced_deployment(
+            "web", namespace, {"metadata": {"labels": {ROLLOUT_LABEL: None}}}
+        )
+        wait_until(lambda: f"{namespace}/web" not in declared(), timeout=WAIT_S, what="unlabelled")
+        apps.delete_namespaced_deployment("web", other)
+        wait_until(lambda: declared() == {f"{namespace}/plain"}, timeout=WAIT_S, what="deleted")
+
+        # One list and one watch for the whole cluster, whatever changed.
+        assert calls == [
+            "list_deployment_for_all_namespaces",
+            "watch_deployment_for_all_namespaces",
+        ]
+    finally:
+        everywhere.stop()
+        control_plane.delete_namespace(other)
 
 
 def test_an_expired_watch_lists_again_and_reports_what_changed_meanwhile(

@@ -206,11 +206,13 @@ class _WatchCache(Generic[_R]):
         self._stop = threading.Event()
         self._watches: dict[str, watch.Watch] = {}
         self._threads: list[threading.Thread] = []
+        self._started = False
 
     # ---- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
         """Start one list+watch thread per namespace."""
+        self._started = True
         for namespace in list(self._namespaces):
             self._start(namespace)
 
@@ -250,8 +252,10 @@ class _WatchCache(Generic[_R]):
 
     def watch(self, namespaces: Iterable[str]) -> None:
         """Also cache ``namespaces`` (a reloaded config's new ones), once started."""
+        # Started with none (rollouts only declared, found in any namespace), the first
+        # namespace starts its thread here as every later one does.
         for namespace in self._add(namespaces):
-            if self._threads:
+            if self._started:
                 self._start(namespace)
 
     def wait_synced(self, timeout: float) -> bool:
@@ -328,6 +332,10 @@ class _WatchCache(Generic[_R]):
     def _make(self, obj: JSON) -> _R:
         raise NotImplementedError
 
+    def _key(self, record: _R) -> str:
+        """What ``record`` is kept under within its namespace's objects."""
+        return record.name
+
     def _changed(self, namespace: str, old: _R | None, new: _R | None) -> None:
         """Told each change the watch (or a list after 410) found; nothing by default."""
 
@@ -341,9 +349,9 @@ class _WatchCache(Generic[_R]):
             if ns is None or not ns.synced:
                 return
             objects = self._objects.setdefault(namespace, {})
-            known = objects.get(record.name)
+            known = objects.get(self._key(record))
             if known is None or _newer(record, known):
-                objects[record.name] = record
+                objects[self._key(record)] = record
 
     def _list(self, ns: _Namespace) -> None:
         call = self._list_call()
@@ -355,7 +363,7 @@ class _WatchCache(Generic[_R]):
             # A List's items carry no kind; the records do not need it.
             with contextlib.suppress(InvalidResource):
                 record = self._make(obj)
-                objects[record.name] = record
+                objects[self._key(record)] = record
         changes: list[tuple[_R | None, _R | None]] = []
         with self._lock:
             before = self._objects.get(ns.name, {})
@@ -412,12 +420,13 @@ class _WatchCache(Generic[_R]):
             return
         with self._lock:
             objects = self._objects.setdefault(ns.name, {})
-            old = objects.get(record.name)
+            key = self._key(record)
+            old = objects.get(key)
             if kind == "DELETED":
-                objects.pop(record.name, None)
+                objects.pop(key, None)
                 new = None
             elif old is None or _newer(record, old):
-                objects[record.name] = new = record
+                objects[key] = new = record
             else:
                 new = old  # our own write, remembered already
             ns.resource_version = record.resource_version
@@ -497,6 +506,57 @@ class DeploymentCache(_WatchCache[DeploymentRecord]):
             self._on_change(namespace, name, old, new)
         except Exception:  # the watch must outlive a bug in a listener
             log.exception("change listener failed", namespace=namespace, deployment=name)
+
+
+class DeclarationCache(_WatchCache[DeploymentRecord]):
+    """The Deployments of every namespace that carry a label: discovery's, with no namespace named.
+
+    One list and watch across the cluster, filtered by the API server on the
+    label, so a discovery round reads memory: listing ten thousand declaring
+    Deployments every round (ten seconds by default) cost the daemon and the API
+    server more than everything else an idle fleet does. Kept under the one
+    pseudo-namespace :data:`EVERYWHERE`, keyed by namespace and name.
+    """
+
+    plural = "deployments"
+    #: The pseudo-namespace its one watch is kept (and logged) under.
+    EVERYWHERE = "*"
+
+    def __init__(
+        self, kube: KubeClient, label_selector: str, *, on_request: OnRequest | None = None
+    ) -> None:
+        """Prepare the cache of the Deployments matching ``label_selector`` everywhere."""
+        super().__init__(kube, [self.EVERYWHERE], on_request=on_request)
+        self._apps = client.AppsV1Api(kube.api_client)
+        self._selector = label_selector
+
+    @property
+    def started(self) -> bool:
+        """Whether :meth:`start` has begun its list and watch."""
+        return self._started
+
+    def _list_call(self) -> Callable[..., Any]:
+        apps, selector = self._apps, self._selector
+
+        # Called as a namespaced list is, with the pseudo-namespace first; named as the
+        # API call it makes, which is how requests are counted.
+        def list_deployment_for_all_namespaces(_everywhere: str, **kwargs: Any) -> Any:
+            return apps.list_deployment_for_all_namespaces(label_selector=selector, **kwargs)
+
+        return list_deployment_for_all_namespaces
+
+    def _make(self, obj: JSON) -> DeploymentRecord:
+        return _trimmed(obj)
+
+    def _key(self, record: DeploymentRecord) -> str:
+        return f"{record.namespace}/{record.name}"
+
+    def matching(self) -> list[DeploymentRecord] | None:
+        """Every matching Deployment; None until listed (or while it may not be): ask the API."""
+        with self._lock:
+            if not self._namespaces[self.EVERYWHERE].synced:
+                return None
+            return list(self._objects.get(self.EVERYWHERE, {}).values())
 
 
 class PodCache(_WatchCache[PodRecord]):

@@ -51,6 +51,13 @@ class DeclaringDeployments(Protocol):
         """The Deployments with ``label`` = ``value``; None when they are not at hand."""
 
 
+class DeclaringEverywhere(Protocol):
+    """Where a round reads every namespace's declaring Deployments (a cluster-wide watch)."""
+
+    def matching(self) -> list[DeploymentRecord] | None:
+        """The Deployments labelled as declaring a rollout; None when they are not at hand."""
+
+
 #: Event reasons on the declaring Deployment.
 INVALID = "InvalidRolloutDeclaration"
 DECLARED = "RolloutDeclared"
@@ -65,6 +72,7 @@ class Discovery:
         *,
         may_tell: Callable[[str, str], bool],
         cached: DeclaringDeployments | None = None,
+        everywhere: DeclaringEverywhere | None = None,
     ) -> None:
         """``may_tell(namespace, deployment)``: whether this replica writes Events about it.
 
@@ -73,11 +81,13 @@ class Discovery:
         ``cached`` serves a round from the daemon's Deployment cache in the
         namespaces it has listed: with thousands of declarations, a list of
         them all every round would cost more than everything else the daemon
-        does while idle.
+        does while idle. ``everywhere`` serves a round that searches every
+        namespace (``discovery.namespaces`` empty) the same way.
         """
         self.kube = kube
         self._may_tell = may_tell
         self._cached = cached
+        self._everywhere = everywhere
         self._told: set[str] = set()  # Event keys this replica recorded (or found recorded)
         self._queued: set[str] = set()  # Event keys waiting for the teller thread
         self._events: queue.SimpleQueue[_Told] = queue.SimpleQueue()
@@ -138,6 +148,10 @@ class Discovery:
             cached = self._cached.labelled(namespace, ROLLOUT_LABEL, "true")
             if cached is not None:
                 return cached
+        if namespace is None and self._everywhere is not None:
+            found = self._everywhere.matching()
+            if found is not None:
+                return found
         records = []
         for item in self.kube.list_deployments(namespace, f"{ROLLOUT_LABEL}=true"):
             try:

@@ -31,14 +31,14 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from autocanary.adapters.kube_watch import DeploymentCache, PodCache, StateCache
+from autocanary.adapters.kube_watch import DeclarationCache, DeploymentCache, PodCache, StateCache
 from autocanary.adapters.kubernetes import DeploymentRecord, KubeClient, fenced
 from autocanary.adapters.leader import LeaderElector
 from autocanary.adapters.notify import Notifier
 from autocanary.adapters.prometheus import PrometheusClient
 from autocanary.adapters.shards import ShardManager
 from autocanary.config.loader import load_config
-from autocanary.config.models import Config, RolloutConfig
+from autocanary.config.models import ROLLOUT_LABEL, Config, RolloutConfig
 from autocanary.config.units import format_duration
 from autocanary.daemon import retry, schedule, startup
 from autocanary.daemon.discovery import Discovery
@@ -153,7 +153,13 @@ class Daemon:
                 self.identity,
                 on_change=lambda leading: self.metrics.is_leader.set(1 if leading else 0),
             )
-        self._discovery = Discovery(kube, may_tell=self._may_tell, cached=self._cache)
+        # Started when a round first searches every namespace (discovery.namespaces empty).
+        self._everywhere = DeclarationCache(
+            kube, f"{ROLLOUT_LABEL}=true", on_request=self._count_request
+        )
+        self._discovery = Discovery(
+            kube, may_tell=self._may_tell, cached=self._cache, everywhere=self._everywhere
+        )
         self._declared: list[RolloutConfig] = []  # found on their Deployments, valid
         self._discovered_at: float | None = None  # monotonic time of the last discovery round
         self._http: ThreadingHTTPServer | None = None
@@ -216,6 +222,7 @@ class Daemon:
         self._cache.stop()
         self._pods.stop()
         self._states.stop()
+        self._everywhere.stop()
         if self._elector is not None:
             self._elector.stop(release=True)
         if self._shards is not None:
@@ -254,6 +261,10 @@ class Daemon:
             changed = bool(self._declared)
             self._declared = []
             return changed
+        if not self.config.discovery.namespaces and not self._everywhere.started:
+            self._everywhere.start()
+            if not self._everywhere.wait_synced(CACHE_SYNC_SECONDS):
+                log.warning("declarations not listed yet; listing them each round meanwhile")
         self._discovered_at = time.monotonic()
         try:
             declared = self._discovery.find(self.config)
