@@ -99,11 +99,13 @@ def pod_template(
     }
 
 
-def interval_verdict(kind: Verdict, at: datetime, reason: str = "") -> IntervalVerdict:
+def interval_verdict(
+    kind: Verdict, at: datetime, reason: str = "", window: timedelta | None = None
+) -> IntervalVerdict:
     """An interval verdict with a single 'errors' check of the same verdict."""
     value = {"pass": 0.001, "fail": 0.2, "inconclusive": None}[kind]
     check = CheckResult("errors", kind, value, None, "<= 0.01", reason or kind)
-    return IntervalVerdict(kind, at, (check,), 100.0, reason or f"errors: {kind}")
+    return IntervalVerdict(kind, at, (check,), 100.0, reason or f"errors: {kind}", window=window)
 
 
 class DictSource:
@@ -329,6 +331,7 @@ class Driver:
     now: datetime = T0
     tick_every: timedelta = timedelta(seconds=10)
     verdicts: VerdictSource = field(default_factory=lambda: always("pass"))
+    window: timedelta | None = None  # how far back each verdict looked (None: not said)
     history: list[TickRecord] = field(default_factory=list)
 
     def tick(self, command: str | None = None) -> TickRecord:
@@ -357,7 +360,7 @@ class Driver:
 
     def analyse(self, state: RolloutState) -> IntervalVerdict:
         """The interval's verdict, where the engine would query Prometheus (subclasses judge)."""
-        return interval_verdict(self.verdicts(self.now, state), self.now)
+        return interval_verdict(self.verdicts(self.now, state), self.now, window=self.window)
 
     def run(self, ticks: int) -> list[TickRecord]:
         return [self.tick() for _ in range(ticks)]

@@ -529,6 +529,49 @@ def test_failures_count_across_steps_of_a_release() -> None:
     ]
 
 
+def _judged(driver: Driver, count: int) -> list[TickRecord]:
+    """Tick until ``count`` more intervals have been judged; those ticks."""
+    judged: list[TickRecord] = []
+    while len(judged) < count:
+        record = driver.tick()
+        if record.verdict is not None:
+            judged.append(record)
+    return judged
+
+
+def test_failed_intervals_that_share_their_window_count_once() -> None:
+    # Four 30s scrapes against a 30s interval: each window reaches 2m back, so one
+    # unlucky minute fails four intervals in a row. They are one piece of evidence.
+    driver = analysing(started(interval="30s", analysis={"failureLimit": 1}))
+    driver.tick_every, driver.window = timedelta(seconds=30), timedelta(minutes=2)
+    driver.verdicts = always("fail")
+    judged = _judged(driver, 4)
+    assert [r.now - judged[0].now for r in judged] == [timedelta(seconds=30 * i) for i in range(4)]
+    assert driver.state.phase == "progressing"
+    assert driver.state.failures == 1
+    told = [t.message for r in judged for t in r.decision.transitions]
+    assert len(told) == 4
+    assert all(m.startswith("analysis failed") for m in told)
+    overlapping = [m.endswith("overlaps the last failed interval's)") for m in told]
+    assert overlapping == [False, True, True, True]
+
+    # The next, whose window starts where the first counted one ended, is new evidence.
+    [record] = _judged(driver, 1)
+    assert record.now - judged[0].now == timedelta(minutes=2)
+    assert record.decision.state.phase == "rollingBack"
+    assert "(2 failed interval(s), failureLimit 1)" in record.decision.transitions[-1].message
+
+
+def test_failed_intervals_whose_windows_do_not_overlap_each_count() -> None:
+    driver = analysing(started(interval="30s", analysis={"failureLimit": 1}))
+    driver.tick_every, driver.window = timedelta(seconds=30), timedelta(seconds=30)
+    driver.verdicts = always("fail")
+    first, second = _judged(driver, 2)
+    assert first.decision.state.failures == 1
+    assert second.now - first.now == timedelta(seconds=30)
+    assert second.decision.state.phase == "rollingBack"
+
+
 # ------------------------------------------------------------------ inconclusive
 
 

@@ -106,6 +106,8 @@ class IntervalVerdict:
     reason: str
     judgement: Judgement | None = None
     judge_state: JudgeState | None = None
+    # How far back its queries looked (up to ``at``): the data it shares with another.
+    window: timedelta | None = None
 
 
 #: ``increase()``/``rate()`` need two samples in their window, and a window

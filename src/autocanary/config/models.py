@@ -1030,7 +1030,10 @@ class AnalysisConfig(Model):
         "interval); 0 compares the measured rate alone",
     )
     failure_limit: int = Field(
-        default=0, ge=0, description="Failed intervals tolerated per release; one more rolls back"
+        default=0,
+        ge=0,
+        description="Failed intervals tolerated per release; one more rolls back (one whose "
+        "window overlaps the last counted failure's is the same evidence: it counts once)",
     )
     inconclusive_limit: int = Field(
         default=3, ge=0, description="Consecutive inconclusive intervals tolerated"

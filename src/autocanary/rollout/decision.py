@@ -917,7 +917,23 @@ def _judge(t: _Tick, state: RolloutState, verdict: IntervalVerdict) -> Decision 
     if verdict.verdict == "pass":
         return dataclasses.replace(state, step_passes=state.step_passes + 1, inconclusive=0)
     if verdict.verdict == "fail":
-        state = dataclasses.replace(state, failures=state.failures + 1, inconclusive=0)
+        if _same_evidence(state, verdict):
+            # A window longer than the interval (four scrapes of a 30s scrape against a
+            # 30s interval) shares most of its requests with the last failed one: one
+            # unlucky minute failed every interval that looked at it, and failureLimit
+            # tolerated nothing. Told, but counted once.
+            repeated = Transition(
+                Reason.ANALYSIS_FAILED,
+                f"analysis failed at {where}: {verdict.reason} (not counted again: its "
+                "window overlaps the last failed interval's)",
+                AlertKind.ANALYSIS_FAILED,
+                warning=True,
+                checks=checks,
+            )
+            return Decision(dataclasses.replace(state, inconclusive=0), Desired(), (repeated,))
+        state = dataclasses.replace(
+            state, failures=state.failures + 1, inconclusive=0, last_failure_at=verdict.at
+        )
         failed = Transition(
             Reason.ANALYSIS_FAILED,
             f"analysis failed at {where}: {verdict.reason}",
@@ -951,6 +967,12 @@ def _judge(t: _Tick, state: RolloutState, verdict: IntervalVerdict) -> Decision 
     paused = _pause(state, reason)
     with_checks = tuple(dataclasses.replace(p, checks=checks) for p in paused.transitions)
     return dataclasses.replace(paused, transitions=(unsure, *with_checks))
+
+
+def _same_evidence(state: RolloutState, verdict: IntervalVerdict) -> bool:
+    """Whether a failed interval's window reaches back into the last counted failure's."""
+    last = state.last_failure_at
+    return last is not None and verdict.window is not None and verdict.at - verdict.window < last
 
 
 def _analysing(t: _Tick, state: RolloutState, verdict: IntervalVerdict | None) -> Decision:

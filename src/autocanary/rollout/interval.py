@@ -8,6 +8,7 @@ threshold judge, the same sequential judge with its per-step warm-up baseline.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -116,6 +117,7 @@ def evaluate(
     verdict = thresholds.judge_interval(
         rollout.analysis, plan, {q: o for q, (_, o) in outcomes.items()}, at
     )
+    verdict = dataclasses.replace(verdict, window=window)
     if rollout.analysis.sequential is not None:
         verdict = _sequential(
             source, rollout, state, at, verdict, tolerated=tolerated, on_error=on_error, pods=pods

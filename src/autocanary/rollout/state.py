@@ -204,6 +204,7 @@ class RolloutState:
     last_analysis_at: Time | None = None
     step_passes: Count = 0
     failures: Count = 0
+    last_failure_at: Time | None = None  # the interval that last counted as failed ended then
     inconclusive: Count = 0  # consecutive
     started_at: Time | None = None
     finished_at: Time | None = None
