@@ -82,7 +82,9 @@ SETTINGS: dict[str, Any] = {
 }
 
 
-def _config(prometheus_url: str, rollouts: int, port: int, declare: bool) -> dict[str, Any]:
+def _config(
+    prometheus_url: str, rollouts: int, port: int, declare: bool, workers: int | None
+) -> dict[str, Any]:
     config: dict[str, Any] = {
         "prometheus": {"url": prometheus_url},
         "daemon": {
@@ -91,6 +93,8 @@ def _config(prometheus_url: str, rollouts: int, port: int, declare: bool) -> dic
             "leaderElection": {"enabled": False},
         },
     }
+    if workers is not None:
+        config["daemon"]["workers"] = workers
     if declare:
         namespaces = sorted({_namespace(i) for i in range(rollouts)})
         config["discovery"] = {"enabled": True, "namespaces": namespaces, "defaults": SETTINGS}
@@ -282,10 +286,12 @@ def _wait(what: str, check: Callable[[], bool], timeout: float) -> float:
     return time.monotonic() - began
 
 
-def run(rollouts: int, idle_s: float, wave_share: float, declare: bool) -> dict[str, Any]:
-    """Run the benchmark for ``rollouts``; return what it measured."""
+def run(
+    rollouts: int, idle_s: float, wave_share: float, declare: bool, workers: int | None = None
+) -> dict[str, Any]:
+    """Run the benchmark for ``rollouts`` (``daemon.workers``: the default unless given)."""
     work = Path(tempfile.mkdtemp(prefix="autocanary-bench-scale-"))
-    result: dict[str, Any] = {"rollouts": rollouts, "declared": declare}
+    result: dict[str, Any] = {"rollouts": rollouts, "declared": declare, "workers": workers}
     namespaces = sorted({_namespace(i) for i in range(rollouts)})
     # The controllers' default client limits (20 requests/s) would take most of an hour
     # to create 10,000 ReplicaSets and pods; the daemon is what is measured here.
@@ -331,7 +337,7 @@ def run(rollouts: int, idle_s: float, wave_share: float, declare: bool) -> dict[
         )
         port = free_port()
         config_path = work / "config.yaml"
-        config_path.write_text(yaml.safe_dump(_config(prom.url, rollouts, port, declare)))
+        config_path.write_text(yaml.safe_dump(_config(prom.url, rollouts, port, declare, workers)))
         generations = _canary_generations(api, rollouts)
         log_path = work / "daemon.log"
         with log_path.open("wb") as log_file:
@@ -491,9 +497,10 @@ def main() -> None:
     parser.add_argument(
         "--declare", action="store_true", help="declare the rollouts on their Deployments"
     )
+    parser.add_argument("--workers", type=int, help="daemon.workers (default: the daemon's)")
     args = parser.parse_args()
     for n in args.rollouts:
-        result = run(n, args.idle, args.wave, args.declare)
+        result = run(n, args.idle, args.wave, args.declare, args.workers)
         row = _row(result)
         print(HEADER)
         print(row)
@@ -502,6 +509,7 @@ def main() -> None:
         with RESULTS.open("a") as out:
             stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
             how = ", declared on their Deployments" if args.declare else ""
+            how += f", {args.workers} workers" if args.workers is not None else ""
             out.write(f"\n### {n:,} rollouts{how} ({stamp})\n\n{HEADER}\n{row}\n\n")
             out.write(f"```json\n{json.dumps(result, indent=2)}\n```\n")
 

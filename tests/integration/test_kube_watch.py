@@ -22,7 +22,9 @@ from kubernetes import client
 
 from autocanary.adapters.kube_watch import DeclarationCache, DeploymentCache, StateCache
 from autocanary.adapters.kubernetes import DeploymentRecord, KubeClient
+from autocanary.config.loader import parse_config
 from autocanary.config.models import ROLLOUT_LABEL
+from autocanary.daemon.service import POOL_SPARE, Daemon
 from autocanary.errors import KubernetesForbidden, ResourceNotFound
 from autocanary.rollout.state import STATE_ANNOTATION, state_object_name
 from autocanary_testbed.apps import daemon_command
@@ -476,3 +478,36 @@ def test_the_daemon_ticks_a_changed_canary_at_once_and_writes_nothing_at_start_u
         assert [t["phase"] for t in ticks][:2] == ["idle", "progressing"]
     finally:
         process.stop(timeout=30)
+
+
+def test_the_daemon_pools_a_connection_per_worker_beside_the_watches(
+    kube_api: client.ApiClient, namespace: str
+) -> None:
+    config = parse_config(
+        yaml.safe_dump(
+            {
+                "prometheus": {"url": "http://127.0.0.1:9"},
+                "daemon": {"workers": 24},
+                "rollouts": [
+                    {
+                        "name": "web",
+                        "namespace": namespace,
+                        "stable": "web",
+                        "analysis": {"checks": [{"name": "up", "query": "vector(0)", "max": 1}]},
+                    }
+                ],
+            }
+        )
+    )
+    kube = KubeClient(kube_api, identity="itest-admin")
+    daemon = Daemon(Path("unused.yaml"), config, kube, identity="pool")
+    try:
+        pools = kube_api.rest_client.pool_manager.connection_pool_kw
+        # Every worker's call at once, the Leases' and Events' beside them, the
+        # Deployments', pods' and states' watches of the namespace and the declarations'
+        # watch (should discovery search every namespace): none opens a connection the
+        # pool then drops.
+        assert pools["maxsize"] == 24 + POOL_SPARE + 3 + 1
+    finally:  # never started: only what the constructor opened
+        daemon._notifier.close(timeout=5)
+        daemon._prometheus.close()
