@@ -151,6 +151,13 @@ def app_labels(app: str, track: str, version: str) -> dict[str, str]:
     return {"app": app, "track": track, "version": version}
 
 
+def _add_env(deployment: dict[str, Any], env: Mapping[str, str]) -> None:
+    """Set ``env`` on a shipped Deployment's first container (e.g. a baseline error rate)."""
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    kept = [v for v in container.get("env") or [] if v.get("name") not in env]
+    container["env"] = [*kept, *({"name": k, "value": v} for k, v in env.items())]
+
+
 def app_deployment(
     name: str,
     app: str,
@@ -435,6 +442,9 @@ class CanaryStack:
                 for doc in yaml.safe_load_all(s.manifests.read_text())
                 if doc and doc.get("kind") in ("Deployment", "Service")
             ]
+            for body in objects:
+                if body["kind"] == "Deployment" and body["metadata"]["name"] == self.stable_name:
+                    _add_env(body, s.stable_env)
         else:
             services = [app_service(s.app)]
             if s.blue_green:
