@@ -153,6 +153,8 @@ def app_labels(app: str, track: str, version: str) -> dict[str, str]:
 
 def _add_env(deployment: dict[str, Any], env: Mapping[str, str]) -> None:
     """Set ``env`` on a shipped Deployment's first container (e.g. a baseline error rate)."""
+    if not env:
+        return
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     kept = [v for v in container.get("env") or [] if v.get("name") not in env]
     container["env"] = [*kept, *({"name": k, "value": v} for k, v in env.items())]
@@ -442,8 +444,10 @@ class CanaryStack:
                 for doc in yaml.safe_load_all(s.manifests.read_text())
                 if doc and doc.get("kind") in ("Deployment", "Service")
             ]
+            # Both, as app_deployment does below: at rest the canary's template is the
+            # stable's, or the daemon would take the difference for a release.
             for body in objects:
-                if body["kind"] == "Deployment" and body["metadata"]["name"] == self.stable_name:
+                if body["kind"] == "Deployment":
                     _add_env(body, s.stable_env)
         else:
             services = [app_service(s.app)]
