@@ -1117,6 +1117,37 @@ def test_a_release_whose_version_equals_the_stables_is_paused_not_judged() -> No
     assert reasons_of(driver.tick()) == ["ReleaseDetected"]
 
 
+def _paused_before_it_started() -> Driver:
+    """An env-only change under the same version: paused before the release started."""
+    driver = Driver(make_rollout(), FakeCluster.create())
+    driver.cluster.release("registry.local/shop/web:1.0", env={"FEATURE": "on"})
+    assert driver.tick().decision.state.phase == "paused"
+    return driver
+
+
+# Known bug, found at the end of a session (see its closing note); strict, so these
+# fail once it is fixed and the marks must go.
+@pytest.mark.xfail(
+    strict=True,
+    reason="a pause before the release started is written with total 0, which loads() refuses "
+    "as StateCorrupt: the daemon then does nothing for the rollout until its state is deleted",
+)
+def test_a_pause_before_the_release_started_reads_back() -> None:
+    state = _paused_before_it_started().state
+    assert loads(dumps(state)) == state
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="abort on a pause before the release started decides stable_replicas=total, i.e. 0",
+)
+def test_abort_before_the_release_started_leaves_the_stable_alone() -> None:
+    driver = _paused_before_it_started()
+    record = driver.tick("abort")
+    assert record.decision.desired.stable_replicas is None
+    assert driver.cluster.stable.replicas == 4
+
+
 def test_a_step_whose_first_judge_poll_failed_takes_its_baseline_at_the_next() -> None:
     rollout = make_rollout(analysis={"sequential": {}, "checks": []})
     at = T0 + timedelta(seconds=30)
