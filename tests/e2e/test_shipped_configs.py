@@ -122,6 +122,13 @@ def test_a_shipped_config_promotes_a_healthy_release_and_rolls_back_a_bad_one(
     bad = stack.wait_for(settled("v3"), 600, "the bad release settled")
     assert bad.phase == "rolledBack", bad.message
     assert any(c["verdict"] == "fail" for v in bad.verdicts for c in v.checks.values())
+    if config == "config/testpage.yaml":
+        # failureLimit 1, and a 2m window (four 30s scrapes) against a 30s interval:
+        # the intervals failing on the same window's requests count once, so more
+        # intervals failed than were counted, and the second counted one rolled back.
+        assert bad.failures == 2, bad.message
+        assert "(2 failed interval(s), failureLimit 1)" in bad.message
+        assert sum(v.verdict == "fail" for v in bad.verdicts) > bad.failures
     assert stack.replicas() == (3, 0)
     reasons = told_reasons(stack)
     assert reasons.count("Promoted") == 1
