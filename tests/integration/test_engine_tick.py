@@ -429,6 +429,44 @@ def test_a_paused_release_resumes_and_aborts_by_command(rig: Rig) -> None:
     assert 'autocanary_rollbacks_total{namespace="' in rig.metrics_text()
 
 
+def test_a_release_that_cannot_start_is_blocked_read_back_and_aborted_untouched(
+    rig: Rig,
+) -> None:
+    assert rig.tick().phase == "idle"
+    stable_before = rig.deployment(STABLE).template
+    # An env-only change under the same version label: nothing tells their metrics apart.
+    template = rig.deployment(CANARY).template
+    template["spec"]["containers"][0]["env"] = [{"name": "FEATURE", "value": "on"}]
+    rig.admin.replace_template(rig.namespace, CANARY, template)
+
+    blocked = rig.tick()
+    assert blocked.phase == "blocked"
+    assert [t.reason for t in blocked.transitions] == ["Paused"]
+    assert "both run version 'v1'" in blocked.transitions[0].message
+    # Read back from its ConfigMap tick after tick (it was once refused as corrupt),
+    # and as an older daemon wrote it: paused with total 0.
+    for _ in range(2):
+        assert rig.tick().phase == "blocked"
+    older = json.loads(rig.stored().text or "")
+    older["phase"] = "paused"
+    rig.write_raw_state(json.dumps(older))
+    assert rig.tick().phase == "blocked"
+    assert rig.alert_kinds() == ["paused"]
+
+    rig.admin.set_command(rig.namespace, CANARY, "abort")
+    aborted = rig.tick()
+    assert aborted.phase == "rolledBack"
+    assert [t.reason for t in aborted.transitions] == ["RolledBack"]
+    assert rig.replicas() == (3, 0)
+    assert rig.deployment(STABLE).template == stable_before
+    assert rig.alert_kinds() == ["paused", "rolledBack"]
+
+    # A distinct version label is a new revision, and it starts.
+    rig.release("v2")
+    assert [t.reason for t in rig.tick().transitions] == ["ReleaseDetected"]
+    assert rig.state().total == 3
+
+
 # ---- a concurrent writer ---------------------------------------------------------------------
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
+import json
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -1064,88 +1065,174 @@ def test_a_restart_mid_step_continues() -> None:
     )
 
 
-# ------------------------------------------------------------------ a stable without replicas
+# ------------------------------------------------------------------ a release that cannot start
 
 
-def test_a_stable_with_no_replicas_pauses_the_release() -> None:
+def test_a_stable_with_no_replicas_blocks_the_release() -> None:
     driver = Driver(make_rollout(), FakeCluster.create(total=0))
     driver.cluster.release(V2)
     record = driver.tick()
     state = record.decision.state
-    assert state.phase == "paused"
+    assert state.phase == "blocked"
     assert state.revision == driver.cluster.canary_revision
     assert state.total == 0
     (paused,) = record.decision.transitions
     assert (paused.reason, paused.kind, paused.warning) == ("Paused", "paused", True)
-    assert "has 0 replicas; scale it up, then resume" in paused.message
+    assert "cannot start: the stable Deployment web has 0 replicas" in paused.message
+    assert "scale it up, then resume" in paused.message
     assert record.decision.desired == Desired()
     for later in driver.run(5):
         assert later.decision.transitions == ()
+        assert later.decision.state.phase == "blocked"
     driver.cluster.stable.set_replicas(3)
     driver.cluster.settle()
     resumed = driver.tick("resume")
     assert reasons_of(resumed) == ["ReleaseDetected"]
+    assert "resumed: canary 2.0" in resumed.decision.transitions[0].message
     assert resumed.decision.state.total == 3
     driver.run_until(phase_is("succeeded"))
 
 
-def test_resume_while_the_stable_still_has_no_replicas_stays_paused() -> None:
+def test_resume_while_the_stable_still_has_no_replicas_stays_blocked() -> None:
     driver = Driver(make_rollout(), FakeCluster.create(total=0))
     driver.cluster.release(V2)
     driver.tick()
     record = driver.tick("resume")
-    assert record.decision.state.phase == "paused"
+    assert record.decision.state.phase == "blocked"
+    # Told again: the resume did not start it, and why.
     assert reasons_of(record) == ["Paused"]
+    assert record.decision.consume_command
 
 
-def test_a_release_whose_version_equals_the_stables_is_paused_not_judged() -> None:
+def test_a_release_whose_version_equals_the_stables_is_blocked_not_judged() -> None:
     # An env-only change under the same image tag: every query by version would
     # measure both sides at once, so there is nothing to judge.
-    driver = Driver(make_rollout(), FakeCluster.create())
-    driver.cluster.release("registry.local/shop/web:1.0", env={"FEATURE": "on"})
-    record = driver.tick()
-    state = record.decision.state
-    assert state.phase == "paused"
-    assert state.total == 0
-    (paused,) = record.decision.transitions
+    driver = _blocked_by_its_version()
+    state = driver.state
+    assert state.phase == "blocked"
+    assert (state.canary_version, state.stable_version) == ("1.0", "1.0")
+    (paused,) = driver.history[-1].decision.transitions
     assert (paused.reason, paused.kind) == ("Paused", "paused")
     assert "both run version '1.0'" in paused.message
     assert "distinct 'version' label" in paused.message
-    assert record.decision.desired == Desired()
-    # A distinct version label starts the release.
+    assert driver.history[-1].decision.desired == Desired()
+    # A distinct version label (a new revision) starts the release without a resume.
     driver.cluster.release("registry.local/shop/web:1.0", env={"FEATURE": "on"}, version="1.0-f")
-    assert reasons_of(driver.tick()) == ["ReleaseDetected"]
+    started = driver.tick()
+    assert reasons_of(started) == ["ReleaseDetected"]
+    assert started.decision.state.total == 4
+    driver.run_until(phase_is("succeeded"))
+    assert driver.cluster.stable.replicas == 4
 
 
-def _paused_before_it_started() -> Driver:
-    """An env-only change under the same version: paused before the release started."""
+def _blocked_by_its_version() -> Driver:
+    """An env-only change under the same version: blocked before the release started."""
     driver = Driver(make_rollout(), FakeCluster.create())
     driver.cluster.release("registry.local/shop/web:1.0", env={"FEATURE": "on"})
-    assert driver.tick().decision.state.phase == "paused"
+    assert driver.tick().decision.state.phase == "blocked"
     return driver
 
 
-# Known bug, found at the end of a session (see its closing note); strict, so these
-# fail once it is fixed and the marks must go.
-@pytest.mark.xfail(
-    strict=True,
-    reason="a pause before the release started is written with total 0, which loads() refuses "
-    "as StateCorrupt: the daemon then does nothing for the rollout until its state is deleted",
-)
-def test_a_pause_before_the_release_started_reads_back() -> None:
-    state = _paused_before_it_started().state
+def test_a_blocked_release_reads_back() -> None:
+    state = _blocked_by_its_version().state
     assert loads(dumps(state)) == state
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="abort on a pause before the release started decides stable_replicas=total, i.e. 0",
-)
-def test_abort_before_the_release_started_leaves_the_stable_alone() -> None:
-    driver = _paused_before_it_started()
+def test_a_pause_written_before_the_blocked_phase_reads_back_as_blocked() -> None:
+    # Earlier daemons wrote a release that could not start as paused with total 0,
+    # and refused it on read: the rollout did nothing until its state was deleted.
+    blocked = _blocked_by_its_version().state
+    written = json.loads(dumps(blocked))
+    written["phase"] = "paused"
+    assert loads(json.dumps(written)) == blocked
+
+
+def test_abort_of_a_blocked_release_leaves_the_stable_alone() -> None:
+    driver = _blocked_by_its_version()
+    revision = driver.cluster.canary_revision
     record = driver.tick("abort")
     assert record.decision.desired.stable_replicas is None
+    assert record.decision.desired.stable_template is None
+    (ended,) = record.decision.transitions
+    assert (ended.reason, ended.kind) == ("RolledBack", "rolledBack")
+    assert "before the release started; the stable was not touched" in ended.message
+    assert record.decision.state.phase == "rolledBack"
+    assert record.decision.state.rolled_back_revision == revision
+    for _ in driver.run(5):
+        assert driver.cluster.stable.replicas == 4
+        assert driver.cluster.canary.replicas == 0
+    # Like any rolled-back revision, it starts again only on retry (and is blocked again).
+    assert reasons_of(driver.tick("retry")) == ["Paused"]
+    assert driver.state.phase == "blocked"
+
+
+def test_promote_of_a_blocked_release_ships_it_unjudged() -> None:
+    # Promotion asks for no metrics, so one version on both sides does not stop it.
+    driver = _blocked_by_its_version()
+    record = driver.tick("promote")
+    assert reasons_of(record) == ["ReleaseDetected", "Promoting"]
+    assert record.decision.state.total == 4
+    driver.run_until(phase_is("succeeded"))
+    assert driver.cluster.stable_revision == driver.cluster.canary_revision
     assert driver.cluster.stable.replicas == 4
+    assert driver.cluster.canary.replicas == 0
+
+
+def test_promote_of_a_release_blocked_by_an_empty_stable_is_refused() -> None:
+    driver = Driver(make_rollout(), FakeCluster.create(total=0))
+    driver.cluster.release(V2)
+    driver.tick()
+    record = driver.tick("promote")
+    assert reasons_of(record) == ["Paused", "CommandIgnored"]
+    assert record.decision.state.phase == "blocked"
+    assert record.decision.desired == Desired()
+
+
+def test_a_promote_that_detects_a_blocked_release_applies_to_it() -> None:
+    driver = Driver(make_rollout(), FakeCluster.create())
+    driver.cluster.release("registry.local/shop/web:1.0", env={"FEATURE": "on"})
+    record = driver.tick("abort")
+    assert reasons_of(record) == ["Paused", "RolledBack"]
+    assert record.decision.desired.stable_replicas is None
+    assert record.decision.state.phase == "rolledBack"
+
+
+def test_a_blocked_release_whose_canary_is_reverted_goes_idle() -> None:
+    driver = _blocked_by_its_version()
+    driver.cluster.canary.set_template(pod_template("registry.local/shop/web:1.0", track="canary"))
+    record = driver.tick()
+    assert record.decision.state.phase == "idle"
+    assert record.decision.desired == Desired()
+    assert record.decision.transitions == ()
+
+
+def test_other_commands_on_a_blocked_release_are_ignored_with_a_reason() -> None:
+    driver = _blocked_by_its_version()
+    for command in ("pause", "retry"):
+        record = driver.tick(command)
+        assert record.decision.state.phase == "blocked"
+        (ignored,) = record.decision.transitions
+        assert ignored.reason == "CommandIgnored"
+        assert "fix what blocks it, then resume" in ignored.message
+
+
+def test_a_release_superseded_by_one_that_cannot_start_is_rolled_back_first() -> None:
+    # The superseded release's steps scaled the stable down: only a release under way
+    # brings it back, so it ends (rolled back) before the new revision is blocked.
+    driver = started()
+    driver.run_until(lambda s: s.step == 1 and s.stage == "analysing")
+    assert driver.cluster.stable.replicas < 4
+    driver.cluster.release("registry.local/shop/web:1.0", env={"FEATURE": "on"})
+    record = driver.tick()
+    (rolled,) = record.decision.transitions
+    assert rolled.reason == "RolledBack"
+    assert "cannot start" in rolled.message
+    assert "both run version '1.0'" in rolled.message
+    assert record.decision.desired.stable_replicas == 4
+    blocked = driver.run_until(phase_is("blocked"))
+    assert reasons_of(blocked) == ["Paused"]
+    assert driver.cluster.stable.replicas == 4
+    assert driver.cluster.stable_revision != driver.cluster.canary_revision
 
 
 def test_a_step_whose_first_judge_poll_failed_takes_its_baseline_at_the_next() -> None:

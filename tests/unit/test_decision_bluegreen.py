@@ -449,12 +449,19 @@ def test_an_active_service_not_selecting_by_version_cannot_start_a_release() -> 
 
     record = d.tick()
 
-    assert record.decision.state.phase == "paused"
+    assert record.decision.state.phase == "blocked"
     (paused,) = record.decision.transitions
     assert "the active Service web must select the stable's version by the 'version' label" in (
         paused.message
     )
     assert record.decision.desired == Desired()
+    # Nothing was switched or scaled for it, so an abort has nothing to undo.
+    stable = d.cluster.stable.replicas
+    aborted = d.tick("abort")
+    assert aborted.decision.state.phase == "rolledBack"
+    assert aborted.decision.desired == Desired(canary_replicas=0)
+    assert d.cluster.stable.replicas == stable
+    assert cluster(d).active == {"app": "web"}
 
 
 def test_live_window_is_the_step_after_the_switch_of_a_blue_green_rollout_only() -> None:

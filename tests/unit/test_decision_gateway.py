@@ -476,11 +476,16 @@ def test_a_release_does_not_start_while_the_route_already_sends_to_the_canary() 
     cluster(d).route_obj = http_route(canary_weight=10)
     d.cluster.release(V2_IMAGE, version="v2")
     record = d.tick()
-    assert record.decision.state.phase == "paused"
+    assert record.decision.state.phase == "blocked"
     assert "must send every request to the stable Service web-stable" in (
         record.decision.transitions[0].message
     )
     assert cluster(d).writes == []
+    # Put right by hand, then resumed: the release starts from the stable's 100.
+    cluster(d).route_obj = http_route(canary_weight=0)
+    resumed = d.tick("resume")
+    assert resumed.decision.state.phase == "progressing"
+    run(d, phase_is("succeeded"))
 
 
 def test_an_abort_mid_release_removes_the_ab_rule_and_the_weight_in_one_write() -> None:

@@ -10,10 +10,14 @@ Events and alerts.
 Phases::
 
     idle ─▶ progressing (per step: waitingReady ─▶ analysing) ─▶ promoting ─▶ succeeded
-               │  ▲                                                  │
-        pause, │  │ resume                 fail, deadline or abort   │
-  inconclusive ▼  │                                                  ▼
-               paused ───────────── abort ───────────────────▶ rollingBack ─▶ rolledBack
+     │         ▲       │  ▲                                          │
+     ▼  resume │ pause,│  │ resume           fail, deadline or abort │
+    blocked ───┘ incon-▼  │                                          ▼
+                clusive paused ─────────── abort ───────────▶ rollingBack ─▶ rolledBack
+
+``blocked`` is a revision that cannot start (the stable's version, no stable
+replicas, unfit Services or HTTPRoute): nothing is scaled for it; promote and
+abort end it without touching the stable.
 
 Desired replica counts are re-asserted on every tick of an active phase
 (level-triggered): a scale that failed is simply applied again.
@@ -24,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from autocanary.analysis import judging
 from autocanary.analysis.thresholds import IntervalVerdict
@@ -508,17 +513,45 @@ def next_analysis_at(rollout: RolloutConfig, state: RolloutState) -> datetime | 
 # ------------------------------------------------------------------ transitions
 
 
-def _cannot_start(state: RolloutState, obs: Observation, message: str) -> Decision:
-    """Pause before the release starts; resume (or a new canary revision) tries again."""
-    paused = dataclasses.replace(
-        state, phase="paused", revision=obs.canary_revision, total=0, message=message
+def _release_of(obs: Observation, state: RolloutState, **fields: Any) -> RolloutState:
+    """A fresh state about the canary's revision as observed; what was rolled back stays known."""
+    return RolloutState(
+        revision=obs.canary_revision,
+        stable_revision=obs.stable_revision,
+        canary_version=obs.canary_version,
+        stable_version=obs.stable_version,
+        rolled_back_revision=state.rolled_back_revision,
+        **fields,
     )
+
+
+def _cannot_start(t: _Tick, state: RolloutState, message: str) -> Decision:
+    """A new canary revision that cannot start: blocked, with nothing scaled for it.
+
+    A release it would supersede is rolled back first: that release's steps
+    may have scaled the stable down, and only a release under way brings it back.
+    """
+    obs = t.obs
+    if state.phase in ("progressing", "paused", "promoting") and state.total >= 1:
+        return _roll_back(
+            t,
+            state,
+            f"the new canary revision {obs.canary_revision} cannot start ({message}); "
+            f"the release of {state.canary_version} ends first",
+        )
+    blocked = _release_of(obs, state, phase="blocked", message=f"blocked: {message}")
+    told = f"the release of revision {obs.canary_revision} cannot start: {message}"
     return Decision(
-        paused, Desired(), (Transition(Reason.PAUSED, message, AlertKind.PAUSED, warning=True),)
+        blocked, Desired(), (Transition(Reason.PAUSED, told, AlertKind.PAUSED, warning=True),)
     )
 
 
-def _start_release(t: _Tick, state: RolloutState, why: str) -> Decision:
+def _start_release(t: _Tick, state: RolloutState, why: str, *, judged: bool = True) -> Decision:
+    """Start a release of the canary's revision, or block it, saying why it cannot start.
+
+    ``judged=False`` (a release promoted by command, never analysed) does not
+    need the canary's metrics told apart from the stable's by version.
+    """
     rollout, obs, now = t.rollout, t.obs, t.now
     # A release superseding another keeps its total: the stable may be scaled
     # down by that release's steps right now.
@@ -526,16 +559,16 @@ def _start_release(t: _Tick, state: RolloutState, why: str) -> Decision:
     total = state.total if superseding else obs.stable.replicas
     if total < 1:
         return _cannot_start(
+            t,
             state,
-            obs,
             f"the stable Deployment {obs.stable.name} has 0 replicas; scale it up, then resume",
         )
-    if obs.canary_version == obs.stable_version:
+    if judged and obs.canary_version == obs.stable_version:
         # Metrics are told apart by version: with one version on both sides every
         # query would measure the mix, and a comparison would compare it with itself.
         return _cannot_start(
+            t,
             state,
-            obs,
             f"canary and stable both run version {obs.canary_version!r}, so their metrics "
             f"cannot be told apart; give the canary's pods a distinct "
             f"{rollout.version_label!r} label (or image tag)",
@@ -543,18 +576,16 @@ def _start_release(t: _Tick, state: RolloutState, why: str) -> Decision:
     if rollout.blue_green is not None and not superseding:
         unfit = _blue_green_unfit(rollout, obs)
         if unfit is not None:
-            return _cannot_start(state, obs, unfit)
+            return _cannot_start(t, state, unfit)
     if rollout.gateway is not None:
         # A superseded release's weights are its own: the new one lowers them first.
         unfit = _gateway_unfit(rollout, obs) if not superseding else _route_problem(rollout, obs)
         if unfit is not None:
-            return _cannot_start(state, obs, unfit)
-    new = RolloutState(
+            return _cannot_start(t, state, unfit)
+    new = _release_of(
+        obs,
+        state,
         phase="progressing",
-        revision=obs.canary_revision,
-        stable_revision=obs.stable_revision,
-        canary_version=obs.canary_version,
-        stable_version=obs.stable_version,
         stable_template=obs.stable.template,
         canary_generation=obs.canary.generation,
         total=total,
@@ -562,7 +593,6 @@ def _start_release(t: _Tick, state: RolloutState, why: str) -> Decision:
         stage="waitingReady",
         step_started_at=now,
         started_at=now,
-        rolled_back_revision=state.rolled_back_revision,
     )
     new = dataclasses.replace(
         new, message=f"release {obs.canary_version} started: {_step_label(rollout, new)}"
@@ -751,6 +781,8 @@ def _decide_phase(
             )
         return _start_release(t, state, "release superseded by a new canary revision")
 
+    if state.phase == "blocked":
+        return _decide_blocked(t, state, command)
     if state.phase in ("idle", "succeeded", "rolledBack"):
         return _decide_settled(t, state, command)
     if state.phase == "progressing":
@@ -781,6 +813,9 @@ def _decide_settled(t: _Tick, state: RolloutState, command: str | None) -> Decis
             return _ignore_command(stay, command, "this revision was already promoted")
         return stay
     decision = _start_release(t, state, "new canary revision")
+    if command in ("promote", "abort") and decision.state.phase == "blocked":
+        then = _decide_blocked(t, decision.state, command)
+        return dataclasses.replace(then, transitions=(*decision.transitions, *then.transitions))
     if command in ("promote", "abort") and decision.state.phase == "progressing":
         # The release did start: its ReleaseDetected comes before what the command did.
         then = (
@@ -794,6 +829,47 @@ def _decide_settled(t: _Tick, state: RolloutState, command: str | None) -> Decis
             decision, command, "applied to the new release only for promote/abort"
         )
     return decision
+
+
+def _decide_blocked(t: _Tick, state: RolloutState, command: str | None) -> Decision:
+    """A revision that could not start: nothing was scaled for it, so nothing is undone."""
+    obs = t.obs
+    if obs.canary_revision == obs.stable_revision:
+        idle = dataclasses.replace(
+            state, phase="idle", message="the canary runs the stable's template again"
+        )
+        back = Decision(idle, Desired())
+        return back if command is None else _ignore_command(back, command, "no release")
+    if obs.canary_revision != state.revision:
+        return _decide_settled(t, state, command)
+    if command == "abort":
+        message = "aborted by command before the release started; the stable was not touched"
+        ended = dataclasses.replace(
+            state,
+            phase="rolledBack",
+            rolled_back_revision=state.revision,
+            finished_at=t.now,
+            message=f"rolled back: {message}",
+        )
+        return Decision(
+            ended,
+            desired_for(t.rollout, ended, obs),
+            (Transition(Reason.ROLLED_BACK, message, AlertKind.ROLLED_BACK, warning=True),),
+        )
+    if command == "promote":
+        started = _start_release(t, state, "promotion requested by command", judged=False)
+        if started.state.phase != "progressing":
+            return _ignore_command(started, command, "the release cannot start")
+        then = _promote(t, started.state, "promotion requested by command")
+        return dataclasses.replace(then, transitions=(*started.transitions, *then.transitions))
+    if command == "resume":
+        return _start_release(t, state, "resumed")
+    stay = Decision(state, Desired())
+    if command is not None:
+        return _ignore_command(
+            stay, command, "the release has not started; fix what blocks it, then resume"
+        )
+    return stay
 
 
 def _deadline_rollback(t: _Tick, state: RolloutState, what: str) -> Decision:
@@ -1121,9 +1197,6 @@ def _decide_paused(t: _Tick, state: RolloutState, command: str | None) -> Decisi
     if command == "promote":
         return _promote(t, state, "promotion requested by command")
     if command == "resume":
-        if state.total < 1:
-            # Paused before the release could start (no stable replicas): start it now.
-            return _start_release(t, state, "resumed")
         new = dataclasses.replace(
             state,
             phase="progressing",

@@ -60,8 +60,17 @@ def state_object_name(canary: str) -> str:
     return f"{canary}{STATE_OBJECT_SUFFIX}"
 
 
+#: ``blocked``: a new canary revision that could not start (nothing was scaled for
+#: it); resume, promote or abort it, or change the canary again.
 Phase = Literal[
-    "idle", "progressing", "paused", "promoting", "succeeded", "rollingBack", "rolledBack"
+    "idle",
+    "blocked",
+    "progressing",
+    "paused",
+    "promoting",
+    "succeeded",
+    "rollingBack",
+    "rolledBack",
 ]
 PHASES: tuple[Phase, ...] = get_args(Phase)
 Stage = Literal["waitingReady", "analysing"]
@@ -302,6 +311,10 @@ def loads(text: str) -> RolloutState:
         raise StateCorrupt(
             f"state has schema {schema!r}; this daemon reads schema {SCHEMA_VERSION}"
         )
+    if data.get("phase") == "paused" and not data.get("total"):
+        # Daemons before the blocked phase wrote a release that could not start as
+        # paused with total 0, which they refused to read back: it is blocked.
+        data["phase"] = "blocked"
     if isinstance(data.get("judge"), dict) and JudgeState.outdated(data["judge"]):
         # Evidence in a format before this daemon's is not read back: the judge
         # starts afresh (see JudgeState.outdated); the rest of the state is kept.
