@@ -21,12 +21,13 @@ controller as a real process watching that namespace:
   ``interval: 5m``, ``successCondition: result[0] >= 0.95``, ``failureLimit: 3``,
   Argo's default progress deadline (600 s, no abort);
 - ``argo-tuned``: the same Rollout judged every 30 s (after 30 s, autocanary's
-  warm-up) on the canary's error ratio over 1m (``<= 2.5%``) and its p90 over
+  warm-up) on the canary's error ratio over 1m (``<= 3%``) and its p90 over
   the stable's (``<= 1.2``), ``failureLimit: 1`` (autocanary's); progress
-  deadline 300 s with ``progressDeadlineAbort`` (autocanary's 5m). The 2.5%
-  was set from the binomial noise of 1% errors at this traffic (about 300
-  canary requests per window: one measurement in about 100 fails by chance,
-  two of a release's 18 in about 1.5%), not calibrated by repeated runs.
+  deadline 300 s with ``progressDeadlineAbort`` (autocanary's 5m). The 3% is
+  the lowest threshold that rolls back about 1 healthy release in 100 at this
+  traffic, as ``bench/argo_calibration.py`` simulates the check (2.5%, which
+  the first matrix ran, rolls back 7%; it rolled back 2 of 20 there); the
+  healthy runs check it.
 
 Steps: autocanary's shipped 1 pod (5m), 10% (2m), 50% (2m), promotion, with
 4 replicas and ``scaleDownStable``, is 1:3, 1:3, 2:2; Argo's
@@ -137,7 +138,7 @@ def argo_metrics(config: str, prometheus: str) -> list[dict[str, Any]]:
             "name": "error-rate",
             "initialDelay": "30s",
             "interval": "30s",
-            "successCondition": "result[0] <= 0.025",
+            "successCondition": "result[0] <= 0.03",
             "failureLimit": 1,
             "provider": {
                 "prometheus": {
