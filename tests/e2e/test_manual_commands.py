@@ -54,3 +54,37 @@ def test_status_shows_the_rollout(stack_factory: StackFactory) -> None:
     assert row.split()[:3] == [stack.settings.app, stack.namespace, "progressing"]
     assert "v2 vs v1" in row
     assert any("error-rate: pass" in line for line in details)
+
+
+def test_a_release_that_cannot_start_is_blocked_then_aborted_without_touching_the_stable(
+    stack_factory: StackFactory,
+) -> None:
+    stack = stack_factory()
+    common = ("--config", str(stack.config_path), "--kubeconfig", str(stack.cp.kubeconfig_path))
+    before = stack.replicas()
+    image = stable_container(stack)["image"]
+
+    # An env-only change under the stable's version: no query could tell the two apart.
+    stack.release("v1", env={"FEATURE": "on"})
+    blocked = stack.wait_for(lambda s: s.phase == "blocked", 60, "the release blocked")
+    assert "both run version 'v1'" in blocked.message
+    stack.receiver.wait_for(lambda b: b.get("kind") == "paused", 60, "/oncall")
+    table = stack.cli("status", *common)
+    assert table.splitlines()[1].split()[2:4] == ["blocked", "-"]
+    assert stack.replicas() == before
+
+    # The abort reads the blocked state back from its ConfigMap (it was once refused
+    # as corrupt there) and ends it with nothing scaled for it.
+    stack.cli("abort", stack.settings.app, *common)
+    aborted = stack.wait_for(lambda s: s.phase == "rolledBack", 60, "rolled back by abort")
+    assert "before the release started" in aborted.message
+    stack.receiver.wait_for(lambda b: b.get("kind") == "rolledBack", 60, "/oncall")
+    assert stack.replicas() == before
+    assert stable_container(stack)["image"] == image
+
+    # A distinct version is a new revision: it starts.
+    stack.release("v2")
+    stack.wait_for(lambda s: s.phase == "progressing", 60, "the v2 release")
+    reasons = told_reasons(stack)
+    assert "StateCorrupt" not in reasons
+    assert reasons[:3] == ["Paused", "RolledBack", "ReleaseDetected"]
