@@ -23,7 +23,7 @@ from kubernetes import client
 from autocanary.adapters.kube_watch import DeclarationCache, DeploymentCache, StateCache
 from autocanary.adapters.kubernetes import DeploymentRecord, KubeClient
 from autocanary.config.loader import parse_config
-from autocanary.config.models import ROLLOUT_LABEL
+from autocanary.config.models import ROLLOUT_LABEL, Config
 from autocanary.daemon.service import POOL_SPARE, Daemon
 from autocanary.errors import KubernetesForbidden, ResourceNotFound
 from autocanary.rollout.state import STATE_ANNOTATION, state_object_name
@@ -159,7 +159,6 @@ def test_the_declarations_cache_follows_labelled_deployments_in_every_namespace(
         create(namespace, "plain", labelled=False)
         assert everywhere.matching() is None  # not listed yet: the caller asks the API
         everywhere.start()
-        assert everywhere.started
         assert everywhere.wait_synced(WAIT_S)
         assert declared() == {f"{namespace}/web", f"{other}/web"}
 
@@ -504,10 +503,50 @@ def test_the_daemon_pools_a_connection_per_worker_beside_the_watches(
     try:
         pools = kube_api.rest_client.pool_manager.connection_pool_kw
         # Every worker's call at once, the Leases' and Events' beside them, the
-        # Deployments', pods' and states' watches of the namespace and the declarations'
-        # watch (should discovery search every namespace): none opens a connection the
-        # pool then drops.
-        assert pools["maxsize"] == 24 + POOL_SPARE + 3 + 1
+        # Deployments', pods' and states' watches of the namespace: none opens a
+        # connection the pool then drops.
+        assert pools["maxsize"] == 24 + POOL_SPARE + 3
     finally:  # never started: only what the constructor opened
+        daemon._notifier.close(timeout=5)
+        daemon._prometheus.close()
+
+
+def test_the_declarations_watch_runs_only_while_discovery_searches_every_namespace(
+    kube_api: client.ApiClient, namespace: str
+) -> None:
+    def config(namespaces: list[str]) -> Config:
+        return parse_config(
+            yaml.safe_dump(
+                {
+                    "prometheus": {"url": "http://127.0.0.1:9"},
+                    "discovery": {"enabled": True, "namespaces": namespaces},
+                    "rollouts": [],
+                }
+            )
+        )
+
+    kube = KubeClient(kube_api, identity="itest-admin")
+    daemon = Daemon(Path("unused.yaml"), config([namespace]), kube, identity="declarations")
+    pools = kube_api.rest_client.pool_manager.connection_pool_kw
+    try:
+        named = pools["maxsize"]
+        daemon._discover()
+        assert daemon._everywhere is None, "namespaces named: their caches serve discovery"
+
+        daemon.config = config([])
+        daemon._discover()
+        everywhere = daemon._everywhere
+        assert everywhere is not None
+        assert everywhere.synced(DeclarationCache.EVERYWHERE)
+        assert pools["maxsize"] == named + 1  # room for its watch
+
+        # A reload names the namespaces again: the cluster-wide watch stops.
+        daemon.config = config([namespace])
+        daemon._discover()
+        assert daemon._everywhere is None
+        assert not any(t.is_alive() for t in everywhere._threads)
+    finally:
+        if daemon._everywhere is not None:
+            daemon._everywhere.stop()
         daemon._notifier.close(timeout=5)
         daemon._prometheus.close()

@@ -530,11 +530,6 @@ class DeclarationCache(_WatchCache[DeploymentRecord]):
         self._apps = client.AppsV1Api(kube.api_client)
         self._selector = label_selector
 
-    @property
-    def started(self) -> bool:
-        """Whether :meth:`start` has begun its list and watch."""
-        return self._started
-
     def _list_call(self) -> Callable[..., Any]:
         apps, selector = self._apps, self._selector
 

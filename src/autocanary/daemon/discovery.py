@@ -87,7 +87,8 @@ class Discovery:
         self.kube = kube
         self._may_tell = may_tell
         self._cached = cached
-        self._everywhere = everywhere
+        #: Serves a round that searches every namespace; the daemon sets it while one does.
+        self.everywhere = everywhere
         self._told: set[str] = set()  # Event keys this replica recorded (or found recorded)
         self._queued: set[str] = set()  # Event keys waiting for the teller thread
         self._events: queue.SimpleQueue[_Told] = queue.SimpleQueue()
@@ -148,8 +149,8 @@ class Discovery:
             cached = self._cached.labelled(namespace, ROLLOUT_LABEL, "true")
             if cached is not None:
                 return cached
-        if namespace is None and self._everywhere is not None:
-            found = self._everywhere.matching()
+        if namespace is None and self.everywhere is not None:
+            found = self.everywhere.matching()
             if found is not None:
                 return found
         records = []

@@ -161,13 +161,9 @@ class Daemon:
                 self.identity,
                 on_change=lambda leading: self.metrics.is_leader.set(1 if leading else 0),
             )
-        # Started when a round first searches every namespace (discovery.namespaces empty).
-        self._everywhere = DeclarationCache(
-            kube, f"{ROLLOUT_LABEL}=true", on_request=self._count_request
-        )
-        self._discovery = Discovery(
-            kube, may_tell=self._may_tell, cached=self._cache, everywhere=self._everywhere
-        )
+        # Only while a round searches every namespace (discovery.namespaces empty).
+        self._everywhere: DeclarationCache | None = None
+        self._discovery = Discovery(kube, may_tell=self._may_tell, cached=self._cache)
         self._declared: list[RolloutConfig] = []  # found on their Deployments, valid
         self._discovered_at: float | None = None  # monotonic time of the last discovery round
         self._http: ThreadingHTTPServer | None = None
@@ -230,7 +226,8 @@ class Daemon:
         self._cache.stop()
         self._pods.stop()
         self._states.stop()
-        self._everywhere.stop()
+        if self._everywhere is not None:
+            self._everywhere.stop()
         if self._elector is not None:
             self._elector.stop(release=True)
         if self._shards is not None:
@@ -263,16 +260,36 @@ class Daemon:
             or time.monotonic() - self._discovered_at >= discovery.interval.total_seconds()
         )
 
+    def _watch_everywhere(self, wanted: bool) -> None:
+        """Start the cluster-wide watch of declarations when rounds search every namespace.
+
+        Stopped again when a reload names the namespaces (or turns discovery
+        off): it would hold a connection and follow every labelled Deployment
+        in the cluster for nothing.
+        """
+        if wanted and self._everywhere is None:
+            everywhere = DeclarationCache(
+                self.kube, f"{ROLLOUT_LABEL}=true", on_request=self._count_request
+            )
+            everywhere.start()
+            self._everywhere = self._discovery.everywhere = everywhere
+            if not everywhere.wait_synced(CACHE_SYNC_SECONDS):
+                log.warning("declarations not listed yet; listing them each round meanwhile")
+        elif not wanted and self._everywhere is not None:
+            self._discovery.everywhere = None
+            self._everywhere.stop()
+            self._everywhere = None
+            log.info("stopped watching declarations in every namespace")
+
     def _discover(self) -> bool:
         """Read the declared rollouts again; whether they changed (the jobs are then installed)."""
+        self._watch_everywhere(
+            self.config.discovery.enabled and not self.config.discovery.namespaces
+        )
         if not self.config.discovery.enabled:
             changed = bool(self._declared)
             self._declared = []
             return changed
-        if not self.config.discovery.namespaces and not self._everywhere.started:
-            self._everywhere.start()
-            if not self._everywhere.wait_synced(CACHE_SYNC_SECONDS):
-                log.warning("declarations not listed yet; listing them each round meanwhile")
         self._discovered_at = time.monotonic()
         try:
             declared = self._discovery.find(self.config)
