@@ -10,8 +10,10 @@ nothing to an idle canary.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -402,18 +404,16 @@ def _logs(process: ManagedProcess) -> list[dict[str, Any]]:
     return events
 
 
-def test_the_daemon_ticks_a_changed_canary_at_once_and_writes_nothing_at_start_up(
-    control_plane: ControlPlane,
-    kube: KubeClient,
-    namespace: str,
-    tmp_workdir: Path,
-) -> None:
-    # A stable with no replicas would pause the release instead of starting it.
+@contextlib.contextmanager
+def _daemon(
+    control_plane: ControlPlane, kube: KubeClient, namespace: str, tmp_workdir: Path
+) -> Iterator[ManagedProcess]:
+    """The daemon as a process, its one rollout ticked by nothing but watches and polls."""
+    # A stable with no replicas would block the release instead of starting it.
     for name, track, replicas in (("web", "stable", 2), ("web-canary", "canary", 0)):
         kube.create_deployment(
             namespace, app_deployment(name, "web", track, "v1", replicas=replicas)
         )
-    before = kube.read_deployment(namespace, "web-canary")
     port = free_port()
     config = {
         # Never asked: no release gets as far as an analysis here.
@@ -428,7 +428,7 @@ def test_the_daemon_ticks_a_changed_canary_at_once_and_writes_nothing_at_start_u
                 "name": "web",
                 "namespace": namespace,
                 "stable": "web",
-                # Only the watch can bring a tick within this test's bounds.
+                # Only the watch (or a wait's poll) can bring a tick within a test's bounds.
                 "interval": "1h",
                 "analysis": {"checks": [{"name": "e", "template": "error-rate", "max": "1%"}]},
             }
@@ -446,8 +446,24 @@ def test_the_daemon_ticks_a_changed_canary_at_once_and_writes_nothing_at_start_u
         process.wait_ready(
             lambda: any(e.get("event") == "tick" for e in _logs(process)), WAIT_S, "first tick"
         )
+        yield process
+    finally:
+        process.stop(timeout=30)
+
+
+def _ticks(process: ManagedProcess) -> list[dict[str, Any]]:
+    return [e for e in _logs(process) if e.get("event") == "tick"]
+
+
+def test_the_daemon_ticks_a_changed_canary_at_once_and_writes_nothing_at_start_up(
+    control_plane: ControlPlane,
+    kube: KubeClient,
+    namespace: str,
+    tmp_workdir: Path,
+) -> None:
+    with _daemon(control_plane, kube, namespace, tmp_workdir) as process:
         idle = kube.read_deployment(namespace, "web-canary")
-        assert idle.generation == before.generation  # nothing written at start-up
+        assert idle.generation == 1  # nothing written at start-up
         assert STATE_ANNOTATION not in idle.annotations
 
         kube.patch_deployment(
@@ -467,16 +483,65 @@ def test_the_daemon_ticks_a_changed_canary_at_once_and_writes_nothing_at_start_u
         )
         # The tick's own line follows its transitions' lines.
         process.wait_ready(
-            lambda: any(
-                e.get("event") == "tick" and e.get("phase") == "progressing" for e in _logs(process)
-            ),
+            lambda: any(e.get("phase") == "progressing" for e in _ticks(process)),
             WAIT_S,
             "the release's tick logged",
         )
-        ticks = [e for e in _logs(process) if e.get("event") == "tick"]
-        assert [t["phase"] for t in ticks][:2] == ["idle", "progressing"]
-    finally:
-        process.stop(timeout=30)
+        assert [t["phase"] for t in _ticks(process)][:2] == ["idle", "progressing"]
+
+
+def test_a_release_waiting_on_its_pods_is_woken_by_the_watch_not_polled(
+    control_plane: ControlPlane,
+    kube: KubeClient,
+    namespace: str,
+    tmp_workdir: Path,
+) -> None:
+    with _daemon(control_plane, kube, namespace, tmp_workdir) as process:
+        # A canary whose pod no node takes: the release waits for it to be Ready.
+        kube.patch_deployment(
+            namespace,
+            "web-canary",
+            {
+                "spec": {
+                    "template": {
+                        "metadata": {"labels": {"version": "v2"}},
+                        "spec": {"nodeSelector": {"autocanary.io/test": "no-such-node"}},
+                    }
+                }
+            },
+            "release v2, never scheduled",
+        )
+        process.wait_ready(
+            lambda: any(e.get("stage") == "waitingReady" for e in _ticks(process)),
+            WAIT_S,
+            "the release waiting for its canary pod",
+        )
+        waiting_since = len(_ticks(process))
+        time.sleep(25)
+        # Polled every 2 s this was a dozen ticks; the watch wakes it when the pod's
+        # Deployment changes, and a 10 s poll stands in for what no status shows.
+        assert len(_ticks(process)) - waiting_since <= 4
+
+        # A schedulable release supersedes it: the canary's status (its pod Ready)
+        # reaches the daemon through the watch, and the step is analysed.
+        kube.patch_deployment(
+            namespace,
+            "web-canary",
+            {
+                "spec": {
+                    "template": {
+                        "metadata": {"labels": {"version": "v3"}},
+                        "spec": {"nodeSelector": None},
+                    }
+                }
+            },
+            "release v3",
+        )
+        process.wait_ready(
+            lambda: any(e.get("stage") == "analysing" for e in _ticks(process)),
+            WAIT_S,
+            "the v3 step analysed",
+        )
 
 
 def test_the_daemon_pools_a_connection_per_worker_beside_the_watches(

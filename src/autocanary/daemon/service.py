@@ -40,7 +40,7 @@ from autocanary.adapters.shards import ShardManager
 from autocanary.config.loader import load_config
 from autocanary.config.models import ROLLOUT_LABEL, Config, RolloutConfig
 from autocanary.config.units import format_duration
-from autocanary.daemon import retry, schedule, startup
+from autocanary.daemon import retry, schedule, startup, wakeups
 from autocanary.daemon.discovery import Discovery
 from autocanary.daemon.engine import RolloutEngine, TickResult
 from autocanary.daemon.metrics import DaemonMetrics
@@ -51,7 +51,7 @@ from autocanary.errors import (
     PermanentError,
     StartupError,
 )
-from autocanary.rollout.state import COMMAND_ANNOTATION, SETTLED_PHASES
+from autocanary.rollout.state import SETTLED_PHASES
 
 log = structlog.get_logger("autocanary.daemon.service")
 
@@ -106,6 +106,7 @@ class Daemon:
         self._guards: dict[str, threading.Lock] = {}  # rollout -> held while it ticks
         self._again: set[str] = set()  # rollouts asked to tick while ticking
         self._due: dict[str, datetime] = {}  # rollout -> when its next tick is due
+        self._in_flight: set[str] = set()  # rollouts whose last tick left a release under way
         # (namespace, Deployment) -> the rollouts whose stable or canary it is
         self._by_deployment: dict[tuple[str, str], set[str]] = {}
         kube.on_request = self._count_request
@@ -354,6 +355,7 @@ class Daemon:
                     self._scheduler.remove_job(name)
                     del self._engines[name]
                     self._due.pop(name, None)
+                    self._in_flight.discard(name)
                     self._guards.pop(name, None)
             self._by_deployment = {}
             for name, rollout in wanted.items():
@@ -465,23 +467,15 @@ class Daemon:
     ) -> None:
         """A watch saw a rollout's Deployment change: tick it soon if a decision may change.
 
-        A new template (a release), a command, a new replica count (a GitOps sync
-        scaling a rolled-back canary up again), a Deployment created or deleted;
-        not status alone (pods coming up are seen at the next tick, as before).
+        See :func:`wakeups.worth_a_tick`: status counts only while a release is
+        in flight, so pods coming and going under settled rollouts wake none.
         """
         with self._lock:
-            rollouts = self._by_deployment.get((namespace, name), set())
-        if not rollouts:
-            return
-        if old is not None and new is not None:
-            same_template = old.template == new.template
-            same_command = old.annotations.get(COMMAND_ANNOTATION) == new.annotations.get(
-                COMMAND_ANNOTATION
-            )
-            if same_template and same_command and old.replicas == new.replicas:
-                return
+            rollouts = set(self._by_deployment.get((namespace, name), ()))
+            in_flight = rollouts & self._in_flight
         for rollout in rollouts:
-            self.trigger(rollout)
+            if wakeups.worth_a_tick(old, new, in_flight=rollout in in_flight):
+                self.trigger(rollout)
 
     def trigger(self, name: str) -> None:
         """Tick ``name`` within :data:`TRIGGER_DELAY` (a watch saw its Deployments change)."""
@@ -536,8 +530,13 @@ class Daemon:
                     self._ticking.pop(name, None)
                 self.metrics.tick_running.labels(name).set(0)
         self._succeeded(rollout)
+        with self._lock:
+            if result.phase in SETTLED_PHASES:
+                self._in_flight.discard(name)
+            else:
+                self._in_flight.add(name)
         if not self._settle(rollout, result):
-            self._requeue(rollout, result.requeue_after)
+            self._requeue(rollout, result)
 
     def _settle(self, rollout: RolloutConfig, result: TickResult) -> bool:
         """Tick a settled rollout next at ``daemon.settledResync``; whether it was put off.
@@ -629,7 +628,15 @@ class Daemon:
                 limit_s=self._tick_limit(name),
             )
 
-    def _requeue(self, rollout: RolloutConfig, after: timedelta | None) -> None:
+    def _requeue(self, rollout: RolloutConfig, result: TickResult) -> None:
+        watched = (
+            rollout.blue_green is None
+            and rollout.gateway is None
+            and self._cache.synced(rollout.namespace)
+        )
+        after = wakeups.poll_after(
+            result.requeue_after, watched=watched, pending=bool(result.state.pending)
+        )
         if after is None or after >= rollout.interval:
             return
         when = datetime.now(UTC) + max(after, timedelta(milliseconds=200))
