@@ -10,7 +10,6 @@ nothing to an idle canary.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import threading
 import time
@@ -404,8 +403,8 @@ def _logs(process: ManagedProcess) -> list[dict[str, Any]]:
     return events
 
 
-@contextlib.contextmanager
-def _daemon(
+@pytest.fixture
+def daemon(
     control_plane: ControlPlane, kube: KubeClient, namespace: str, tmp_workdir: Path
 ) -> Iterator[ManagedProcess]:
     """The daemon as a process, its one rollout ticked by nothing but watches and polls."""
@@ -456,92 +455,84 @@ def _ticks(process: ManagedProcess) -> list[dict[str, Any]]:
 
 
 def test_the_daemon_ticks_a_changed_canary_at_once_and_writes_nothing_at_start_up(
-    control_plane: ControlPlane,
-    kube: KubeClient,
-    namespace: str,
-    tmp_workdir: Path,
+    kube: KubeClient, namespace: str, daemon: ManagedProcess
 ) -> None:
-    with _daemon(control_plane, kube, namespace, tmp_workdir) as process:
-        idle = kube.read_deployment(namespace, "web-canary")
-        assert idle.generation == 1  # nothing written at start-up
-        assert STATE_ANNOTATION not in idle.annotations
+    idle = kube.read_deployment(namespace, "web-canary")
+    assert idle.generation == 1  # nothing written at start-up
+    assert STATE_ANNOTATION not in idle.annotations
 
-        kube.patch_deployment(
-            namespace,
-            "web-canary",
-            {"spec": {"template": {"metadata": {"labels": {"version": "v2"}}}}},
-            "release v2",
-        )
+    kube.patch_deployment(
+        namespace,
+        "web-canary",
+        {"spec": {"template": {"metadata": {"labels": {"version": "v2"}}}}},
+        "release v2",
+    )
 
-        process.wait_ready(
-            lambda: any(
-                e.get("event") == "transition" and e.get("reason") == "ReleaseDetected"
-                for e in _logs(process)
-            ),
-            WAIT_S,
-            "the release detected through the watch",
-        )
-        # The tick's own line follows its transitions' lines.
-        process.wait_ready(
-            lambda: any(e.get("phase") == "progressing" for e in _ticks(process)),
-            WAIT_S,
-            "the release's tick logged",
-        )
-        assert [t["phase"] for t in _ticks(process)][:2] == ["idle", "progressing"]
+    daemon.wait_ready(
+        lambda: any(
+            e.get("event") == "transition" and e.get("reason") == "ReleaseDetected"
+            for e in _logs(daemon)
+        ),
+        WAIT_S,
+        "the release detected through the watch",
+    )
+    # The tick's own line follows its transitions' lines.
+    daemon.wait_ready(
+        lambda: any(e.get("phase") == "progressing" for e in _ticks(daemon)),
+        WAIT_S,
+        "the release's tick logged",
+    )
+    assert [t["phase"] for t in _ticks(daemon)][:2] == ["idle", "progressing"]
 
 
 def test_a_release_waiting_on_its_pods_is_woken_by_the_watch_not_polled(
-    control_plane: ControlPlane,
-    kube: KubeClient,
-    namespace: str,
-    tmp_workdir: Path,
+    kube: KubeClient, namespace: str, daemon: ManagedProcess
 ) -> None:
-    with _daemon(control_plane, kube, namespace, tmp_workdir) as process:
-        # A canary whose pod no node takes: the release waits for it to be Ready.
-        kube.patch_deployment(
-            namespace,
-            "web-canary",
-            {
-                "spec": {
-                    "template": {
-                        "metadata": {"labels": {"version": "v2"}},
-                        "spec": {"nodeSelector": {"autocanary.io/test": "no-such-node"}},
-                    }
+    # A canary whose pod no node takes: the release waits for it to be Ready.
+    kube.patch_deployment(
+        namespace,
+        "web-canary",
+        {
+            "spec": {
+                "template": {
+                    "metadata": {"labels": {"version": "v2"}},
+                    "spec": {"nodeSelector": {"autocanary.io/test": "no-such-node"}},
                 }
-            },
-            "release v2, never scheduled",
-        )
-        process.wait_ready(
-            lambda: any(e.get("stage") == "waitingReady" for e in _ticks(process)),
-            WAIT_S,
-            "the release waiting for its canary pod",
-        )
-        waiting_since = len(_ticks(process))
-        time.sleep(25)
-        # Polled every 2 s this was a dozen ticks; the watch wakes it when the pod's
-        # Deployment changes, and a 10 s poll stands in for what no status shows.
-        assert len(_ticks(process)) - waiting_since <= 4
+            }
+        },
+        "release v2, never scheduled",
+    )
+    daemon.wait_ready(
+        lambda: any(e.get("stage") == "waitingReady" for e in _ticks(daemon)),
+        WAIT_S,
+        "the release waiting for its canary pod",
+    )
+    waiting_since = len(_ticks(daemon))
+    time.sleep(25)
+    # Polled every 2 s this was a dozen ticks; the watch wakes it when the pod's
+    # Deployment changes, and a 10 s poll stands in for what no status shows.
+    assert len(_ticks(daemon)) - waiting_since <= 4
 
-        # A schedulable release supersedes it: the canary's status (its pod Ready)
-        # reaches the daemon through the watch, and the step is analysed.
-        kube.patch_deployment(
-            namespace,
-            "web-canary",
-            {
-                "spec": {
-                    "template": {
-                        "metadata": {"labels": {"version": "v3"}},
-                        "spec": {"nodeSelector": None},
-                    }
+    # A schedulable release supersedes it: the canary's status (its pod Ready)
+    # reaches the daemon through the watch, and the step is analysed.
+    kube.patch_deployment(
+        namespace,
+        "web-canary",
+        {
+            "spec": {
+                "template": {
+                    "metadata": {"labels": {"version": "v3"}},
+                    "spec": {"nodeSelector": None},
                 }
-            },
-            "release v3",
-        )
-        process.wait_ready(
-            lambda: any(e.get("stage") == "analysing" for e in _ticks(process)),
-            WAIT_S,
-            "the v3 step analysed",
-        )
+            }
+        },
+        "release v3",
+    )
+    daemon.wait_ready(
+        lambda: any(e.get("stage") == "analysing" for e in _ticks(daemon)),
+        WAIT_S,
+        "the v3 step analysed",
+    )
 
 
 def test_the_daemon_pools_a_connection_per_worker_beside_the_watches(
