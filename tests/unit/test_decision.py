@@ -1264,3 +1264,31 @@ def test_a_step_written_but_never_scaled_starts_its_deadline_when_scaled() -> No
     assert decision.state.step_started_at == later
     assert decision.desired.canary_replicas == 1
     assert decision.transitions == ()
+
+
+def test_a_landed_promotion_superseded_by_a_revision_that_cannot_start_is_kept() -> None:
+    # The stable already runs the promoted template: rolling it back would undo a
+    # promotion that happened; the new revision is blocked beside it instead.
+    driver, _, _ = reach("promoting")
+    assert driver.cluster.stable_revision == driver.state.revision
+    driver.cluster.release(V2, env={"FEATURE": "on"})
+    record = driver.tick()
+    assert record.decision.state.phase == "blocked"
+    assert reasons_of(record) == ["Paused"]
+    assert record.decision.desired.stable_template is None
+    assert driver.cluster.stable.template["spec"]["containers"][0]["image"] == V2
+
+
+def test_a_blocked_release_replaced_by_a_rolled_back_revision_waits_for_retry() -> None:
+    driver = started()
+    rolled_back = driver.cluster.canary.template
+    driver.tick("abort")
+    driver.run_until(phase_is("rolledBack"))
+    driver.cluster.release("registry.local/shop/web:1.0", env={"FEATURE": "on"})
+    assert driver.tick().decision.state.phase == "blocked"
+    driver.cluster.canary.set_template(rolled_back)
+    record = driver.tick()
+    assert record.decision.state.phase == "idle"
+    assert record.decision.transitions == ()
+    assert not record.decision.state.message.startswith("blocked")
+    assert reasons_of(driver.tick("retry")) == ["ReleaseDetected"]

@@ -530,9 +530,11 @@ def _cannot_start(t: _Tick, state: RolloutState, message: str) -> Decision:
 
     A release it would supersede is rolled back first: that release's steps
     may have scaled the stable down, and only a release under way brings it back.
+    A promotion whose template the stable already runs is kept (and told promoted).
     """
     obs = t.obs
-    if state.phase in ("progressing", "paused", "promoting") and state.total >= 1:
+    landed = state.phase == "promoting" and obs.stable_revision == state.revision
+    if state.phase in ("progressing", "paused", "promoting") and state.total >= 1 and not landed:
         return _roll_back(
             t,
             state,
@@ -841,7 +843,8 @@ def _decide_blocked(t: _Tick, state: RolloutState, command: str | None) -> Decis
         back = Decision(idle, Desired())
         return back if command is None else _ignore_command(back, command, "no release")
     if obs.canary_revision != state.revision:
-        return _decide_settled(t, state, command)
+        # A new revision: decided as from idle (what was rolled back stays known).
+        return _decide_settled(t, dataclasses.replace(state, phase="idle", message=""), command)
     if command == "abort":
         message = "aborted by command before the release started; the stable was not touched"
         ended = dataclasses.replace(
